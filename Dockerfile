@@ -1,0 +1,27 @@
+# The hub image: one image for the web/device processes, the Celery worker and beat.
+#   docker build -t nerveshub .
+#   docker run -e NERVESHUB_PRODUCTION=true -e SECRET_KEY=… -e DATABASE_URL=… -e REDIS_URL=… \
+#              -e ALLOWED_HOSTS=hub.example.com -e PUBLIC_URL=https://hub.example.com -p 4000:4000 nerveshub
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    DATA_DIR=/data \
+    STATIC_ROOT=/app/static \
+    HOST=0.0.0.0 \
+    PORT=4000
+
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+COPY . .
+# collectstatic needs settings but no database or secrets of the real deployment.
+RUN SECRET_KEY=build-only DATA_DIR=/tmp/build python manage.py collectstatic --noinput -v 0 \
+    && useradd --system --uid 10001 --home-dir /app nerveshub \
+    && mkdir -p /data && chown nerveshub /data
+
+USER nerveshub
+EXPOSE 4000
+CMD ["python", "-m", "nerveshub.serve"]

@@ -1,0 +1,44 @@
+# Everything CI runs is a target here. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 4000
+export HOST PORT
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed-run: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(VENV)/.installed-run
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.installed-run ## Set up and start the hub (embedded mode) on http://$HOST:$PORT
+	$(PY) manage.py migrate --noinput -v 0
+	$(PY) manage.py quickstart
+	$(PY) -m nerveshub.serve
+
+test: $(VENV)/.installed-dev ## Set up and run the test suite
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed-dev ## ruff, mypy and the migrations check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+	$(PY) manage.py makemigrations --check --dry-run
+
+worker: $(VENV)/.installed-run ## Start a Celery worker (needs REDIS_URL)
+	$(VENV)/bin/celery -A nerveshub worker --loglevel INFO
+
+beat: $(VENV)/.installed-run ## Start Celery beat, the periodic backstops (needs REDIS_URL)
+	$(VENV)/bin/celery -A nerveshub beat --loglevel INFO
+
+.PHONY: help run test lint worker beat

@@ -1,0 +1,66 @@
+"""X.509 certificates: the Device CAs an organization registers and the device
+certificates the hub has seen."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+from devices.fields import TagsField
+from devices.models import Device, validate_tags
+from nerveshub.tenancy.models import Organization, Product
+
+
+class CACertificate(models.Model):
+    org = models.ForeignKey(Organization, models.CASCADE, related_name="ca_certificates")
+    description = models.CharField(max_length=200, blank=True)
+    subject = models.CharField(max_length=500, blank=True)
+    serial = models.CharField(max_length=100, help_text="Decimal serial number.")
+    # Hex SubjectKeyIdentifier: devices' certificates name their CA by it (AKI).
+    ski = models.CharField(max_length=128, unique=True)
+    aki = models.CharField(max_length=128, blank=True)
+    not_before = models.DateTimeField()
+    not_after = models.DateTimeField()
+    check_expiration = models.BooleanField(
+        default=True, help_text="Refuse devices once this CA has expired. Off: devices it signed may still connect."
+    )
+    der = models.BinaryField()
+    # Just-in-time provisioning: an unknown device whose certificate this CA signed
+    # is created in this product with these tags.
+    jitp_product = models.ForeignKey(Product, models.SET_NULL, null=True, blank=True, related_name="+")
+    jitp_tags = TagsField(default=list, blank=True, validators=[validate_tags])
+    jitp_description = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["org__name", "-created_at"]
+        verbose_name = "CA certificate"
+
+    def __str__(self) -> str:
+        return self.description or self.subject or self.ski
+
+
+class DeviceCertificate(models.Model):
+    org = models.ForeignKey(Organization, models.CASCADE, related_name="device_certificates")
+    device = models.ForeignKey(Device, models.CASCADE, related_name="certificates")
+    serial = models.CharField(max_length=100)
+    subject = models.CharField(max_length=500, blank=True)
+    ski = models.CharField(max_length=128, blank=True)
+    aki = models.CharField(max_length=128, blank=True)
+    # Hex SHA-256 of the DER: the first thing matched when a device connects.
+    fingerprint = models.CharField(max_length=64, unique=True)
+    public_key_fingerprint = models.CharField(max_length=64, db_index=True)
+    not_before = models.DateTimeField()
+    not_after = models.DateTimeField()
+    der = models.BinaryField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["device", "serial"], name="devicecert_device_serial_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.device} #{self.serial}"

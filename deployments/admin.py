@@ -1,0 +1,234 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
+from django.utils.html import format_html, format_html_join
+
+from deployments import rollout
+from deployments.models import INFLIGHT_STATUSES, Deployment, DeploymentStage, DeviceUpdate
+from firmware.models import FirmwareStatus
+from nerveshub.admin_base import CappedCountPaginator, OrgScopedAdmin, org_ids_with_role, register_org_path
+from nerveshub.tenancy.models import Role
+
+register_org_path(Deployment, "org")
+
+
+class DeploymentForm(forms.ModelForm):  # type: ignore[type-arg]
+    class Meta:
+        model = Deployment
+        fields = [
+            "org",
+            "product",
+            "name",
+            "firmware",
+            "conditions_tags",
+            "conditions_version",
+            "is_active",
+            "concurrent_updates",
+            "inflight_timeout_minutes",
+            "penalty_attempts",
+            "penalty_rate_attempts",
+            "penalty_rate_seconds",
+            "penalty_minutes",
+            "breaker_failure_percent",
+            "breaker_min_attempts",
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        firmware, product = data.get("firmware"), data.get("product")
+        if firmware is not None and product is not None:
+            if firmware.product_id != product.pk:
+                raise ValidationError({"firmware": "The firmware belongs to another product."})
+            if firmware.status != FirmwareStatus.VALID:
+                raise ValidationError({"firmware": "Only validated firmware can be deployed."})
+        org = data.get("org")
+        if org is not None and product is not None and product.org_id != org.pk:
+            raise ValidationError({"product": "The product belongs to another organization."})
+        return data
+
+
+class StageInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = DeploymentStage
+    extra = 0
+    fields = [
+        "position",
+        "name",
+        "size_count",
+        "size_percent",
+        "concurrent_updates",
+        "failure_percent",
+        "soak_minutes",
+        "requires_approval",
+        "approved_at",
+        "started_at",
+        "completed_at",
+    ]
+    readonly_fields = ["approved_at", "started_at", "completed_at"]
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(OrgScopedAdmin[Deployment]):
+    form = DeploymentForm
+    inlines = [StageInline]
+    list_display = ["name", "product", "firmware", "is_active", "state", "inflight", "concurrent_updates", "updated_at"]
+    list_select_related = ["product", "firmware", "firmware__product"]
+    list_filter = ["is_active", ("product", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["name", "product__name"]
+    raw_id_fields = ["firmware"]
+    readonly_fields = ["progress_table", "paused_at", "paused_reason", "resumed_at", "created_at", "updated_at"]
+    actions = ["activate", "deactivate", "pause", "resume", "retry_failed", "approve_next_stage"]
+    change_form_template = "admin/deployments/deployment/change_form.html"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Deployment]:
+        inflight = (
+            DeviceUpdate.objects.filter(deployment=OuterRef("pk"), status__in=INFLIGHT_STATUSES)
+            .order_by()
+            .values("deployment")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(inflight_count=Coalesce(Subquery(inflight, output_field=IntegerField()), 0))
+        )
+
+    @admin.display(description="in flight", ordering="inflight_count")
+    def inflight(self, obj: Deployment) -> int:
+        return int(obj.inflight_count)  # type: ignore[attr-defined]
+
+    @admin.display(description="state")
+    def state(self, obj: Deployment) -> str:
+        if not obj.is_active:
+            return "inactive"
+        return "paused" if obj.paused_at else "rolling out"
+
+    @admin.display(description="progress")
+    def progress_table(self, obj: Deployment) -> str:
+        if obj._state.adding:
+            return "—"
+        counts = rollout.progress(obj)
+        shown = [(k.replace("_", " "), v) for k, v in counts.items() if v or k in ("members", "on_target")]
+        return format_html("<table>{}</table>", format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", shown))
+
+    def save_model(self, request: HttpRequest, obj: Deployment, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        moved = rollout.deployment_changed(request.user, obj)
+        if moved:
+            self.message_user(request, f"{moved} device(s) changed deployment.")
+
+    # --- actions -------------------------------------------------------------
+
+    def has_manage_permission(self, request: HttpRequest) -> bool:
+        return self._allowed(request, Role.MANAGE, None)
+
+    def _manageable(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> QuerySet[Deployment]:
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(org_id__in=org_ids_with_role(request, Role.MANAGE))
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[Deployment], verb: str, fn: Any) -> None:
+        done = sum(1 for d in self._manageable(request, queryset) if fn(request.user, d))
+        self.message_user(request, f"{verb} {done} deployment(s).")
+
+    @admin.action(description="Activate", permissions=["manage"])
+    def activate(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        self._each(request, queryset, "Activated", lambda u, d: rollout.set_active(u, d, True))
+
+    @admin.action(description="Deactivate (stops new pushes at once)", permissions=["manage"])
+    def deactivate(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        self._each(request, queryset, "Deactivated", lambda u, d: rollout.set_active(u, d, False))
+
+    @admin.action(description="Pause", permissions=["manage"])
+    def pause(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        self._each(request, queryset, "Paused", rollout.pause)
+
+    @admin.action(description="Resume", permissions=["manage"])
+    def resume(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        self._each(request, queryset, "Resumed", rollout.resume)
+
+    @admin.action(description="Retry failed devices", permissions=["manage"])
+    def retry_failed(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        for deployment in self._manageable(request, queryset):
+            count = rollout.retry_failed(request.user, deployment)
+            self.message_user(request, f"{deployment}: {count} device(s) may try again.", messages.INFO)
+
+    @admin.action(description="Approve the next stage", permissions=["manage"])
+    def approve_next_stage(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        for deployment in self._manageable(request, queryset):
+            stage = (
+                DeploymentStage.objects.filter(
+                    deployment=deployment, requires_approval=True, approved_at__isnull=True, started_at__isnull=True
+                )
+                .order_by("position")
+                .first()
+            )
+            if stage is None:
+                self.message_user(request, f"{deployment}: no stage waits for approval.", messages.WARNING)
+            elif rollout.approve_stage(request.user, stage):
+                self.message_user(request, f"{deployment}: approved stage {stage.name}.")
+
+    # --- preview page ----------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        preview = path(
+            "<int:pk>/preview/",
+            self.admin_site.admin_view(self.preview_view),
+            name="deployments_deployment_preview",
+        )
+        return [preview, *super().get_urls()]
+
+    def preview_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        deployment = get_object_or_404(self.get_queryset(request).select_related("firmware"), pk=pk)
+        if not self.has_view_permission(request, deployment):
+            raise PermissionDenied
+        rows = rollout.preview(deployment)
+        reasons: dict[str, int] = {}
+        for row in rows:
+            for problem in row.problems:
+                key = problem.split(" until ")[0]
+                reasons[key] = reasons.get(key, 0) + 1
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Preview of {deployment}",
+            "deployment": deployment,
+            "rows": rows,
+            "eligible": sum(1 for r in rows if r.eligible),
+            "reasons": sorted(reasons.items(), key=lambda kv: -kv[1]),
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/deployments/deployment/preview.html", context)
+
+
+@admin.register(DeviceUpdate)
+class DeviceUpdateAdmin(OrgScopedAdmin[DeviceUpdate]):
+    """The history of every update the hub asked a device to make. Read-only:
+    rows move only through the rollout services."""
+
+    org_path = "device__org"
+    list_display = ["created_at", "device", "firmware", "deployment", "status", "progress", "reason", "finished_at"]
+    list_select_related = ["device", "firmware", "firmware__product", "deployment"]
+    list_filter = ["status"]
+    search_fields = ["=device__identifier", "=firmware__uuid"]
+    raw_id_fields = ["device", "firmware", "deployment"]
+    paginator = CappedCountPaginator
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: DeviceUpdate | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: DeviceUpdate | None = None) -> bool:
+        return False

@@ -1,0 +1,215 @@
+"""REST endpoints for deployments: /orgs/{org}/products/{product}/deployments/…"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import transaction
+from django.http import HttpRequest
+from ninja import Router, Schema, Status
+from ninja.errors import HttpError
+from pydantic import ConfigDict, Field
+
+from deployments import rollout
+from deployments.models import Deployment
+from deployments.versions import InvalidRequirement, Requirement
+from devices.fields import normalise_tags
+from firmware.models import Firmware, FirmwareStatus
+from nerveshub.api import actor, require_product
+from nerveshub.tenancy.models import Product, Role
+from nerveshub.tenancy.services import audit
+
+router = Router(tags=["deployments"])
+BASE = "/orgs/{org}/products/{product}/deployments"
+
+
+class Conditions(Schema):
+    model_config = ConfigDict(extra="forbid")
+    version: str = ""
+    tags: list[str] = []
+
+
+class Settings(Schema):
+    model_config = ConfigDict(extra="forbid")
+    concurrent_updates: int | None = Field(None, ge=1)
+    inflight_timeout_minutes: int | None = Field(None, ge=1)
+    penalty_attempts: int | None = Field(None, ge=1)
+    penalty_rate_attempts: int | None = Field(None, ge=1)
+    penalty_rate_seconds: int | None = Field(None, ge=1)
+    penalty_minutes: int | None = Field(None, ge=1)
+    breaker_failure_percent: int | None = Field(None, ge=1, le=100)
+    breaker_min_attempts: int | None = Field(None, ge=1)
+
+
+class DeploymentIn(Settings):
+    name: str = Field(min_length=1, max_length=100)
+    firmware: str = Field(description="uuid of a validated firmware of the product")
+    conditions: Conditions = Conditions()
+
+
+class DeploymentPatch(Settings):
+    firmware: str | None = None
+    conditions: Conditions | None = None
+
+
+class DeploymentOut(Schema):
+    name: str
+    firmware_uuid: str
+    firmware_version: str
+    conditions: Conditions
+    is_active: bool
+    paused: bool
+    paused_reason: str
+    concurrent_updates: int
+    updated_at: datetime
+
+
+class StatusOut(Schema):
+    name: str
+    is_active: bool
+    paused: bool
+    paused_reason: str
+    counts: dict[str, int]
+
+
+def _out(deployment: Deployment) -> DeploymentOut:
+    return DeploymentOut(
+        name=deployment.name,
+        firmware_uuid=deployment.firmware.uuid or "",
+        firmware_version=deployment.firmware.version,
+        conditions=Conditions(version=deployment.conditions_version, tags=list(deployment.conditions_tags)),
+        is_active=deployment.is_active,
+        paused=deployment.paused_at is not None,
+        paused_reason=deployment.paused_reason,
+        concurrent_updates=deployment.concurrent_updates,
+        updated_at=deployment.updated_at,
+    )
+
+
+def _deployment(request: HttpRequest, org: str, product: str, name: str, role: str = Role.VIEW) -> Deployment:
+    found = require_product(request, org, product, role)
+    deployment = Deployment.objects.select_related("firmware").filter(product=found, name=name).first()
+    if deployment is None:
+        raise HttpError(404, f"deployment {name!r} not found")
+    return deployment
+
+
+def _firmware(product: Product, uuid: str) -> Firmware:
+    firmware = Firmware.objects.filter(product=product, uuid=uuid).first()
+    if firmware is None:
+        raise HttpError(404, f"firmware {uuid!r} not found in {product.name}")
+    if firmware.status != FirmwareStatus.VALID:
+        raise HttpError(422, f"firmware {uuid!r} is {firmware.status}, not valid")
+    return firmware
+
+
+def _conditions(conditions: Conditions) -> dict[str, object]:
+    if conditions.version.strip():
+        try:
+            Requirement.parse(conditions.version)
+        except InvalidRequirement as exc:
+            raise HttpError(422, f"conditions.version: {exc}") from None
+    tags = normalise_tags(conditions.tags)
+    if any(any(c.isspace() for c in t) for t in tags):
+        raise HttpError(422, "conditions.tags: tags may not contain white space")
+    return {"conditions_version": conditions.version.strip(), "conditions_tags": tags}
+
+
+@router.get(BASE, response=list[DeploymentOut])
+def list_deployments(request: HttpRequest, org: str, product: str) -> list[DeploymentOut]:
+    found = require_product(request, org, product)
+    return [_out(d) for d in Deployment.objects.filter(product=found).select_related("firmware").order_by("name")]
+
+
+@router.post(BASE, response={201: DeploymentOut})
+def create_deployment(request: HttpRequest, org: str, product: str, payload: DeploymentIn) -> Status[DeploymentOut]:
+    """Deployments are created inactive; activate them when the preview looks right."""
+    found = require_product(request, org, product, Role.MANAGE)
+    if Deployment.objects.filter(product=found, name=payload.name).exists():
+        raise HttpError(409, f"deployment {payload.name!r} already exists")
+    settings = payload.model_dump(exclude={"name", "firmware", "conditions"}, exclude_none=True)
+    with transaction.atomic():
+        deployment = Deployment(
+            org=found.org,
+            product=found,
+            name=payload.name,
+            firmware=_firmware(found, payload.firmware),
+            **_conditions(payload.conditions),
+            **settings,
+        )
+        deployment.full_clean()
+        deployment.save()
+        audit(actor(request), "deployment.created", deployment, details={"via": "api"})
+    return Status(201, _out(deployment))
+
+
+@router.get(BASE + "/{name}", response=DeploymentOut)
+def get_deployment(request: HttpRequest, org: str, product: str, name: str) -> DeploymentOut:
+    return _out(_deployment(request, org, product, name))
+
+
+@router.patch(BASE + "/{name}", response=DeploymentOut)
+def update_deployment(
+    request: HttpRequest, org: str, product: str, name: str, payload: DeploymentPatch
+) -> DeploymentOut:
+    deployment = _deployment(request, org, product, name, Role.MANAGE)
+    changes: dict[str, object] = payload.model_dump(exclude={"firmware", "conditions"}, exclude_none=True)
+    if payload.firmware is not None:
+        changes["firmware"] = _firmware(deployment.product, payload.firmware)
+    if payload.conditions is not None:
+        changes.update(_conditions(payload.conditions))
+    with transaction.atomic():
+        for field, value in changes.items():
+            setattr(deployment, field, value)
+        deployment.full_clean()
+        deployment.save()
+        audit(actor(request), "deployment.changed", deployment, details={"via": "api", "fields": sorted(changes)})
+    rollout.deployment_changed(actor(request), deployment)
+    return _out(deployment)
+
+
+def _toggle(request: HttpRequest, org: str, product: str, name: str, verb: str) -> DeploymentOut:
+    deployment = _deployment(request, org, product, name, Role.MANAGE)
+    user = actor(request)
+    if verb == "activate":
+        rollout.set_active(user, deployment, True)
+    elif verb == "deactivate":
+        rollout.set_active(user, deployment, False)
+    elif verb == "pause":
+        rollout.pause(user, deployment)
+    else:
+        rollout.resume(user, deployment)
+    deployment.refresh_from_db()
+    return _out(deployment)
+
+
+@router.post(BASE + "/{name}/activate", response=DeploymentOut)
+def activate(request: HttpRequest, org: str, product: str, name: str) -> DeploymentOut:
+    return _toggle(request, org, product, name, "activate")
+
+
+@router.post(BASE + "/{name}/deactivate", response=DeploymentOut)
+def deactivate(request: HttpRequest, org: str, product: str, name: str) -> DeploymentOut:
+    return _toggle(request, org, product, name, "deactivate")
+
+
+@router.post(BASE + "/{name}/pause", response=DeploymentOut)
+def pause(request: HttpRequest, org: str, product: str, name: str) -> DeploymentOut:
+    return _toggle(request, org, product, name, "pause")
+
+
+@router.post(BASE + "/{name}/resume", response=DeploymentOut)
+def resume(request: HttpRequest, org: str, product: str, name: str) -> DeploymentOut:
+    return _toggle(request, org, product, name, "resume")
+
+
+@router.get(BASE + "/{name}/status", response=StatusOut)
+def status(request: HttpRequest, org: str, product: str, name: str) -> StatusOut:
+    deployment = _deployment(request, org, product, name)
+    return StatusOut(
+        name=deployment.name,
+        is_active=deployment.is_active,
+        paused=deployment.paused_at is not None,
+        paused_reason=deployment.paused_reason,
+        counts=rollout.progress(deployment),
+    )

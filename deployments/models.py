@@ -1,0 +1,215 @@
+"""Deployments: which firmware goes to which devices, and the record of every
+update the hub asked a device to make."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+from deployments.versions import InvalidRequirement
+from deployments.versions import validate_requirement as _validate_requirement
+from devices.fields import TagsField
+from devices.models import Device, validate_tags
+from firmware.models import Firmware
+from nerveshub.tenancy.models import Organization, Product
+
+
+def validate_requirement(value: str) -> None:
+    try:
+        _validate_requirement(value)
+    except InvalidRequirement as exc:
+        raise ValidationError(f"Not a version requirement: {exc}") from None
+
+
+class Deployment(models.Model):
+    org = models.ForeignKey(Organization, models.CASCADE, related_name="deployments")
+    product = models.ForeignKey(Product, models.CASCADE, related_name="deployments")
+    name = models.CharField(max_length=100)
+    # PROTECT: firmware a deployment points at cannot be deleted underneath it.
+    firmware = models.ForeignKey(Firmware, models.PROTECT, related_name="deployments")
+    conditions_tags = TagsField(
+        default=list, blank=True, validators=[validate_tags], help_text="A device must have all of these tags."
+    )
+    conditions_version = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[validate_requirement],
+        help_text='Elixir Version requirement on the device\'s firmware, e.g. "~> 1.2".',
+    )
+    is_active = models.BooleanField(default=False)
+
+    concurrent_updates = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1)])
+    inflight_timeout_minutes = models.PositiveIntegerField(default=30, validators=[MinValueValidator(1)])
+    # Penalty box: this many failed attempts, or rate_attempts within rate_seconds,
+    # block the device for penalty_minutes.
+    penalty_attempts = models.PositiveIntegerField(default=3, validators=[MinValueValidator(1)])
+    penalty_rate_attempts = models.PositiveIntegerField(default=5, validators=[MinValueValidator(1)])
+    penalty_rate_seconds = models.PositiveIntegerField(default=180, validators=[MinValueValidator(1)])
+    penalty_minutes = models.PositiveIntegerField(default=1440, validators=[MinValueValidator(1)])
+    # Circuit breaker: pause the deployment when failures reach this share of at
+    # least breaker_min_attempts finished attempts.
+    breaker_failure_percent = models.PositiveIntegerField(
+        default=20, validators=[MinValueValidator(1), MaxValueValidator(100)]
+    )
+    breaker_min_attempts = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1)])
+    paused_at = models.DateTimeField(null=True, blank=True)
+    paused_reason = models.TextField(blank=True)
+    # The breaker counts only attempts finished after the last resume.
+    resumed_at = models.DateTimeField(null=True, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["product__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["product", "name"], name="deployment_product_name_uniq")]
+        indexes = [models.Index(fields=["product", "is_active"], name="deployment_product_active_idx")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DeploymentStage(models.Model):
+    """One step of a staged rollout: a canary of N devices or P %, then waves
+    by cumulative percentage of the deployment's devices. Stages run in
+    `position` order; each claims its members once, when it starts."""
+
+    deployment = models.ForeignKey(Deployment, models.CASCADE, related_name="stages")
+    position = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=100)
+    size_count = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Devices in this stage (canary)."
+    )
+    size_percent = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="Cumulative share of the deployment's devices reached at the end of this stage.",
+    )
+    concurrent_updates = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Default: the deployment's."
+    )
+    failure_percent = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="Pause when this share of the stage's finished attempts failed. Default: the deployment's breaker.",
+    )
+    soak_minutes = models.PositiveIntegerField(default=0, help_text="Wait after the previous stage completed.")
+    requires_approval = models.BooleanField(default=False, help_text="Start only after an operator approves it.")
+    approved_at = models.DateTimeField(null=True, blank=True)
+    approved_by = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["deployment", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "position"], name="stage_deployment_position_uniq"),
+            models.CheckConstraint(
+                condition=models.Q(size_count__isnull=False, size_percent__isnull=True)
+                | models.Q(size_count__isnull=True, size_percent__isnull=False),
+                name="stage_one_size",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment}: {self.name}"
+
+    def clean(self) -> None:
+        if (self.size_count is None) == (self.size_percent is None):
+            raise ValidationError("Give either a device count or a percentage, not both.")
+
+
+class StageMember(models.Model):
+    """A device claimed by a stage. Claimed once per deployment and kept, so a
+    device never moves between stages."""
+
+    deployment = models.ForeignKey(Deployment, models.CASCADE, related_name="+")
+    stage = models.ForeignKey(DeploymentStage, models.CASCADE, related_name="members")
+    device = models.ForeignKey(Device, models.CASCADE, related_name="+")
+    claimed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "device"], name="stagemember_deployment_device_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.device_id} in {self.stage_id}"
+
+
+class UpdateStatus(models.TextChoices):
+    REQUESTED = "requested", "Requested"
+    RECEIVED = "received", "Received"
+    STARTED = "started", "Downloading started"
+    DOWNLOADING = "downloading", "Downloading"
+    UPDATING = "updating", "Updating"
+    COMPLETED = "completed", "Completed, awaiting reconnect"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    IGNORED = "ignored", "Ignored"
+    RESCHEDULED = "rescheduled", "Rescheduled"
+    EXPIRED = "expired", "Expired"
+
+
+# An update in one of these states holds one of its deployment's concurrency slots.
+INFLIGHT_STATUSES = (
+    UpdateStatus.REQUESTED,
+    UpdateStatus.RECEIVED,
+    UpdateStatus.STARTED,
+    UpdateStatus.DOWNLOADING,
+    UpdateStatus.UPDATING,
+    UpdateStatus.COMPLETED,
+)
+
+
+class DeviceUpdateQuerySet(models.QuerySet["DeviceUpdate"]):
+    def inflight(self) -> DeviceUpdateQuerySet:
+        return self.filter(status__in=INFLIGHT_STATUSES)
+
+
+class DeviceUpdate(models.Model):
+    """One attempt to bring one device to one firmware. The row is the work item:
+    the orchestrator claims a slot by inserting it, and every device status moves
+    it along by compare-and-set."""
+
+    device = models.ForeignKey(Device, models.CASCADE, related_name="updates")
+    deployment = models.ForeignKey(Deployment, models.SET_NULL, null=True, blank=True, related_name="updates")
+    firmware = models.ForeignKey(Firmware, models.PROTECT, related_name="device_updates")
+    status = models.CharField(max_length=20, choices=UpdateStatus.choices, default=UpdateStatus.REQUESTED)
+    progress = models.PositiveSmallIntegerField(default=0)
+    reason = models.TextField(blank=True)
+    # Set on the first status the device sends for this update: that is when an
+    # attempt counts toward the penalty box.
+    attempted_at = models.DateTimeField(null=True, blank=True)
+    retry_after = models.DateTimeField(null=True, blank=True, help_text="Re-push after this (rescheduled).")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects: ClassVar[DeviceUpdateQuerySet] = DeviceUpdateQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # At most one update in flight per device: the database, not the
+            # orchestrator's memory, makes a double push impossible.
+            models.UniqueConstraint(
+                fields=["device"],
+                condition=models.Q(status__in=INFLIGHT_STATUSES),
+                name="deviceupdate_one_inflight_per_device",
+            ),
+        ]
+        indexes = [
+            # Slot counting: inflight rows of one deployment.
+            models.Index(fields=["deployment", "status"], name="deviceupdate_deploy_status_idx"),
+            models.Index(fields=["device", "-created_at"], name="deviceupdate_device_time_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.device} → {self.firmware} ({self.status})"

@@ -1,0 +1,643 @@
+"""Rollouts: which deployment a device belongs to, which devices get an update
+now, and what each outcome means.
+
+The orchestrator (`run_rollout`) claims update slots under the deployment's row
+lock: it counts the in-flight rows and inserts at most the free number of
+`requested` DeviceUpdate rows in the same transaction. Two workers serialize on
+that lock, so `concurrent_updates` cannot be exceeded; a worker that dies
+mid-claim rolls back and claims nothing. The partial unique index on in-flight
+rows per device makes a second push to a busy device impossible. Pushes go out
+after the claim commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
+
+from deployments.models import (
+    INFLIGHT_STATUSES,
+    Deployment,
+    DeploymentStage,
+    DeviceUpdate,
+    StageMember,
+    UpdateStatus,
+)
+from deployments.versions import InvalidRequirement, Requirement, parse_version
+from devices import publish
+from devices.models import ConnectionStatus, Device, ValidationStatus
+from firmware.models import FirmwareStatus
+from nerveshub.tenancy.services import Actor, audit
+
+logger = logging.getLogger(__name__)
+
+# Attempts that ended badly: they feed the penalty box and the circuit breaker.
+FAILED_STATUSES = (UpdateStatus.FAILED, UpdateStatus.EXPIRED)
+FINISHED_STATUSES = (UpdateStatus.SUCCEEDED, *FAILED_STATUSES)
+
+
+# --- Membership --------------------------------------------------------------------
+
+
+def membership_problems(deployment: Deployment, device: Device) -> list[str]:
+    """Why `device` cannot belong to `deployment` (empty: it can)."""
+    problems: list[str] = []
+    firmware = deployment.firmware
+    if device.product_id != deployment.product_id:
+        problems.append("other product")
+    if not device.firmware_uuid:
+        problems.append("firmware not reported yet")
+    else:
+        if device.firmware_platform != firmware.platform:
+            problems.append(f"platform {device.firmware_platform or '?'} ≠ {firmware.platform}")
+        if device.firmware_architecture != firmware.architecture:
+            problems.append(f"architecture {device.firmware_architecture or '?'} ≠ {firmware.architecture}")
+        if deployment.conditions_version.strip():
+            try:
+                requirement = Requirement.parse(deployment.conditions_version)
+            except InvalidRequirement:
+                problems.append("deployment version condition is invalid")
+            else:
+                if not requirement.matches(device.firmware_version):
+                    problems.append(f"version {device.firmware_version or '?'} does not match {requirement}")
+    missing = [t for t in deployment.conditions_tags if t not in device.tags]
+    if missing:
+        problems.append("missing tags: " + ", ".join(missing))
+    return problems
+
+
+def _rank(deployment: Deployment, device: Device) -> tuple[object, ...]:
+    # Highest target version first, then more tags in common, then the oldest
+    # deployment (server-behaviour.md §6.3).
+    version = parse_version(deployment.firmware.version)
+    shared = len(set(deployment.conditions_tags) & set(device.tags))
+    return (version is not None, version, shared, -deployment.pk)
+
+
+def best_deployment_for(device: Device) -> Deployment | None:
+    candidates = [
+        d
+        for d in Deployment.objects.filter(product_id=device.product_id, is_active=True)
+        .select_related("firmware")
+        .filter(firmware__status=FirmwareStatus.VALID)
+        if not membership_problems(d, device)
+    ]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda d: _rank(d, device))
+
+
+def assign_deployment(device_id: int, actor: Actor = "orchestrator") -> int | None:
+    """Recompute the device's deployment: keep the current one while the device
+    still matches it and it is active, else take the best match. Returns the
+    deployment id the device now belongs to."""
+    with transaction.atomic():
+        device = Device.objects.select_for_update().get(pk=device_id)
+        current = (
+            Deployment.objects.select_related("firmware").filter(pk=device.deployment_id).first()
+            if device.deployment_id
+            else None
+        )
+        if current is not None and current.is_active and not membership_problems(current, device):
+            return current.pk
+        chosen = best_deployment_for(device)
+        chosen_id = chosen.pk if chosen else None
+        if chosen_id != device.deployment_id:
+            Device.objects.filter(pk=device_id).update(deployment_id=chosen_id, updated_at=timezone.now())
+            audit(
+                actor,
+                "device.deployment_changed",
+                device,
+                details={"from": device.deployment_id, "to": chosen_id, "name": chosen.name if chosen else None},
+            )
+    return chosen_id
+
+
+def reassign_product(product_id: int, actor: Actor = "orchestrator") -> int:
+    """Recompute membership for every device of a product (after a deployment's
+    conditions, firmware or activation changed). Returns how many moved."""
+    moved = 0
+    ids = list(Device.objects.filter(product_id=product_id, deleted_at__isnull=True).values_list("pk", flat=True))
+    for device_id in ids:
+        before = Device.objects.filter(pk=device_id).values_list("deployment_id", flat=True).first()
+        if assign_deployment(device_id, actor) != before:
+            moved += 1
+    return moved
+
+
+# --- Eligibility for an update now ----------------------------------------------------
+
+
+def _held(now: datetime) -> Exists:
+    # A rescheduled or ignored attempt holds the device until its retry time.
+    return Exists(
+        DeviceUpdate.objects.filter(
+            device_id=OuterRef("pk"),
+            deployment_id=OuterRef("deployment_id"),
+            firmware_id=OuterRef("deployment__firmware_id"),
+            retry_after__gt=now,
+        )
+    )
+
+
+def eligible_devices(deployment: Deployment, now: datetime | None = None) -> QuerySet[Device]:
+    """Devices of the deployment that may get the update right now: those that
+    have not failed it yet first, then by oldest connection."""
+    now = now or timezone.now()
+    inflight = DeviceUpdate.objects.filter(device_id=OuterRef("pk"), status__in=INFLIGHT_STATUSES)
+    failed_before = DeviceUpdate.objects.filter(
+        device_id=OuterRef("pk"),
+        deployment_id=deployment.pk,
+        firmware_id=deployment.firmware_id,
+        status__in=FAILED_STATUSES,
+    )
+    return (
+        Device.objects.filter(
+            deployment=deployment,
+            deleted_at__isnull=True,
+            connection_status=ConnectionStatus.CONNECTED,
+            updates_enabled=True,
+        )
+        .exclude(firmware_uuid=deployment.firmware.uuid)
+        .exclude(penalty_box_until__gt=now)
+        .exclude(firmware_validation=ValidationStatus.NOT_VALIDATED)
+        .exclude(Exists(inflight))
+        .exclude(_held(now))
+        .annotate(failed_before=Exists(failed_before))
+        .order_by("failed_before", "connected_at", "pk")
+    )
+
+
+def update_problems(deployment: Deployment, device: Device, now: datetime | None = None) -> list[str]:
+    """Why `device` would not get the update now (for the preview)."""
+    now = now or timezone.now()
+    problems = membership_problems(deployment, device)
+    if device.deleted_at is not None:
+        problems.append("deleted")
+    if device.connection_status != ConnectionStatus.CONNECTED:
+        problems.append("offline")
+    if not device.updates_enabled:
+        problems.append("updates disabled")
+    if device.penalty_box_until and device.penalty_box_until > now:
+        problems.append(f"in penalty box until {device.penalty_box_until:%Y-%m-%d %H:%M}")
+    if device.firmware_uuid and device.firmware_uuid == deployment.firmware.uuid:
+        problems.append("already on the target firmware")
+    if device.firmware_validation == ValidationStatus.NOT_VALIDATED:
+        problems.append("current firmware not validated")
+    if DeviceUpdate.objects.filter(device=device, status__in=INFLIGHT_STATUSES).exists():
+        problems.append("an update is in flight")
+    held = DeviceUpdate.objects.filter(
+        device=device, deployment=deployment, firmware=deployment.firmware, retry_after__gt=now
+    ).first()
+    if held is not None and held.retry_after is not None:
+        problems.append(f"{held.status} until {held.retry_after:%Y-%m-%d %H:%M}")
+    return problems
+
+
+@dataclass
+class PreviewRow:
+    device: Device
+    eligible: bool
+    problems: list[str]
+
+
+def preview(deployment: Deployment, limit: int = 500) -> list[PreviewRow]:
+    """Devices of the product, whether they would be targeted now and why not."""
+    now = timezone.now()
+    devices = Device.objects.filter(product_id=deployment.product_id, deleted_at__isnull=True).order_by("identifier")[
+        :limit
+    ]
+    rows = []
+    for device in devices:
+        problems = update_problems(deployment, device, now)
+        if device.deployment_id not in (None, deployment.pk) and not problems:
+            problems.append("belongs to another deployment")
+        rows.append(PreviewRow(device=device, eligible=not problems, problems=problems))
+    return rows
+
+
+# --- The orchestrator ------------------------------------------------------------------
+
+
+@dataclass
+class RolloutRun:
+    claimed: list[int] = field(default_factory=list)  # device ids pushed this run
+    expired: int = 0
+    skipped: str = ""
+
+
+def _lock_deployment(deployment_id: int) -> Deployment | None:
+    return Deployment.objects.select_for_update().select_related("firmware").filter(pk=deployment_id).first()
+
+
+def expire_stale_updates(deployment: Deployment, now: datetime) -> int:
+    cutoff = now - timedelta(minutes=deployment.inflight_timeout_minutes)
+    stale = list(
+        DeviceUpdate.objects.filter(deployment=deployment, status__in=INFLIGHT_STATUSES, updated_at__lt=cutoff)
+        .order_by("pk")
+        .values_list("pk", "status")
+    )
+    expired = 0
+    for update_id, status in stale:
+        if DeviceUpdate.objects.filter(pk=update_id, status=status).update(
+            status=UpdateStatus.EXPIRED, reason="no progress within the in-flight timeout", finished_at=now
+        ):
+            expired += 1
+            # The caller is the orchestrator itself: no wake-up needed.
+            attempt_finished(update_id, wake_orchestrator=False)
+    return expired
+
+
+def run_rollout(deployment_id: int) -> RolloutRun:
+    """Fill the deployment's free slots with eligible connected devices."""
+    run = RolloutRun()
+    now = timezone.now()
+    deployment = Deployment.objects.select_related("firmware").filter(pk=deployment_id).first()
+    if deployment is None:
+        run.skipped = "deployment gone"
+        return run
+    run.expired = expire_stale_updates(deployment, now)
+    from firmware.services import update_payload
+
+    with transaction.atomic():
+        deployment = _lock_deployment(deployment_id)
+        if deployment is None or not deployment.is_active:
+            run.skipped = "inactive"
+            return run
+        if deployment.paused_at is not None:
+            run.skipped = "paused"
+            return run
+        if deployment.firmware.status != FirmwareStatus.VALID:
+            run.skipped = "firmware not valid"
+            return run
+        scope = _stage_scope(deployment, now)
+        if isinstance(scope, str):
+            run.skipped = scope
+            return run
+        inflight = DeviceUpdate.objects.filter(deployment=deployment, status__in=INFLIGHT_STATUSES)
+        slots = deployment.concurrent_updates - inflight.count()
+        candidates = eligible_devices(deployment, now)
+        if scope is not None:
+            members = StageMember.objects.filter(deployment=deployment, stage__position__lte=scope.position)
+            candidates = candidates.filter(pk__in=members.values("device_id"))
+            stage_limit = scope.concurrent_updates or deployment.concurrent_updates
+            stage_members = StageMember.objects.filter(stage=scope).values("device_id")
+            slots = min(slots, stage_limit - inflight.filter(device_id__in=stage_members).count())
+        if slots <= 0:
+            run.skipped = "no free slot"
+            return run
+        payload = dict(update_payload(deployment.firmware, deployment.pk))
+        for device in candidates.only("pk", "org_id", "identifier")[:slots]:
+            try:
+                with transaction.atomic():
+                    update = DeviceUpdate.objects.create(
+                        device=device, deployment=deployment, firmware=deployment.firmware
+                    )
+            except IntegrityError:
+                continue  # another path put an update in flight for this device
+            audit(
+                "orchestrator",
+                "update.requested",
+                device,
+                details={"deployment": deployment.name, "firmware": deployment.firmware.uuid, "update": update.pk},
+            )
+            publish.send_to_device(device.pk, "update", payload)
+            run.claimed.append(device.pk)
+    return run
+
+
+# --- Stages ------------------------------------------------------------------------------
+
+
+def _stage_scope(deployment: Deployment, now: datetime) -> DeploymentStage | str | None:
+    """The stage whose members may be updated now (None: no stages, or every
+    stage completed and the rest of the devices follow), or why nothing may.
+    Runs under the deployment lock."""
+    previous_done: datetime | None = None
+    for stage in DeploymentStage.objects.filter(deployment=deployment).order_by("position"):
+        if stage.completed_at is not None:
+            previous_done = stage.completed_at
+            continue
+        if stage.started_at is None:
+            if previous_done is not None and previous_done + timedelta(minutes=stage.soak_minutes) > now:
+                until = previous_done + timedelta(minutes=stage.soak_minutes)
+                return f"soaking before stage {stage.name} until {until:%H:%M}"
+            if stage.requires_approval and stage.approved_at is None:
+                return f"stage {stage.name} waits for approval"
+            _start_stage(deployment, stage, now)
+            return stage
+        if _stage_done(deployment, stage, now):
+            DeploymentStage.objects.filter(pk=stage.pk, completed_at__isnull=True).update(completed_at=now)
+            audit("orchestrator", "deployment.stage_completed", deployment, details={"stage": stage.name})
+            previous_done = now
+            continue
+        return stage
+    return None
+
+
+def _start_stage(deployment: Deployment, stage: DeploymentStage, now: datetime) -> None:
+    claimed = StageMember.objects.filter(deployment=deployment).count()
+    if stage.size_count is not None:
+        wanted = stage.size_count
+    else:
+        total = Device.objects.filter(deployment=deployment, deleted_at__isnull=True).count()
+        wanted = math.ceil(total * (stage.size_percent or 0) / 100) - claimed
+    taken = StageMember.objects.filter(deployment=deployment).values("device_id")
+    # Connected devices first: a canary that is offline proves nothing.
+    pool = (
+        Device.objects.filter(deployment=deployment, deleted_at__isnull=True)
+        .exclude(pk__in=taken)
+        .exclude(firmware_uuid=deployment.firmware.uuid)
+        .order_by("-connection_status", "connected_at", "pk")
+        .values_list("pk", flat=True)[: max(wanted, 0)]
+    )
+    StageMember.objects.bulk_create(
+        [StageMember(deployment=deployment, stage=stage, device_id=pk, claimed_at=now) for pk in pool],
+        ignore_conflicts=True,
+    )
+    DeploymentStage.objects.filter(pk=stage.pk, started_at__isnull=True).update(started_at=now)
+    audit(
+        "orchestrator",
+        "deployment.stage_started",
+        deployment,
+        details={"stage": stage.name, "members": len(pool)},
+    )
+
+
+def _stage_done(deployment: Deployment, stage: DeploymentStage, now: datetime) -> bool:
+    """Done when no member is in flight or still eligible, and (if it has
+    members) at least one of them succeeded. Offline members do not hold the
+    rollout back; they update when they return."""
+    members = StageMember.objects.filter(stage=stage).values("device_id")
+    if not StageMember.objects.filter(stage=stage).exists():
+        return True
+    if DeviceUpdate.objects.filter(device_id__in=members, status__in=INFLIGHT_STATUSES).exists():
+        return False
+    if eligible_devices(deployment, now).filter(pk__in=members).exists():
+        return False
+    return DeviceUpdate.objects.filter(
+        device_id__in=members, deployment=deployment, firmware_id=deployment.firmware_id, status=UpdateStatus.SUCCEEDED
+    ).exists()
+
+
+def approve_stage(actor: Actor, stage: DeploymentStage) -> bool:
+    with transaction.atomic():
+        changed = DeploymentStage.objects.filter(pk=stage.pk, approved_at__isnull=True).update(
+            approved_at=timezone.now(), approved_by=str(actor)[:200]
+        )
+        if changed:
+            audit(actor, "deployment.stage_approved", stage.deployment, details={"stage": stage.name})
+            wake(stage.deployment_id)
+    return bool(changed)
+
+
+def push_pending_update(device_id: int) -> bool:
+    """Re-send a `requested` update the device never acknowledged (it went away
+    before the push reached it). Returns whether one was sent."""
+    from firmware.services import update_payload
+
+    update = (
+        DeviceUpdate.objects.select_related("firmware")
+        .filter(device_id=device_id, status=UpdateStatus.REQUESTED)
+        .first()
+    )
+    if update is None:
+        return False
+    payload = dict(update_payload(update.firmware, update.deployment_id))
+    with transaction.atomic():
+        DeviceUpdate.objects.filter(pk=update.pk, status=UpdateStatus.REQUESTED).update(updated_at=timezone.now())
+        publish.send_to_device(device_id, "update", payload)
+    return True
+
+
+# --- Outcomes ------------------------------------------------------------------------
+
+
+def attempt_finished(update_id: int, *, wake_orchestrator: bool = True) -> None:
+    """After an update reached a final state: penalty box, circuit breaker, and
+    a wake-up for the orchestrator (a slot is free)."""
+    update = DeviceUpdate.objects.select_related("deployment", "device").filter(pk=update_id).first()
+    if update is None or update.deployment is None:
+        return
+    if update.status in FAILED_STATUSES:
+        _penalise(update)
+    if update.status in FINISHED_STATUSES:
+        check_breaker(update.deployment.pk)
+    if wake_orchestrator:
+        with transaction.atomic():
+            wake(update.deployment.pk)
+
+
+def _penalise(update: DeviceUpdate) -> None:
+    deployment = update.deployment
+    assert deployment is not None
+    now = timezone.now()
+    last_success = (
+        DeviceUpdate.objects.filter(device_id=update.device_id, status=UpdateStatus.SUCCEEDED)
+        .order_by("-finished_at")
+        .values_list("finished_at", flat=True)
+        .first()
+    )
+    failures = DeviceUpdate.objects.filter(
+        device_id=update.device_id, deployment=deployment, status__in=FAILED_STATUSES
+    )
+    if last_success is not None:
+        failures = failures.filter(finished_at__gt=last_success)
+    total = failures.count()
+    recent = failures.filter(finished_at__gte=now - timedelta(seconds=deployment.penalty_rate_seconds)).count()
+    if total >= deployment.penalty_attempts or recent >= deployment.penalty_rate_attempts:
+        until = now + timedelta(minutes=deployment.penalty_minutes)
+        with transaction.atomic():
+            Device.objects.filter(pk=update.device_id).update(penalty_box_until=until)
+            audit(
+                "orchestrator",
+                "device.penalty_boxed",
+                update.device,
+                details={"failed_attempts": total, "recent": recent, "until": until.isoformat()},
+            )
+
+
+def check_breaker(deployment_id: int) -> bool:
+    """Pause the deployment when its failure share reaches the threshold.
+    Returns whether this call paused it."""
+    deployment = Deployment.objects.filter(pk=deployment_id).first()
+    if deployment is None or deployment.paused_at is not None:
+        return False
+    attempts = DeviceUpdate.objects.filter(deployment=deployment, firmware_id=deployment.firmware_id)
+    if deployment.resumed_at is not None:
+        # An operator resumed: judge only what happened since.
+        attempts = attempts.filter(finished_at__gte=deployment.resumed_at)
+    counts = attempts.aggregate(
+        finished=Count("pk", filter=Q(status__in=FINISHED_STATUSES)),
+        failed=Count("pk", filter=Q(status__in=FAILED_STATUSES)),
+    )
+    finished, failed = counts["finished"], counts["failed"]
+    reason = ""
+    if finished >= deployment.breaker_min_attempts and failed * 100 >= deployment.breaker_failure_percent * finished:
+        reason = (
+            f"{failed} of {finished} finished attempts failed "
+            f"(threshold {deployment.breaker_failure_percent}% of at least {deployment.breaker_min_attempts})"
+        )
+    else:
+        reason = _stage_breach(deployment, attempts)
+    if not reason:
+        return False
+    with transaction.atomic():
+        paused = Deployment.objects.filter(pk=deployment_id, paused_at__isnull=True).update(
+            paused_at=timezone.now(), paused_reason=reason
+        )
+        if paused:
+            audit("orchestrator", "deployment.paused_by_breaker", deployment, details={"reason": reason})
+    return bool(paused)
+
+
+def _stage_breach(deployment: Deployment, attempts: QuerySet[DeviceUpdate]) -> str:
+    """The current stage's own failure tolerance, judged over its members with
+    a minimum sample of min(breaker_min_attempts, stage size)."""
+    stage = (
+        DeploymentStage.objects.filter(deployment=deployment, started_at__isnull=False, completed_at__isnull=True)
+        .order_by("position")
+        .first()
+    )
+    if stage is None or stage.failure_percent is None:
+        return ""
+    members = StageMember.objects.filter(stage=stage)
+    counts = attempts.filter(device_id__in=members.values("device_id")).aggregate(
+        finished=Count("pk", filter=Q(status__in=FINISHED_STATUSES)),
+        failed=Count("pk", filter=Q(status__in=FAILED_STATUSES)),
+    )
+    sample = min(deployment.breaker_min_attempts, members.count())
+    finished, failed = counts["finished"], counts["failed"]
+    if finished and finished >= sample and failed * 100 >= stage.failure_percent * finished:
+        return (
+            f"stage {stage.name}: {failed} of {finished} finished attempts failed (tolerance {stage.failure_percent}%)"
+        )
+    return ""
+
+
+def wake(deployment_id: int) -> None:
+    """Ask a worker to run the orchestrator for this deployment after commit."""
+    from deployments.tasks import run_rollout_task
+
+    transaction.on_commit(lambda: run_rollout_task.delay(deployment_id))
+
+
+# --- Operator actions -------------------------------------------------------------------
+
+
+def set_active(actor: Actor, deployment: Deployment, active: bool) -> bool:
+    with transaction.atomic():
+        changed = Deployment.objects.filter(pk=deployment.pk, is_active=not active).update(
+            is_active=active, updated_at=timezone.now()
+        )
+        if changed:
+            audit(actor, "deployment.activated" if active else "deployment.deactivated", deployment)
+    if changed:
+        reassign_product(deployment.product_id, actor)
+        if active:
+            with transaction.atomic():
+                wake(deployment.pk)
+    return bool(changed)
+
+
+def pause(actor: Actor, deployment: Deployment, reason: str = "paused by an operator") -> bool:
+    with transaction.atomic():
+        changed = Deployment.objects.filter(pk=deployment.pk, paused_at__isnull=True).update(
+            paused_at=timezone.now(), paused_reason=reason
+        )
+        if changed:
+            audit(actor, "deployment.paused", deployment, details={"reason": reason})
+    return bool(changed)
+
+
+def resume(actor: Actor, deployment: Deployment) -> bool:
+    """Resuming is explicit, also after the breaker tripped. From then on the
+    breaker judges only attempts that finish after the resume."""
+    with transaction.atomic():
+        now = timezone.now()
+        changed = Deployment.objects.filter(pk=deployment.pk, paused_at__isnull=False).update(
+            paused_at=None, paused_reason="", resumed_at=now, updated_at=now
+        )
+        if changed:
+            audit(actor, "deployment.resumed", deployment)
+            wake(deployment.pk)
+    return bool(changed)
+
+
+def retry_failed(actor: Actor, deployment: Deployment) -> int:
+    """Let devices whose last attempt in this deployment failed try again: clear
+    their penalty box and any hold."""
+    with transaction.atomic():
+        device_ids = list(
+            DeviceUpdate.objects.filter(deployment=deployment, status__in=(*FAILED_STATUSES, UpdateStatus.IGNORED))
+            .values_list("device_id", flat=True)
+            .distinct()
+        )
+        Device.objects.filter(pk__in=device_ids).update(penalty_box_until=None)
+        DeviceUpdate.objects.filter(deployment=deployment, device_id__in=device_ids, retry_after__isnull=False).update(
+            retry_after=None
+        )
+        audit(actor, "deployment.retry_failed", deployment, details={"devices": len(device_ids)})
+        wake(deployment.pk)
+    return len(device_ids)
+
+
+def progress(deployment: Deployment) -> dict[str, int]:
+    """Counts of this deployment's updates of its current firmware, by status."""
+    rows = (
+        DeviceUpdate.objects.filter(deployment=deployment, firmware_id=deployment.firmware_id)
+        .values("status")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    counts = {status.value: 0 for status in UpdateStatus}
+    for row in rows:
+        counts[row["status"]] = row["n"]
+    counts["members"] = Device.objects.filter(deployment=deployment, deleted_at__isnull=True).count()
+    counts["on_target"] = Device.objects.filter(
+        deployment=deployment, deleted_at__isnull=True, firmware_uuid=deployment.firmware.uuid
+    ).count()
+    return counts
+
+
+def deployment_changed(actor: Actor, deployment: Deployment) -> int:
+    """After a deployment's firmware, conditions or activation changed (saved
+    through a form or the API): recompute which devices belong to it and wake
+    the orchestrator. Returns how many devices changed deployment."""
+    moved = reassign_product(deployment.product_id, actor)
+    with transaction.atomic():
+        wake(deployment.pk)
+    return moved
+
+
+# --- Device events -------------------------------------------------------------------
+# Called by the device socket's services after the device's own rows are written.
+
+
+def on_device_joined(device_id: int) -> None:
+    """After a join: settle the device's deployment, re-send an update it never
+    acknowledged, and wake the orchestrator of its deployment."""
+    deployment_id = assign_deployment(device_id)
+    if push_pending_update(device_id):
+        return
+    if deployment_id is not None:
+        with transaction.atomic():
+            wake(deployment_id)
+
+
+def on_update_finished(update: DeviceUpdate) -> None:
+    """After a device status ended an attempt (failed, ignored, rescheduled)."""
+    if update.status == UpdateStatus.IGNORED and update.deployment_id is not None:
+        # The device declined; asking again at once would loop. Hold it like a
+        # penalty, without counting a failure.
+        deployment = Deployment.objects.filter(pk=update.deployment_id).first()
+        if deployment is not None:
+            hold = timezone.now() + timedelta(minutes=deployment.penalty_minutes)
+            DeviceUpdate.objects.filter(pk=update.pk, retry_after__isnull=True).update(retry_after=hold)
+    attempt_finished(update.pk)

@@ -1,0 +1,109 @@
+"""Business rules for deployments and the updates they ask devices to make.
+
+Device reports move a DeviceUpdate row by compare-and-set: the row's current
+status is part of the UPDATE's WHERE clause, and the caller re-reads and retries
+when another writer got there first.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from deployments.models import INFLIGHT_STATUSES, DeviceUpdate, UpdateStatus
+
+logger = logging.getLogger(__name__)
+
+# A device sends progress up to twice a second; same-status progress is written
+# at most this often (value 100 is always written).
+PROGRESS_WRITE_INTERVAL = timedelta(seconds=5)
+_CAS_ATTEMPTS = 3
+# Statuses that end an attempt without success (the deployments engineer adds the
+# penalty box and circuit breaker on top of these).
+_FINISHING = {UpdateStatus.FAILED, UpdateStatus.IGNORED, UpdateStatus.RESCHEDULED}
+
+
+def _target(payload: dict[str, Any], current: DeviceUpdate) -> dict[str, Any] | None:
+    """The fields a status_update / fwup_progress payload sets, or None to skip."""
+    now = timezone.now()
+    if "status" in payload:
+        status = str(payload["status"])
+        reason = str(payload.get("reason") or "")
+        if "fwup error" in status.lower():
+            # Clients before 2.9 sent the error text as the status.
+            status, reason = UpdateStatus.FAILED, status
+        try:
+            new = UpdateStatus(status)
+        except ValueError:
+            logger.info("update %s: unknown status %r ignored", current.pk, status)
+            return None
+        fields: dict[str, Any] = {"status": new}
+        if new in _FINISHING:
+            fields.update(reason=reason[:2000], finished_at=now)
+        if new == UpdateStatus.RESCHEDULED:
+            # delay_for is minutes (nerves_hub_link ≥ 2.9), at least 5. The
+            # reference reads it as milliseconds; that is a bug we do not copy.
+            minutes = max(5, int(payload.get("delay_for") or 5))
+            fields["retry_after"] = now + timedelta(minutes=minutes)
+        return fields
+    value = int(payload["value"])
+    stage = payload.get("stage")
+    if stage is None:
+        # Bare {value} from clients before 2.9.
+        new = UpdateStatus.COMPLETED if value == 100 else UpdateStatus.UPDATING
+    else:
+        new = UpdateStatus(stage)
+    if new == current.status and value != 100 and now - current.updated_at < PROGRESS_WRITE_INTERVAL:
+        return None
+    return {"status": new, "progress": value}
+
+
+def record_update_status(device_id: int, payload: dict[str, Any]) -> DeviceUpdate | None:
+    """Apply a device's `status_update` ({"status": ...}) or `fwup_progress`
+    ({"value": N, "stage"?}) to its in-flight update. Returns the row as
+    written, or None when there is nothing in flight or nothing to write."""
+    for _ in range(_CAS_ATTEMPTS):
+        current = DeviceUpdate.objects.inflight().filter(device_id=device_id).first()
+        if current is None:
+            logger.info("device %s reported %s with no update in flight", device_id, payload)
+            return None
+        fields = _target(payload, current)
+        if fields is None:
+            return None
+        if current.attempted_at is None:
+            fields["attempted_at"] = timezone.now()
+        fields["updated_at"] = timezone.now()
+        changed = DeviceUpdate.objects.filter(pk=current.pk, status=current.status).update(**fields)
+        if changed:
+            for name, value in fields.items():
+                setattr(current, name, value)
+            return current
+    logger.warning("device %s: update status %s lost %d compare-and-set races", device_id, payload, _CAS_ATTEMPTS)
+    return None
+
+
+def reconcile_update_on_join(device_id: int, firmware_uuid: str, currently_downloading_uuid: str | None) -> None:
+    """What a device's join says about its in-flight update (server-behaviour.md §3.2):
+
+    * it runs the update's firmware → succeeded;
+    * it is still downloading (currently_downloading_uuid set) → keep the row;
+    * the update was only requested, never received → keep it (the push comes);
+    * otherwise the attempt ended without an outcome (reboot into the old slot,
+      power loss mid-download) → expired, which frees the deployment slot.
+    """
+    current = DeviceUpdate.objects.inflight().select_related("firmware").filter(device_id=device_id).first()
+    if current is None:
+        return
+    now = timezone.now()
+    if firmware_uuid and current.firmware.uuid == firmware_uuid:
+        fields: dict[str, Any] = {"status": UpdateStatus.SUCCEEDED, "progress": 100, "finished_at": now}
+    elif currently_downloading_uuid or current.status == UpdateStatus.REQUESTED:
+        return
+    else:
+        fields = {"status": UpdateStatus.EXPIRED, "finished_at": now, "reason": "device rejoined without the update"}
+    DeviceUpdate.objects.filter(pk=current.pk, status__in=INFLIGHT_STATUSES, status=current.status).update(
+        updated_at=now, **fields
+    )

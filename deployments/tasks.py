@@ -1,0 +1,27 @@
+"""Celery tasks for rollouts: thin, idempotent, keyed by primary key."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from deployments import rollout
+from deployments.models import Deployment
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(soft_time_limit=120, time_limit=150, ignore_result=True)
+def run_rollout_task(deployment_id: int) -> None:
+    run = rollout.run_rollout(deployment_id)
+    if run.claimed or run.expired:
+        logger.info("deployment %s: pushed %d update(s), expired %d", deployment_id, len(run.claimed), run.expired)
+
+
+@shared_task(soft_time_limit=300, time_limit=330, ignore_result=True)
+def run_all_rollouts() -> None:
+    """The periodic backstop: a lost wake-up, an expired in-flight update or a
+    rescheduled device whose delay passed is picked up within one period."""
+    for deployment_id in Deployment.objects.filter(is_active=True, paused_at__isnull=True).values_list("pk", flat=True):
+        run_rollout_task.delay(deployment_id)

@@ -1,0 +1,205 @@
+"""Who is on the other end of a device socket: the authenticator chain.
+
+The socket consumer calls `authenticate_device(scope)`, which asks, in order:
+
+1. the client certificate (forwarded by the TLS-terminating proxy), through
+   `authenticate_certificate_request`, the one call site the certificates app
+   fills in (`certificates.auth.device_from_scope`);
+2. NH1 shared-secret headers (`x-nh-*`), verified here.
+
+Each authenticator returns the Device, returns None when its credentials are
+absent, or raises AuthError(status, reason) to refuse. The first to answer wins,
+as in the reference server (server-behaviour.md §2.1): a certificate beats
+headers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import logging
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from devices import nh1
+from devices.models import Device, DeviceSharedSecret, ProductSharedSecret
+from devices.services import PRODUCT_KEY_PREFIX
+from nerveshub.lib.sealed import SealError, unseal
+from nerveshub.tenancy.services import audit
+
+logger = logging.getLogger(__name__)
+
+# Texts of server-behaviour.md §1.5; devices ignore them, operators read them.
+REASON_NO_CREDENTIALS = "no certificate pair or shared secrets connection settings were provided"
+REASON_PLATFORM = "the platform could not be reached to authenticate this device"
+# Deliberately coarse: which check failed is logged, not told to the caller, so
+# the header cannot be used to probe for valid keys or identifiers.
+REASON_INVALID = "invalid shared secret credentials"
+REASON_EXPIRED = "shared secret signature expired: check the device clock"
+REASON_FUTURE = "shared secret signature is in the future: check the device clock"
+
+NH_HEADERS = ("x-nh-alg", "x-nh-key", "x-nh-time", "x-nh-signature")
+# Writes to last_used_at are throttled: a reconnect storm must not become a write storm.
+KEY_LAST_USED_INTERVAL = 3600
+
+
+class AuthError(Exception):
+    """Refuse the upgrade with this HTTP status and nh-connection-error-reason."""
+
+    def __init__(self, status: int, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.status = status
+        self.reason = reason
+        self.detail = detail or reason
+
+
+def scope_headers(scope: Mapping[str, Any]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        headers.setdefault(name.decode("latin1").lower(), value.decode("latin1"))
+    return headers
+
+
+# --- 1. Certificates (implemented in the certificates app) --------------------
+
+
+async def authenticate_certificate_request(scope: Mapping[str, Any]) -> Device | None:
+    """The certificate authenticator. Returns None when no certificate was
+    presented. Delegates to `certificates.auth.device_from_scope(scope)` (sync
+    or async, same contract: Device | None, AuthError to refuse) once that
+    module exists."""
+    if importlib.util.find_spec("certificates.auth") is None:
+        return None
+    module = importlib.import_module("certificates.auth")
+    from channels.db import database_sync_to_async
+
+    function = module.device_from_scope
+    if inspect.iscoroutinefunction(function):
+        result = await function(scope)
+    else:
+        result = await database_sync_to_async(function)(scope)
+    return result if isinstance(result, Device) else None
+
+
+# --- 2. NH1 shared secrets -------------------------------------------------------
+
+
+def _refuse(reason: str, detail: str) -> AuthError:
+    return AuthError(401, reason, detail)
+
+
+def _secret_for_key(key: str) -> tuple[str, ProductSharedSecret | DeviceSharedSecret]:
+    row: ProductSharedSecret | DeviceSharedSecret | None
+    if key.startswith(PRODUCT_KEY_PREFIX):
+        row = ProductSharedSecret.objects.select_related("product").filter(key=key).first()
+    else:
+        row = DeviceSharedSecret.objects.select_related("device").filter(key=key).first()
+    if row is None:
+        raise _refuse(REASON_INVALID, "unknown key")
+    if not row.is_active:
+        raise _refuse(REASON_INVALID, "deactivated key")
+    try:
+        return unseal(row.secret_sealed), row
+    except SealError:
+        # Our configuration is wrong, not the device: a platform error.
+        raise AuthError(503, REASON_PLATFORM, "shared secret does not unseal") from None
+
+
+def _device_for_product_key(row: ProductSharedSecret, identifier: str) -> Device:
+    product = row.product
+    existing = Device.objects.filter(org_id=product.org_id, identifier=identifier).first()
+    if existing is None:
+        try:
+            with transaction.atomic():
+                existing = Device.objects.create(org_id=product.org_id, product=product, identifier=identifier)
+                audit(f"device:{identifier}", "device.registered", existing, details={"key": row.key})
+            return existing
+        except IntegrityError:
+            # Two first connections raced; the other created it.
+            existing = Device.objects.get(org_id=product.org_id, identifier=identifier)
+    if existing.product_id != product.pk:
+        raise _refuse(REASON_INVALID, "identifier already exists in another product")
+    if existing.is_deleted:
+        raise _refuse(REASON_INVALID, "device is deleted")
+    return existing
+
+
+def _check_age(signed_at_ms: int) -> None:
+    now_ms = int(time.time() * 1000)
+    if signed_at_ms > now_ms + settings.DEVICE_AUTH_FUTURE_SKEW * 1000:
+        raise _refuse(REASON_FUTURE, "signed in the future")
+    if signed_at_ms + settings.DEVICE_AUTH_MAX_AGE * 1000 < now_ms:
+        raise _refuse(REASON_EXPIRED, "signature expired")
+
+
+def authenticate_shared_secret(headers: Mapping[str, str]) -> Device:
+    """Verify the NH1 headers (server-behaviour.md §2.4) and return the device,
+    registering it first when a product key signs an unknown identifier."""
+    if not settings.DEVICE_SHARED_SECRETS_ENABLED:
+        raise _refuse(REASON_INVALID, "shared secrets are disabled")
+    values = [headers.get(name) for name in NH_HEADERS]
+    if any(not value for value in values):
+        # The reference answers 503 here (a crash in its integer parse); a
+        # missing header is the device's fault, so we answer 401.
+        raise _refuse(REASON_INVALID, "missing x-nh-* header")
+    alg, key, signed_time, signature = (str(v) for v in values)
+    try:
+        parsed = nh1.parse_alg(alg)
+        nh1.parse_time(signed_time)
+    except nh1.NH1Error as exc:
+        raise _refuse(REASON_INVALID, str(exc)) from None
+    secret, row = _secret_for_key(key)
+    derived = nh1.derive_key(
+        secret, nh1.build_salt(alg, key, signed_time), parsed.digest, parsed.iterations, parsed.length
+    )
+    try:
+        claims = nh1.decode_payload(nh1.verify_token(signature, derived))
+    except nh1.NH1Error as exc:
+        raise _refuse(REASON_INVALID, str(exc)) from None
+    _check_age(claims.signed_at_ms)
+
+    if isinstance(row, ProductSharedSecret):
+        device = _device_for_product_key(row, claims.identifier)
+    else:
+        device = row.device
+        if device.identifier != claims.identifier:
+            raise _refuse(REASON_INVALID, "device key signed another identifier")
+        if device.is_deleted:
+            raise _refuse(REASON_INVALID, "device is deleted")
+
+    now = timezone.now()
+    type(row).objects.filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - timedelta(seconds=KEY_LAST_USED_INTERVAL)),
+        pk=row.pk,
+    ).update(last_used_at=now)
+    return device
+
+
+# --- The chain ---------------------------------------------------------------------
+
+
+async def authenticate_device(scope: Mapping[str, Any]) -> Device:
+    """Return the authenticated device or raise AuthError."""
+    from channels.db import database_sync_to_async
+
+    try:
+        device = await authenticate_certificate_request(scope)
+        if device is not None:
+            return device
+        headers = scope_headers(scope)
+        # Like the reference: any x-* header means "shared secret was attempted".
+        if any(name.startswith("x-") for name in headers):
+            return await database_sync_to_async(authenticate_shared_secret)(headers)
+    except AuthError:
+        raise
+    except DatabaseError as exc:
+        raise AuthError(503, REASON_PLATFORM, f"database error: {exc}") from None
+    raise AuthError(401, REASON_NO_CREDENTIALS)

@@ -1,0 +1,319 @@
+"""The device socket: Phoenix V2 over a websocket, as nerves_hub_link speaks it.
+
+Thin by design: parse a frame (devices.protocol), call a service through
+database_sync_to_async (devices.services), send a frame. The rules the device
+relies on (device-protocol.md §1.7) live here because they are about the wire:
+
+* heartbeats are answered without touching the database;
+* server pushes carry ref null; phx_error carries the topic's join ref;
+* device pushes are never replied to, except `detach` for a disallowed extension;
+* a malformed frame closes this socket only, with the reason logged.
+
+Topics are a table (TOPICS): adding one (the console's real handlers, say) is a
+join method and an event method.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.consumer import AsyncConsumer
+from channels.db import aclose_old_connections, database_sync_to_async
+from channels.exceptions import StopConsumer
+from django.conf import settings
+from pydantic import ValidationError
+
+from deployments.services import record_update_status
+from devices import protocol, services
+from devices.auth import AuthError, authenticate_device
+from devices.hub import hub
+from devices.protocol import Codec, Frame, FrameError
+
+logger = logging.getLogger(__name__)
+
+# Extension attach → what to ask for straight away (reference server behaviour).
+ON_ATTACH = {"health": "health:check", "geo": "geo:location:request"}
+
+
+class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
+    device_id: int = 0
+    deployment_id: int | None = None
+    last_frame: float = 0.0
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        self.codec: Codec = protocol.JsonCodec
+        self.joined: dict[str, str | None] = {}
+        self.extensions_allowed: frozenset[str] = frozenset()
+        self.extensions_offered: frozenset[str] = frozenset()
+        self.extensions_attached: set[str] = set()
+        self.closing = False
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
+        # Phoenix reads a missing vsn as 1.0.0, which no device serializer matches.
+        codec = protocol.CODECS.get(query.get("vsn", ["1.0.0"])[-1])
+        if codec is None:
+            await self._deny(403, "unsupported serializer version")
+            return
+        self.codec = codec
+        await aclose_old_connections()
+        try:
+            device = await authenticate_device(self.scope)
+        except AuthError as exc:
+            logger.info("device socket refused (%s): %s from %s", exc.status, exc.detail, self.scope.get("client"))
+            await self._deny(exc.status, exc.reason)
+            return
+        try:
+            info = await database_sync_to_async(services.open_device_connection)(device.pk, self.channel_name)
+        except Exception:
+            logger.exception("could not record the connection of device %s", device.pk)
+            await self._deny(503, "the platform could not be reached to authenticate this device")
+            return
+        self.device_id = device.pk
+        self.identifier = device.identifier
+        self.deployment_id = info.deployment_id
+        self.product_extensions = info.product_extensions
+        self.last_frame = asyncio.get_running_loop().time()
+        await self.send({"type": "websocket.accept"})
+        replaced = hub.register(self)
+        if replaced is not None:
+            await replaced.close_replaced()
+        elif info.previous_channel:
+            # The older socket lives in another process: last connection wins.
+            await self.channel_layer.send(info.previous_channel, {"type": "device.disconnect"})
+
+    async def _deny(self, status: int, reason: str) -> None:
+        self.closing = True
+        if "websocket.http.response" in self.scope.get("extensions", {}):
+            body = reason.encode()
+            await self.send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"date", formatdate(usegmt=True).encode()),
+                        (b"nh-connection-error-reason", reason.encode("latin1", "replace")),
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await self.send({"type": "websocket.http.response.body", "body": body})
+        else:
+            # Servers without the extension can only refuse with 403.
+            await self.send({"type": "websocket.close"})
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        if self.device_id:
+            hub.unregister(self)
+            try:
+                await database_sync_to_async(services.close_device_connection)(self.device_id, self.channel_name)
+            except Exception:
+                logger.exception("could not record the disconnect of device %s", self.device_id)
+        raise StopConsumer
+
+    # --- frames ------------------------------------------------------------------
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        if self.closing or not self.device_id:
+            return
+        self.last_frame = asyncio.get_running_loop().time()
+        text, data = message.get("text"), message.get("bytes")
+        size = len(text) if text is not None else len(data or b"")
+        if size > settings.DEVICE_MAX_FRAME_BYTES:
+            await self._close_malformed(f"frame of {size} bytes is too large", code=1009)
+            return
+        try:
+            frame = self.codec.decode(text, data)
+        except FrameError as exc:
+            await self._close_malformed(str(exc))
+            return
+        if frame.topic == "phoenix":
+            if frame.event == "heartbeat":
+                await self._send(protocol.heartbeat_reply(frame.ref))
+            else:
+                await self._send(protocol.reply(frame.join_ref, frame.ref, "phoenix", "error", protocol.UNMATCHED_TOPIC))
+            return
+        handlers = TOPICS.get(frame.topic)
+        if frame.event == "phx_join":
+            if handlers is None:
+                await self._send(protocol.reply(frame.join_ref, frame.ref, frame.topic, "error", protocol.UNMATCHED_TOPIC))
+                return
+            await self._guarded(frame, handlers[0])
+            return
+        if frame.topic not in self.joined or handlers is None:
+            await self._send(protocol.reply(frame.join_ref, frame.ref, frame.topic, "error", protocol.UNMATCHED_TOPIC))
+            return
+        if frame.event == "phx_leave":
+            del self.joined[frame.topic]
+            await self._send(protocol.reply(frame.join_ref, frame.ref, frame.topic, "ok", {}))
+            return
+        # join_ref may be null on a joined topic (older Slipstream): route by topic.
+        await self._guarded(frame, handlers[1])
+
+    async def _guarded(self, frame: Frame, handler: Handler) -> None:
+        try:
+            await handler(self, frame)
+        except ValidationError as exc:
+            # A push whose payload we cannot read is dropped; the device is fine.
+            logger.info(
+                "device %s: %s/%s payload ignored: %s", self.device_id, frame.topic, frame.event, exc.errors()[:3]
+            )
+        except Exception:
+            # The Phoenix answer to a crashed channel: phx_error with ref = join
+            # ref; the device rejoins the topic in 5 s with its old params.
+            logger.exception("device %s: %s/%s failed", self.device_id, frame.topic, frame.event)
+            join_ref = frame.join_ref if frame.event == "phx_join" else self.joined.pop(frame.topic, frame.join_ref)
+            await self._send([join_ref, join_ref, frame.topic, "phx_error", {}])
+
+    async def _close_malformed(self, reason: str, code: int = 1008) -> None:
+        logger.warning("device %s: closing socket: %s", self.device_id, reason)
+        await self._close(code)
+
+    async def _close(self, code: int = 1000) -> None:
+        if not self.closing:
+            self.closing = True
+            await self.send({"type": "websocket.close", "code": code})
+
+    async def _send(self, message: list[Any]) -> None:
+        await self.send(self.codec.encode(message))
+
+    async def _push(self, topic: str, event: str, payload: Any) -> None:
+        # `device` pushes go out like the reference's fastlaned broadcasts (join
+        # ref null); other topics like its channel pushes (the topic's join ref).
+        join_ref = None if topic == "device" else self.joined.get(topic)
+        await self._send(protocol.push(join_ref, topic, event, payload))
+
+    # --- topic: device -------------------------------------------------------------
+
+    async def join_device(self, frame: Frame) -> None:
+        params = protocol.DeviceJoin.model_validate(frame.payload if isinstance(frame.payload, dict) else {})
+        outcome = await database_sync_to_async(services.join_device)(self.device_id, params)
+        self.deployment_id = outcome.deployment_id
+        self.joined["device"] = frame.join_ref
+        await self._send(protocol.reply(frame.join_ref, frame.ref, "device", "ok", {}))
+        if outcome.fwup_public_keys:
+            await self._push("device", "fwup_public_keys", {"keys": outcome.fwup_public_keys})
+        if outcome.archive_public_keys:
+            await self._push("device", "archive_public_keys", {"keys": outcome.archive_public_keys})
+        if params.api_version >= (2, 2, 0):
+            await self._push("device", "extensions:get", {})
+
+    async def on_device_event(self, frame: Frame) -> None:
+        event, payload = frame.event, frame.payload
+        if not isinstance(payload, dict):
+            logger.info("device %s: %s with a non-object payload ignored", self.device_id, event)
+            return
+        if event == "status_update":
+            status = protocol.StatusUpdate.model_validate(payload)
+            await database_sync_to_async(record_update_status)(self.device_id, status.model_dump(exclude_none=True))
+        elif event in ("fwup_progress", "update_progress"):
+            progress = protocol.FwupProgress.model_validate(payload)
+            await database_sync_to_async(record_update_status)(
+                self.device_id, progress.model_dump(exclude_none=True)
+            )
+        elif event == "report_network_interface":
+            report = protocol.NetworkInterfaceReport.model_validate(payload)
+            await database_sync_to_async(services.record_network_interface)(self.device_id, report.interface or "")
+        elif event == "firmware_validated":
+            await database_sync_to_async(services.mark_firmware_validated)(self.device_id)
+        elif event == "connection_types":
+            types = protocol.ConnectionTypes.model_validate(payload)
+            await database_sync_to_async(services.record_connection_types)(self.device_id, types.values)
+        elif event == "rebooting":
+            logger.info("device %s is rebooting", self.device_id)
+        else:
+            # scripts/run results and future events: ignored, never replied to.
+            logger.debug("device %s: event %s ignored", self.device_id, event)
+
+    # --- topic: console (the console issue replaces these) -------------------------
+
+    async def join_console(self, frame: Frame) -> None:
+        params = protocol.ConsoleJoin.model_validate(frame.payload if isinstance(frame.payload, dict) else {})
+        await database_sync_to_async(services.join_console)(self.device_id, params.console_version)
+        self.joined["console"] = frame.join_ref
+        await self._send(protocol.reply(frame.join_ref, frame.ref, "console", "ok", {}))
+
+    async def on_console_event(self, frame: Frame) -> None:
+        logger.debug("device %s: console event %s ignored", self.device_id, frame.event)
+
+    # --- topic: extensions -----------------------------------------------------------
+
+    async def join_extensions(self, frame: Frame) -> None:
+        offered = frame.payload if isinstance(frame.payload, dict) else {}
+        self.extensions_offered = frozenset(str(name) for name in offered)
+        allowed = [str(name) for name in offered if name in self.product_extensions]
+        self.extensions_allowed = frozenset(allowed)
+        self.extensions_attached = set()
+        self.joined["extensions"] = frame.join_ref
+        # A list, never a map: v2.12.0 crashes on a map (§8.1).
+        await self._send(protocol.reply(frame.join_ref, frame.ref, "extensions", "ok", allowed))
+
+    async def on_extensions_event(self, frame: Frame) -> None:
+        name, _, action = frame.event.partition(":")
+        if name not in self.extensions_allowed:
+            if frame.ref is not None:
+                await self._send(protocol.reply(frame.join_ref, frame.ref, "extensions", "error", protocol.DETACH))
+            return
+        if action == "attached":
+            self.extensions_attached.add(name)
+            if name in ON_ATTACH:
+                await self._push("extensions", ON_ATTACH[name], {})
+        elif action in ("detached", "error"):
+            self.extensions_attached.discard(name)
+        elif frame.event == "health:report":
+            report = protocol.HealthReport.model_validate(frame.payload)
+            await database_sync_to_async(services.record_health)(self.device_id, report.value)
+        elif frame.event == "geo:location:update":
+            location = protocol.LocationUpdate.model_validate(frame.payload)
+            await database_sync_to_async(services.record_location)(
+                self.device_id, location.model_dump(exclude_none=True)
+            )
+        else:
+            logger.debug("device %s: extension event %s ignored", self.device_id, frame.event)
+
+    # --- messages from the rest of the hub ----------------------------------------
+
+    async def device_push(self, message: dict[str, Any]) -> None:
+        """A per-device command (devices.publish.send_to_device)."""
+        topic, event = str(message["topic"]), str(message["event"])
+        if topic not in self.joined:
+            logger.info("device %s: %s dropped, topic %s not joined", self.device_id, event, topic)
+            return
+        if topic == "extensions" and event.partition(":")[0] not in self.extensions_attached:
+            logger.info("device %s: %s dropped, extension not attached", self.device_id, event)
+            return
+        await self._push(topic, event, message["payload"])
+
+    async def device_disconnect(self, message: dict[str, Any]) -> None:
+        await self._close_replaced()
+
+    async def _close_replaced(self) -> None:
+        logger.info("device %s: socket closed (replaced or asked to reconnect)", self.device_id)
+        await self._close(1000)
+
+    # The registry's interface (devices.hub.LocalSocket).
+
+    async def close_replaced(self) -> None:
+        await self._close_replaced()
+
+    async def close_idle(self) -> None:
+        logger.info("device %s: closing idle socket", self.device_id)
+        await self._close(1000)
+
+    async def push_fleet(self, event: str, message: dict[str, Any]) -> None:
+        if "device" in self.joined and not self.closing:
+            await self._push("device", event, message["payload"])
+
+
+Handler = Callable[[DeviceSocketConsumer, Frame], Awaitable[None]]
+
+# topic → (join handler, event handler)
+TOPICS: dict[str, tuple[Handler, Handler]] = {
+    "device": (DeviceSocketConsumer.join_device, DeviceSocketConsumer.on_device_event),
+    "console": (DeviceSocketConsumer.join_console, DeviceSocketConsumer.on_console_event),
+    "extensions": (DeviceSocketConsumer.join_extensions, DeviceSocketConsumer.on_extensions_event),
+}

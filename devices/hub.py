@@ -1,0 +1,142 @@
+"""Process-local state of the device sockets: who is connected here, plus the two
+background tasks each server process runs for all its sockets together.
+
+* the fleet dispatcher: one channel per process in the FLEET_GROUP group; a fleet
+  message arrives once and is written to the matching local sockets directly;
+* the sweeper: one timer per process (not one per socket) that closes sockets
+  idle longer than DEVICE_IDLE_TIMEOUT and, every DEVICE_LAST_SEEN_INTERVAL,
+  refreshes last_seen_at of all local devices with one UPDATE per 1000.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from devices.publish import FLEET_GROUP
+
+logger = logging.getLogger(__name__)
+
+# channels_redis forgets group members after a day; re-join well before that.
+GROUP_REFRESH_SECONDS = 3600
+
+
+class LocalSocket(Protocol):
+    device_id: int
+    deployment_id: int | None
+    last_frame: float
+
+    async def push_fleet(self, event: str, message: dict[str, Any]) -> None: ...
+
+    async def close_idle(self) -> None: ...
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.sockets: dict[int, LocalSocket] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._encoded: dict[int, tuple[str, dict[str, Any]]] = {}
+
+    # --- registry --------------------------------------------------------------
+
+    def register(self, socket: LocalSocket) -> LocalSocket | None:
+        """Add the socket; returns the one it replaces in this process, if any."""
+        self._ensure_started()
+        previous = self.sockets.get(socket.device_id)
+        self.sockets[socket.device_id] = socket
+        return previous if previous is not socket else None
+
+    def unregister(self, socket: LocalSocket) -> None:
+        if self.sockets.get(socket.device_id) is socket:
+            del self.sockets[socket.device_id]
+
+    # --- background tasks --------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and all(not t.done() for t in self._tasks):
+            return
+        for task in self._tasks:
+            task.cancel()
+        self._loop = loop
+        self._tasks = [
+            self._spawn(self._dispatch_fleet(), "device-fleet-dispatcher"),
+            self._spawn(self._sweep(), "device-socket-sweeper"),
+        ]
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        task.add_done_callback(_log_crash)
+        return task
+
+    async def _dispatch_fleet(self) -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        channel = await layer.new_channel("devices-fleet.")
+        await layer.group_add(FLEET_GROUP, channel)
+        joined_at = asyncio.get_running_loop().time()
+        while True:
+            message = await layer.receive(channel)
+            now = asyncio.get_running_loop().time()
+            if now - joined_at > GROUP_REFRESH_SECONDS:
+                await layer.group_add(FLEET_GROUP, channel)
+                joined_at = now
+            try:
+                await self.deliver_fleet(message)
+            except Exception:
+                logger.exception("fleet message %s failed", message.get("type"))
+
+    async def deliver_fleet(self, message: dict[str, Any]) -> int:
+        if message.get("type") != "fleet.push":
+            return 0
+        device_ids = message.get("device_ids")
+        deployment_id = message.get("deployment_id")
+        if device_ids is not None:
+            targets = [self.sockets[i] for i in device_ids if i in self.sockets]
+        else:
+            targets = [s for s in list(self.sockets.values()) if s.deployment_id == deployment_id]
+        event = str(message["event"])
+        for socket in targets:
+            await socket.push_fleet(event, message)
+        return len(targets)
+
+    async def _sweep(self) -> None:
+        idle = settings.DEVICE_IDLE_TIMEOUT
+        period = max(1.0, min(30.0, idle / 4))
+        loop = asyncio.get_running_loop()
+        last_refresh = loop.time()
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            for socket in [s for s in self.sockets.values() if now - s.last_frame > idle]:
+                await socket.close_idle()
+            if now - last_refresh >= settings.DEVICE_LAST_SEEN_INTERVAL and self.sockets:
+                last_refresh = now
+                await _refresh_last_seen(list(self.sockets))
+
+
+async def _refresh_last_seen(device_ids: list[int]) -> None:
+    from devices.services import refresh_last_seen
+
+    try:
+        await database_sync_to_async(refresh_last_seen)(device_ids)
+    except Exception:
+        logger.exception("last_seen refresh of %d devices failed", len(device_ids))
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("%s stopped", task.get_name(), exc_info=task.exception())
+
+
+hub = Hub()
+
+Callback = Callable[[], Coroutine[Any, Any, None]]

@@ -1,0 +1,179 @@
+"""Devices and the shared-secret credentials they connect with."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+from devices.fields import TagsField
+from nerveshub.tenancy.models import Organization, Product
+
+
+def validate_tags(value: object) -> None:
+    if not isinstance(value, list) or not all(isinstance(t, str) and t.strip() for t in value):
+        raise ValidationError("Tags must be a list of non-empty strings.")
+    for tag in value:
+        if any(c.isspace() for c in tag):
+            raise ValidationError(f"Tag {tag!r} contains white space.")
+
+
+class ConnectionStatus(models.TextChoices):
+    NOT_SEEN = "not_seen", "Never connected"
+    CONNECTED = "connected", "Connected"
+    DISCONNECTED = "disconnected", "Disconnected"
+
+
+class ValidationStatus(models.TextChoices):
+    VALIDATED = "validated", "Validated"
+    NOT_VALIDATED = "not_validated", "Not validated"
+    UNKNOWN = "unknown", "Unknown"
+
+
+class DeviceQuerySet(models.QuerySet["Device"]):
+    def alive(self) -> DeviceQuerySet:
+        return self.filter(deleted_at__isnull=True)
+
+    def for_org(self, org: Organization | int) -> DeviceQuerySet:
+        return self.filter(org=org)
+
+    def online(self) -> DeviceQuerySet:
+        return self.filter(connection_status=ConnectionStatus.CONNECTED)
+
+
+class Device(models.Model):
+    org = models.ForeignKey(Organization, models.CASCADE, related_name="devices")
+    product = models.ForeignKey(Product, models.PROTECT, related_name="devices")
+    identifier = models.CharField(max_length=200, help_text="Serial number; unique in the organization.")
+    description = models.TextField(blank=True)
+    tags = TagsField(default=list, blank=True, validators=[validate_tags])
+
+    # What the device reported at its last join (nerves_fw_* keys, active slot).
+    firmware_uuid = models.CharField(max_length=36, blank=True)
+    firmware_product = models.CharField(max_length=200, blank=True)
+    firmware_version = models.CharField(max_length=100, blank=True)
+    firmware_platform = models.CharField(max_length=100, blank=True)
+    firmware_architecture = models.CharField(max_length=100, blank=True)
+    firmware_author = models.CharField(max_length=200, blank=True)
+    firmware_description = models.TextField(blank=True)
+    firmware_vcs_identifier = models.CharField(max_length=200, blank=True)
+    firmware_misc = models.TextField(blank=True)
+    fwup_version = models.CharField(max_length=50, blank=True)
+    device_api_version = models.CharField(max_length=50, blank=True)
+    console_version = models.CharField(max_length=50, blank=True)
+    firmware_validation = models.CharField(
+        max_length=20, choices=ValidationStatus.choices, default=ValidationStatus.UNKNOWN
+    )
+    firmware_auto_revert_detected = models.BooleanField(default=False)
+
+    # Connection state. Written on connect and disconnect, and while connected at
+    # most once per DEVICE_LAST_SEEN_INTERVAL: an idle socket costs no writes.
+    connection_status = models.CharField(
+        max_length=20, choices=ConnectionStatus.choices, default=ConnectionStatus.NOT_SEEN
+    )
+    connected_at = models.DateTimeField(null=True, blank=True)
+    disconnected_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    first_seen_at = models.DateTimeField(null=True, blank=True)
+    network_interface = models.CharField(max_length=50, blank=True)
+    connection_types = models.JSONField(default=list, blank=True)
+    # Channel-layer address of the socket serving this device, so a command reaches
+    # it on whichever server process holds it.
+    socket_channel = models.CharField(max_length=200, blank=True)
+    console_available = models.BooleanField(default=False)
+
+    # Extension reports (device protocol §8).
+    health = models.JSONField(null=True, blank=True)
+    health_reported_at = models.DateTimeField(null=True, blank=True)
+    location = models.JSONField(null=True, blank=True)
+    location_updated_at = models.DateTimeField(null=True, blank=True)
+
+    updates_enabled = models.BooleanField(default=True)
+    penalty_box_until = models.DateTimeField(null=True, blank=True)
+    deployment = models.ForeignKey(
+        "deployments.Deployment", models.SET_NULL, null=True, blank=True, related_name="devices"
+    )
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    objects: ClassVar[DeviceQuerySet] = DeviceQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        ordering = ["identifier"]
+        constraints = [
+            # Soft-deleted devices keep their identifier: a serial never silently
+            # becomes a different device.
+            models.UniqueConstraint(fields=["org", "identifier"], name="device_org_identifier_uniq"),
+        ]
+        indexes = [
+            # Deployment matching and the product device list.
+            models.Index(fields=["product", "connection_status"], name="device_product_conn_idx"),
+            models.Index(fields=["deployment", "connection_status"], name="device_deployment_conn_idx"),
+            models.Index(fields=["firmware_uuid"], name="device_fw_uuid_idx"),
+            # Stale-connection sweep.
+            models.Index(fields=["connection_status", "last_seen_at"], name="device_conn_seen_idx"),
+            # tags__has_tag on PostgreSQL is served by the GIN index "device_tags_gin",
+            # created by a PostgreSQL-only migration (SQLite has no GIN).
+        ]
+
+    def __str__(self) -> str:
+        return self.identifier
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None
+
+    @property
+    def online(self) -> bool:
+        return self.connection_status == ConnectionStatus.CONNECTED
+
+    def in_penalty_box(self, now: object = None) -> bool:
+        moment = now or timezone.now()
+        return self.penalty_box_until is not None and self.penalty_box_until > moment  # type: ignore[operator]
+
+
+class SharedSecretBase(models.Model):
+    key = models.CharField(max_length=60, unique=True)
+    # Fernet-sealed (nerveshub.lib.sealed); the clear secret is shown once.
+    secret_sealed = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    deactivated_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def is_active(self) -> bool:
+        return self.deactivated_at is None
+
+
+class ProductSharedSecret(SharedSecretBase):
+    """A product key (`nhp_…`): any device that signs with it is registered in the
+    product under the identifier it signed."""
+
+    product = models.ForeignKey(Product, models.CASCADE, related_name="shared_secrets")
+
+    class Meta:
+        verbose_name = "product shared secret"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class DeviceSharedSecret(SharedSecretBase):
+    """A device key (`nhd_…`): only the one device may sign with it."""
+
+    device = models.ForeignKey(Device, models.CASCADE, related_name="shared_secrets")
+
+    class Meta:
+        verbose_name = "device shared secret"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.key

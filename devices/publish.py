@@ -1,0 +1,87 @@
+"""The one way sync code (services, admin, tasks) reaches device sockets.
+
+Every function here sends after the current transaction commits, so a rolled
+back change never reaches a device. Two paths (docs/architecture.md, "Device
+sockets and fan-out"):
+
+* per device: a channel-layer `send` to the device's own socket channel
+  (Device.socket_channel, written when the socket connected), wherever the
+  socket lives;
+* fleet: ONE group message to FLEET_GROUP, which holds one dispatcher channel
+  per server process; each process then writes to its local sockets directly.
+  A push to 30,000 devices costs one message per process, not 30,000.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from devices.models import Device
+
+logger = logging.getLogger(__name__)
+
+FLEET_GROUP = "devices.fleet"
+
+
+def _send_now(channel: str, message: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.send)(channel, message)
+    except Exception:
+        # A full or unreachable layer must not fail the operator's request: the
+        # change is committed; the device gets it on its next join at the latest.
+        logger.exception("could not send %s to %s", message.get("type"), channel)
+
+
+def _group_send_now(message: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(FLEET_GROUP, message)
+    except Exception:
+        logger.exception("could not broadcast %s", message.get("type"))
+
+
+def _to_device_on_commit(device_id: int, message: dict[str, Any]) -> None:
+    def send() -> None:
+        channel = Device.objects.filter(pk=device_id).values_list("socket_channel", flat=True).first()
+        if channel:
+            _send_now(channel, message)
+        else:
+            logger.info("device %s is not connected; %s not sent", device_id, message.get("type"))
+
+    transaction.on_commit(send)
+
+
+def send_to_device(device_id: int, event: str, payload: dict[str, Any], *, topic: str = "device") -> None:
+    """Push `event` to one device on `topic` (device or extensions)."""
+    _to_device_on_commit(device_id, {"type": "device.push", "topic": topic, "event": event, "payload": payload})
+
+
+def disconnect_device(device_id: int) -> None:
+    """Close the device's socket; it reconnects and joins afresh."""
+    _to_device_on_commit(device_id, {"type": "device.disconnect"})
+
+
+def broadcast_to_devices(device_ids: Iterable[int], event: str, payload: dict[str, Any]) -> None:
+    """Push to many devices on `device`: one message per server process."""
+    ids = sorted(set(device_ids))
+    message = {"type": "fleet.push", "device_ids": ids, "deployment_id": None, "event": event, "payload": payload}
+    transaction.on_commit(lambda: _group_send_now(message))
+
+
+def broadcast_to_deployment(deployment_id: int, event: str, payload: dict[str, Any]) -> None:
+    """Push to every connected device whose deployment (as known at its join) is
+    `deployment_id`: one message per server process, whatever the fleet size."""
+    message = {"type": "fleet.push", "device_ids": None, "deployment_id": deployment_id, "event": event}
+    message["payload"] = payload
+    transaction.on_commit(lambda: _group_send_now(message))

@@ -1,0 +1,371 @@
+"""Business rules for devices and their shared-secret credentials.
+
+Bulk operations take a queryset and change rows with one UPDATE per rule where
+the rule allows, writing one audit event per device changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from devices.fields import normalise_tags
+from devices import publish
+from devices.models import (
+    ConnectionStatus,
+    Device,
+    DeviceSharedSecret,
+    ProductSharedSecret,
+    ValidationStatus,
+    validate_tags,
+)
+from devices.protocol import DeviceJoin
+from nerveshub.lib.sealed import seal
+from nerveshub.tenancy.models import Product
+from nerveshub.tenancy.services import Actor, audit
+
+PRODUCT_KEY_PREFIX = "nhp_"
+DEVICE_KEY_PREFIX = "nhd_"
+
+
+def _random_43() -> str:
+    # 32 random bytes as unpadded standard base64: the reference server's format.
+    return base64.b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class IssuedSecret:
+    key: str
+    secret: str  # shown once, stored only sealed
+
+
+def create_product_secret(actor: Actor, product: Product) -> tuple[ProductSharedSecret, IssuedSecret]:
+    key, secret = PRODUCT_KEY_PREFIX + _random_43(), _random_43()
+    with transaction.atomic():
+        row = ProductSharedSecret.objects.create(product=product, key=key, secret_sealed=seal(secret))
+        audit(actor, "product_secret.created", row, org=product.org_id, details={"product": product.name})
+    return row, IssuedSecret(key=key, secret=secret)
+
+
+def create_device_secret(actor: Actor, device: Device) -> tuple[DeviceSharedSecret, IssuedSecret]:
+    key, secret = DEVICE_KEY_PREFIX + _random_43(), _random_43()
+    with transaction.atomic():
+        row = DeviceSharedSecret.objects.create(device=device, key=key, secret_sealed=seal(secret))
+        audit(actor, "device_secret.created", row, org=device.org_id, details={"device": device.identifier})
+    return row, IssuedSecret(key=key, secret=secret)
+
+
+def deactivate_secrets(actor: Actor, rows: Iterable[ProductSharedSecret | DeviceSharedSecret]) -> int:
+    """Deactivate each key that is still active. Devices connected with it keep
+    their socket until they reconnect; a new connection is refused."""
+    count = 0
+    with transaction.atomic():
+        for row in rows:
+            changed = (
+                type(row).objects.filter(pk=row.pk, deactivated_at__isnull=True).update(deactivated_at=timezone.now())
+            )
+            if changed:
+                count += 1
+                org_id = row.product.org_id if isinstance(row, ProductSharedSecret) else row.device.org_id
+                audit(actor, "shared_secret.deactivated", row, org=org_id, details={"key": row.key})
+    return count
+
+
+def create_device(
+    actor: Actor, product: Product, identifier: str, *, description: str = "", tags: list[str] | str = ""
+) -> Device:
+    tag_list = normalise_tags(tags)
+    validate_tags(tag_list)
+    with transaction.atomic():
+        device = Device.objects.create(
+            org_id=product.org_id, product=product, identifier=identifier, description=description, tags=tag_list
+        )
+        audit(actor, "device.created", device, details={"product": product.name, "tags": tag_list})
+    return device
+
+
+def _each_locked(devices: QuerySet[Device]) -> Iterable[Device]:
+    # Ordered by pk so two bulk actions over overlapping sets cannot deadlock.
+    return devices.select_related(None).select_for_update().order_by("pk").only("pk", "org_id", "identifier", "tags")
+
+
+def add_tags(actor: Actor, devices: QuerySet[Device], tags: list[str] | str) -> int:
+    new = normalise_tags(tags)
+    validate_tags(new)
+    changed = 0
+    with transaction.atomic():
+        for device in _each_locked(devices):
+            merged = normalise_tags([*device.tags, *new])
+            if merged != device.tags:
+                Device.objects.filter(pk=device.pk).update(tags=merged, updated_at=timezone.now())
+                audit(actor, "device.tags_added", device, details={"tags": new, "now": merged})
+                changed += 1
+    return changed
+
+
+def remove_tags(actor: Actor, devices: QuerySet[Device], tags: list[str] | str) -> int:
+    gone = set(normalise_tags(tags))
+    changed = 0
+    with transaction.atomic():
+        for device in _each_locked(devices):
+            kept = [t for t in device.tags if t not in gone]
+            if kept != device.tags:
+                Device.objects.filter(pk=device.pk).update(tags=kept, updated_at=timezone.now())
+                audit(actor, "device.tags_removed", device, details={"tags": sorted(gone), "now": kept})
+                changed += 1
+    return changed
+
+
+def set_updates_enabled(actor: Actor, devices: QuerySet[Device], enabled: bool) -> int:
+    with transaction.atomic():
+        targets = list(devices.select_related(None).exclude(updates_enabled=enabled).only("pk", "org_id", "identifier"))
+        Device.objects.filter(pk__in=[d.pk for d in targets], updates_enabled=not enabled).update(
+            updates_enabled=enabled, updated_at=timezone.now()
+        )
+        for device in targets:
+            audit(actor, "device.updates_enabled" if enabled else "device.updates_disabled", device)
+    return len(targets)
+
+
+def clear_penalty_box(actor: Actor, devices: QuerySet[Device]) -> int:
+    with transaction.atomic():
+        targets = list(devices.select_related(None).filter(penalty_box_until__isnull=False).only("pk", "org_id", "identifier"))
+        Device.objects.filter(pk__in=[d.pk for d in targets]).update(penalty_box_until=None, updated_at=timezone.now())
+        for device in targets:
+            audit(actor, "device.penalty_box_cleared", device)
+    return len(targets)
+
+
+def soft_delete(actor: Actor, devices: QuerySet[Device]) -> int:
+    with transaction.atomic():
+        targets = list(devices.select_related(None).filter(deleted_at__isnull=True).only("pk", "org_id", "identifier"))
+        Device.objects.filter(pk__in=[d.pk for d in targets]).update(deleted_at=timezone.now())
+        DeviceSharedSecret.objects.filter(device__in=[d.pk for d in targets], deactivated_at__isnull=True).update(
+            deactivated_at=timezone.now()
+        )
+        for device in targets:
+            audit(actor, "device.deleted", device)
+    return len(targets)
+
+
+# --- Device sockets -------------------------------------------------------------
+# Called by devices.consumers through database_sync_to_async. Each is one short
+# transaction; none runs for a heartbeat.
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    previous_channel: str  # the socket this connection replaces ("" if none)
+    product_extensions: frozenset[str]
+    deployment_id: int | None
+
+
+def open_device_connection(device_id: int, channel_name: str) -> ConnectionInfo:
+    """Record that `channel_name` now serves the device. Last connection wins:
+    the caller closes `previous_channel`."""
+    now = timezone.now()
+    with transaction.atomic():
+        device = Device.objects.select_for_update().select_related("product").get(pk=device_id)
+        previous = device.socket_channel
+        Device.objects.filter(pk=device_id).update(
+            socket_channel=channel_name,
+            connection_status=ConnectionStatus.CONNECTED,
+            connected_at=now,
+            last_seen_at=now,
+            first_seen_at=device.first_seen_at or now,
+            console_available=False,
+        )
+    return ConnectionInfo(
+        previous_channel=previous if previous != channel_name else "",
+        product_extensions=frozenset(str(name) for name in (device.product.extensions or [])),
+        deployment_id=device.deployment_id,
+    )
+
+
+def close_device_connection(device_id: int, channel_name: str) -> bool:
+    """Mark the device offline, unless a newer socket already took over
+    (compare-and-set on socket_channel)."""
+    changed = Device.objects.filter(pk=device_id, socket_channel=channel_name).update(
+        socket_channel="",
+        connection_status=ConnectionStatus.DISCONNECTED,
+        disconnected_at=timezone.now(),
+        console_available=False,
+    )
+    return bool(changed)
+
+
+def refresh_last_seen(device_ids: Iterable[int], chunk: int = 1000) -> int:
+    """One UPDATE per `chunk` devices: how a server process says "these sockets
+    are alive" without a write per device per heartbeat."""
+    ids = list(device_ids)
+    now = timezone.now()
+    count = 0
+    for start in range(0, len(ids), chunk):
+        count += Device.objects.filter(
+            pk__in=ids[start : start + chunk], connection_status=ConnectionStatus.CONNECTED
+        ).update(last_seen_at=now)
+    return count
+
+
+@dataclass(frozen=True)
+class JoinOutcome:
+    fwup_public_keys: list[str] | None  # None: not asked, or the org has none
+    archive_public_keys: list[str] | None
+    deployment_id: int | None
+
+
+def join_device(device_id: int, params: DeviceJoin) -> JoinOutcome:
+    """Store what the `device` join reports (server-behaviour.md §3.1–§3.2)."""
+    from deployments.services import reconcile_update_on_join
+    from firmware.models import SigningKey
+
+    validation = {
+        True: ValidationStatus.VALIDATED,
+        False: ValidationStatus.NOT_VALIDATED,
+        None: ValidationStatus.UNKNOWN,
+    }[params.meta.firmware_validated]
+    with transaction.atomic():
+        device = Device.objects.select_for_update().get(pk=device_id)
+        previous_uuid = device.firmware_uuid
+        fields: dict[str, object] = {
+            "fwup_version": params.fwup_version[:50],
+            "device_api_version": params.device_api_version[:50],
+            "firmware_validation": validation,
+            "firmware_auto_revert_detected": params.meta.firmware_auto_revert_detected,
+        }
+        if params.console_version:
+            fields["console_version"] = params.console_version[:50]
+        if params.nerves_fw_uuid:
+            fields.update(
+                firmware_uuid=params.nerves_fw_uuid[:36],
+                firmware_product=params.nerves_fw_product[:200],
+                firmware_version=params.nerves_fw_version[:100],
+                firmware_platform=params.nerves_fw_platform[:100],
+                firmware_architecture=params.nerves_fw_architecture[:100],
+                firmware_author=params.nerves_fw_author[:200],
+                firmware_description=params.nerves_fw_description,
+                firmware_vcs_identifier=params.nerves_fw_vcs_identifier[:200],
+                firmware_misc=params.nerves_fw_misc,
+            )
+        changed = any(getattr(device, name) != value for name, value in fields.items())
+        if changed:
+            for name, value in fields.items():
+                setattr(device, name, value)
+            device.save(update_fields=[*fields, "updated_at"])
+        if params.nerves_fw_uuid and params.nerves_fw_uuid != previous_uuid:
+            audit(
+                device,
+                "device.firmware_changed",
+                device,
+                details={"from": previous_uuid, "to": params.nerves_fw_uuid, "version": params.nerves_fw_version},
+            )
+        reconcile_update_on_join(device_id, device.firmware_uuid, params.currently_downloading_uuid)
+
+    keys: list[str] | None = None
+    if "on_connect" in (params.fwup_public_keys, params.archive_public_keys):
+        # Like the reference: every key of the org, and nothing pushed when it has none.
+        keys = list(SigningKey.objects.filter(org_id=device.org_id).order_by("pk").values_list("key", flat=True))
+        keys = keys or None
+    return JoinOutcome(
+        fwup_public_keys=keys if params.fwup_public_keys == "on_connect" else None,
+        archive_public_keys=keys if params.archive_public_keys == "on_connect" else None,
+        deployment_id=device.deployment_id,
+    )
+
+
+def join_console(device_id: int, console_version: str) -> None:
+    fields: dict[str, object] = {"console_available": True}
+    if console_version:
+        fields["console_version"] = console_version[:50]
+    Device.objects.filter(pk=device_id).update(**fields)
+
+
+def record_network_interface(device_id: int, interface: str) -> None:
+    Device.objects.filter(pk=device_id).exclude(network_interface=interface).update(network_interface=interface)
+
+
+def record_connection_types(device_id: int, values: list[str]) -> None:
+    Device.objects.filter(pk=device_id).update(connection_types=values)
+
+
+def mark_firmware_validated(device_id: int) -> None:
+    with transaction.atomic():
+        changed = (
+            Device.objects.filter(pk=device_id)
+            .exclude(firmware_validation=ValidationStatus.VALIDATED)
+            .update(firmware_validation=ValidationStatus.VALIDATED)
+        )
+        if changed:
+            device = Device.objects.get(pk=device_id)
+            audit(device, "device.firmware_validated", device, details={"uuid": device.firmware_uuid})
+
+
+def record_health(device_id: int, report: dict[str, object]) -> None:
+    Device.objects.filter(pk=device_id).update(health=report, health_reported_at=timezone.now())
+
+
+def record_location(device_id: int, location: dict[str, object]) -> None:
+    Device.objects.filter(pk=device_id).update(location=location, location_updated_at=timezone.now())
+
+
+# --- Operator commands ------------------------------------------------------------
+# Each writes an audit event and reaches the device's socket after commit, on
+# whichever server process holds it. A device that is offline misses it (like
+# the reference: these are not queued).
+
+
+def reboot_device(actor: Actor, device: Device) -> None:
+    with transaction.atomic():
+        audit(actor, "device.reboot_requested", device)
+        publish.send_to_device(device.pk, "reboot", {})
+
+
+def identify_device(actor: Actor, device: Device) -> None:
+    with transaction.atomic():
+        audit(actor, "device.identify_requested", device)
+        publish.send_to_device(device.pk, "identify", {})
+
+
+def request_health_check(actor: Actor, device: Device) -> None:
+    """Ask for a health report; it arrives as `health:report` if the device has
+    the health extension attached (ignored by the socket otherwise)."""
+    with transaction.atomic():
+        audit(actor, "device.health_check_requested", device)
+        publish.send_to_device(device.pk, "health:check", {}, topic="extensions")
+
+
+def reconnect_device(actor: Actor, device: Device) -> None:
+    with transaction.atomic():
+        audit(actor, "device.reconnect_requested", device)
+        publish.disconnect_device(device.pk)
+
+
+def set_tags(actor: Actor, device: Device, tags: list[str] | str) -> bool:
+    """Replace the device's tags. Returns whether they changed."""
+    new = normalise_tags(tags)
+    validate_tags(new)
+    with transaction.atomic():
+        current = Device.objects.select_for_update().only("pk", "org_id", "identifier", "tags").get(pk=device.pk)
+        if current.tags == new:
+            return False
+        Device.objects.filter(pk=device.pk).update(tags=new, updated_at=timezone.now())
+        audit(actor, "device.tags_set", current, details={"from": current.tags, "to": new})
+    return True
+
+
+def set_description(actor: Actor, device: Device, description: str) -> bool:
+    with transaction.atomic():
+        changed = (
+            Device.objects.filter(pk=device.pk)
+            .exclude(description=description)
+            .update(description=description, updated_at=timezone.now())
+        )
+        if changed:
+            audit(actor, "device.description_changed", device)
+    return bool(changed)

@@ -1,0 +1,304 @@
+"""Reading a fwup `.fw` archive without fwup (docs: /work/shared/spec/fwup-format.md).
+
+Pure functions over a seekable binary file: no database, no storage. Every
+problem raises InvalidFirmware with a sentence meant for the person who uploaded
+the file. Everything is read by streaming in CHUNK-sized pieces, so memory use
+does not depend on the file size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import IO
+
+from firmware import metaconf
+
+CHUNK = 1024 * 1024
+PART_SIZE = 1024 * 1024  # partials_checksums are over 1 MiB parts (server-behaviour.md §3.3)
+SIGNATURE_NAME = "meta.conf.ed25519"
+META_NAME = "meta.conf"
+META_MAX_SIZE = 1024 * 1024  # real ones are a few KB; fwup itself caps them far lower
+# fwup's namespace UUID for meta-uuid (fwup-format.md, "The firmware UUID").
+FWUP_UUID_NAMESPACE = bytes.fromhex("2053dffbd51e4310b93b956da89f9f34")
+# SemVer 2.0.0, the grammar from semver.org.
+SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class InvalidFirmware(Exception):
+    """A permanent problem with the file itself; `reason` is shown to the uploader."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Guards against decompression bombs: the total inflated size of all entries,
+    and the inflate ratio of any entry larger than RATIO_FLOOR once inflated."""
+
+    max_inflated: int
+    max_ratio: int
+
+    RATIO_FLOOR = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Resource:
+    name: str
+    entry: str  # name of the archive entry that holds it
+    length: int
+    blake2b_256: str | None
+    sha256: str | None
+
+
+@dataclass
+class Metadata:
+    uuid: str
+    product: str
+    version: str
+    platform: str
+    architecture: str
+    author: str = ""
+    description: str = ""
+    vcs_identifier: str = ""
+    misc: str = ""
+    resources: list[Resource] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Checksums:
+    size: int
+    sha256: str  # lower-case hex
+    partials: list[str]
+
+
+def compute_uuid(meta_conf: bytes) -> str:
+    """fwup's meta-uuid: BLAKE2b-256(namespace || meta.conf), first 16 bytes, version nibble 5."""
+    digest = bytearray(hashlib.blake2b(FWUP_UUID_NAMESPACE + meta_conf, digest_size=32).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    h = digest.hex()
+    return f"{h[0:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def file_checksums(stream: IO[bytes]) -> Checksums:
+    """SHA-256 of the whole file and of each 1 MiB part, in one sequential pass."""
+    whole = hashlib.sha256()
+    partials: list[str] = []
+    size = 0
+    while True:
+        # CHUNK == PART_SIZE, so each full read is exactly one part; a short read
+        # only happens at the end of the file (or on a pipe, handled by filling).
+        chunk = stream.read(PART_SIZE)
+        while chunk and len(chunk) < PART_SIZE:
+            more = stream.read(PART_SIZE - len(chunk))
+            if not more:
+                break
+            chunk += more
+        if not chunk:
+            break
+        whole.update(chunk)
+        partials.append(hashlib.sha256(chunk).hexdigest())
+        size += len(chunk)
+    return Checksums(size=size, sha256=whole.hexdigest(), partials=partials)
+
+
+def _check_name(name: str) -> None:
+    if not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        raise InvalidFirmware(f"The archive contains an entry with an absolute path ({name!r}).")
+    parts = re.split(r"[/\\]", name)
+    if ".." in parts:
+        raise InvalidFirmware(f"The archive contains an entry whose path leaves the archive ({name!r}).")
+    if "\x00" in name:
+        raise InvalidFirmware("The archive contains an entry name with a NUL byte.")
+
+
+def open_archive(stream: IO[bytes], limits: Limits) -> zipfile.ZipFile:
+    """Open the ZIP and check its structure before anything inside is trusted."""
+    stream.seek(0)
+    head = stream.read(4)
+    stream.seek(0)
+    if head != b"PK\x03\x04":
+        raise InvalidFirmware("This is not a fwup firmware file: it is not a ZIP archive.")
+    try:
+        archive = zipfile.ZipFile(stream)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+        raise InvalidFirmware(f"The ZIP archive is damaged or truncated ({exc}).") from None
+    infos = archive.infolist()
+    seen: set[str] = set()
+    total = 0
+    for info in infos:
+        # zipfile keeps the raw name in orig_filename; it has normalised filename.
+        _check_name(info.orig_filename)
+        if info.filename in seen:
+            raise InvalidFirmware(f"The archive contains {info.filename!r} more than once.")
+        seen.add(info.filename)
+        if info.flag_bits & 0x1:
+            raise InvalidFirmware(f"The archive entry {info.filename!r} is encrypted.")
+        total += info.file_size
+        if total > limits.max_inflated:
+            raise InvalidFirmware(
+                f"The archive would inflate to more than {limits.max_inflated:,} bytes; refusing it "
+                "as a possible decompression bomb."
+            )
+        if info.file_size > Limits.RATIO_FLOOR and info.file_size > limits.max_ratio * max(info.compress_size, 1):
+            raise InvalidFirmware(
+                f"The archive entry {info.filename!r} inflates {info.file_size // max(info.compress_size, 1):,} "
+                f"times (limit {limits.max_ratio}); refusing it as a possible decompression bomb."
+            )
+    return archive
+
+
+def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    if info.file_size > limit:
+        raise InvalidFirmware(f"{info.filename} is too large ({info.file_size:,} bytes).")
+    try:
+        with archive.open(info) as entry:
+            data = entry.read(limit + 1)
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+        raise InvalidFirmware(f"{info.filename} cannot be read from the archive ({exc}).") from None
+    if len(data) > limit:
+        raise InvalidFirmware(f"{info.filename} is too large.")
+    return data
+
+
+def read_meta(archive: zipfile.ZipFile) -> tuple[bytes, bytes | None]:
+    """meta.conf bytes and the signature (None when unsigned), in fwup's entry order."""
+    infos = archive.infolist()
+    if not infos:
+        raise InvalidFirmware("The archive is empty.")
+    signature: bytes | None = None
+    index = 0
+    if infos[0].filename == SIGNATURE_NAME:
+        signature = _read_entry(archive, infos[0], 64)
+        if len(signature) != 64:
+            raise InvalidFirmware("meta.conf.ed25519 must be a 64-byte Ed25519 signature.")
+        index = 1
+    if len(infos) <= index or infos[index].filename != META_NAME:
+        if any(info.filename == META_NAME for info in infos):
+            raise InvalidFirmware("meta.conf is not where fwup expects it (first, or right after the signature).")
+        raise InvalidFirmware("The archive has no meta.conf: it was not made by fwup.")
+    return _read_entry(archive, infos[index], META_MAX_SIZE), signature
+
+
+def _required(block: metaconf.Block, key: str) -> str:
+    value = block.string(key)
+    if not value:
+        raise InvalidFirmware(f"meta.conf has no {key}; NervesHub requires it.")
+    return value
+
+
+def _length(section: metaconf.Section) -> int:
+    raw = section.body.options.get("length")
+    if raw is None:
+        raise InvalidFirmware(f"file-resource {section.title!r} in meta.conf has no length.")
+    # A resource concatenated from several files lists one length per file.
+    values = raw if isinstance(raw, list) else [raw]
+    try:
+        lengths = [int(v, 0) for v in values]
+    except ValueError:
+        raise InvalidFirmware(f"file-resource {section.title!r} has a length that is not a number.") from None
+    if any(n < 0 for n in lengths):
+        raise InvalidFirmware(f"file-resource {section.title!r} has a negative length.")
+    return sum(lengths)
+
+
+def _hash(section: metaconf.Section, key: str) -> str | None:
+    value = section.body.string(key)
+    if value is None:
+        return None
+    if not HEX64.match(value):
+        raise InvalidFirmware(f"file-resource {section.title!r} has a malformed {key}.")
+    return value.lower()
+
+
+def parse_metadata(meta_conf: bytes) -> Metadata:
+    try:
+        block = metaconf.parse_bytes(meta_conf)
+    except metaconf.MetaConfError as exc:
+        raise InvalidFirmware(f"meta.conf cannot be parsed: {exc}.") from None
+    version = _required(block, "meta-version")
+    if not SEMVER.match(version):
+        raise InvalidFirmware(f"meta-version {version!r} is not a SemVer version such as 1.2.3.")
+    resources: list[Resource] = []
+    names: set[str] = set()
+    for section in block.sections_of("file-resource"):
+        if not section.title:
+            raise InvalidFirmware("A file-resource in meta.conf has no name.")
+        if section.title in names:
+            raise InvalidFirmware(f"meta.conf declares file-resource {section.title!r} twice.")
+        names.add(section.title)
+        blake = _hash(section, "blake2b-256")
+        sha = _hash(section, "sha256")
+        if blake is None and sha is None:
+            raise InvalidFirmware(f"file-resource {section.title!r} has neither blake2b-256 nor sha256.")
+        # An absolute resource name is stored at that path without the slash.
+        entry = section.title[1:] if section.title.startswith("/") else f"data/{section.title}"
+        resources.append(Resource(section.title, entry, _length(section), blake, sha))
+    return Metadata(
+        uuid=compute_uuid(meta_conf),
+        product=_required(block, "meta-product"),
+        version=version,
+        platform=_required(block, "meta-platform"),
+        architecture=_required(block, "meta-architecture"),
+        author=block.string("meta-author") or "",
+        description=block.string("meta-description") or "",
+        vcs_identifier=block.string("meta-vcs-identifier") or "",
+        misc=block.string("meta-misc") or "",
+        resources=resources,
+    )
+
+
+def verify_signature(meta_conf: bytes, signature: bytes, keys: Iterable[tuple[int, bytes]]) -> int | None:
+    """The id of the first key whose Ed25519 signature over meta.conf checks out."""
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+
+    for key_id, raw in keys:
+        try:
+            VerifyKey(raw).verify(meta_conf, signature)
+        except BadSignatureError:
+            continue
+        return key_id
+    return None
+
+
+def check_resources(archive: zipfile.ZipFile, resources: list[Resource]) -> None:
+    """Stream every declared resource and compare its length and hash with meta.conf."""
+    for resource in resources:
+        try:
+            info = archive.getinfo(resource.entry)
+        except KeyError:
+            raise InvalidFirmware(f"Resource {resource.name!r} is listed in meta.conf but missing.") from None
+        if info.file_size != resource.length:
+            raise InvalidFirmware(
+                f"Resource {resource.name!r} is {info.file_size:,} bytes but meta.conf says {resource.length:,}."
+            )
+        hasher = hashlib.blake2b(digest_size=32) if resource.blake2b_256 else hashlib.sha256()
+        seen = 0
+        try:
+            with archive.open(info) as entry:
+                # Never read past the signed length, whatever the headers claim.
+                while seen <= resource.length:
+                    chunk = entry.read(CHUNK)
+                    if not chunk:
+                        break
+                    seen += len(chunk)
+                    hasher.update(chunk)
+        except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+            raise InvalidFirmware(f"Resource {resource.name!r} cannot be read from the archive ({exc}).") from None
+        expected = resource.blake2b_256 or resource.sha256
+        if seen != resource.length or hasher.hexdigest() != expected:
+            raise InvalidFirmware(
+                f"Resource {resource.name!r} does not match the hash in the signed meta.conf: "
+                "the file was altered after signing."
+            )

@@ -1,0 +1,126 @@
+"""The REST API under /api/v1/, for CI systems and the CLI.
+
+Authentication: `Authorization: token nhu_…` or `Authorization: Bearer nhu_…`
+(the scheme is case-insensitive), a user API token. What a token may do follows
+its user's role in each organization: `view` reads, `manage` writes devices,
+firmware and deployments, `admin` manages keys, certificates and members.
+Another organization's resources answer 404, as if they did not exist.
+
+Errors are JSON: `{"errors": {"detail": "…"}}`, or `{"errors": {"<field>": ["…"]}}`
+for invalid input. The OpenAPI document is at /api/v1/openapi.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError
+from ninja.errors import ValidationError as NinjaValidationError
+from ninja.security import APIKeyHeader
+
+from nerveshub.tenancy import services as tenancy
+from nerveshub.tenancy.models import ROLE_RANK, Organization, Product, Role
+
+
+class TokenAuth(APIKeyHeader):
+    param_name = "Authorization"
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> User | None:
+        if not key:
+            return None
+        scheme, _, token = key.strip().partition(" ")
+        if scheme.lower() not in ("token", "bearer") or not token.strip():
+            return None
+        found = tenancy.authenticate_api_token(token.strip())
+        if found is None:
+            return None
+        request.user = found.user
+        return found.user
+
+
+api = NinjaAPI(
+    title="NervesHub API",
+    version="1",
+    description=__doc__ or "",
+    auth=TokenAuth(),
+    urls_namespace="api",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+
+
+def _error(request: HttpRequest, status: int, errors: dict[str, Any]) -> HttpResponse:
+    return api.create_response(request, {"errors": errors}, status=status)
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return _error(request, 401, {"detail": "missing or invalid API token"})
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return _error(request, exc.status_code, {"detail": str(exc)})
+
+
+@api.exception_handler(NinjaValidationError)
+def _invalid_input(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
+    fields: dict[str, list[str]] = {}
+    for error in exc.errors:
+        location = [str(part) for part in error.get("loc", []) if part not in ("body", "payload", "query", "path")]
+        fields.setdefault(".".join(location) or "detail", []).append(str(error.get("msg", "invalid")))
+    return _error(request, 422, fields)
+
+
+@api.exception_handler(DjangoValidationError)
+def _model_invalid(request: HttpRequest, exc: DjangoValidationError) -> HttpResponse:
+    if hasattr(exc, "error_dict"):
+        return _error(request, 422, {k: [str(m) for e in v for m in e.messages] for k, v in exc.error_dict.items()})
+    return _error(request, 422, {"detail": exc.messages})
+
+
+# --- Access helpers: every endpoint loads its objects through these -------------------
+
+
+def require_org(request: HttpRequest, org_name: str, role: str = Role.VIEW) -> Organization:
+    """The organization, if the user may see it (else 404) with at least `role`
+    (else 403)."""
+    org = Organization.objects.filter(name=org_name).first()
+    current = tenancy.role_in(request.user, org) if org is not None else None
+    if org is None or current is None:
+        raise HttpError(404, f"organization {org_name!r} not found")
+    if ROLE_RANK[Role(current)] < ROLE_RANK[Role(role)]:
+        raise HttpError(403, f"this needs the {role} role in {org_name}")
+    return org
+
+
+def require_product(request: HttpRequest, org_name: str, product_name: str, role: str = Role.VIEW) -> Product:
+    org = require_org(request, org_name, role)
+    product = Product.objects.select_related("org").filter(org=org, name=product_name).first()
+    if product is None:
+        raise HttpError(404, f"product {product_name!r} not found in {org_name}")
+    return product
+
+
+def actor(request: HttpRequest) -> User:
+    user = request.user
+    if not isinstance(user, User):
+        raise HttpError(401, "missing or invalid API token")
+    return user
+
+
+def register_routers() -> None:
+    """Mount each app's router. Imported lazily so that models load first."""
+    from deployments.api import router as deployments_router
+    from devices.api import router as devices_router
+    from firmware.api import router as firmware_router
+    from nerveshub.tenancy.api import router as tenancy_router
+
+    api.add_router("/", tenancy_router)
+    api.add_router("/", devices_router)
+    api.add_router("/", deployments_router)
+    api.add_router("/", firmware_router)

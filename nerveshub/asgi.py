@@ -1,0 +1,35 @@
+"""ASGI entry point: HTTP goes to Django, websockets to the Channels routes.
+
+Order matters: get_asgi_application() sets Django up before any consumer module
+(which imports models) is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nerveshub.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from firmware.downloads import FirmwareDownloadApp  # noqa: E402
+from nerveshub.routing import websocket_urlpatterns  # noqa: E402
+
+http_app = django_asgi_app
+if settings.SERVE_STATIC:
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    http_app = ASGIStaticFilesHandler(django_asgi_app)
+
+application = ProtocolTypeRouter(
+    {
+        # /firmware/<token>/<uuid>.fw is streamed by a small ASGI app, not a
+        # Django view: see firmware/downloads.py for why.
+        "http": FirmwareDownloadApp(http_app),
+        "websocket": URLRouter(websocket_urlpatterns),
+    }
+)

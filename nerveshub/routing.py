@@ -1,0 +1,15 @@
+"""All websocket routes. Each consumer authenticates its own peer (device
+credentials or the operator's session), so no shared auth middleware wraps them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import re_path
+
+from devices.consumers import DeviceSocketConsumer
+
+websocket_urlpatterns: list[Any] = [
+    # Shared-secret devices use /device-socket, certificate devices /socket (§1.1).
+    re_path(r"^(?:device-socket|socket)/websocket/?$", DeviceSocketConsumer.as_asgi()),
+]

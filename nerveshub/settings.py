@@ -1,0 +1,314 @@
+"""The one settings module. Everything that differs between deployments is read
+from the environment through the strict readers in nerveshub.lib.env; the README
+has the table of variables.
+
+Two shapes:
+
+* embedded (default, NERVESHUB_PRODUCTION unset): SQLite in DATA_DIR, an in-memory
+  channel layer and Celery tasks run in-process. One server process only.
+* production (NERVESHUB_PRODUCTION=true): DATABASE_URL, REDIS_URL and SECRET_KEY
+  are required; the embedded fallbacks refuse to start.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+import django_stubs_ext
+from django.core.exceptions import ImproperlyConfigured
+
+from nerveshub.lib.env import envbool, envchoice, envint, envlist, envnetworks, envsecret, envstr
+
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+PRODUCTION = envbool("NERVESHUB_PRODUCTION", False)
+DATA_DIR = Path(envstr("DATA_DIR", str(BASE_DIR / "data")) or "").resolve()
+
+
+def _require(name: str, value: Any) -> Any:
+    if PRODUCTION and not value:
+        raise ImproperlyConfigured(f"{name} is required when NERVESHUB_PRODUCTION=true")
+    return value
+
+
+def _embedded_secret_key() -> str:
+    # Embedded mode keeps a generated key beside the SQLite file so sessions
+    # survive restarts without the newcomer having to invent one.
+    path = DATA_DIR / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(50)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+SECRET_KEY = _require("SECRET_KEY", envsecret("SECRET_KEY")) or _embedded_secret_key()
+# Seals shared secrets at rest (nerveshub.lib.sealed); defaults to one derived from SECRET_KEY.
+SECRETS_ENCRYPTION_KEY = envsecret("SECRETS_ENCRYPTION_KEY")
+DEBUG = envbool("DEBUG", False)
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DEBUG must be false when NERVESHUB_PRODUCTION=true")
+
+# Where `python -m nerveshub.serve` listens; also the default public address.
+HOST = envstr("HOST", "127.0.0.1") or "127.0.0.1"
+PORT = envint("PORT", 4000, minimum=1, maximum=65535)
+_LOOPBACK = ["127.0.0.1", "localhost", "[::1]"]
+if PRODUCTION:
+    _default_hosts: list[str] = []
+elif HOST in ("0.0.0.0", "::"):  # noqa: S104 - embedded mode listening on every interface
+    _default_hosts = ["*"]
+else:
+    _default_hosts = sorted({*_LOOPBACK, HOST})
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", _default_hosts)
+_require("ALLOWED_HOSTS", ALLOWED_HOSTS)
+
+_default_public = f"http://{'127.0.0.1' if HOST in ('0.0.0.0', '::') else HOST}:{PORT}"  # noqa: S104
+PUBLIC_URL = (envstr("PUBLIC_URL", _default_public) or "").rstrip("/")
+if not PUBLIC_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(f"PUBLIC_URL must start with http:// or https://, got {PUBLIC_URL!r}")
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [PUBLIC_URL])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "ninja",
+    "nerveshub.tenancy",
+    "devices",
+    "firmware",
+    "deployments",
+    "certificates",
+    "console",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "nerveshub.urls"
+ASGI_APPLICATION = "nerveshub.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------
+DATABASE_URL = _require("DATABASE_URL", envstr("DATABASE_URL"))
+if DATABASE_URL:
+    try:
+        _db = dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DATABASE_CONN_MAX_AGE", 0, minimum=0))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from None
+    if not _db.get("ENGINE"):
+        raise ImproperlyConfigured("DATABASE_URL names an unsupported database")
+else:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    _db = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(DATA_DIR / "nerveshub.sqlite3")}
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the device sockets' writes and the admin's reads overlap; the busy
+    # timeout makes a writer wait for another instead of failing at once.
+    _db.setdefault("OPTIONS", {}).update(
+        {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", "timeout": 20}
+    )
+    # Tests run server processes beside the test runner, so the test database is
+    # a file they can all open, not :memory:.
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    _db["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+elif envstr("DATABASE_TEST_NAME"):
+    # Lets two test runs share one PostgreSQL server without sharing a database.
+    _db["TEST"] = {"NAME": envstr("DATABASE_TEST_NAME")}
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: channel layer and Celery broker -----------------------------------
+REDIS_URL = envstr("REDIS_URL")
+if PRODUCTION and not REDIS_URL:
+    raise ImproperlyConfigured(
+        "REDIS_URL is required when NERVESHUB_PRODUCTION=true: the embedded in-memory "
+        "channel layer and in-process tasks only work inside a single server process"
+    )
+if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    raise ImproperlyConfigured(f"REDIS_URL must be a redis:// URL, got {REDIS_URL!r}")
+EMBEDDED = REDIS_URL is None
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": envstr("CHANNEL_LAYER_PREFIX", "nerveshub") or "nerveshub",
+                # A fleet broadcast reaches each server process as one message
+                # (see docs/architecture.md), so a deep buffer is only needed for bursts.
+                "capacity": 1000,
+                "expiry": 60,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ALWAYS_EAGER = EMBEDDED
+CELERY_TASK_EAGER_PROPAGATES = EMBEDDED
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+ROLLOUT_BACKSTOP_SECONDS = envint("ROLLOUT_BACKSTOP_SECONDS", 60, minimum=5)
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    "rollouts-backstop": {"task": "deployments.tasks.run_all_rollouts", "schedule": ROLLOUT_BACKSTOP_SECONDS},
+}
+
+# --- Auth and sessions --------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "/admin/login/"
+SESSION_COOKIE_SECURE = PUBLIC_URL.startswith("https://")
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+if envbool("BEHIND_TLS_PROXY", PRODUCTION):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- I18N and static files ----------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(envstr("STATIC_ROOT", str(DATA_DIR / "static")) or "")
+# Embedded mode serves /static/ from the hub process; in production nginx does.
+SERVE_STATIC = envbool("SERVE_STATIC", not PRODUCTION)
+
+# --- Firmware storage ---------------------------------------------------------
+FIRMWARE_STORAGE = envchoice("FIRMWARE_STORAGE", "local", ("local", "s3"))
+FIRMWARE_ROOT = Path(envstr("FIRMWARE_ROOT", str(DATA_DIR / "firmware")) or "")
+FIRMWARE_MAX_SIZE = envint("FIRMWARE_MAX_SIZE", 200_000_000, minimum=1)
+FIRMWARE_URL_TTL = envint("FIRMWARE_URL_TTL", 86_400, minimum=60)
+# Decompression-bomb guards for validation: total inflated bytes of all ZIP
+# entries, and the inflate ratio of any entry over 1 MiB (firmware/fwfile.py).
+FIRMWARE_MAX_INFLATED_SIZE = envint("FIRMWARE_MAX_INFLATED_SIZE", 4_000_000_000, minimum=1)
+FIRMWARE_MAX_INFLATE_RATIO = envint("FIRMWARE_MAX_INFLATE_RATIO", 100, minimum=1)
+# When set (e.g. "/protected-firmware/"), firmware downloads on local storage are
+# answered with an X-Accel-Redirect to this prefix + the stored name, and nginx
+# sends the bytes (docs/architecture.md, "Firmware downloads").
+FIRMWARE_X_ACCEL_REDIRECT = envstr("FIRMWARE_X_ACCEL_REDIRECT")
+
+_firmware_storage: dict[str, Any]
+if FIRMWARE_STORAGE == "s3":
+    _firmware_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": envstr("S3_BUCKET"),
+            "endpoint_url": envstr("S3_ENDPOINT_URL"),
+            "region_name": envstr("S3_REGION"),
+            "access_key": envsecret("S3_ACCESS_KEY_ID"),
+            "secret_key": envsecret("S3_SECRET_ACCESS_KEY"),
+            "location": envstr("S3_PREFIX", "firmware"),
+            "default_acl": None,
+            "file_overwrite": False,
+            "querystring_auth": True,
+            "querystring_expire": FIRMWARE_URL_TTL,
+            # S3File spools what it reads; 0 (the default) would keep a whole
+            # firmware file in memory during validation.
+            "max_memory_size": 2_621_440,
+            # SigV4 presigned URLs: X-Amz-Expires carries FIRMWARE_URL_TTL (up to 7 days).
+            "signature_version": "s3v4",
+        },
+    }
+    if not _firmware_storage["OPTIONS"]["bucket_name"]:
+        raise ImproperlyConfigured("S3_BUCKET is required when FIRMWARE_STORAGE=s3")
+else:
+    _firmware_storage = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(FIRMWARE_ROOT), "base_url": None},
+    }
+
+STORAGES = {
+    "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(DATA_DIR / "media")},
+    },
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "firmware": _firmware_storage,
+}
+# Uploads bigger than this go to a temporary file, never into memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+
+# --- Devices ------------------------------------------------------------------
+DEVICE_SHARED_SECRETS_ENABLED = envbool("DEVICE_SHARED_SECRETS_ENABLED", True)
+# NH1 signature age limits (docs/architecture.md, "Device sockets and fan-out").
+# The device signs before its reconnect backoff (up to 90 s), so the reference's
+# 90 s max age loses retries; 180 s covers the longest backoff with margin. A
+# device clock a few seconds ahead is common (NTP not yet settled) and harmless.
+DEVICE_AUTH_MAX_AGE = envint("DEVICE_AUTH_MAX_AGE", 180, minimum=1)
+DEVICE_AUTH_FUTURE_SKEW = envint("DEVICE_AUTH_FUTURE_SKEW", 5, minimum=0)
+# At most one last_seen write per device per interval; heartbeats never write.
+DEVICE_LAST_SEEN_INTERVAL = envint("DEVICE_LAST_SEEN_INTERVAL", 900, minimum=1)
+# Close a device socket that sent no frame for this long (the reference uses 180 s;
+# devices heartbeat every 30 s).
+DEVICE_IDLE_TIMEOUT = envint("DEVICE_IDLE_TIMEOUT", 180, minimum=1)
+# A larger frame closes the socket: the biggest legitimate frame is a health report.
+DEVICE_MAX_FRAME_BYTES = envint("DEVICE_MAX_FRAME_BYTES", 262_144, minimum=1024)
+
+# --- Device certificates (certificates/auth.py, deploy/nginx/nerveshub.conf) ---
+# Addresses of the TLS-terminating proxies (nginx) whose X-SSL-Client-Cert header
+# the hub believes. Empty (the default): the header is never trusted, and a
+# request that carries it is refused. Comma list of IPs or CIDR networks.
+TRUSTED_PROXIES = envnetworks("TRUSTED_PROXIES")
+
+# --- Logging ------------------------------------------------------------------
+LOG_FORMAT = envchoice("LOG_FORMAT", "text", ("text", "json"))
+LOG_LEVEL = envchoice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "nerveshub.lib.logjson.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "daphne": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth.models import User
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest
+
+from devices.models import Device
+from devices.services import create_product_secret
+from nerveshub.admin_base import CappedCountPaginator, OrgScopedAdmin
+from nerveshub.tenancy import services
+from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Organization, Product, Role
+
+
+def _count_devices(outer: str) -> Coalesce:
+    # A correlated COUNT per row keeps the changelist at one query however many
+    # devices there are (a JOIN + GROUP BY would scan them all).
+    counts = (
+        Device.objects.filter(**{outer: OuterRef("pk")}, deleted_at__isnull=True)
+        .order_by()
+        .values(outer)
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(counts, output_field=IntegerField()), 0)
+
+
+@admin.register(Organization)
+class OrganizationAdmin(OrgScopedAdmin[Organization]):
+    org_path = "pk"
+    operator_only = True
+    list_display = ["name", "device_count", "created_at"]
+    search_fields = ["name"]
+    readonly_fields = ["created_at"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Organization]:
+        return super().get_queryset(request).annotate(device_count=_count_devices("org"))
+
+    @admin.display(description="devices", ordering="device_count")
+    def device_count(self, obj: Organization) -> int:
+        return int(obj.device_count)  # type: ignore[attr-defined]
+
+
+@admin.register(Membership)
+class MembershipAdmin(OrgScopedAdmin[Membership]):
+    change_role = Role.ADMIN
+    delete_role = Role.ADMIN
+    list_display = ["user", "org", "role", "created_at"]
+    list_filter = ["role"]
+    list_select_related = ["user", "org"]
+    search_fields = ["user__username", "user__email", "org__name"]
+    raw_id_fields = ["user"]
+    readonly_fields = ["created_at"]
+
+
+@admin.register(Product)
+class ProductAdmin(OrgScopedAdmin[Product]):
+    add_role = Role.MANAGE
+    change_role = Role.MANAGE
+    delete_role = Role.ADMIN
+    list_display = ["name", "org", "device_count", "extensions", "created_at"]
+    list_select_related = ["org"]
+    list_filter = ["org"]
+    search_fields = ["name", "org__name"]
+    readonly_fields = ["created_at"]
+    actions = ["issue_shared_secret"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Product]:
+        return super().get_queryset(request).annotate(device_count=_count_devices("product"))
+
+    @admin.display(description="devices", ordering="device_count")
+    def device_count(self, obj: Product) -> int:
+        return int(obj.device_count)  # type: ignore[attr-defined]
+
+    def has_issue_shared_secret_permission(self, request: HttpRequest) -> bool:
+        return self._allowed(request, Role.ADMIN, None)
+
+    @admin.action(description="Issue a product shared secret (shown once)", permissions=["issue_shared_secret"])
+    def issue_shared_secret(self, request: HttpRequest, queryset: QuerySet[Product]) -> None:
+        for product in queryset:
+            if not self._allowed(request, Role.ADMIN, product):
+                self.message_user(request, f"Not allowed for {product}.", messages.ERROR)
+                continue
+            _, issued = create_product_secret(request.user, product)
+            self.message_user(
+                request,
+                f"{product}: key {issued.key}  secret {issued.secret}  — copy the secret now, it is not shown again.",
+                messages.WARNING,
+            )
+
+
+class APITokenForm(forms.ModelForm):  # type: ignore[type-arg]
+    class Meta:
+        model = APIToken
+        fields = ["user", "note"]
+
+
+@admin.register(APIToken)
+class APITokenAdmin(admin.ModelAdmin[APIToken]):
+    """Operators see every token; other staff see and create only their own."""
+
+    form = APITokenForm
+    list_display = ["prefix", "user", "note", "created_at", "last_used_at", "revoked_at"]
+    list_select_related = ["user"]
+    list_filter = ["revoked_at"]
+    search_fields = ["prefix", "note", "user__username"]
+    raw_id_fields = ["user"]
+    actions = ["revoke"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[APIToken]:
+        queryset = super().get_queryset(request)
+        return queryset if request.user.is_superuser else queryset.filter(user__username=request.user.get_username())
+
+    def _own(self, request: HttpRequest, obj: APIToken | None) -> bool:
+        if not (request.user.is_active and request.user.is_staff):
+            return False
+        return request.user.is_superuser or obj is None or obj.user_id == request.user.pk
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self._own(request, None)
+
+    def has_view_permission(self, request: HttpRequest, obj: APIToken | None = None) -> bool:
+        return self._own(request, obj)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self._own(request, None)
+
+    def has_change_permission(self, request: HttpRequest, obj: APIToken | None = None) -> bool:
+        return False  # tokens are created and revoked, never edited
+
+    def has_delete_permission(self, request: HttpRequest, obj: APIToken | None = None) -> bool:
+        return False
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return self._own(request, None)
+
+    def get_fields(self, request: HttpRequest, obj: APIToken | None = None) -> Any:
+        return ["user", "note"] if request.user.is_superuser else ["note"]
+
+    def save_model(self, request: HttpRequest, obj: APIToken, form: Any, change: bool) -> None:
+        owner = form.cleaned_data.get("user") if request.user.is_superuser else None
+        user = owner or User.objects.get(username=request.user.get_username())
+        issued = services.create_api_token(request.user, user, obj.note)
+        obj.pk = issued.token.pk
+        obj.refresh_from_db()
+        self.message_user(request, f"Token {issued.clear} — copy it now, it is not shown again.", messages.WARNING)
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        return None  # create_api_token wrote the audit event
+
+    @admin.action(description="Revoke selected tokens", permissions=["revoke"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[APIToken]) -> None:
+        count = sum(services.revoke_api_token(request.user, token) for token in queryset)
+        self.message_user(request, f"Revoked {count} token(s).")
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(OrgScopedAdmin[AuditEvent]):
+    """Read-only. The table grows without bound, so the changelist caps its COUNT(*)."""
+
+    list_display = ["created_at", "org", "actor", "action", "subject_type", "subject"]
+    list_select_related = ["org"]
+    # No list_filter: each one costs a SELECT DISTINCT over the whole table.
+    search_fields = ["=action", "=actor", "subject", "=subject_id"]
+    paginator = CappedCountPaginator
+    show_full_result_count = False
+    readonly_fields = [f.name for f in AuditEvent._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: AuditEvent | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: AuditEvent | None = None) -> bool:
+        return False

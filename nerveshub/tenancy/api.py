@@ -1,0 +1,113 @@
+"""REST endpoints for the user, organizations and products."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models import ProtectedError
+from django.http import HttpRequest
+from ninja import Router, Schema, Status
+from ninja.errors import HttpError
+from pydantic import ConfigDict, Field
+
+from nerveshub.api import actor, require_org, require_product
+from nerveshub.tenancy import services
+from nerveshub.tenancy.models import Product, Role
+
+router = Router(tags=["organizations"])
+
+
+class UserOut(Schema):
+    username: str
+    email: str
+
+
+class OrgOut(Schema):
+    name: str
+    role: str
+
+
+class ProductIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100)
+    description: str = ""
+
+
+class ProductPatch(Schema):
+    model_config = ConfigDict(extra="forbid")
+    description: str | None = None
+    extensions: list[str] | None = None
+
+
+class ProductOut(Schema):
+    name: str
+    description: str
+    extensions: list[str]
+
+
+def _product_out(product: Product) -> ProductOut:
+    return ProductOut(name=product.name, description=product.description, extensions=list(product.extensions))
+
+
+@router.get("/users/me", response=UserOut)
+def me(request: HttpRequest) -> UserOut:
+    user = actor(request)
+    return UserOut(username=user.get_username(), email=user.email)
+
+
+@router.get("/orgs", response=list[OrgOut])
+def list_orgs(request: HttpRequest) -> list[OrgOut]:
+    user = actor(request)
+    return [
+        OrgOut(name=org.name, role=services.role_in(user, org) or Role.VIEW)
+        for org in services.orgs_for(user).order_by("name")
+    ]
+
+
+@router.get("/orgs/{org}/products", response=list[ProductOut])
+def list_products(request: HttpRequest, org: str) -> list[ProductOut]:
+    organization = require_org(request, org)
+    return [_product_out(p) for p in Product.objects.filter(org=organization).order_by("name")]
+
+
+@router.post("/orgs/{org}/products", response={201: ProductOut})
+def create_product(request: HttpRequest, org: str, payload: ProductIn) -> Status[ProductOut]:
+    organization = require_org(request, org, Role.MANAGE)
+    if Product.objects.filter(org=organization, name=payload.name).exists():
+        raise HttpError(409, f"product {payload.name!r} already exists")
+    product, _ = services.get_or_create_product(actor(request), organization, payload.name)
+    if payload.description:
+        Product.objects.filter(pk=product.pk).update(description=payload.description)
+        product.description = payload.description
+    return Status(201, _product_out(product))
+
+
+@router.get("/orgs/{org}/products/{product}", response=ProductOut)
+def get_product(request: HttpRequest, org: str, product: str) -> ProductOut:
+    return _product_out(require_product(request, org, product))
+
+
+@router.patch("/orgs/{org}/products/{product}", response=ProductOut)
+def update_product(request: HttpRequest, org: str, product: str, payload: ProductPatch) -> ProductOut:
+    found = require_product(request, org, product, Role.MANAGE)
+    changes = payload.model_dump(exclude_none=True)
+    unknown = set(changes.get("extensions", [])) - set(Product.KNOWN_EXTENSIONS)
+    if unknown:
+        raise HttpError(422, f"unknown extensions: {', '.join(sorted(unknown))}")
+    with transaction.atomic():
+        for name, value in changes.items():
+            setattr(found, name, value)
+        found.save(update_fields=list(changes) or None)
+        services.audit(actor(request), "product.changed", found, details={"via": "api", **changes})
+    return _product_out(found)
+
+
+@router.delete("/orgs/{org}/products/{product}", response={204: None})
+def delete_product(request: HttpRequest, org: str, product: str) -> Status[None]:
+    found = require_product(request, org, product, Role.ADMIN)
+    try:
+        with transaction.atomic():
+            services.audit(actor(request), "product.deleted", found, details={"via": "api"})
+            found.delete()
+    except ProtectedError:
+        raise HttpError(409, "the product still has devices or firmware") from None
+    return Status(204, None)

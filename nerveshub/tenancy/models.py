@@ -1,0 +1,128 @@
+"""Who owns what: organizations, their members and products, API tokens, and the
+audit log every change writes to."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Role(models.TextChoices):
+    # Ordered from most to least power; Membership.has_role compares by rank.
+    ADMIN = "admin", "Admin"
+    MANAGE = "manage", "Manage"
+    VIEW = "view", "View"
+
+
+ROLE_RANK = {Role.VIEW: 1, Role.MANAGE: 2, Role.ADMIN: 3}
+
+
+class Organization(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class MembershipQuerySet(models.QuerySet["Membership"]):
+    def at_least(self, role: str) -> MembershipQuerySet:
+        allowed = [r for r, rank in ROLE_RANK.items() if rank >= ROLE_RANK[Role(role)]]
+        return self.filter(role__in=allowed)
+
+
+class Membership(models.Model):
+    org = models.ForeignKey(Organization, models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.VIEW)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects: ClassVar[MembershipQuerySet] = MembershipQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["org", "user"], name="membership_org_user_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.org} ({self.role})"
+
+    def has_role(self, role: str) -> bool:
+        return ROLE_RANK[Role(self.role)] >= ROLE_RANK[Role(role)]
+
+
+class Product(models.Model):
+    # Extensions a device of this product may attach (device protocol §8). Health
+    # is on by default; geo is off because it makes devices call a third-party
+    # GeoIP service.
+    KNOWN_EXTENSIONS = ("health", "geo", "network_identity", "local_shell")
+
+    org = models.ForeignKey(Organization, models.CASCADE, related_name="products")
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    extensions = models.JSONField(default=list, blank=True, help_text="Enabled extension names.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["org__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["org", "name"], name="product_org_name_uniq")]
+
+    def __str__(self) -> str:
+        # Just the name: printing a product must not cost a query for its org.
+        return self.name
+
+
+class APIToken(models.Model):
+    """A user's token for the REST API and the CLI. Only a SHA-256 of the secret
+    part is stored; the token is shown once when created."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="api_tokens")
+    note = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=12, help_text="First characters, to recognise the token.")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class AuditEvent(models.Model):
+    """One row per action anybody (user, device, system) took. Written in the same
+    transaction as the change it describes, by nerveshub.tenancy.services.audit."""
+
+    org = models.ForeignKey(Organization, models.CASCADE, null=True, blank=True, related_name="audit_events")
+    actor_user = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+")
+    # Kept as text so the row still says who acted after the user or device is gone.
+    actor = models.CharField(max_length=200)
+    action = models.CharField(max_length=100)
+    subject_type = models.CharField(max_length=50, blank=True)
+    subject_id = models.CharField(max_length=64, blank=True)
+    subject = models.CharField(max_length=200, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # The org audit page and retention sweep scan one org by time.
+            models.Index(fields=["org", "-created_at"], name="audit_org_time_idx"),
+            # Device and deployment pages list the events of one subject.
+            models.Index(fields=["subject_type", "subject_id", "-created_at"], name="audit_subject_time_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.actor} {self.action} {self.subject}"

@@ -1,0 +1,180 @@
+"""Business rules for organizations, members, products, API tokens and the audit log.
+
+Every function that changes state writes its audit event in the same
+transaction. Callers: admin actions, views, management commands, tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser, User
+from django.db import models, transaction
+from django.utils import timezone
+
+from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Organization, Product, Role
+
+# Who did it: a user, a device (anything with .identifier), or a plain label such
+# as "system" or "orchestrator".
+Actor = AbstractBaseUser | AnonymousUser | models.Model | str | None
+
+
+def _actor_fields(actor: Actor) -> tuple[Any, str]:
+    if actor is None:
+        return None, "system"
+    if isinstance(actor, str):
+        return None, actor
+    if isinstance(actor, AnonymousUser):
+        return None, "anonymous"
+    if isinstance(actor, AbstractBaseUser):
+        return actor, f"user:{actor.get_username()}"
+    identifier = getattr(actor, "identifier", None)
+    if identifier is not None:
+        return None, f"device:{identifier}"
+    return None, f"{actor._meta.model_name}:{actor.pk}"
+
+
+def audit(
+    actor: Actor,
+    action: str,
+    subject: models.Model | None = None,
+    *,
+    org: Organization | int | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Record that `actor` did `action` to `subject`. The org defaults to the
+    subject's own org (subject.org / subject.org_id)."""
+    user, actor_label = _actor_fields(actor)
+    org_id: int | None
+    if isinstance(org, Organization):
+        org_id = org.pk
+    elif org is not None:
+        org_id = org
+    elif isinstance(subject, Organization):
+        org_id = subject.pk
+    else:
+        org_id = getattr(subject, "org_id", None)
+    return AuditEvent.objects.create(
+        org_id=org_id,
+        actor_user=user,
+        actor=actor_label[:200],
+        action=action,
+        subject_type=subject._meta.model_name or "" if subject is not None else "",
+        subject_id=str(subject.pk) if subject is not None else "",
+        subject=str(subject)[:200] if subject is not None else "",
+        details=details or {},
+    )
+
+
+# --- Organizations and members -------------------------------------------------
+
+
+def get_or_create_org(actor: Actor, name: str) -> tuple[Organization, bool]:
+    with transaction.atomic():
+        org, created = Organization.objects.get_or_create(name=name)
+        if created:
+            audit(actor, "org.created", org)
+    return org, created
+
+
+def set_membership(actor: Actor, org: Organization, user: User, role: str) -> Membership:
+    role = Role(role)
+    with transaction.atomic():
+        membership, created = Membership.objects.get_or_create(org=org, user=user, defaults={"role": role})
+        if not created and membership.role != role:
+            previous = membership.role
+            membership.role = role
+            membership.save(update_fields=["role"])
+            audit(actor, "member.role_changed", membership, details={"from": previous, "to": role})
+        elif created:
+            audit(actor, "member.added", membership, details={"role": role})
+    return membership
+
+
+def role_in(user: AbstractBaseUser | AnonymousUser, org: Organization | int) -> str | None:
+    """The user's role in org, or None for an outsider. Superusers act as admin."""
+    if not user.is_authenticated:
+        return None
+    if getattr(user, "is_superuser", False):
+        return Role.ADMIN
+    org_id = org.pk if isinstance(org, Organization) else org
+    return Membership.objects.filter(org_id=org_id, user_id=user.pk).values_list("role", flat=True).first()
+
+
+def has_role(user: AbstractBaseUser | AnonymousUser, org: Organization | int, role: str) -> bool:
+    from nerveshub.tenancy.models import ROLE_RANK
+
+    current = role_in(user, org)
+    return current is not None and ROLE_RANK[Role(current)] >= ROLE_RANK[Role(role)]
+
+
+def orgs_for(user: AbstractBaseUser | AnonymousUser, role: str = Role.VIEW) -> models.QuerySet[Organization]:
+    """Organizations in which the user has at least `role` (all of them for superusers)."""
+    if not user.is_authenticated:
+        return Organization.objects.none()
+    if getattr(user, "is_superuser", False):
+        return Organization.objects.all()
+    org_ids = Membership.objects.filter(user_id=user.pk).at_least(role).values("org_id")
+    return Organization.objects.filter(pk__in=org_ids)
+
+
+# --- Products -------------------------------------------------------------------
+
+
+def get_or_create_product(actor: Actor, org: Organization, name: str) -> tuple[Product, bool]:
+    with transaction.atomic():
+        product, created = Product.objects.get_or_create(org=org, name=name, defaults={"extensions": ["health"]})
+        if created:
+            audit(actor, "product.created", product)
+    return product, created
+
+
+# --- API tokens -------------------------------------------------------------------
+
+API_TOKEN_PREFIX = "nhu_"
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: APIToken
+    clear: str  # shown once, never stored
+
+
+def _hash_token(clear: str) -> str:
+    return hashlib.sha256(clear.encode()).hexdigest()
+
+
+def create_api_token(actor: Actor, user: User, note: str = "") -> IssuedToken:
+    clear = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with transaction.atomic():
+        token = APIToken.objects.create(user=user, note=note, prefix=clear[:12], token_hash=_hash_token(clear))
+        audit(actor, "api_token.created", token, details={"user": user.get_username(), "note": note})
+    return IssuedToken(token=token, clear=clear)
+
+
+def revoke_api_token(actor: Actor, token: APIToken) -> bool:
+    with transaction.atomic():
+        changed = APIToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        if changed:
+            audit(actor, "api_token.revoked", token)
+    return bool(changed)
+
+
+def authenticate_api_token(clear: str) -> APIToken | None:
+    if not clear.startswith(API_TOKEN_PREFIX):
+        return None
+    token = (
+        APIToken.objects.select_related("user")
+        .filter(token_hash=_hash_token(clear), revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+    if token is not None:
+        # Throttled: one write per token per minute at most.
+        now = timezone.now()
+        if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+            APIToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token

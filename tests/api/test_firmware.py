@@ -1,0 +1,75 @@
+"""Signing keys and firmware through the API, with real fwup-format files."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+
+from firmware.models import Firmware, SigningKey
+from tests.support.fwup import FirmwareSpec, build_firmware, generate_keypair
+
+KEYS = "/orgs/acme/keys"
+FIRMWARE = "/orgs/acme/products/widget/firmwares"
+
+
+def _upload(api, data: bytes, name: str = "fw.fw"):
+    return Client().post(
+        "/api/v1" + FIRMWARE,
+        {"firmware": SimpleUploadedFile(name, data, content_type="application/octet-stream")},
+        HTTP_AUTHORIZATION=f"token {api.token}",
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_registers_a_key_and_publishes_signed_firmware(tenant, as_admin, as_manager, as_viewer):
+    # given
+    keys = generate_keypair(padded=False)
+    # when
+    created = as_admin.post(KEYS, {"name": "release", "key": keys.public})
+    uploaded = _upload(as_manager, build_firmware(FirmwareSpec(product="widget", version="1.2.3", key=keys)))
+    firmware_id = uploaded.json()["id"]
+    fetched = as_viewer.get(f"{FIRMWARE}/{firmware_id}").json()
+    # then: embedded mode validated it in-process
+    assert created.status_code == 201
+    assert uploaded.status_code == 201, uploaded.content
+    assert fetched["status"] == "valid", fetched
+    assert fetched["version"] == "1.2.3" and fetched["signing_key"] == "release"
+    assert as_viewer.get(f"{FIRMWARE}/{fetched['uuid']}").json()["id"] == firmware_id
+    assert [f["uuid"] for f in as_viewer.get(FIRMWARE).json()] == [fetched["uuid"]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_rejects_unsigned_firmware_with_a_reason(tenant, as_admin, as_manager):
+    as_admin.post(KEYS, {"name": "release", "key": generate_keypair().public})
+    uploaded = _upload(as_manager, build_firmware(FirmwareSpec(product="widget", key=None)))
+    body = as_manager.get(f"{FIRMWARE}/{uploaded.json()['id']}").json()
+    assert body["status"] == "rejected"
+    assert body["rejected_reason"]
+
+
+@pytest.mark.django_db
+def test_it_refuses_malformed_keys_and_key_writes_below_admin(tenant, as_admin, as_manager):
+    bad = as_admin.post(KEYS, {"name": "bad", "key": "not-base64!"})
+    assert bad.status_code == 422 and "key" in bad.json()["errors"]
+    assert as_manager.post(KEYS, {"name": "k", "key": generate_keypair().public}).status_code == 403
+    assert not SigningKey.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_refuses_to_delete_a_key_that_signed_firmware(tenant, as_admin, as_manager):
+    keys = generate_keypair()
+    as_admin.post(KEYS, {"name": "release", "key": keys.public})
+    _upload(as_manager, build_firmware(FirmwareSpec(product="widget", key=keys)))
+    response = as_admin.delete(KEYS + "/release")
+    assert response.status_code == 409
+    assert "signed 1 firmware" in response.json()["errors"]["detail"]
+    firmware = Firmware.objects.get()
+    assert as_manager.delete(f"{FIRMWARE}/{firmware.uuid}").status_code == 204
+    assert as_admin.delete(KEYS + "/release").status_code == 204
+
+
+@pytest.mark.django_db
+def test_it_refuses_uploads_to_a_viewer(tenant, as_viewer):
+    assert _upload(as_viewer, b"PK\x03\x04whatever").status_code == 403
+    assert not Firmware.objects.exists()

@@ -1,0 +1,149 @@
+"""Firmware on S3 (django-storages) against moto in server mode: upload,
+validation, presigned download URL, deletion."""
+
+from __future__ import annotations
+
+import io
+import random
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+import pytest
+
+from firmware import services
+from firmware.models import FirmwareStatus
+from firmware.tasks import validate_firmware_task
+from tests.conftest import free_port
+from tests.support.fwup import build_firmware
+
+pytestmark = pytest.mark.django_db
+
+BUCKET = "firmware-test"
+CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_endpoint: str, settings: Any) -> Any:
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", **CREDENTIALS)
+    client.create_bucket(Bucket=BUCKET)
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "firmware": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {
+                "bucket_name": BUCKET,
+                "endpoint_url": moto_endpoint,
+                "region_name": "us-east-1",
+                "access_key": CREDENTIALS["aws_access_key_id"],
+                "secret_key": CREDENTIALS["aws_secret_access_key"],
+                "location": "firmware",
+                "default_acl": None,
+                "file_overwrite": False,
+                "querystring_auth": True,
+                "querystring_expire": settings.FIRMWARE_URL_TTL,
+                "max_memory_size": 2_621_440,
+                "signature_version": "s3v4",
+            },
+        },
+    }
+    yield client
+    for obj in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
+        client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    client.delete_bucket(Bucket=BUCKET)
+
+
+def keys(client: Any) -> list[str]:
+    return [obj["Key"] for obj in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+
+
+def upload_and_validate(tenant: Any, data: bytes, capture: Any) -> Any:
+    with capture(execute=False):
+        firmware = services.upload_firmware(tenant.admin, tenant.product, io.BytesIO(data), "s3.fw")
+    with capture(execute=True):
+        validate_firmware_task(firmware.pk)
+    firmware.refresh_from_db()
+    return firmware
+
+
+def test_it_stores_validates_presigns_and_deletes_on_s3(s3, tenant, spec, settings, django_capture_on_commit_callbacks):
+    # given
+    spec.resources = {"rootfs.img": random.Random(5).randbytes(3 * 1024 * 1024)}
+    data = build_firmware(spec)
+    # when
+    firmware = upload_and_validate(tenant, data, django_capture_on_commit_callbacks)
+    # then: validated from S3
+    assert firmware.status == FirmwareStatus.VALID, firmware.rejected_reason
+    assert keys(s3) == [f"firmware/{firmware.storage_name}"]
+    # when: a device fetches the presigned URL, then resumes with a range
+    url = services.download_url(firmware)
+    with urllib.request.urlopen(url) as response:
+        fetched = response.read()
+    ranged = urllib.request.Request(url, headers={"Range": f"bytes=100-{len(data)}"})
+    with urllib.request.urlopen(ranged) as response:
+        status, tail = response.status, response.read()
+    # then
+    assert fetched == data
+    assert (status, tail) == (206, data[100:])
+    query = parse_qs(urlsplit(url).query)
+    assert query["X-Amz-Expires"] == [str(settings.FIRMWARE_URL_TTL)]
+    assert "X-Amz-Signature" in query
+    # when: deleted
+    with django_capture_on_commit_callbacks(execute=True):
+        services.delete_firmware(tenant.admin, firmware)
+    # then
+    assert keys(s3) == []
+
+
+def test_it_deletes_a_rejected_file_from_s3(s3, tenant, spec, django_capture_on_commit_callbacks):
+    # given
+    spec.key = None
+    # when
+    firmware = upload_and_validate(tenant, build_firmware(spec), django_capture_on_commit_callbacks)
+    # then
+    assert firmware.status == FirmwareStatus.REJECTED
+    assert keys(s3) == []
+
+
+def test_it_treats_an_unreachable_s3_as_transient(tenant, spec, settings, django_capture_on_commit_callbacks, s3):
+    # given: the object was stored, then the endpoint goes away
+    with django_capture_on_commit_callbacks(execute=False):
+        firmware = services.upload_firmware(tenant.admin, tenant.product, io.BytesIO(build_firmware(spec)), "a.fw")
+    options = settings.STORAGES["firmware"]["OPTIONS"]
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "firmware": {
+            **settings.STORAGES["firmware"],
+            "OPTIONS": {**options, "endpoint_url": f"http://127.0.0.1:{free_port()}"},
+        },
+    }
+    # when / then: the task would retry; the row stays pending
+    with pytest.raises(services.StorageUnavailable):
+        services.validate_firmware(firmware.pk)
+    firmware.refresh_from_db()
+    assert firmware.status == FirmwareStatus.PENDING
+
+
+def test_it_refuses_an_oversized_upload_to_s3_without_leaving_an_object(tenant, settings, s3):
+    # given: bigger than the cap and bigger than one multipart part (8 MiB)
+    settings.FIRMWARE_MAX_SIZE = 9 * 1024 * 1024
+    stream = io.BufferedReader(io.BytesIO(bytes(10 * 1024 * 1024)))  # type: ignore[arg-type]
+    # when
+    with pytest.raises(services.UploadRefused):
+        services.upload_firmware(tenant.admin, tenant.product, stream, "big.fw")
+    # then
+    assert keys(s3) == []
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
