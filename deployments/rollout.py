@@ -16,11 +16,13 @@ import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
+from deployments import services
 from deployments.models import (
     INFLIGHT_STATUSES,
     Deployment,
@@ -32,6 +34,7 @@ from deployments.models import (
 from deployments.versions import InvalidRequirement, Requirement, parse_version
 from devices import publish
 from devices.models import ConnectionStatus, Device, ValidationStatus
+from devices.protocol import DeviceJoin
 from firmware.models import FirmwareStatus
 from nerveshub.tenancy.services import Actor, audit
 
@@ -403,11 +406,21 @@ def push_pending_update(device_id: int) -> bool:
     from firmware.services import update_payload
 
     update = (
-        DeviceUpdate.objects.select_related("firmware")
+        DeviceUpdate.objects.select_related("firmware", "deployment")
         .filter(device_id=device_id, status=UpdateStatus.REQUESTED)
         .first()
     )
     if update is None:
+        return False
+    deployment = update.deployment
+    if (
+        deployment is None
+        or not deployment.is_active
+        or deployment.paused_at is not None
+        or update.firmware.status != FirmwareStatus.VALID
+    ):
+        # Not re-sent: a stopped deployment pushes nothing new (the in-flight
+        # timeout frees the slot), and only valid firmware has a download URL.
         return False
     payload = dict(update_payload(update.firmware, update.deployment_id))
     with transaction.atomic():
@@ -620,15 +633,51 @@ def deployment_changed(actor: Actor, deployment: Deployment) -> int:
 # Called by the device socket's services after the device's own rows are written.
 
 
-def on_device_joined(device_id: int) -> None:
-    """After a join: settle the device's deployment, re-send an update it never
-    acknowledged, and wake the orchestrator of its deployment."""
+def on_device_joined(device_id: int, join: DeviceJoin | None = None) -> int | None:
+    """After a join was stored: settle what it says about the in-flight update,
+    settle the device's deployment, re-send an update it never acknowledged, and
+    wake the orchestrator. Returns the device's deployment id."""
+    if join is not None:
+        device = Device.objects.filter(pk=device_id).only("firmware_uuid").first()
+        finished = services.reconcile_update_on_join(
+            device_id,
+            device.firmware_uuid if device else "",
+            validated=join.meta.firmware_validated,
+            auto_reverted=join.meta.firmware_auto_revert_detected,
+            downloading_uuid=join.currently_downloading_uuid,
+        )
+        if finished is not None:
+            attempt_finished(finished.pk)
     deployment_id = assign_deployment(device_id)
     if push_pending_update(device_id):
-        return
+        return deployment_id
     if deployment_id is not None:
         with transaction.atomic():
             wake(deployment_id)
+    return deployment_id
+
+
+def on_status_report(device_id: int, payload: dict[str, Any]) -> None:
+    """A device's `status_update` or `fwup_progress`: record it, and when it
+    ended the attempt (failed, ignored, rescheduled) run what follows."""
+    update = services.record_update_status(device_id, payload)
+    if update is not None and update.status in (
+        UpdateStatus.FAILED,
+        UpdateStatus.IGNORED,
+        UpdateStatus.RESCHEDULED,
+    ):
+        on_update_finished(update)
+
+
+def on_firmware_validated(device_id: int) -> None:
+    """The device validated its running firmware: an update that was waiting
+    for that succeeds, and its slot is free."""
+    device = Device.objects.filter(pk=device_id).only("firmware_uuid").first()
+    if device is None or not device.firmware_uuid:
+        return
+    finished = services.finish_validated_update(device_id, device.firmware_uuid)
+    if finished is not None:
+        attempt_finished(finished.pk)
 
 
 def on_update_finished(update: DeviceUpdate) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from deployments.models import INFLIGHT_STATUSES, DeviceUpdate, UpdateStatus
+from deployments.models import DeviceUpdate, UpdateStatus
 
 logger = logging.getLogger(__name__)
 
@@ -85,25 +85,75 @@ def record_update_status(device_id: int, payload: dict[str, Any]) -> DeviceUpdat
     return None
 
 
-def reconcile_update_on_join(device_id: int, firmware_uuid: str, currently_downloading_uuid: str | None) -> None:
-    """What a device's join says about its in-flight update (server-behaviour.md §3.2):
+def reconcile_update_on_join(
+    device_id: int,
+    firmware_uuid: str,
+    *,
+    validated: bool | None = None,
+    auto_reverted: bool = False,
+    downloading_uuid: str | None = None,
+) -> DeviceUpdate | None:
+    """What a device's join says about its in-flight update. Returns the row when
+    this call ended the attempt (so the caller runs the penalty box, breaker and
+    wake-up), else None.
 
-    * it runs the update's firmware → succeeded;
-    * it is still downloading (currently_downloading_uuid set) → keep the row;
-    * the update was only requested, never received → keep it (the push comes);
-    * otherwise the attempt ended without an outcome (reboot into the old slot,
-      power loss mid-download) → expired, which frees the deployment slot.
+    * it runs the update's firmware and has validated it (or does not report
+      validation) → succeeded; running it unvalidated → completed, and the
+      `firmware_validated` event finishes it (see finish_validated_update);
+    * it is still downloading the update's firmware → keep the row and the slot;
+    * the update was only requested, never received → keep it (it is re-sent);
+    * it came back on another firmware after an auto-revert → failed;
+    * otherwise the attempt ended without an outcome (completed but rebooted into
+      the old slot, power loss mid-download) → expired. Both count as failures.
     """
     current = DeviceUpdate.objects.inflight().select_related("firmware").filter(device_id=device_id).first()
     if current is None:
-        return
+        return None
     now = timezone.now()
-    if firmware_uuid and current.firmware.uuid == firmware_uuid:
-        fields: dict[str, Any] = {"status": UpdateStatus.SUCCEEDED, "progress": 100, "finished_at": now}
-    elif currently_downloading_uuid or current.status == UpdateStatus.REQUESTED:
-        return
+    target = current.firmware.uuid
+    fields: dict[str, Any]
+    if firmware_uuid and firmware_uuid == target:
+        if validated is False:
+            if current.status == UpdateStatus.COMPLETED:
+                return None
+            fields = {"status": UpdateStatus.COMPLETED, "progress": 100, "reason": "awaiting firmware validation"}
+        else:
+            fields = {"status": UpdateStatus.SUCCEEDED, "progress": 100, "finished_at": now, "reason": ""}
+    elif downloading_uuid and downloading_uuid == target:
+        return None
+    elif current.status == UpdateStatus.REQUESTED:
+        return None
+    elif auto_reverted:
+        fields = {"status": UpdateStatus.FAILED, "finished_at": now, "reason": "the new firmware was auto-reverted"}
     else:
-        fields = {"status": UpdateStatus.EXPIRED, "finished_at": now, "reason": "device rejoined without the update"}
-    DeviceUpdate.objects.filter(pk=current.pk, status__in=INFLIGHT_STATUSES, status=current.status).update(
-        updated_at=now, **fields
+        reason = (
+            "device came back on its old firmware after completing the update"
+            if current.status == UpdateStatus.COMPLETED
+            else "device rejoined without the update"
+        )
+        fields = {"status": UpdateStatus.EXPIRED, "finished_at": now, "reason": reason}
+    changed = DeviceUpdate.objects.filter(pk=current.pk, status=current.status).update(updated_at=now, **fields)
+    if not changed or "finished_at" not in fields:
+        return None
+    for name, value in fields.items():
+        setattr(current, name, value)
+    return current
+
+
+def finish_validated_update(device_id: int, firmware_uuid: str) -> DeviceUpdate | None:
+    """The device validated the firmware it runs: a completed update to exactly
+    that firmware succeeds now. Returns the row when this call finished it."""
+    current = (
+        DeviceUpdate.objects.filter(device_id=device_id, status=UpdateStatus.COMPLETED, firmware__uuid=firmware_uuid)
+        .select_related("firmware")
+        .first()
     )
+    if current is None:
+        return None
+    now = timezone.now()
+    fields = {"status": UpdateStatus.SUCCEEDED, "finished_at": now, "reason": "", "updated_at": now}
+    if not DeviceUpdate.objects.filter(pk=current.pk, status=UpdateStatus.COMPLETED).update(**fields):
+        return None
+    for name, value in fields.items():
+        setattr(current, name, value)
+    return current

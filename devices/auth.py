@@ -197,7 +197,8 @@ async def authenticate_device(scope: Mapping[str, Any]) -> Device:
         headers = scope_headers(scope)
         # Like the reference: any x-* header means "shared secret was attempted".
         if any(name.startswith("x-") for name in headers):
-            return await database_sync_to_async(authenticate_shared_secret)(headers)
+            shared: Device = await database_sync_to_async(authenticate_shared_secret)(headers)
+            return shared
     except AuthError:
         raise
     except DatabaseError as exc:

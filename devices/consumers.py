@@ -28,7 +28,7 @@ from channels.exceptions import StopConsumer
 from django.conf import settings
 from pydantic import ValidationError
 
-from deployments.services import record_update_status
+from deployments import rollout
 from devices import protocol, services
 from devices.auth import AuthError, authenticate_device
 from devices.hub import hub
@@ -135,12 +135,16 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             if frame.event == "heartbeat":
                 await self._send(protocol.heartbeat_reply(frame.ref))
             else:
-                await self._send(protocol.reply(frame.join_ref, frame.ref, "phoenix", "error", protocol.UNMATCHED_TOPIC))
+                await self._send(
+                    protocol.reply(frame.join_ref, frame.ref, "phoenix", "error", protocol.UNMATCHED_TOPIC)
+                )
             return
         handlers = TOPICS.get(frame.topic)
         if frame.event == "phx_join":
             if handlers is None:
-                await self._send(protocol.reply(frame.join_ref, frame.ref, frame.topic, "error", protocol.UNMATCHED_TOPIC))
+                await self._send(
+                    protocol.reply(frame.join_ref, frame.ref, frame.topic, "error", protocol.UNMATCHED_TOPIC)
+                )
                 return
             await self._guarded(frame, handlers[0])
             return
@@ -192,7 +196,10 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
     async def join_device(self, frame: Frame) -> None:
         params = protocol.DeviceJoin.model_validate(frame.payload if isinstance(frame.payload, dict) else {})
         outcome = await database_sync_to_async(services.join_device)(self.device_id, params)
-        self.deployment_id = outcome.deployment_id
+        # Settles the in-flight update and may push one. A push travels through
+        # the channel layer to this consumer, which handles it only after this
+        # method returns: the device always gets its join reply first.
+        self.deployment_id = await database_sync_to_async(rollout.on_device_joined)(self.device_id, params)
         self.joined["device"] = frame.join_ref
         await self._send(protocol.reply(frame.join_ref, frame.ref, "device", "ok", {}))
         if outcome.fwup_public_keys:
@@ -209,10 +216,10 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             return
         if event == "status_update":
             status = protocol.StatusUpdate.model_validate(payload)
-            await database_sync_to_async(record_update_status)(self.device_id, status.model_dump(exclude_none=True))
+            await database_sync_to_async(rollout.on_status_report)(self.device_id, status.model_dump(exclude_none=True))
         elif event in ("fwup_progress", "update_progress"):
             progress = protocol.FwupProgress.model_validate(payload)
-            await database_sync_to_async(record_update_status)(
+            await database_sync_to_async(rollout.on_status_report)(
                 self.device_id, progress.model_dump(exclude_none=True)
             )
         elif event == "report_network_interface":
@@ -220,6 +227,7 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             await database_sync_to_async(services.record_network_interface)(self.device_id, report.interface or "")
         elif event == "firmware_validated":
             await database_sync_to_async(services.mark_firmware_validated)(self.device_id)
+            await database_sync_to_async(rollout.on_firmware_validated)(self.device_id)
         elif event == "connection_types":
             types = protocol.ConnectionTypes.model_validate(payload)
             await database_sync_to_async(services.record_connection_types)(self.device_id, types.values)

@@ -5,7 +5,8 @@ background tasks each server process runs for all its sockets together.
   message arrives once and is written to the matching local sockets directly;
 * the sweeper: one timer per process (not one per socket) that closes sockets
   idle longer than DEVICE_IDLE_TIMEOUT and, every DEVICE_LAST_SEEN_INTERVAL,
-  refreshes last_seen_at of all local devices with one UPDATE per 1000.
+  refreshes last_seen_at of all local devices with one UPDATE per 1000;
+* in embedded mode only, the rollout backstop that Celery beat runs otherwise.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class LocalSocket(Protocol):
     async def push_fleet(self, event: str, message: dict[str, Any]) -> None: ...
 
     async def close_idle(self) -> None: ...
+
+    async def close_replaced(self) -> None: ...
 
 
 class Hub:
@@ -70,6 +73,10 @@ class Hub:
             self._spawn(self._dispatch_fleet(), "device-fleet-dispatcher"),
             self._spawn(self._sweep(), "device-socket-sweeper"),
         ]
+        if settings.EMBEDDED:
+            # No Celery beat in embedded mode: this process is the whole hub, so it
+            # runs the rollout backstop itself.
+            self._tasks.append(self._spawn(self._rollout_backstop(), "rollout-backstop"))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coroutine, name=name)
@@ -121,6 +128,17 @@ class Hub:
             if now - last_refresh >= settings.DEVICE_LAST_SEEN_INTERVAL and self.sockets:
                 last_refresh = now
                 await _refresh_last_seen(list(self.sockets))
+
+
+    async def _rollout_backstop(self) -> None:
+        from deployments.tasks import run_all_rollouts
+
+        while True:
+            await asyncio.sleep(settings.ROLLOUT_BACKSTOP_SECONDS)
+            try:
+                await database_sync_to_async(run_all_rollouts)()
+            except Exception:
+                logger.exception("rollout backstop failed")
 
 
 async def _refresh_last_seen(device_ids: list[int]) -> None:

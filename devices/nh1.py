@@ -217,9 +217,7 @@ def _etf_int(n: int) -> bytes:
 
 def encode_payload(identifier: str, signed_at_ms: int, max_age: int = EMBEDDED_MAX_AGE) -> bytes:
     ident = identifier.encode()
-    return (
-        b"\x83\x68\x03\x6d" + struct.pack(">I", len(ident)) + ident + _etf_int(signed_at_ms) + _etf_int(max_age)
-    )
+    return b"\x83\x68\x03\x6d" + struct.pack(">I", len(ident)) + ident + _etf_int(signed_at_ms) + _etf_int(max_age)
 
 
 def sign_headers(

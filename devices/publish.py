@@ -82,6 +82,11 @@ def broadcast_to_devices(device_ids: Iterable[int], event: str, payload: dict[st
 def broadcast_to_deployment(deployment_id: int, event: str, payload: dict[str, Any]) -> None:
     """Push to every connected device whose deployment (as known at its join) is
     `deployment_id`: one message per server process, whatever the fleet size."""
-    message = {"type": "fleet.push", "device_ids": None, "deployment_id": deployment_id, "event": event}
-    message["payload"] = payload
+    message: dict[str, Any] = {
+        "type": "fleet.push",
+        "device_ids": None,
+        "deployment_id": deployment_id,
+        "event": event,
+        "payload": payload,
+    }
     transaction.on_commit(lambda: _group_send_now(message))

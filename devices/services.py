@@ -15,8 +15,8 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from devices.fields import normalise_tags
 from devices import publish
+from devices.fields import normalise_tags
 from devices.models import (
     ConnectionStatus,
     Device,
@@ -135,7 +135,9 @@ def set_updates_enabled(actor: Actor, devices: QuerySet[Device], enabled: bool) 
 
 def clear_penalty_box(actor: Actor, devices: QuerySet[Device]) -> int:
     with transaction.atomic():
-        targets = list(devices.select_related(None).filter(penalty_box_until__isnull=False).only("pk", "org_id", "identifier"))
+        targets = list(
+            devices.select_related(None).filter(penalty_box_until__isnull=False).only("pk", "org_id", "identifier")
+        )
         Device.objects.filter(pk__in=[d.pk for d in targets]).update(penalty_box_until=None, updated_at=timezone.now())
         for device in targets:
             audit(actor, "device.penalty_box_cleared", device)
@@ -221,8 +223,7 @@ class JoinOutcome:
 
 
 def join_device(device_id: int, params: DeviceJoin) -> JoinOutcome:
-    """Store what the `device` join reports (server-behaviour.md §3.1–§3.2)."""
-    from deployments.services import reconcile_update_on_join
+    """Store what the `device` join reports (server-behaviour.md §3.1 to §3.2)."""
     from firmware.models import SigningKey
 
     validation = {
@@ -265,7 +266,6 @@ def join_device(device_id: int, params: DeviceJoin) -> JoinOutcome:
                 device,
                 details={"from": previous_uuid, "to": params.nerves_fw_uuid, "version": params.nerves_fw_version},
             )
-        reconcile_update_on_join(device_id, device.firmware_uuid, params.currently_downloading_uuid)
 
     keys: list[str] | None = None
     if "on_connect" in (params.fwup_public_keys, params.archive_public_keys):

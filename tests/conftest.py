@@ -191,6 +191,8 @@ def live_hub(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..., H
     yield factory
     for hub in factory.started:
         hub.stop()
+        # Captured output: pytest shows it only when the test failed.
+        print(f"--- hub on port {hub.port} ---\n{hub.log()[-20000:]}")
 
 
 @pytest.fixture

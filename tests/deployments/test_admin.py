@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from deployments import rollout
 from deployments.models import Deployment, DeviceUpdate
 from nerveshub.tenancy.models import AuditEvent
 from tests.deployments.conftest import make_device, make_firmware
@@ -131,7 +132,9 @@ def test_it_assigns_devices_when_a_deployment_is_created(tenant, client, django_
     assert response.status_code == 302, response.content.decode()[:2000]
     device.refresh_from_db()
     assert device.deployment is not None and device.deployment.name == "main"
-    assert DeviceUpdate.objects.filter(device=device).count() == 1  # pushed in-process (embedded mode)
+    # the orchestrator run that the save woke (a worker's job; called directly here)
+    rollout.run_rollout(device.deployment.pk)
+    assert DeviceUpdate.objects.filter(device=device).count() == 1
 
 
 def _add_main(client, tenant, firmware):

@@ -47,3 +47,15 @@ def device_key(creds: Credentials) -> Callable[[str], tuple[Device, str, str]]:
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll `check` until it holds: a hub process finishes its side of a close
+    after the client has returned."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.05)

@@ -109,7 +109,7 @@ def test_it_refuses_an_identifier_of_another_product(live_hub, creds):
     services.create_device("test", other, "dev-taken")
     hub = live_hub()
     # when
-    status, headers = run(
+    status, _headers = run(
         _upgrade(hub.ws_url, nh1_headers(creds.product_key, creds.product_secret, "dev-taken", int(time.time())))
     )
     # then

@@ -8,7 +8,6 @@ import base64
 import json
 
 import msgpack
-import pytest
 import websockets
 from websockets.asyncio.client import connect
 
@@ -16,7 +15,7 @@ from deployments.models import DeviceUpdate, UpdateStatus
 from devices.models import ConnectionStatus, Device, ValidationStatus
 from firmware.models import Firmware, SigningKey
 from nerveshub.tenancy.models import AuditEvent
-from tests.devices.conftest import run
+from tests.devices.conftest import run, wait_until
 from tests.support.nhl_client import DEFAULT_FW
 
 KEY = base64.b64encode(bytes(range(32))).decode()
@@ -58,7 +57,8 @@ def test_it_runs_a_full_device_session(live_hub, creds):
     assert geo_request[3] == "geo:location:request"
     assert heartbeat[2] == "phoenix"
     device.assert_no_violations()
-    # then: the database
+    # then: the database, once the hub has recorded the close
+    wait_until(lambda: Device.objects.get(identifier="dev-full").connection_status == ConnectionStatus.DISCONNECTED)
     row = Device.objects.get(identifier="dev-full")
     assert row.product_id == creds.tenant.product.pk
     assert row.firmware_uuid == DEFAULT_FW["nerves_fw_uuid"]

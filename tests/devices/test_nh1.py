@@ -70,11 +70,7 @@ def test_it_accepts_hs384_and_hs512_protection():
 def test_it_decodes_the_legacy_shapes():
     # given: {data, signed_at} and %{data: ..., signed: ...} (atoms as SMALL_ATOM_UTF8_EXT)
     two_tuple = b"\x83\x68\x02\x6d\x00\x00\x00\x03abc\x62\x00\x00\x01\x00"
-    legacy_map = (
-        b"\x83\x74\x00\x00\x00\x02"
-        + b"\x77\x04data\x6d\x00\x00\x00\x03abc"
-        + b"\x77\x06signed\x61\x07"
-    )
+    legacy_map = b"\x83\x74\x00\x00\x00\x02" + b"\x77\x04data\x6d\x00\x00\x00\x03abc" + b"\x77\x06signed\x61\x07"
     # then
     assert nh1.decode_payload(two_tuple) == nh1.Claims("abc", 256)
     assert nh1.decode_payload(legacy_map) == nh1.Claims("abc", 7)
@@ -101,8 +97,14 @@ def test_it_refuses_malformed_payloads(payload):
 
 @pytest.mark.parametrize(
     "alg",
-    ["NH2-HMAC-sha256-1000-32", "NH1-HMAC-md4-1000-32", "NH1-HMAC-sha256-1000", "NH1-HMAC-sha256-x-32",
-     "NH1-HMAC-sha256-10000000-32", "NH1-HMAC-sha256-1000-0"],
+    [
+        "NH2-HMAC-sha256-1000-32",
+        "NH1-HMAC-md4-1000-32",
+        "NH1-HMAC-sha256-1000",
+        "NH1-HMAC-sha256-x-32",
+        "NH1-HMAC-sha256-10000000-32",
+        "NH1-HMAC-sha256-1000-0",
+    ],
 )
 def test_it_refuses_bad_algorithms(alg):
     with pytest.raises(nh1.NH1Error):

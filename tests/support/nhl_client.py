@@ -174,7 +174,13 @@ class NHLDevice:
         as handle_connect/1 does it. Returns the device join reply."""
         await self.open()
         device_reply = self.join("device", self.join_params())
-        console_reply = self.join("console", {"console_version": self.console_version, "device_api_version": self.device_api_version}) if self.remote_iex else None
+        console_reply = (
+            self.join(
+                "console", {"console_version": self.console_version, "device_api_version": self.device_api_version}
+            )
+            if self.remote_iex
+            else None
+        )
         reply = await asyncio.wait_for(device_reply, timeout)
         if reply[4]["status"] == "ok":
             await self.push("device", "report_network_interface", {"interface": self.interface})
@@ -224,7 +230,7 @@ class NHLDevice:
             pass
 
     async def _handle(self, message: list[Any]) -> None:
-        join_ref, ref, topic, event, payload = message[:5]
+        _join_ref, ref, topic, event, payload = message[:5]
         if event == "phx_reply":
             if ref in self.pushes:
                 if payload == {"status": "error", "response": "detach"} and ref in self.attach_refs.values():
