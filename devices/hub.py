@@ -129,7 +129,6 @@ class Hub:
                 last_refresh = now
                 await _refresh_last_seen(list(self.sockets))
 
-
     async def _rollout_backstop(self) -> None:
         from deployments.tasks import run_all_rollouts
 
