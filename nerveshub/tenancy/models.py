@@ -114,6 +114,11 @@ class AuditEvent(models.Model):
     subject = models.CharField(max_length=200, blank=True)
     details = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # The org's events form a hash chain (nerveshub.tenancy.audit_chain): `hash`
+    # is SHA-256 over this row's canonical fields and `prev_hash`, the hash of
+    # the org's previous event. Changing, inserting or deleting a row breaks it.
+    prev_hash = models.CharField(max_length=64, blank=True, editable=False)
+    hash = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -126,3 +131,27 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor} {self.action} {self.subject}"
+
+
+class AuditChainHead(models.Model):
+    """Where each org's audit chain ends, and where it starts after pruning.
+
+    Appending to a chain first updates this row, so appends to one chain are
+    serialised by its row lock (PostgreSQL) or the write lock (SQLite) until
+    the transaction that audits commits. `key` is the org id, 0 for events
+    that belong to no org; it is not a foreign key so that the row can be
+    created before the org exists in the same transaction."""
+
+    key = models.BigIntegerField(primary_key=True)
+    appended = models.BigIntegerField(default=0)
+    last_hash = models.CharField(max_length=64, blank=True)
+    last_event_id = models.BigIntegerField(null=True, blank=True)
+    # After a prune: the hash of the last deleted event, which the first
+    # remaining event's prev_hash must equal.
+    checkpoint_hash = models.CharField(max_length=64, blank=True)
+    checkpoint_event_id = models.BigIntegerField(null=True, blank=True)
+    checkpoint_at = models.DateTimeField(null=True, blank=True)
+    pruned = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"audit chain {self.key}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db import models, transaction
 from django.utils import timezone
 
+from nerveshub.tenancy import audit_chain
 from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Organization, Product, Role
 
 # Who did it: a user, a device (anything with .identifier), or a plain label such
@@ -58,7 +60,7 @@ def audit(
         org_id = subject.pk
     else:
         org_id = getattr(subject, "org_id", None)
-    return AuditEvent.objects.create(
+    event = AuditEvent(
         org_id=org_id,
         actor_user=user,
         actor=actor_label[:200],
@@ -68,6 +70,25 @@ def audit(
         subject=str(subject)[:200] if subject is not None else "",
         details=details or {},
     )
+    # savepoint=False: inside the caller's transaction this adds no savepoint;
+    # called outside one, the append and the hooks still commit together.
+    with transaction.atomic(savepoint=False):
+        audit_chain.append(event)
+        for hook in _audit_hooks:
+            hook(event)
+    return event
+
+
+# Called with every new event inside the auditing transaction, so what a hook
+# writes commits or rolls back with the event. Apps register in AppConfig.ready
+# (webhooks writes its outbox rows this way); tenancy depends on none of them.
+AuditHook = Callable[[AuditEvent], None]
+_audit_hooks: list[AuditHook] = []
+
+
+def register_audit_hook(hook: AuditHook) -> None:
+    if hook not in _audit_hooks:
+        _audit_hooks.append(hook)
 
 
 # --- Organizations and members -------------------------------------------------
