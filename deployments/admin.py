@@ -15,7 +15,7 @@ from django.utils.html import format_html, format_html_join
 
 from deployments import rollout
 from deployments.models import INFLIGHT_STATUSES, Deployment, DeploymentStage, DeviceUpdate
-from firmware.models import FirmwareStatus
+from firmware.models import FirmwareKind, FirmwareStatus
 from nerveshub.admin_base import CappedCountPaginator, OrgScopedAdmin, org_ids_with_role, register_org_path
 from nerveshub.tenancy.models import Role
 
@@ -30,6 +30,7 @@ class DeploymentForm(forms.ModelForm):  # type: ignore[type-arg]
             "product",
             "name",
             "firmware",
+            "archive",
             "conditions_tags",
             "conditions_version",
             "is_active",
@@ -51,6 +52,14 @@ class DeploymentForm(forms.ModelForm):  # type: ignore[type-arg]
                 raise ValidationError({"firmware": "The firmware belongs to another product."})
             if firmware.status != FirmwareStatus.VALID:
                 raise ValidationError({"firmware": "Only validated firmware can be deployed."})
+            if firmware.kind != FirmwareKind.FIRMWARE:
+                raise ValidationError({"firmware": "This is an archive; choose it as the archive."})
+        archive = data.get("archive")
+        if archive is not None and product is not None:
+            if archive.product_id != product.pk:
+                raise ValidationError({"archive": "The archive belongs to another product."})
+            if archive.status != FirmwareStatus.VALID or archive.kind != FirmwareKind.ARCHIVE:
+                raise ValidationError({"archive": "Choose a validated archive."})
         org = data.get("org")
         if org is not None and product is not None and product.org_id != org.pk:
             raise ValidationError({"product": "The product belongs to another organization."})
@@ -84,7 +93,7 @@ class DeploymentAdmin(OrgScopedAdmin[Deployment]):
     list_select_related = ["product", "firmware", "firmware__product"]
     list_filter = ["is_active", ("product", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["name", "product__name"]
-    raw_id_fields = ["firmware"]
+    raw_id_fields = ["firmware", "archive"]
     readonly_fields = ["progress_table", "paused_at", "paused_reason", "resumed_at", "created_at", "updated_at"]
     actions = ["activate", "deactivate", "pause", "resume", "retry_failed", "approve_next_stage"]
     change_form_template = "admin/deployments/deployment/change_form.html"
@@ -123,7 +132,7 @@ class DeploymentAdmin(OrgScopedAdmin[Deployment]):
 
     def save_model(self, request: HttpRequest, obj: Deployment, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
-        moved = rollout.deployment_changed(request.user, obj)
+        moved = rollout.deployment_changed(request.user, obj, archive_changed="archive" in form.changed_data)
         if moved:
             self.message_user(request, f"{moved} device(s) changed deployment.")
 

@@ -14,7 +14,7 @@ from deployments.versions import InvalidRequirement
 from deployments.versions import validate_requirement as _validate_requirement
 from devices.fields import TagsField
 from devices.models import Device, validate_tags
-from firmware.models import Firmware
+from firmware.models import Firmware, FirmwareKind
 from nerveshub.tenancy.models import Organization, Product
 
 
@@ -30,7 +30,18 @@ class Deployment(models.Model):
     product = models.ForeignKey(Product, models.CASCADE, related_name="deployments")
     name = models.CharField(max_length=100)
     # PROTECT: firmware a deployment points at cannot be deleted underneath it.
-    firmware = models.ForeignKey(Firmware, models.PROTECT, related_name="deployments")
+    firmware = models.ForeignKey(
+        Firmware, models.PROTECT, related_name="deployments", limit_choices_to={"kind": FirmwareKind.FIRMWARE}
+    )
+    # Handed to the devices beside the firmware (`archive` message, device_api >= 2.0.0).
+    archive = models.ForeignKey(
+        Firmware,
+        models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="archive_deployments",
+        limit_choices_to={"kind": FirmwareKind.ARCHIVE},
+    )
     conditions_tags = TagsField(
         default=list, blank=True, validators=[validate_tags], help_text="A device must have all of these tags."
     )

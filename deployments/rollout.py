@@ -22,7 +22,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from deployments import services
+from deployments import archives, services
 from deployments.models import (
     INFLIGHT_STATUSES,
     Deployment,
@@ -619,11 +619,13 @@ def progress(deployment: Deployment) -> dict[str, int]:
     return counts
 
 
-def deployment_changed(actor: Actor, deployment: Deployment) -> int:
+def deployment_changed(actor: Actor, deployment: Deployment, *, archive_changed: bool = False) -> int:
     """After a deployment's firmware, conditions or activation changed (saved
     through a form or the API): recompute which devices belong to it and wake
     the orchestrator. Returns how many devices changed deployment."""
     moved = reassign_product(deployment.product_id, actor)
+    if archive_changed:
+        archives.push_archive_to_members(actor, deployment)
     with transaction.atomic():
         wake(deployment.pk)
     return moved
@@ -649,6 +651,8 @@ def on_device_joined(device_id: int, join: DeviceJoin | None = None) -> int | No
         if finished is not None:
             attempt_finished(finished.pk)
     deployment_id = assign_deployment(device_id)
+    if join is not None:
+        archives.push_archive_on_join(device_id)
     if push_pending_update(device_id):
         return deployment_id
     if deployment_id is not None:

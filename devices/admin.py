@@ -11,13 +11,21 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html_join
 
-from devices import services
+from devices import scripts, services
 from devices.fields import normalise_tags
-from devices.models import Device, DeviceSharedSecret, ProductSharedSecret, validate_tags
+from devices.models import (
+    Device,
+    DeviceSharedSecret,
+    ProductSharedSecret,
+    ScriptRun,
+    SupportScript,
+    validate_tags,
+)
 from nerveshub.admin_base import OrgScopedAdmin, register_org_path
 from nerveshub.tenancy.models import Role
 
 register_org_path(Device, "org")
+register_org_path(SupportScript, "org")
 
 
 class DeletedFilter(admin.SimpleListFilter):
@@ -178,6 +186,7 @@ class DeviceAdmin(OrgScopedAdmin[Device]):
         "disable_updates",
         "clear_penalty_box",
         "issue_device_secret",
+        "run_script",
         "soft_delete",
     ]
 
@@ -271,6 +280,40 @@ class DeviceAdmin(OrgScopedAdmin[Device]):
                 messages.WARNING,
             )
 
+    @admin.action(description="Run a support script…", permissions=["manage"])
+    def run_script(self, request: HttpRequest, queryset: QuerySet[Device]) -> HttpResponse | None:
+        queryset = self._manageable(request, queryset).filter(deleted_at__isnull=True)
+        product_ids = set(queryset.values_list("product_id", flat=True)[:1000])
+        choices = SupportScript.objects.filter(product_id__in=product_ids).select_related("product")
+        if "apply" in request.POST:
+            script = choices.filter(pk=request.POST.get("script") or 0).first()
+            if script is None:
+                self.message_user(request, "Choose a script of the devices' product.", messages.ERROR)
+                return None
+            started = 0
+            for device in queryset.filter(product_id=script.product_id)[:100]:
+                try:
+                    scripts.run_script(request.user, device, script)
+                    started += 1
+                except scripts.ScriptRefused as exc:
+                    self.message_user(request, exc.reason, messages.WARNING)
+            self.message_user(
+                request, f"Sent {script.name!r} to {started} device(s); answers appear under Script runs."
+            )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Run a support script",
+            "scripts": choices,
+            "devices": queryset[:50],
+            "count": queryset.count(),
+            "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
+            "select_across": request.POST.get("select_across", "0"),
+            "action": "run_script",
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/devices/device/script_action.html", context)
+
     @admin.action(description="Delete (identifier stays reserved)", permissions=["manage"])
     def soft_delete(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
         count = services.soft_delete(request.user, self._manageable(request, queryset))
@@ -328,3 +371,58 @@ class DeviceSharedSecretAdmin(SharedSecretAdminBase):
     @admin.display(description="device")
     def owner(self, obj: DeviceSharedSecret) -> str:
         return str(obj.device)
+
+
+@admin.register(SupportScript)
+class SupportScriptAdmin(OrgScopedAdmin[SupportScript]):
+    list_display = ["name", "product", "timeout_ms", "updated_at"]
+    list_select_related = ["product"]
+    list_filter = ["product__org"]
+    search_fields = ["name", "product__name"]
+    readonly_fields = ["created_at", "updated_at"]
+
+    def save_model(self, request: HttpRequest, obj: SupportScript, form: Any, change: bool) -> None:
+        # The script lives where its product lives.
+        obj.org_id = obj.product.org_id
+        super().save_model(request, obj, form, change)
+
+    def get_exclude(self, request: HttpRequest, obj: SupportScript | None = None) -> Any:
+        return ["org"]
+
+
+@admin.register(ScriptRun)
+class ScriptRunAdmin(OrgScopedAdmin[ScriptRun]):
+    """What each run sent and what the device answered; runs are made by the
+    device action, never by hand."""
+
+    list_display = ["created_at", "device", "script", "status", "short_return", "requested_by", "finished_at"]
+    list_select_related = ["device", "script", "requested_by"]
+    list_filter = ["status"]
+    search_fields = ["=device__identifier", "=ref"]
+    raw_id_fields = ["device", "script"]
+    show_full_result_count = False
+    readonly_fields = [
+        "org",
+        "device",
+        "script",
+        "ref",
+        "text",
+        "timeout_ms",
+        "status",
+        "output",
+        "return_value",
+        "reason",
+        "requested_by",
+        "created_at",
+        "finished_at",
+    ]
+
+    @admin.display(description="returned")
+    def short_return(self, obj: ScriptRun) -> str:
+        return obj.return_value[:80]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: ScriptRun | None = None) -> bool:
+        return False

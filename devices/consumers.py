@@ -28,8 +28,9 @@ from channels.exceptions import StopConsumer
 from django.conf import settings
 from pydantic import ValidationError
 
+from console.services import DeviceConsole
 from deployments import rollout
-from devices import protocol, services
+from devices import protocol, scripts, services
 from devices.auth import AuthError, authenticate_device
 from devices.hub import hub
 from devices.protocol import Codec, Frame, FrameError
@@ -231,22 +232,40 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
         elif event == "connection_types":
             types = protocol.ConnectionTypes.model_validate(payload)
             await database_sync_to_async(services.record_connection_types)(self.device_id, types.values)
+        elif event == "scripts/run":
+            await database_sync_to_async(scripts.record_script_result)(self.device_id, payload)
         elif event == "rebooting":
             logger.info("device %s is rebooting", self.device_id)
         else:
-            # scripts/run results and future events: ignored, never replied to.
+            # Future events: ignored, never replied to.
             logger.debug("device %s: event %s ignored", self.device_id, event)
 
-    # --- topic: console (the console issue replaces these) -------------------------
+    # --- topic: console (remote IEx; the relay itself is console.services) -----------
+
+    console: DeviceConsole | None = None
 
     async def join_console(self, frame: Frame) -> None:
         params = protocol.ConsoleJoin.model_validate(frame.payload if isinstance(frame.payload, dict) else {})
         await database_sync_to_async(services.join_console)(self.device_id, params.console_version)
         self.joined["console"] = frame.join_ref
+        if self.console is None:
+            self.console = DeviceConsole(self.device_id, self.channel_name, params.console_version, self.channel_layer)
         await self._send(protocol.reply(frame.join_ref, frame.ref, "console", "ok", {}))
+        await self.console.announce_joined()
 
     async def on_console_event(self, frame: Frame) -> None:
-        logger.debug("device %s: console event %s ignored", self.device_id, frame.event)
+        if self.console is not None:
+            await self.console.from_device(frame.event, frame.payload)
+
+    async def console_push(self, message: dict[str, Any]) -> None:
+        """Operator input (console.consumers) for the device's console topic."""
+        if "console" in self.joined and not self.closing:
+            await self._push("console", str(message["event"]), message["payload"])
+
+    async def console_hello(self, message: dict[str, Any]) -> None:
+        """An operator opened the console: answer with the scrollback."""
+        if self.console is not None and "console" in self.joined:
+            await self.console.answer_hello(message)
 
     # --- topic: extensions -----------------------------------------------------------
 

@@ -177,3 +177,58 @@ class DeviceSharedSecret(SharedSecretBase):
 
     def __str__(self) -> str:
         return self.key
+
+
+class SupportScript(models.Model):
+    """A saved Elixir snippet of a product that a manager runs on its devices
+    (`scripts/run`, device_api >= 2.1.0)."""
+
+    org = models.ForeignKey(Organization, models.CASCADE, related_name="support_scripts")
+    product = models.ForeignKey(Product, models.CASCADE, related_name="support_scripts")
+    name = models.CharField(max_length=100)
+    text = models.TextField(
+        help_text="Elixir code, evaluated on the device; the value of the last expression is shown."
+    )
+    timeout_ms = models.PositiveIntegerField(default=10_000, help_text="How long the device lets it run.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["product__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["product", "name"], name="supportscript_product_name_uniq")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ScriptRunStatus(models.TextChoices):
+    PENDING = "pending", "Waiting for the device"
+    COMPLETED = "completed", "Completed"
+    ERROR = "error", "Error"
+
+
+class ScriptRun(models.Model):
+    """One run of a script on one device, with what the device answered. The
+    text is copied: editing the script later does not rewrite history."""
+
+    org = models.ForeignKey(Organization, models.CASCADE, related_name="+")
+    device = models.ForeignKey(Device, models.CASCADE, related_name="script_runs")
+    script = models.ForeignKey(SupportScript, models.SET_NULL, null=True, blank=True, related_name="runs")
+    # What the device echoes back to match its answer: 4 random bytes, base64.
+    ref = models.CharField(max_length=20)
+    text = models.TextField()
+    timeout_ms = models.PositiveIntegerField(default=10_000)
+    status = models.CharField(max_length=10, choices=ScriptRunStatus.choices, default=ScriptRunStatus.PENDING)
+    output = models.TextField(blank=True)
+    return_value = models.TextField(blank=True)
+    reason = models.TextField(blank=True)
+    requested_by = models.ForeignKey("auth.User", models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["device", "ref"], name="scriptrun_device_ref_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.script or 'script'} on {self.device_id} ({self.status})"

@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from firmware import services
-from firmware.models import Firmware, FirmwareStatus, SigningKey
+from firmware.models import Firmware, FirmwareKind, FirmwareStatus, SigningKey
 from nerveshub.admin_base import OrgScopedAdmin, register_org_path
 from nerveshub.tenancy.models import Role
 
@@ -82,10 +82,19 @@ class SigningKeyAdmin(OrgScopedAdmin[SigningKey]):
 
 class FirmwareUploadForm(forms.ModelForm):  # type: ignore[type-arg]
     file = forms.FileField(help_text="A .fw file made and signed by fwup.")
+    kind = forms.ChoiceField(
+        choices=FirmwareKind.choices,
+        initial=FirmwareKind.FIRMWARE,
+        required=False,
+        help_text="An archive is handed to devices beside a deployment's firmware.",
+    )
 
     class Meta:
         model = Firmware
-        fields = ["product"]
+        fields = ["product", "kind"]
+
+    def clean_kind(self) -> str:
+        return str(self.cleaned_data.get("kind") or FirmwareKind.FIRMWARE)
 
     def clean_file(self) -> Any:
         upload = self.cleaned_data["file"]
@@ -98,14 +107,24 @@ class FirmwareUploadForm(forms.ModelForm):  # type: ignore[type-arg]
 
 @admin.register(Firmware)
 class FirmwareAdmin(OrgScopedAdmin[Firmware]):
-    list_display = ["__str__", "product", "version", "short_uuid", "status", "size", "signing_key", "created_at"]
+    list_display = [
+        "__str__",
+        "product",
+        "kind",
+        "version",
+        "short_uuid",
+        "status",
+        "size",
+        "signing_key",
+        "created_at",
+    ]
     list_select_related = ["product__org", "signing_key__org"]
-    list_filter = ["status", "product__org", "platform", "architecture"]
+    list_filter = ["status", "kind", "product__org", "platform", "architecture"]
     search_fields = ["=uuid", "version", "original_filename", "product__name"]
     date_hierarchy = "created_at"
     actions = ["revalidate", "delete_selected"]
     fieldsets = [
-        (None, {"fields": ["org", "product", "status", "rejected_reason", "original_filename", "uploaded_by"]}),
+        (None, {"fields": ["org", "product", "kind", "status", "rejected_reason", "original_filename", "uploaded_by"]}),
         ("Metadata", {"fields": ["uuid", "version", "platform", "architecture", "author", "description"]}),
         ("More metadata", {"fields": ["vcs_identifier", "misc"], "classes": ["collapse"]}),
         ("File", {"fields": ["size", "sha256", "part_count", "storage_name", "signing_key"]}),
@@ -114,6 +133,7 @@ class FirmwareAdmin(OrgScopedAdmin[Firmware]):
     readonly_fields = [
         "org",
         "product",
+        "kind",
         "status",
         "rejected_reason",
         "original_filename",
@@ -147,7 +167,7 @@ class FirmwareAdmin(OrgScopedAdmin[Firmware]):
 
     def get_fieldsets(self, request: HttpRequest, obj: Firmware | None = None) -> Any:
         if obj is None:
-            return [(None, {"fields": ["product", "file"]})]
+            return [(None, {"fields": ["product", "kind", "file"]})]
         return super().get_fieldsets(request, obj)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Firmware | None = None) -> Any:
@@ -168,7 +188,9 @@ class FirmwareAdmin(OrgScopedAdmin[Firmware]):
         if change:
             return super().save_form(request, form, change)
         upload = form.cleaned_data["file"]
-        return services.upload_firmware(request.user, form.cleaned_data["product"], upload, upload.name)
+        return services.upload_firmware(
+            request.user, form.cleaned_data["product"], upload, upload.name, kind=form.cleaned_data["kind"]
+        )
 
     def save_model(self, request: HttpRequest, obj: Firmware, form: Any, change: bool) -> None:
         if change:

@@ -67,14 +67,28 @@ class FirmwareStatus(models.TextChoices):
     REJECTED = "rejected", "Rejected"
 
 
+class FirmwareKind(models.TextChoices):
+    # An archive is a fwup file too (same signing keys, same validation), which a
+    # deployment hands to its devices beside the firmware (device_api >= 2.0.0).
+    FIRMWARE = "firmware", "Firmware"
+    ARCHIVE = "archive", "Archive"
+
+
 class FirmwareQuerySet(models.QuerySet["Firmware"]):
     def valid(self) -> FirmwareQuerySet:
         return self.filter(status=FirmwareStatus.VALID)
+
+    def firmware(self) -> FirmwareQuerySet:
+        return self.filter(kind=FirmwareKind.FIRMWARE)
+
+    def archives(self) -> FirmwareQuerySet:
+        return self.filter(kind=FirmwareKind.ARCHIVE)
 
 
 class Firmware(models.Model):
     org = models.ForeignKey(Organization, models.CASCADE, related_name="firmware")
     product = models.ForeignKey(Product, models.PROTECT, related_name="firmware")
+    kind = models.CharField(max_length=10, choices=FirmwareKind.choices, default=FirmwareKind.FIRMWARE)
     # Set by validation: fwup derives it from meta.conf (fwup-format.md), so it is
     # unknown until the file has been read.
     uuid = models.CharField(max_length=36, null=True, blank=True)
@@ -114,5 +128,6 @@ class Firmware(models.Model):
 
     def __str__(self) -> str:
         if self.version:
-            return f"{self.product.name} {self.version} ({(self.uuid or '')[:8]})"
+            label = "archive " if self.kind == FirmwareKind.ARCHIVE else ""
+            return f"{self.product.name} {label}{self.version} ({(self.uuid or '')[:8]})"
         return f"{self.original_filename or 'upload'} ({self.status})"

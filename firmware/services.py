@@ -18,6 +18,7 @@ import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC
 from functools import partial
 from typing import IO, Any, TypedDict
 
@@ -30,7 +31,7 @@ from django.db.models import ProtectedError
 from django.utils import timezone
 
 from firmware import fwfile
-from firmware.models import Firmware, FirmwareStatus, SigningKey
+from firmware.models import Firmware, FirmwareKind, FirmwareStatus, SigningKey
 from nerveshub.tenancy.models import Organization, Product
 from nerveshub.tenancy.services import Actor, audit
 
@@ -133,8 +134,11 @@ def _delete_stored(name: str) -> None:
         logger.exception("could not delete stored firmware %s", name)
 
 
-def upload_firmware(actor: Actor, product: Product, fileobj: IO[bytes], filename: str) -> Firmware:
-    """Store an uploaded file and queue its validation. Raises UploadRefused."""
+def upload_firmware(
+    actor: Actor, product: Product, fileobj: IO[bytes], filename: str, *, kind: str = FirmwareKind.FIRMWARE
+) -> Firmware:
+    """Store an uploaded file (firmware, or an archive: same format, same checks)
+    and queue its validation. Raises UploadRefused."""
     declared = getattr(fileobj, "size", None)
     if isinstance(declared, int) and declared > settings.FIRMWARE_MAX_SIZE:
         raise UploadRefused(_too_large_reason())
@@ -161,12 +165,18 @@ def upload_firmware(actor: Actor, product: Product, fileobj: IO[bytes], filename
             firmware = Firmware.objects.create(
                 org_id=product.org_id,
                 product=product,
+                kind=FirmwareKind(kind),
                 storage_name=name,
                 original_filename=filename[:300],
                 size=reader.read_bytes,
                 uploaded_by=actor if isinstance(actor, User) else None,
             )
-            audit(actor, "firmware.uploaded", firmware, details={"filename": filename, "size": reader.read_bytes})
+            audit(
+                actor,
+                "firmware.uploaded",
+                firmware,
+                details={"filename": filename, "size": reader.read_bytes, "kind": firmware.kind},
+            )
             transaction.on_commit(partial(_dispatch_validation, firmware.pk))
     except Exception:
         _delete_stored(name)
@@ -328,6 +338,7 @@ def revalidate_firmware(actor: Actor, firmware: Firmware) -> bool:
 def delete_firmware(actor: Actor, firmware: Firmware) -> None:
     """Delete the row and, after commit, its file. Raises FirmwareInUse."""
     names = list(firmware.deployments.values_list("name", flat=True)[:5])
+    names += list(firmware.archive_deployments.values_list("name", flat=True)[:5])
     if names:
         raise FirmwareInUse(
             "This firmware is used by deployment(s) " + ", ".join(names) + "; point them at other firmware first."
@@ -436,3 +447,29 @@ def create_signing_key(actor: Actor, org: Organization, name: str, key: str) -> 
         row.save()
         audit(actor, "signing_key.created", row, details={"name": row.name})
     return row
+
+
+class ArchivePayload(TypedDict):
+    url: str
+    uuid: str
+    version: str
+    size: int
+    description: str
+    platform: str
+    architecture: str
+    uploaded_at: str
+
+
+def archive_payload(archive: Firmware) -> ArchivePayload:
+    """The `archive` message payload (server-behaviour.md §3.3)."""
+    return {
+        "url": download_url(archive),
+        "uuid": archive.uuid or "",
+        "version": archive.version,
+        "size": archive.size,
+        "description": archive.description,
+        "platform": archive.platform,
+        "architecture": archive.architecture,
+        # ISO 8601 without a zone, as the reference sends it (UTC).
+        "uploaded_at": archive.created_at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds"),
+    }
