@@ -37,6 +37,8 @@ from devices.protocol import Codec, Frame, FrameError
 
 logger = logging.getLogger(__name__)
 
+REASON_BUSY = "too many devices are connecting to this server right now; retry later"
+
 # Extension attach → what to ask for straight away (reference server behaviour).
 ON_ATTACH = {"health": "health:check", "geo": "geo:location:request"}
 
@@ -60,6 +62,9 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             await self._deny(403, "unsupported serializer version")
             return
         self.codec = codec
+        if not hub.admit_connect():
+            await self._deny(503, REASON_BUSY)
+            return
         await aclose_old_connections()
         try:
             device = await authenticate_device(self.scope)

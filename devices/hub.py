@@ -40,12 +40,43 @@ class LocalSocket(Protocol):
     async def close_replaced(self) -> None: ...
 
 
+class ConnectLimiter:
+    """A token bucket over device connects in this process. A reconnect herd
+    (every device of a restarted node at once) is shed before any database or
+    crypto work: a refused device retries with its own backoff (1 to 60 s,
+    jittered), which spreads the herd out."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = 0.0
+
+    def admit(self, now: float) -> bool:
+        if self.rate <= 0:
+            return True  # 0 turns the limit off
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 class Hub:
     def __init__(self) -> None:
         self.sockets: dict[int, LocalSocket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._encoded: dict[int, tuple[str, dict[str, Any]]] = {}
+        self.connects = ConnectLimiter(settings.DEVICE_CONNECT_RATE, settings.DEVICE_CONNECT_BURST)
+        self.shed = 0  # connects refused by the limiter, for the logs and benchmarks
+
+    def admit_connect(self) -> bool:
+        admitted = self.connects.admit(asyncio.get_running_loop().time())
+        if not admitted:
+            self.shed += 1
+        return admitted
 
     # --- registry --------------------------------------------------------------
 

@@ -286,8 +286,22 @@ DEVICE_LAST_SEEN_INTERVAL = envint("DEVICE_LAST_SEEN_INTERVAL", 900, minimum=1)
 # Close a device socket that sent no frame for this long (the reference uses 180 s;
 # devices heartbeat every 30 s).
 DEVICE_IDLE_TIMEOUT = envint("DEVICE_IDLE_TIMEOUT", 180, minimum=1)
+# Device connects admitted per second per server process (a token bucket with
+# this burst); the rest get 503 before any database work and retry with their
+# backoff. 0 turns the limit off. The reference defaults to 100/s per node.
+DEVICE_CONNECT_RATE = envint("DEVICE_CONNECT_RATE", 2000, minimum=0)
+DEVICE_CONNECT_BURST = envint("DEVICE_CONNECT_BURST", 4000, minimum=1)
 # A larger frame closes the socket: the biggest legitimate frame is a health report.
 DEVICE_MAX_FRAME_BYTES = envint("DEVICE_MAX_FRAME_BYTES", 262_144, minimum=1024)
+
+# --- Remote console (console/) -------------------------------------------------
+# An operator's console page is closed after this many seconds without input or
+# output (the device stops its own IEx after remote_iex_timeout, 300 s by default).
+CONSOLE_IDLE_TIMEOUT = envint("CONSOLE_IDLE_TIMEOUT", 900, minimum=1)
+# Largest file an operator may send to a device through the console.
+CONSOLE_UPLOAD_MAX_SIZE = envint("CONSOLE_UPLOAD_MAX_SIZE", 10_485_760, minimum=1)
+# How often an open console page checks that its device is still connected.
+CONSOLE_DEVICE_CHECK_SECONDS = envint("CONSOLE_DEVICE_CHECK_SECONDS", 2, minimum=1)
 
 # --- Device certificates (certificates/auth.py, deploy/nginx/nerveshub.conf) ---
 # Addresses of the TLS-terminating proxies (nginx) whose X-SSL-Client-Cert header

@@ -1,0 +1,38 @@
+"""The per-process connect limiter sheds a reconnect herd before any database
+work, and lets devices back in as the bucket refills."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from devices.models import Device
+from tests.devices.conftest import run
+from tests.devices.test_device_auth import _upgrade
+from tests.support.nhl_client import nh1_headers
+
+
+def test_it_sheds_connects_over_the_rate_with_503_and_lets_them_in_later(live_hub, creds):
+    # given: 5 connects per second, a burst of 5
+    hub = live_hub({"DEVICE_CONNECT_RATE": "5", "DEVICE_CONNECT_BURST": "5"})
+    now = int(time.time())
+
+    async def herd():
+        attempts = [
+            _upgrade(hub.ws_url, nh1_headers(creds.product_key, creds.product_secret, f"herd-{i}", now))
+            for i in range(20)
+        ]
+        return await asyncio.gather(*attempts)
+
+    # when
+    first = run(herd())
+    time.sleep(1.5)
+    later = run(_upgrade(hub.ws_url, nh1_headers(creds.product_key, creds.product_secret, "late", int(time.time()))))
+    # then
+    statuses = [status for status, _ in first]
+    assert statuses.count(101) <= 6 and statuses.count(503) >= 14, statuses
+    shed = next(headers for status, headers in first if status == 503)
+    assert "retry later" in shed["nh-connection-error-reason"]
+    # shed devices never reached authentication: no auto-registration happened
+    assert Device.objects.filter(identifier__startswith="herd-").count() == statuses.count(101)
+    assert later[0] == 101
