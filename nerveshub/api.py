@@ -115,6 +115,7 @@ def actor(request: HttpRequest) -> User:
 
 def register_routers() -> None:
     """Mount each app's router. Imported lazily so that models load first."""
+    from certificates.api import router as certificates_router
     from deployments.api import router as deployments_router
     from devices.api import router as devices_router
     from firmware.api import router as firmware_router
@@ -124,3 +125,4 @@ def register_routers() -> None:
     api.add_router("/", devices_router)
     api.add_router("/", deployments_router)
     api.add_router("/", firmware_router)
+    api.add_router("/", certificates_router)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db import transaction
 from django.db.models import ProtectedError
 from django.http import HttpRequest
@@ -11,7 +13,7 @@ from pydantic import ConfigDict, Field
 
 from nerveshub.api import actor, require_org, require_product
 from nerveshub.tenancy import services
-from nerveshub.tenancy.models import Product, Role
+from nerveshub.tenancy.models import APIToken, Product, Role
 
 router = Router(tags=["organizations"])
 
@@ -52,6 +54,57 @@ def _product_out(product: Product) -> ProductOut:
 def me(request: HttpRequest) -> UserOut:
     user = actor(request)
     return UserOut(username=user.get_username(), email=user.email)
+
+
+class TokenIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+    note: str = Field("", max_length=100, description="What the token is for, e.g. the CI pipeline's name")
+
+
+class TokenOut(Schema):
+    id: int
+    prefix: str
+    note: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class NewTokenOut(TokenOut):
+    token: str = Field(description="The token itself; shown this once and never again")
+
+
+def _token_out(token: APIToken) -> TokenOut:
+    return TokenOut(
+        id=token.pk,
+        prefix=token.prefix,
+        note=token.note,
+        created_at=token.created_at,
+        last_used_at=token.last_used_at,
+        revoked_at=token.revoked_at,
+    )
+
+
+@router.get("/users/me/tokens", response=list[TokenOut])
+def list_tokens(request: HttpRequest) -> list[TokenOut]:
+    return [_token_out(t) for t in APIToken.objects.filter(user=actor(request)).order_by("-created_at")]
+
+
+@router.post("/users/me/tokens", response={201: NewTokenOut})
+def create_token(request: HttpRequest, payload: TokenIn) -> Status[NewTokenOut]:
+    user = actor(request)
+    issued = services.create_api_token(user, user, payload.note.strip())
+    return Status(201, NewTokenOut(**_token_out(issued.token).model_dump(), token=issued.clear))
+
+
+@router.delete("/users/me/tokens/{token_id}", response={204: None})
+def revoke_token(request: HttpRequest, token_id: int) -> Status[None]:
+    """Revoke one of the caller's own tokens (the one in use included)."""
+    token = APIToken.objects.filter(user=actor(request), pk=token_id).first()
+    if token is None:
+        raise HttpError(404, f"token {token_id} not found")
+    services.revoke_api_token(actor(request), token)
+    return Status(204, None)
 
 
 @router.get("/orgs", response=list[OrgOut])
