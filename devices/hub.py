@@ -118,7 +118,11 @@ class Hub:
         layer = get_channel_layer()
         if layer is None:
             return
-        channel = await layer.new_channel("devices-fleet.")
+        # The default "specific" prefix on purpose: channels_redis serves every
+        # local channel with one prefix from one Redis list, but channels with
+        # different prefixes take turns on one receive lock, each blocking up to
+        # 5 s, so a second prefix delays every per-device message by up to 5 s.
+        channel = await layer.new_channel()
         await layer.group_add(FLEET_GROUP, channel)
         joined_at = asyncio.get_running_loop().time()
         while True:

@@ -7,9 +7,12 @@ from typing import Any
 
 from django.urls import re_path
 
+from console.routing import websocket_urlpatterns as console_routes
 from devices.consumers import DeviceSocketConsumer
 
 websocket_urlpatterns: list[Any] = [
     # Shared-secret devices use /device-socket, certificate devices /socket (§1.1).
     re_path(r"^(?:device-socket|socket)/websocket/?$", DeviceSocketConsumer.as_asgi()),
+    # The operators' console (session cookie + origin check, see console/routing.py).
+    *console_routes,
 ]

@@ -91,6 +91,7 @@ INSTALLED_APPS = [
     "deployments",
     "certificates",
     "console",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -308,6 +309,17 @@ CONSOLE_DEVICE_CHECK_SECONDS = envint("CONSOLE_DEVICE_CHECK_SECONDS", 2, minimum
 # the hub believes. Empty (the default): the header is never trusted, and a
 # request that carries it is refused. Comma list of IPs or CIDR networks.
 TRUSTED_PROXIES = envnetworks("TRUSTED_PROXIES")
+
+# --- Webhooks (docs/webhooks.md) -------------------------------------------------
+# Plain http:// endpoints are refused except on loopback addresses unless this is set.
+WEBHOOK_ALLOW_HTTP = envbool("WEBHOOK_ALLOW_HTTP", False)
+WEBHOOK_TIMEOUT = envint("WEBHOOK_TIMEOUT", 10, minimum=1, maximum=60)
+# Attempts per delivery; the waits between them double from the base (30 s, 1 min, 2 min, …).
+WEBHOOK_MAX_ATTEMPTS = envint("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1, maximum=30)
+WEBHOOK_RETRY_BASE_SECONDS = envint("WEBHOOK_RETRY_BASE_SECONDS", 30, minimum=1)
+# How often Celery beat sends due retries and deliveries whose wake-up was lost.
+WEBHOOK_SWEEP_SECONDS = envint("WEBHOOK_SWEEP_SECONDS", 30, minimum=5)
+CELERY_BEAT_SCHEDULE["webhooks-sweep"] = {"task": "webhooks.tasks.sweep_webhooks", "schedule": WEBHOOK_SWEEP_SECONDS}
 
 # --- Logging ------------------------------------------------------------------
 LOG_FORMAT = envchoice("LOG_FORMAT", "text", ("text", "json"))

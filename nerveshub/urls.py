@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from nerveshub import views
 from nerveshub.api import api, register_routers
@@ -15,4 +15,5 @@ urlpatterns = [
     path("status/health", views.health, name="status-health"),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
+    path("console/", include("console.urls")),
 ]

@@ -1,0 +1,253 @@
+"""The operator's side of the remote console: `/console/<device id>/socket`.
+
+The session user comes from Channels' AuthMiddlewareStack (nerveshub.routing).
+Thin by design: parse a browser message (console.protocol), check it against
+the rules (console.services), pass it on through the channel layer:
+
+* to the device: its socket channel (Device.socket_channel), wherever that
+  socket lives; the device socket pushes it on the `console` topic;
+* from the device: the per-device group `console_group(device_id)`.
+
+Each page also runs one small watch task: it notices the device going away
+(the device socket clears console_available when it closes, and a crashed
+server process sends no message at all, so the row is what is checked) and
+closes the page's socket after CONSOLE_IDLE_TIMEOUT without input or output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from pydantic import ValidationError
+
+from console import protocol, services
+from console.services import ConsoleAccess, InputRecorder, UploadRefused, UploadTracker
+
+logger = logging.getLogger(__name__)
+
+# Close codes the page understands (4000-4999 are the application's own).
+CLOSE_IDLE = 4000
+
+
+class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
+    access: ConsoleAccess | None = None
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        device_id = int(self.scope["url_route"]["kwargs"]["device_id"])
+        access = None
+        if user is not None and user.is_authenticated:
+            access = await database_sync_to_async(services.console_access)(user, device_id)
+        if access is None:
+            # Closing before accepting answers the handshake with 403.
+            logger.info("console socket refused for %s on device %s", getattr(user, "pk", None), device_id)
+            await self.close()
+            return
+        self.user = user
+        self.access = access
+        self.group = services.console_group(device_id)
+        self.uploads = UploadTracker(settings.CONSOLE_UPLOAD_MAX_SIZE)
+        self.typed = InputRecorder()
+        loop = asyncio.get_running_loop()
+        self.opened_at = loop.time()
+        self.last_activity = self.opened_at
+        self.close_reason = "closed by the browser"
+        self.download_bytes: dict[str, int] = {}
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await database_sync_to_async(services.open_console_session)(user, access)
+        state = await database_sync_to_async(services.device_console_state)(device_id)
+        self.device_channel = state.channel if state.joined else ""
+        self.console_version = state.console_version
+        await self._to_browser(
+            "metadata",
+            {
+                "identifier": access.identifier,
+                "role": access.role,
+                "can_write": access.can_write,
+                "version": state.console_version,
+                "files": services.files_supported(state.console_version),
+                "upload_max_size": settings.CONSOLE_UPLOAD_MAX_SIZE,
+                "idle_timeout": settings.CONSOLE_IDLE_TIMEOUT,
+            },
+        )
+        await self._to_browser("status", {"connected": state.joined})
+        if state.joined:
+            await self._send_layer(self.device_channel, protocol.hello_to_device(self.channel_name))
+        await self.channel_layer.group_send(self.group, protocol.presence(user.get_username(), "opened"))
+        self.watch = loop.create_task(self._watch(), name=f"console-watch-{device_id}")
+
+    async def disconnect(self, code: int) -> None:
+        if self.access is None:
+            return
+        self.watch.cancel()
+        await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self.channel_layer.group_send(self.group, protocol.presence(self.user.get_username(), "closed"))
+        line = self.typed.flush()
+        if line:
+            await database_sync_to_async(services.record_input)(self.user, self.access.device_id, line)
+        upload = self.uploads.abort()
+        if upload is not None:
+            await database_sync_to_async(services.record_upload)(
+                self.user, self.access.device_id, upload.filename, upload.received, complete=False
+            )
+        seconds = asyncio.get_running_loop().time() - self.opened_at
+        await database_sync_to_async(services.close_console_session)(
+            self.user, self.access.device_id, reason=self.close_reason, seconds=seconds
+        )
+
+    # --- from the browser ----------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        assert self.access is not None  # nothing is received before connect() accepted
+        try:
+            message = protocol.parse_browser_message(text_data or "")
+        except ValidationError as exc:
+            await self._error(f"message refused: {exc.errors()[0]['msg']}")
+            return
+        if not self.access.can_write:
+            await self._error("read-only: your role in this organization may watch this console, not type")
+            return
+        self.last_activity = asyncio.get_running_loop().time()
+        if isinstance(message, protocol.Keystrokes):
+            if await self._to_device("dn", message.payload.model_dump()):
+                for line in self.typed.add(message.payload.data):
+                    await database_sync_to_async(services.record_input)(self.user, self.access.device_id, line)
+        elif isinstance(message, protocol.WindowSize):
+            await self._to_device("window_size", message.payload.model_dump())
+        elif isinstance(message, protocol.Restart):
+            await self._to_device("restart", {})
+        else:
+            await self._upload(message)
+
+    async def _upload(self, message: protocol.UploadStart | protocol.UploadChunk | protocol.UploadStop) -> None:
+        assert self.access is not None
+        if not services.files_supported(self.console_version):
+            await self._error("this device's console does not take files (console_version below 2.0.0)")
+            return
+        filename = message.payload.filename
+        try:
+            if isinstance(message, protocol.UploadStart):
+                upload = self.uploads.start(filename, message.payload.size)
+                payload: dict[str, Any] = {"filename": filename, "uploaded_by": self.user.get_username()}
+            elif isinstance(message, protocol.UploadChunk):
+                upload = self.uploads.chunk(filename, message.payload.chunk, message.payload.data)
+                payload = message.payload.model_dump()
+            else:
+                upload = self.uploads.stop(filename)
+                payload = {"filename": filename}
+        except UploadRefused as exc:
+            aborted = self.uploads.abort()
+            await self._error(str(exc), filename=filename)
+            if aborted is not None:
+                await database_sync_to_async(services.record_upload)(
+                    self.user, self.access.device_id, aborted.filename, aborted.received, complete=False
+                )
+            return
+        if not await self._to_device(message.event, payload):
+            self.uploads.abort()
+            return
+        await self._to_browser(
+            "upload_progress",
+            {
+                "filename": filename,
+                "received": upload.received,
+                "size": upload.size,
+                "done": isinstance(message, protocol.UploadStop),
+            },
+        )
+        if isinstance(message, protocol.UploadStop):
+            await database_sync_to_async(services.record_upload)(
+                self.user, self.access.device_id, filename, upload.size, complete=True
+            )
+
+    async def _to_device(self, event: str, payload: dict[str, Any]) -> bool:
+        if not self.device_channel:
+            await self._error("the device is not connected; nothing was sent")
+            return False
+        return await self._send_layer(self.device_channel, protocol.push_to_device(event, payload))
+
+    # --- from the channel layer ----------------------------------------------------
+
+    async def console_from_device(self, message: dict[str, Any]) -> None:
+        event, payload = str(message["event"]), dict(message["payload"])
+        self.last_activity = asyncio.get_running_loop().time()
+        await self._to_browser(event, payload)
+        if event == "file-data/start":
+            self.download_bytes[payload["filename"]] = 0
+        elif event == "file-data" and payload["filename"] in self.download_bytes:
+            self.download_bytes[payload["filename"]] += len(base64.b64decode(payload["data"]))
+        elif event == "file-data/stop" and self.access is not None:
+            size = self.download_bytes.pop(payload["filename"], 0)
+            await database_sync_to_async(services.record_download)(
+                self.user, self.access.device_id, payload["filename"], size
+            )
+
+    async def console_scrollback(self, message: dict[str, Any]) -> None:
+        if message["data"]:
+            await self._to_browser("up", {"data": message["data"]})
+
+    async def console_device_status(self, message: dict[str, Any]) -> None:
+        # An explicit (re)join: the page is told even when the socket is the same
+        # one (a rejoin after a channel crash), so it sends its window size again.
+        await self._set_device(message["channel"] if message["joined"] else "", str(message["version"]), force=True)
+
+    async def console_presence(self, message: dict[str, Any]) -> None:
+        await self._to_browser("presence", {"username": message["username"], "action": message["action"]})
+
+    # --- the watch task --------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        assert self.access is not None
+        idle = settings.CONSOLE_IDLE_TIMEOUT
+        period = max(0.2, min(settings.CONSOLE_DEVICE_CHECK_SECONDS, idle / 4))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            if loop.time() - self.last_activity > idle:
+                self.close_reason = "idle"
+                await self._to_browser("closed", {"reason": f"closed after {idle} s without input or output"})
+                await self.close(code=CLOSE_IDLE)
+                return
+            try:
+                state = await database_sync_to_async(services.device_console_state)(self.access.device_id)
+            except Exception:
+                logger.exception("console watch of device %s failed", self.access.device_id)
+                continue
+            await self._set_device(state.channel if state.joined else "", state.console_version)
+
+    async def _set_device(self, channel: str, console_version: str, *, force: bool = False) -> None:
+        """Show a change of the device's console (gone, back, or on another
+        socket) to the browser, which re-sends its window size on return."""
+        was, self.device_channel = self.device_channel, channel
+        if console_version:
+            self.console_version = console_version
+        if force or was != channel:
+            await self._to_browser(
+                "status", {"connected": bool(channel), "files": services.files_supported(self.console_version)}
+            )
+
+    # --- helpers ---------------------------------------------------------------------
+
+    async def _send_layer(self, channel: str, message: dict[str, Any]) -> bool:
+        try:
+            await self.channel_layer.send(channel, message)
+        except Exception:
+            # A full channel (ChannelFull) or an unreachable layer.
+            logger.exception("console message to %s failed", channel)
+            await self._error("the device could not be reached; try again")
+            return False
+        return True
+
+    async def _to_browser(self, event: str, payload: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(protocol.to_browser(event, payload)))
+
+    async def _error(self, text: str, **extra: Any) -> None:
+        await self._to_browser("error", {"message": text, **extra})
