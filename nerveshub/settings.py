@@ -92,6 +92,7 @@ INSTALLED_APPS = [
     "certificates",
     "console",
     "webhooks",
+    "nerveshub.web",
 ]
 
 MIDDLEWARE = [
@@ -206,6 +207,17 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 if envbool("BEHIND_TLS_PROXY", PRODUCTION):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Email (password reset links from the organization pages) ----------------
+# "console" prints mails to the hub's log, enough for embedded mode; "smtp" sends them.
+EMAIL_MODE = envchoice("EMAIL_MODE", "smtp" if PRODUCTION else "console", ("console", "smtp"))
+EMAIL_BACKEND = f"django.core.mail.backends.{EMAIL_MODE}.EmailBackend"
+EMAIL_HOST = envstr("EMAIL_HOST", "localhost") or "localhost"
+EMAIL_PORT = envint("EMAIL_PORT", 587, minimum=1, maximum=65535)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER", "") or ""
+EMAIL_HOST_PASSWORD = envsecret("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", True)
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "nerveshub@localhost") or "nerveshub@localhost"
 
 # --- I18N and static files ----------------------------------------------------
 LANGUAGE_CODE = "en-us"

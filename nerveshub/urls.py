@@ -16,4 +16,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("console/", include("console.urls")),
+    path("", include("nerveshub.web.urls")),
 ]

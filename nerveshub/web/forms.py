@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from deployments.models import Deployment
+from devices.fields import normalise_tags
+from devices.models import validate_tags
+from firmware.models import Firmware, FirmwareKind, FirmwareStatus
+from nerveshub.tenancy.models import Organization, Product, Role
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField(required=False, help_text="Only a note of whom the link is for.")
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.VIEW)
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class TokenForm(forms.Form):
+    note = forms.CharField(max_length=100, required=False, help_text="What the token is for, e.g. “CI”.")
+
+
+class TagsForm(forms.Form):
+    tags = forms.CharField(max_length=500, help_text="Space- or comma-separated.")
+
+
+class SigningKeyForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    key = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), help_text="The text of fwup-key.pub.")
+
+
+class CACertificateForm(forms.Form):
+    description = forms.CharField(max_length=200)
+    pem = forms.CharField(label="CA certificate (PEM)", widget=forms.Textarea(attrs={"rows": 6}))
+    verification_pem = forms.CharField(
+        label="Verification certificate (PEM, optional)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4}),
+        help_text="Signed by the CA, with the organization's verification code as its CN: proves you hold the key.",
+    )
+    jitp_product = forms.ModelChoiceField(
+        queryset=Product.objects.none(), required=False, label="Register unknown devices in product (JITP)"
+    )
+
+    def __init__(self, *args: Any, org: Organization, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["jitp_product"].queryset = Product.objects.filter(org=org)  # type: ignore[attr-defined]
+
+
+class UploadForm(forms.Form):
+    product = forms.ModelChoiceField(queryset=Product.objects.none())
+    kind = forms.ChoiceField(choices=FirmwareKind.choices, initial=FirmwareKind.FIRMWARE)
+    file = forms.FileField()
+
+    def __init__(self, *args: Any, org: Organization, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["product"].queryset = Product.objects.filter(org=org)  # type: ignore[attr-defined]
+
+
+def split_tags(value: str) -> list[str]:
+    """Tags never contain white space, so both commas and spaces separate them."""
+    return normalise_tags(re.split(r"[,\s]+", value))
+
+
+class DeploymentForm(forms.ModelForm):  # type: ignore[type-arg]
+    conditions_tags = forms.CharField(
+        required=False, label="Tags", help_text="A device must have all of these tags (space- or comma-separated)."
+    )
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "product",
+            "name",
+            "firmware",
+            "archive",
+            "conditions_tags",
+            "conditions_version",
+            "concurrent_updates",
+            "inflight_timeout_minutes",
+            "penalty_attempts",
+            "penalty_rate_attempts",
+            "penalty_rate_seconds",
+            "penalty_minutes",
+            "breaker_failure_percent",
+            "breaker_min_attempts",
+        ]
+
+    def __init__(self, *args: Any, org: Organization, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Only this organization's rows are choices: a form cannot point at another tenant's.
+        self.fields["product"].queryset = Product.objects.filter(org=org)  # type: ignore[attr-defined]
+        valid = Firmware.objects.filter(org=org, status=FirmwareStatus.VALID).select_related("product")
+        self.fields["firmware"].queryset = valid.filter(kind=FirmwareKind.FIRMWARE)  # type: ignore[attr-defined]
+        self.fields["archive"].queryset = valid.filter(kind=FirmwareKind.ARCHIVE)  # type: ignore[attr-defined]
+        self.fields["firmware"].label_from_instance = _firmware_label  # type: ignore[attr-defined]
+        self.fields["archive"].label_from_instance = _firmware_label  # type: ignore[attr-defined]
+        if not self.is_bound:
+            self.initial["conditions_tags"] = " ".join(self.instance.conditions_tags or [])
+        if self.instance.pk:
+            # Moving a deployment to another product would orphan its update history.
+            self.fields["product"].disabled = True
+
+    def clean_conditions_tags(self) -> list[str]:
+        tags = split_tags(self.cleaned_data.get("conditions_tags") or "")
+        try:
+            validate_tags(tags)
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.messages) from None
+        return tags
+
+    def clean(self) -> dict[str, Any]:
+        cleaned: dict[str, Any] = super().clean() or {}
+        product = cleaned.get("product")
+        for name in ("firmware", "archive"):
+            firmware = cleaned.get(name)
+            if product is not None and firmware is not None and firmware.product_id != product.pk:
+                self.add_error(name, f"This file belongs to product {firmware.product.name}, not {product.name}.")
+        return cleaned
+
+
+def _firmware_label(firmware: Firmware) -> str:
+    return f"{firmware.product.name} {firmware.version or '?'} ({(firmware.uuid or '')[:8]})"

@@ -1,0 +1,169 @@
+// Small behaviours of the organization pages: the org switcher, confirmations,
+// select-all, firmware upload with progress and validation polling, and the
+// live rollout view. No framework; every page works without it, except the
+// upload progress and the live refresh.
+"use strict";
+
+function csrfToken(form) {
+  const input = form.querySelector("input[name=csrfmiddlewaretoken]");
+  return input ? input.value : "";
+}
+
+function text(el, value) {
+  if (el) el.textContent = value;
+}
+
+function initSwitcher() {
+  document.querySelectorAll("select[data-navigate]").forEach((select) => {
+    select.addEventListener("change", () => {
+      if (select.value) window.location.href = select.value;
+    });
+  });
+}
+
+function initConfirm() {
+  document.querySelectorAll("form[data-confirm]").forEach((form) => {
+    form.addEventListener("submit", (event) => {
+      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+    });
+  });
+  document.querySelectorAll("button[data-confirm]").forEach((button) => {
+    button.addEventListener("click", (event) => {
+      if (!window.confirm(button.dataset.confirm)) event.preventDefault();
+    });
+  });
+}
+
+function initCheckAll() {
+  document.querySelectorAll("input[data-check-all]").forEach((box) => {
+    box.addEventListener("change", () => {
+      const name = box.dataset.checkAll;
+      box.form.querySelectorAll(`input[type=checkbox][name="${name}"]`).forEach((b) => { b.checked = box.checked; });
+    });
+  });
+}
+
+function pollFirmware(url, result) {
+  fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+    .then((r) => r.json())
+    .then((data) => {
+      if (!data.done) {
+        text(result, "Uploaded. Validating…");
+        setTimeout(() => pollFirmware(url, result), 1000);
+        return;
+      }
+      result.dataset.status = data.status;
+      if (data.status === "valid") {
+        text(result, `Valid: version ${data.version}, uuid ${data.uuid}.`);
+      } else {
+        text(result, `Rejected: ${data.reason}`);
+      }
+    })
+    .catch(() => setTimeout(() => pollFirmware(url, result), 2000));
+}
+
+function initUpload() {
+  const form = document.querySelector("form[data-upload]");
+  if (!form) return;
+  const bar = form.querySelector("#upload-progress");
+  const result = form.querySelector("#upload-result");
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", form.action || window.location.href);
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.setRequestHeader("X-CSRFToken", csrfToken(form));
+    bar.hidden = false;
+    bar.value = 0;
+    result.dataset.status = "uploading";
+    text(result, "Uploading…");
+    xhr.upload.addEventListener("progress", (e) => {
+      if (e.lengthComputable) bar.value = Math.round((100 * e.loaded) / e.total);
+    });
+    xhr.addEventListener("load", () => {
+      let data = {};
+      try { data = JSON.parse(xhr.responseText); } catch (err) { data = { error: `HTTP ${xhr.status}` }; }
+      if (xhr.status === 201) {
+        bar.value = 100;
+        pollFirmware(data.status_url, result);
+      } else {
+        result.dataset.status = "error";
+        text(result, data.error || `Upload failed (HTTP ${xhr.status}).`);
+      }
+    });
+    xhr.addEventListener("error", () => {
+      result.dataset.status = "error";
+      text(result, "The upload was interrupted.");
+    });
+    xhr.send(new FormData(form));
+  });
+}
+
+function renderRollout(root, data) {
+  const bar = root.querySelector("#rollout-bar");
+  if (bar) bar.value = data.percent;
+  text(root.querySelector("#rollout-on-target"), data.on_target);
+  text(root.querySelector("#rollout-members"), data.members);
+  text(root.querySelector("#rollout-percent"), data.percent);
+  text(root.querySelector("#rollout-inflight"), data.inflight);
+  Object.entries(data.counts).forEach(([status, n]) => {
+    text(root.querySelector(`td[data-status="${status}"]`), n);
+  });
+  const state = root.querySelector("#rollout-state");
+  if (state) {
+    state.replaceChildren();
+    const badge = document.createElement("span");
+    badge.className = data.is_active ? "badge connected" : "badge";
+    badge.textContent = data.is_active ? "active" : "inactive";
+    state.append(badge);
+    if (data.paused) {
+      const paused = document.createElement("span");
+      paused.className = "badge warn";
+      paused.textContent = `paused: ${data.paused_reason}`;
+      state.append(" ", paused);
+    }
+  }
+  const failures = root.querySelector("#rollout-failures");
+  if (failures) {
+    failures.replaceChildren();
+    if (!data.failures.length) {
+      const row = failures.insertRow();
+      const cell = row.insertCell();
+      cell.colSpan = 4;
+      cell.textContent = "None.";
+    }
+    data.failures.forEach((f) => {
+      const row = failures.insertRow();
+      const link = document.createElement("a");
+      link.href = f.device_url;
+      link.textContent = f.device;
+      row.insertCell().append(link);
+      row.insertCell().textContent = f.status;
+      row.insertCell().textContent = f.reason;
+      row.insertCell().textContent = f.at;
+    });
+  }
+}
+
+function initRollout() {
+  const root = document.querySelector("#rollout[data-progress-url]");
+  if (!root) return;
+  const url = root.dataset.progressUrl;
+  const every = Number(root.dataset.refreshMs || 2000);
+  const tick = () => {
+    fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+      .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
+      .then((data) => renderRollout(root, data))
+      .catch(() => {})
+      .finally(() => setTimeout(tick, every));
+  };
+  setTimeout(tick, every);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  initSwitcher();
+  initConfirm();
+  initCheckAll();
+  initUpload();
+  initRollout();
+});

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from django.contrib.auth import views as auth_views
+from django.urls import include, path, reverse_lazy
+
+from nerveshub.web import views
+
+app_name = "web"
+
+# Everything under /org/<slug>/ is checked by access.get_org_for_user;
+# tests/web/test_permissions.py walks this list.
+org_patterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("products/", views.products, name="products"),
+    path("devices/", views.device_list, name="devices"),
+    path("devices/tags/", views.device_bulk_tags, name="device_bulk_tags"),
+    path("devices/<int:pk>/", views.device_detail, name="device"),
+    path("devices/<int:pk>/action/", views.device_action, name="device_action"),
+    path("devices/<int:pk>/audit/", views.device_audit, name="device_audit"),
+    path("firmware/", views.firmware_list, name="firmware"),
+    path("firmware/<int:pk>/status/", views.firmware_status, name="firmware_status"),
+    path("firmware/<int:pk>/delete/", views.firmware_delete, name="firmware_delete"),
+    path("keys/", views.signing_keys, name="keys"),
+    path("keys/<int:pk>/delete/", views.signing_key_delete, name="key_delete"),
+    path("certificates/", views.ca_certificates, name="certificates"),
+    path("certificates/<int:pk>/delete/", views.ca_certificate_delete, name="certificate_delete"),
+    path("deployments/", views.deployment_list, name="deployments"),
+    path("deployments/new/", views.deployment_form, name="deployment_new"),
+    path("deployments/<int:pk>/", views.deployment_detail, name="deployment"),
+    path("deployments/<int:pk>/edit/", views.deployment_form, name="deployment_edit"),
+    path("deployments/<int:pk>/preview/", views.deployment_preview, name="deployment_preview"),
+    path("deployments/<int:pk>/progress.json", views.deployment_progress, name="deployment_progress"),
+    path("deployments/<int:pk>/action/", views.deployment_action, name="deployment_action"),
+    path("deployments/<int:pk>/audit/", views.deployment_audit, name="deployment_audit"),
+    path("members/", views.members, name="members"),
+    path("members/<int:pk>/role/", views.member_role, name="member_role"),
+    path("members/<int:pk>/remove/", views.member_remove, name="member_remove"),
+    path("invitations/<int:pk>/revoke/", views.invitation_revoke, name="invitation_revoke"),
+    path("audit/", views.audit_log, name="audit"),
+]
+
+account_patterns = [
+    path(
+        "login/",
+        auth_views.LoginView.as_view(template_name="registration/login.html", next_page=reverse_lazy("web:home")),
+        name="login",
+    ),
+    path("logout/", auth_views.LogoutView.as_view(next_page=reverse_lazy("web:login")), name="logout"),
+    path(
+        "password/reset/",
+        auth_views.PasswordResetView.as_view(
+            email_template_name="registration/reset_email.txt",
+            subject_template_name="registration/reset_subject.txt",
+            success_url=reverse_lazy("web:password_reset_done"),
+        ),
+        name="password_reset",
+    ),
+    path("password/reset/sent/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
+    path(
+        "password/reset/<uidb64>/<token>/",
+        auth_views.PasswordResetConfirmView.as_view(success_url=reverse_lazy("web:password_reset_complete")),
+        name="password_reset_confirm",
+    ),
+    path("password/reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
+    path("tokens/", views.tokens, name="tokens"),
+    path("tokens/<int:pk>/revoke/", views.token_revoke, name="token_revoke"),
+]
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("accounts/", include(account_patterns)),
+    path("invitations/<str:token>/", views.invitation, name="invitation"),
+    path("org/<str:org>/", include(org_patterns)),
+]

@@ -1,0 +1,729 @@
+"""The organization pages. Every org view loads its org through
+`access.get_org_for_user` (404 for outsiders, 403 for a lesser role) and
+changes state only through the domain apps' services."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from certificates import services as certificates
+from certificates.models import CACertificate
+from deployments import rollout
+from deployments.models import Deployment, DeviceUpdate, UpdateStatus
+from deployments.rollout import FAILED_STATUSES
+from devices import services as devices
+from devices.models import ConnectionStatus, Device
+from firmware import services as firmware_services
+from firmware.models import Firmware, FirmwareStatus, SigningKey
+from nerveshub.tenancy import services as tenancy
+from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Product, Role
+from nerveshub.web import services
+from nerveshub.web.access import OrgAccess, get_org_for_user, orgs_of
+from nerveshub.web.forms import (
+    CACertificateForm,
+    DeploymentForm,
+    InviteForm,
+    RoleForm,
+    SigningKeyForm,
+    TagsForm,
+    TokenForm,
+    UploadForm,
+    split_tags,
+)
+from nerveshub.web.models import Invitation
+
+LOGIN_URL = "/accounts/login/"
+# Rows per page on the device and audit lists.
+PAGE_SIZE = 50
+# Counting stops here: COUNT(*) over 100k devices on every page view is the
+# cost the list must not pay. Past the cap the page says "10000+".
+COUNT_CAP = 10_000
+
+page = login_required(login_url=LOGIN_URL)
+
+
+def _user(request: HttpRequest) -> User:
+    return cast(User, request.user)
+
+
+def _render(
+    request: HttpRequest, access: OrgAccess | None, template: str, context: dict[str, Any], status: int = 200
+) -> HttpResponse:
+    context = {"access": access, "org": access.org if access else None, "switcher": orgs_of(request), **context}
+    return render(request, template, context, status=status)
+
+
+def _capped_count(queryset: QuerySet[Any]) -> tuple[int, bool]:
+    count = int(queryset.order_by()[: COUNT_CAP + 1].count())
+    return min(count, COUNT_CAP), count > COUNT_CAP
+
+
+def _org_url(access: OrgAccess, name: str, *args: object) -> str:
+    return reverse(f"web:{name}", args=[access.slug, *args])
+
+
+# --- Accounts ---------------------------------------------------------------------------
+
+
+@page
+def home(request: HttpRequest) -> HttpResponse:
+    orgs = orgs_of(request)
+    if len(orgs) == 1:
+        return redirect("web:dashboard", orgs[0].slug)
+    return _render(request, None, "web/orgs.html", {"orgs": orgs})
+
+
+@page
+def tokens(request: HttpRequest) -> HttpResponse:
+    user = _user(request)
+    issued = None
+    form = TokenForm()
+    if request.method == "POST":
+        form = TokenForm(request.POST)
+        if form.is_valid():
+            issued = tenancy.create_api_token(user, user, form.cleaned_data["note"])
+            form = TokenForm()
+    rows = APIToken.objects.filter(user=user).order_by("-created_at")
+    return _render(request, None, "web/tokens.html", {"tokens": rows, "form": form, "issued": issued})
+
+
+@page
+@require_POST
+def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    # Another user's token id is "not found", never "forbidden".
+    token = get_object_or_404(APIToken, pk=pk, user=_user(request))
+    if tenancy.revoke_api_token(_user(request), token):
+        messages.success(request, f"Token {token.prefix}… revoked.")
+    return redirect("web:tokens")
+
+
+def invitation(request: HttpRequest, token: str) -> HttpResponse:
+    """The invitation link. A signed-in person joins with one click; anybody
+    else first creates an account (or signs in and comes back)."""
+    try:
+        found = services.find_invitation(token)
+    except services.InvitationInvalid as exc:
+        return render(request, "web/invitation.html", {"error": str(exc)}, status=404)
+    form: UserCreationForm[User] = UserCreationForm()
+    if request.method == "POST":
+        if request.user.is_authenticated:
+            user = _user(request)
+        else:
+            form = UserCreationForm(request.POST)
+            if not form.is_valid():
+                return render(request, "web/invitation.html", {"invitation": found, "form": form}, status=400)
+            with transaction.atomic():
+                user = form.save()
+                tenancy.audit(user, "user.signed_up", user, org=found.org_id)
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        try:
+            services.accept_invitation(user, token)
+        except services.InvitationInvalid as exc:
+            return render(request, "web/invitation.html", {"error": str(exc)}, status=404)
+        messages.success(request, f"You are now a member of {found.org.name}.")
+        return redirect("web:dashboard", OrgAccess(found.org, Role(found.role)).slug)
+    return render(request, "web/invitation.html", {"invitation": found, "form": form})
+
+
+# --- Members ------------------------------------------------------------------------------
+
+
+@page
+def members(request: HttpRequest, org: str) -> HttpResponse:
+    access = get_org_for_user(request, org, Role.VIEW)
+    issued_link = None
+    form = InviteForm()
+    if request.method == "POST":
+        access = get_org_for_user(request, org, Role.ADMIN)
+        form = InviteForm(request.POST)
+        if form.is_valid():
+            issued = services.create_invitation(
+                _user(request), access.org, form.cleaned_data["role"], form.cleaned_data["email"]
+            )
+            issued_link = request.build_absolute_uri(reverse("web:invitation", args=[issued.clear]))
+            form = InviteForm()
+    rows = Membership.objects.filter(org=access.org).select_related("user").order_by("user__username")
+    invitations = Invitation.objects.filter(
+        org=access.org, accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
+    )
+    context = {
+        "members": rows,
+        "invitations": invitations,
+        "form": form,
+        "issued_link": issued_link,
+        "roles": Role.choices,
+    }
+    return _render(request, access, "web/members.html", context)
+
+
+@page
+@require_POST
+def member_role(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    access = get_org_for_user(request, org, Role.ADMIN)
+    membership = get_object_or_404(Membership, pk=pk, org=access.org)
+    form = RoleForm(request.POST)
+    if form.is_valid():
+        try:
+            services.change_member_role(_user(request), membership, form.cleaned_data["role"])
+            messages.success(request, f"{membership.user} is now {Role(form.cleaned_data['role']).label}.")
+        except services.MemberChangeRefused as exc:
+            messages.error(request, str(exc))
+    return redirect("web:members", access.slug)
+
+
+@page
+@require_POST
+def member_remove(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    access = get_org_for_user(request, org, Role.ADMIN)
+    membership = get_object_or_404(Membership.objects.select_related("user"), pk=pk, org=access.org)
+    try:
+        services.remove_member(_user(request), membership)
+        messages.success(request, f"{membership.user} removed.")
+    except services.MemberChangeRefused as exc:
+        messages.error(request, str(exc))
+    return redirect("web:members", access.slug)
+
+
+@page
+@require_POST
+def invitation_revoke(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    access = get_org_for_user(request, org, Role.ADMIN)
+    found = get_object_or_404(Invitation, pk=pk, org=access.org)
+    services.revoke_invitation(_user(request), found)
+    return redirect("web:members", access.slug)
+
+
+# --- Dashboard and products ------------------------------------------------------------------
+
+
+@page
+@require_GET
+def dashboard(request: HttpRequest, org: str) -> HttpResponse:
+    access = get_org_for_user(request, org)
+    alive = Device.objects.filter(org=access.org, deleted_at__isnull=True)
+    total, total_more = _capped_count(alive)
+    online, online_more = _capped_count(alive.filter(connection_status=ConnectionStatus.CONNECTED))
+    context = {
+        "total": total,
+        "total_more": total_more,
+        "online": online,
+        "online_more": online_more,
+        "deployments": Deployment.objects.filter(org=access.org, is_active=True).select_related("product", "firmware"),
+        "firmware": Firmware.objects.filter(org=access.org).select_related("product").order_by("-created_at")[:5],
+        "events": AuditEvent.objects.filter(org=access.org).order_by("-id")[:10],
+    }
+    return _render(request, access, "web/dashboard.html", context)
+
+
+@page
+@require_GET
+def products(request: HttpRequest, org: str) -> HttpResponse:
+    access = get_org_for_user(request, org)
+    rows = Product.objects.filter(org=access.org).prefetch_related("deployments").order_by("name")
+    return _render(request, access, "web/products.html", {"products": rows})
+
+
+# --- Devices -------------------------------------------------------------------------------
+
+
+def _filtered_devices(access: OrgAccess, params: Any) -> tuple[QuerySet[Device], dict[str, str]]:
+    queryset = Device.objects.filter(org=access.org, deleted_at__isnull=True)
+    applied: dict[str, str] = {}
+    q = (params.get("q") or "").strip()
+    if q:
+        queryset = queryset.filter(Q(identifier__icontains=q) | Q(description__icontains=q))
+        applied["q"] = q
+    tag = (params.get("tag") or "").strip()
+    if tag:
+        queryset = queryset.filter(tags__has_tag=tag)
+        applied["tag"] = tag
+    online = params.get("online") or ""
+    if online in ("yes", "no"):
+        connected = Q(connection_status=ConnectionStatus.CONNECTED)
+        queryset = queryset.filter(connected if online == "yes" else ~connected)
+        applied["online"] = online
+    version = (params.get("version") or "").strip()
+    if version:
+        queryset = queryset.filter(firmware_version=version)
+        applied["version"] = version
+    deployment = params.get("deployment") or ""
+    if deployment == "none":
+        queryset = queryset.filter(deployment__isnull=True)
+        applied["deployment"] = deployment
+    elif deployment.isdigit():
+        queryset = queryset.filter(deployment_id=int(deployment))
+        applied["deployment"] = deployment
+    product = params.get("product") or ""
+    if product.isdigit():
+        queryset = queryset.filter(product_id=int(product))
+        applied["product"] = product
+    if params.get("penalty") == "yes":
+        queryset = queryset.filter(penalty_box_until__gt=timezone.now())
+        applied["penalty"] = "yes"
+    return queryset, applied
+
+
+@page
+@require_GET
+def device_list(request: HttpRequest, org: str) -> HttpResponse:
+    """Keyset pagination on the identifier (unique in the org): a page costs the
+    same at row 100 000 as at row 0, and there is no OFFSET to scan."""
+    access = get_org_for_user(request, org)
+    queryset, applied = _filtered_devices(access, request.GET)
+    after = request.GET.get("after") or ""
+    before = request.GET.get("before") or ""
+    listed = queryset.select_related("product", "deployment")
+    if before:
+        rows = list(listed.filter(identifier__lt=before).order_by("-identifier")[: PAGE_SIZE + 1])
+        has_prev = len(rows) > PAGE_SIZE
+        rows = rows[:PAGE_SIZE][::-1]
+        has_next = True
+    else:
+        if after:
+            listed = listed.filter(identifier__gt=after)
+        rows = list(listed.order_by("identifier")[: PAGE_SIZE + 1])
+        has_next = len(rows) > PAGE_SIZE
+        rows = rows[:PAGE_SIZE]
+        has_prev = bool(after)
+    count, count_more = _capped_count(queryset)
+    context = {
+        "devices": rows,
+        "applied": applied,
+        "count": count,
+        "count_more": count_more,
+        "next_after": rows[-1].identifier if rows and has_next else None,
+        "prev_before": rows[0].identifier if rows and has_prev else None,
+        "deployment_choices": Deployment.objects.filter(org=access.org).only("pk", "name").order_by("name"),
+        "now": timezone.now(),
+        "tags_form": TagsForm(),
+    }
+    return _render(request, access, "web/devices.html", context)
+
+
+@page
+@require_POST
+def device_bulk_tags(request: HttpRequest, org: str) -> HttpResponse:
+    access = get_org_for_user(request, org, Role.MANAGE)
+    form = TagsForm(request.POST)
+    ids = [int(v) for v in request.POST.getlist("device") if v.isdigit()]
+    operation = request.POST.get("operation")
+    if not form.is_valid() or not ids or operation not in ("add", "remove"):
+        messages.error(request, "Choose devices, tags and whether to add or remove them.")
+    else:
+        targets = Device.objects.filter(org=access.org, deleted_at__isnull=True, pk__in=ids)
+        tags = split_tags(form.cleaned_data["tags"])
+        try:
+            if operation == "add":
+                changed = devices.add_tags(_user(request), targets, tags)
+            else:
+                changed = devices.remove_tags(_user(request), targets, tags)
+            messages.success(request, f"Tags changed on {changed} device(s).")
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+    back = request.POST.get("next") or ""
+    return redirect(back if back.startswith(_org_url(access, "devices")) else _org_url(access, "devices"))
+
+
+def _device(access: OrgAccess, pk: int) -> Device:
+    return get_object_or_404(
+        Device.objects.select_related("product", "deployment"), pk=pk, org=access.org, deleted_at__isnull=True
+    )
+
+
+def _console_url(device: Device) -> str | None:
+    try:
+        return reverse("console:page", args=[device.pk])
+    except NoReverseMatch:
+        return None
+
+
+@page
+@require_GET
+def device_detail(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    access = get_org_for_user(request, org)
+    device = _device(access, pk)
+    context = {
+        "device": device,
+        "updates": DeviceUpdate.objects.filter(device=device)
+        .select_related("firmware", "deployment")
+        .order_by("-created_at")[:20],
+        "events": _subject_events(access, "device", device.pk)[:20],
+        "console_url": _console_url(device),
+        "in_penalty_box": device.in_penalty_box(),
+        "tags_text": " ".join(device.tags),
+    }
+    return _render(request, access, "web/device.html", context)
+
+
+DEVICE_ACTIONS: dict[str, tuple[str, Callable[[User, Device], object]]] = {
+    "reboot": ("Reboot requested.", lambda actor, d: devices.reboot_device(actor, d)),
+    "identify": ("Identify requested.", lambda actor, d: devices.identify_device(actor, d)),
+    "reconnect": ("Reconnect requested.", lambda actor, d: devices.reconnect_device(actor, d)),
+    "health_check": ("Health check requested.", lambda actor, d: devices.request_health_check(actor, d)),
+    "enable_updates": (
+        "Updates enabled.",
+        lambda actor, d: devices.set_updates_enabled(actor, Device.objects.filter(pk=d.pk), True),
+    ),
+    "disable_updates": (
+        "Updates disabled.",
+        lambda actor, d: devices.set_updates_enabled(actor, Device.objects.filter(pk=d.pk), False),
+    ),
+    "clear_penalty_box": (
+        "Penalty box cleared.",
+        lambda actor, d: devices.clear_penalty_box(actor, Device.objects.filter(pk=d.pk)),
+    ),
+}
+
+
+@page
+@require_POST
+def device_action(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    access = get_org_for_user(request, org, Role.MANAGE)
+    device = _device(access, pk)
+    action = request.POST.get("action", "")
+    if action == "set_tags":
+        try:
+            devices.set_tags(_user(request), device, split_tags(request.POST.get("tags", "")))
+            messages.success(request, "Tags saved.")
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+    elif action in DEVICE_ACTIONS:
+        text, call = DEVICE_ACTIONS[action]
+        call(_user(request), device)
+        messages.success(request, text)
+    else:
+        messages.error(request, "Unknown action.")
+    return redirect("web:device", access.slug, device.pk)
+
+
+# --- Firmware, keys, certificates ------------------------------------------------------------
+
+
+@page
+def firmware_list(request: HttpRequest, org: str) -> HttpResponseBase:
+    access = get_org_for_user(request, org)
+    form = UploadForm(org=access.org)
+    if request.method == "POST":
+        access = get_org_for_user(request, org, Role.MANAGE)
+        form = UploadForm(request.POST, request.FILES, org=access.org)
+        wants_json = request.headers.get("Accept", "").startswith("application/json")
+        if form.is_valid():
+            upload = form.cleaned_data["file"]
+            try:
+                row = firmware_services.upload_firmware(
+                    _user(request), form.cleaned_data["product"], upload, upload.name, kind=form.cleaned_data["kind"]
+                )
+            except firmware_services.UploadRefused as exc:
+                if wants_json:
+                    return JsonResponse({"error": str(exc)}, status=400)
+                messages.error(request, str(exc))
+                return redirect("web:firmware", access.slug)
+            if wants_json:
+                return JsonResponse(
+                    {"id": row.pk, "status_url": _org_url(access, "firmware_status", row.pk)}, status=201
+                )
+            messages.success(request, f"{upload.name} uploaded; validating.")
+            return redirect("web:firmware", access.slug)
+        if wants_json:
+            return JsonResponse(
+                {"error": "; ".join(f"{k}: {' '.join(str(m) for m in v)}" for k, v in form.errors.items())}, status=400
+            )
+    rows = Firmware.objects.filter(org=access.org).select_related("product").order_by("-created_at")[:200]
+    return _render(request, access, "web/firmware.html", {"firmware": rows, "form": form})
+
+
+@page
+@require_GET
+def firmware_status(request: HttpRequest, org: str, pk: int) -> JsonResponse:
+    access = get_org_for_user(request, org)
+    row = get_object_or_404(Firmware, pk=pk, org=access.org)
+    return JsonResponse(
+        {
+            "id": row.pk,
+            "status": row.status,
+            "status_label": FirmwareStatus(row.status).label,
+            "reason": row.rejected_reason,
+            "version": row.version,
+            "uuid": row.uuid,
+            "done": row.status != FirmwareStatus.PENDING,
+        }
+    )
+
+
+@page
+@require_POST
+def firmware_delete(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    access = get_org_for_user(request, org, Role.MANAGE)
+    row = get_object_or_404(Firmware, pk=pk, org=access.org)
+    try:
+        firmware_services.delete_firmware(_user(request), row)
+        messages.success(request, "Firmware deleted.")
+    except firmware_services.FirmwareInUse as exc:
+        messages.error(request, str(exc))
+    return redirect("web:firmware", access.slug)
+
+
+@page
+def signing_keys(request: HttpRequest, org: str) -> HttpResponse:
+    access = get_org_for_user(request, org)
+    form = SigningKeyForm()
+    if request.method == "POST":
+        access = get_org_for_user(request, org, Role.ADMIN)
+        form = SigningKeyForm(request.POST)
+        if form.is_valid():
+            try:
+                firmware_services.create_signing_key(
+                    _user(request), access.org, form.cleaned_data["name"], form.cleaned_data["key"]
+                )
+                messages.success(request, "Signing key added.")
+                return redirect("web:keys", access.slug)
+            except ValidationError as exc:
+                form.add_error(None, exc)
+    rows = SigningKey.objects.filter(org=access.org).order_by("name")
+    return _render(request, access, "web/keys.html", {"keys": rows, "form": form})
+
+
+@page
+@require_POST
+def signing_key_delete(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    access = get_org_for_user(request, org, Role.ADMIN)
+    key = get_object_or_404(SigningKey, pk=pk, org=access.org)
+    try:
+        firmware_services.delete_signing_key(_user(request), key)
+        messages.success(request, "Signing key deleted.")
+    except firmware_services.SigningKeyInUse as exc:
+        messages.error(request, str(exc))
+    return redirect("web:keys", access.slug)
+
+
+@page
+def ca_certificates(request: HttpRequest, org: str) -> HttpResponse:
+    access = get_org_for_user(request, org)
+    form = CACertificateForm(org=access.org)
+    if request.method == "POST":
+        access = get_org_for_user(request, org, Role.ADMIN)
+        form = CACertificateForm(request.POST, org=access.org)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                certificates.register_ca_certificate(
+                    _user(request),
+                    access.org,
+                    data["pem"],
+                    description=data["description"],
+                    jitp_product=data["jitp_product"],
+                    verification_pem=data["verification_pem"] or None,
+                )
+                messages.success(request, "CA certificate registered.")
+                return redirect("web:certificates", access.slug)
+            except (certificates.CertificateError, ValidationError) as exc:
+                form.add_error(None, str(exc) if isinstance(exc, certificates.CertificateError) else exc)
+    rows = CACertificate.objects.filter(org=access.org).select_related("jitp_product").order_by("-created_at")
+    context = {
+        "cas": rows,
+        "form": form,
+        "verification_code": certificates.verification_code(access.org) if access.is_admin else None,
+    }
+    return _render(request, access, "web/certificates.html", context)
+
+
+@page
+@require_POST
+def ca_certificate_delete(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    access = get_org_for_user(request, org, Role.ADMIN)
+    ca = get_object_or_404(CACertificate, pk=pk, org=access.org)
+    certificates.delete_ca_certificates(_user(request), [ca])
+    messages.success(request, "CA certificate deleted.")
+    return redirect("web:certificates", access.slug)
+
+
+# --- Deployments -------------------------------------------------------------------------------
+
+
+def _deployment(access: OrgAccess, pk: int) -> Deployment:
+    return get_object_or_404(Deployment.objects.select_related("product", "firmware"), pk=pk, org=access.org)
+
+
+@page
+@require_GET
+def deployment_list(request: HttpRequest, org: str) -> HttpResponse:
+    access = get_org_for_user(request, org)
+    rows = (
+        Deployment.objects.filter(org=access.org)
+        .select_related("product", "firmware")
+        .order_by("product__name", "name")
+    )
+    return _render(request, access, "web/deployments.html", {"deployments": rows})
+
+
+@page
+def deployment_form(request: HttpRequest, org: str, pk: int | None = None) -> HttpResponse:
+    access = get_org_for_user(request, org, Role.MANAGE)
+    instance = _deployment(access, pk) if pk is not None else Deployment(org=access.org)
+    form = DeploymentForm(request.POST or None, instance=instance, org=access.org)
+    if request.method == "POST" and form.is_valid():
+        created = instance.pk is None
+        with transaction.atomic():
+            deployment = form.save()
+            tenancy.audit(
+                _user(request),
+                "deployment.created" if created else "deployment.changed",
+                deployment,
+                details={"via": "web", "fields": sorted(form.changed_data)},
+            )
+        moved = rollout.deployment_changed(_user(request), deployment, archive_changed="archive" in form.changed_data)
+        messages.success(request, f"Deployment saved; {moved} device(s) changed deployment.")
+        return redirect("web:deployment", access.slug, deployment.pk)
+    return _render(request, access, "web/deployment_form.html", {"form": form, "deployment": instance if pk else None})
+
+
+@page
+@require_GET
+def deployment_detail(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    access = get_org_for_user(request, org)
+    deployment = _deployment(access, pk)
+    context = {
+        "deployment": deployment,
+        "progress": _progress(access, deployment),
+        "progress_url": _org_url(access, "deployment_progress", deployment.pk),
+        "events": _subject_events(access, "deployment", deployment.pk)[:10],
+    }
+    return _render(request, access, "web/deployment.html", context)
+
+
+def _progress(access: OrgAccess, deployment: Deployment) -> dict[str, Any]:
+    counts = rollout.progress(deployment)
+    failed = (
+        DeviceUpdate.objects.filter(
+            deployment=deployment,
+            firmware_id=deployment.firmware_id,
+            status__in=(*FAILED_STATUSES, UpdateStatus.IGNORED),
+        )
+        .select_related("device")
+        .order_by("-updated_at")[:20]
+    )
+    inflight = sum(
+        counts.get(s, 0) for s in ("requested", "received", "started", "downloading", "updating", "completed")
+    )
+    members = counts.get("members", 0)
+    on_target = counts.get("on_target", 0)
+    return {
+        "counts": counts,
+        "members": members,
+        "on_target": on_target,
+        "inflight": inflight,
+        "percent": round(100 * on_target / members) if members else 0,
+        "is_active": deployment.is_active,
+        "paused": deployment.paused_at is not None,
+        "paused_reason": deployment.paused_reason,
+        "failures": [
+            {
+                "device": u.device.identifier,
+                "device_url": _org_url(access, "device", u.device_id),
+                "status": u.status,
+                "reason": u.reason,
+                "at": u.updated_at.isoformat(),
+            }
+            for u in failed
+        ],
+    }
+
+
+@page
+@require_GET
+def deployment_progress(request: HttpRequest, org: str, pk: int) -> JsonResponse:
+    access = get_org_for_user(request, org)
+    deployment = _deployment(access, pk)
+    return JsonResponse(_progress(access, deployment))
+
+
+@page
+@require_GET
+def deployment_preview(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    access = get_org_for_user(request, org)
+    deployment = _deployment(access, pk)
+    rows = rollout.preview(deployment, limit=200)
+    context = {"deployment": deployment, "rows": rows, "eligible": sum(1 for r in rows if r.eligible)}
+    return _render(request, access, "web/deployment_preview.html", context)
+
+
+@page
+@require_POST
+def deployment_action(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    access = get_org_for_user(request, org, Role.MANAGE)
+    deployment = _deployment(access, pk)
+    user = _user(request)
+    action = request.POST.get("action", "")
+    if action == "activate":
+        rollout.set_active(user, deployment, True)
+    elif action == "deactivate":
+        rollout.set_active(user, deployment, False)
+    elif action == "pause":
+        rollout.pause(user, deployment)
+    elif action == "resume":
+        rollout.resume(user, deployment)
+    elif action == "retry_failed":
+        count = rollout.retry_failed(user, deployment)
+        messages.success(request, f"{count} device(s) may try again.")
+    else:
+        messages.error(request, "Unknown action.")
+    return redirect("web:deployment", access.slug, deployment.pk)
+
+
+# --- Audit log ----------------------------------------------------------------------------------
+
+
+def _subject_events(access: OrgAccess, subject_type: str, pk: int) -> QuerySet[AuditEvent]:
+    # The org filter matters: subject ids are only unique per type, not per org.
+    return AuditEvent.objects.filter(org=access.org, subject_type=subject_type, subject_id=str(pk)).order_by("-id")
+
+
+def _audit_page(request: HttpRequest, access: OrgAccess, events: QuerySet[AuditEvent], title: str) -> HttpResponse:
+    before = request.GET.get("before") or ""
+    if before.isdigit():
+        events = events.filter(id__lt=int(before))
+    rows = list(events[: PAGE_SIZE + 1])
+    more = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    context = {"events": rows, "title": title, "next_before": rows[-1].pk if more and rows else None}
+    return _render(request, access, "web/audit.html", context)
+
+
+@page
+@require_GET
+def audit_log(request: HttpRequest, org: str) -> HttpResponse:
+    access = get_org_for_user(request, org)
+    events = AuditEvent.objects.filter(org=access.org).order_by("-id")
+    return _audit_page(request, access, events, f"Audit log of {access.org.name}")
+
+
+@page
+@require_GET
+def device_audit(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    access = get_org_for_user(request, org)
+    device = _device(access, pk)
+    return _audit_page(request, access, _subject_events(access, "device", device.pk), f"Audit log of {device}")
+
+
+@page
+@require_GET
+def deployment_audit(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    access = get_org_for_user(request, org)
+    deployment = _deployment(access, pk)
+    events = _subject_events(access, "deployment", deployment.pk)
+    return _audit_page(request, access, events, f"Audit log of deployment {deployment}")

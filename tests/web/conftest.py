@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from deployments.models import Deployment, DeviceUpdate, UpdateStatus
+from devices.models import Device
+from firmware.models import Firmware
+from nerveshub.web.access import org_slug
+from tests.deployments.conftest import make_device, make_firmware
+
+
+@dataclass
+class Fleet:
+    tenant: Any
+    slug: str
+    device: Device
+    firmware: Firmware
+    deployment: Deployment
+
+
+@pytest.fixture
+def firmware_root(settings: Any, tmp_path: Path) -> Path:
+    root = tmp_path / "firmware"
+    settings.STORAGES = {**settings.STORAGES, "firmware": {**settings.STORAGES["firmware"]}}
+    settings.STORAGES["firmware"]["OPTIONS"] = {"location": str(root), "base_url": None}
+    return root
+
+
+@pytest.fixture
+def fleet(tenant: Any) -> Fleet:
+    firmware = make_firmware(tenant.product, "2.0.0")
+    deployment = Deployment.objects.create(
+        org=tenant.org, product=tenant.product, name="stable", firmware=firmware, concurrent_updates=3
+    )
+    device = make_device(tenant.product, "dev-001", version="1.0.0", tags=["beta"])
+    DeviceUpdate.objects.create(
+        device=device, deployment=deployment, firmware=firmware, status=UpdateStatus.FAILED, reason="disk full"
+    )
+    return Fleet(tenant=tenant, slug=org_slug(tenant.org), device=device, firmware=firmware, deployment=deployment)
+
+
+def client_for(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client

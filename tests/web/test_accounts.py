@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from django.utils import timezone
+
+from nerveshub.tenancy import services as tenancy
+from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Role
+from nerveshub.web import services
+from nerveshub.web.access import org_slug
+from nerveshub.web.models import Invitation
+from tests.web.conftest import client_for
+
+pytestmark = pytest.mark.django_db
+
+
+def test_it_logs_in_and_out(tenant: Any) -> None:
+    client = Client()
+    # given: an anonymous visitor is sent to the login page
+    response = client.get(f"/org/{org_slug(tenant.org)}/")
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+    # when
+    response = client.post("/accounts/login/", {"username": "victor", "password": "pw-victor"})
+    # then: one org, so home goes straight to its dashboard
+    assert response.status_code == 302
+    assert client.get("/", follow=True).redirect_chain[-1][0] == f"/org/{org_slug(tenant.org)}/"
+    assert client.post("/accounts/logout/").status_code == 302
+    assert client.get("/").status_code == 302
+
+
+def test_it_refuses_a_wrong_password(tenant: Any) -> None:
+    response = Client().post("/accounts/login/", {"username": "victor", "password": "nope"})
+    assert response.status_code == 200
+    assert b"correct username and password" in response.content
+
+
+def test_it_resets_a_password_by_email(tenant: Any, mailoutbox: list[Any]) -> None:
+    client = Client()
+    client.post("/accounts/password/reset/", {"email": "victor@example.com"})
+    assert len(mailoutbox) == 1
+    link = re.search(r"http://testserver(/accounts/password/reset/\S+/)", mailoutbox[0].body)
+    assert link is not None
+    response = client.get(link.group(1), follow=True)
+    form_url = response.redirect_chain[-1][0]
+    response = client.post(form_url, {"new_password1": "a-new-long-pass-42", "new_password2": "a-new-long-pass-42"})
+    assert response.status_code == 302
+    assert Client().login(username="victor", password="a-new-long-pass-42")
+
+
+def test_the_switcher_lists_every_org_of_the_user(tenant: Any, other_tenant: Any) -> None:
+    tenancy.set_membership("test", other_tenant.org, tenant.viewer, Role.VIEW)
+    response = client_for(tenant.viewer).get("/")
+    assert response.status_code == 200
+    assert b"/org/acme/" in response.content and b"/org/globex/" in response.content
+
+
+def test_it_creates_shows_once_and_revokes_api_tokens(tenant: Any) -> None:
+    client = client_for(tenant.viewer)
+    response = client.post("/accounts/tokens/", {"note": "CI"})
+    clear = re.search(rb"(nhu_[A-Za-z0-9_-]+)", response.content)
+    assert clear is not None
+    assert tenancy.authenticate_api_token(clear.group(1).decode()) is not None
+    # shown once: the list shows the prefix only
+    assert clear.group(1) not in client.get("/accounts/tokens/").content
+    token = APIToken.objects.get(user=tenant.viewer)
+    assert client.post(f"/accounts/tokens/{token.pk}/revoke/").status_code == 302
+    assert tenancy.authenticate_api_token(clear.group(1).decode()) is None
+    assert AuditEvent.objects.filter(action="api_token.revoked").exists()
+
+
+def test_it_refuses_to_revoke_another_users_token(tenant: Any) -> None:
+    issued = tenancy.create_api_token("test", tenant.admin, "theirs")
+    response = client_for(tenant.viewer).post(f"/accounts/tokens/{issued.token.pk}/revoke/")
+    assert response.status_code == 404
+    assert APIToken.objects.get(pk=issued.token.pk).revoked_at is None
+
+
+def _invite(tenant: Any, role: str = "manage") -> str:
+    response = client_for(tenant.admin).post(
+        f"/org/{org_slug(tenant.org)}/members/", {"role": role, "email": "new@example.com"}
+    )
+    assert response.status_code == 200
+    link = re.search(rb"http://testserver(/invitations/nhi_[A-Za-z0-9_-]+/)", response.content)
+    assert link is not None
+    return link.group(1).decode()
+
+
+def test_an_invited_person_signs_up_and_joins_once(tenant: Any) -> None:
+    # given
+    link = _invite(tenant)
+    newcomer = Client()
+    # when
+    response = newcomer.post(link, {"username": "nina", "password1": "Long-pass-9876", "password2": "Long-pass-9876"})
+    # then
+    assert response.status_code == 302
+    nina = User.objects.get(username="nina")
+    assert Membership.objects.get(org=tenant.org, user=nina).role == Role.MANAGE
+    assert AuditEvent.objects.filter(action="invitation.accepted", org=tenant.org).count() == 1
+    # single use: the same link refuses a second person
+    other = User.objects.create_user("olga", password="x")
+    assert client_for(other).post(link).status_code == 404
+    assert not Membership.objects.filter(user=other).exists()
+
+
+def test_a_signed_in_user_accepts_with_one_click(tenant: Any, other_tenant: Any) -> None:
+    link = _invite(tenant, "view")
+    response = client_for(tenant.outsider).post(link)
+    assert response.status_code == 302
+    assert Membership.objects.get(org=tenant.org, user=tenant.outsider).role == Role.VIEW
+
+
+def test_an_expired_or_revoked_invitation_is_refused(tenant: Any) -> None:
+    issued = services.create_invitation(tenant.admin, tenant.org, Role.VIEW)
+    Invitation.objects.filter(pk=issued.invitation.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert client_for(tenant.outsider).post(f"/invitations/{issued.clear}/").status_code == 404
+    issued = services.create_invitation(tenant.admin, tenant.org, Role.VIEW)
+    client_for(tenant.admin).post(f"/org/acme/invitations/{issued.invitation.pk}/revoke/")
+    assert client_for(tenant.outsider).post(f"/invitations/{issued.clear}/").status_code == 404
+    assert client_for(tenant.outsider).get("/invitations/nhi_made-up/").status_code == 404
+    assert not Membership.objects.filter(org=tenant.org, user=tenant.outsider).exists()
+
+
+def test_only_an_admin_invites(tenant: Any) -> None:
+    response = client_for(tenant.manager).post("/org/acme/members/", {"role": "admin"})
+    assert response.status_code == 403
+    assert not Invitation.objects.exists()
+
+
+def test_an_admin_changes_a_role_and_removes_a_member_with_audit(tenant: Any) -> None:
+    client = client_for(tenant.admin)
+    membership = Membership.objects.get(org=tenant.org, user=tenant.viewer)
+    assert client.post(f"/org/acme/members/{membership.pk}/role/", {"role": "manage"}).status_code == 302
+    membership.refresh_from_db()
+    assert membership.role == Role.MANAGE
+    assert client.post(f"/org/acme/members/{membership.pk}/remove/").status_code == 302
+    assert not Membership.objects.filter(pk=membership.pk).exists()
+    actions = set(AuditEvent.objects.filter(org=tenant.org).values_list("action", flat=True))
+    assert {"member.role_changed", "member.removed"} <= actions
+
+
+def test_the_last_admin_stays(tenant: Any) -> None:
+    client = client_for(tenant.admin)
+    own = Membership.objects.get(org=tenant.org, user=tenant.admin)
+    client.post(f"/org/acme/members/{own.pk}/role/", {"role": "view"})
+    client.post(f"/org/acme/members/{own.pk}/remove/")
+    own.refresh_from_db()
+    assert own.role == Role.ADMIN
+
+
+def test_members_changes_are_refused_to_a_manager(tenant: Any) -> None:
+    client = client_for(tenant.manager)
+    membership = Membership.objects.get(org=tenant.org, user=tenant.viewer)
+    assert client.post(f"/org/acme/members/{membership.pk}/role/", {"role": "admin"}).status_code == 403
+    assert client.post(f"/org/acme/members/{membership.pk}/remove/").status_code == 403
+    membership.refresh_from_db()
+    assert membership.role == Role.VIEW
