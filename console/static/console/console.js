@@ -15,6 +15,7 @@
     scrollback: 5000,
     fontFamily: "ui-monospace, 'DejaVu Sans Mono', monospace",
     fontSize: 14,
+    lineHeight: 1.2, // at 1.0 some monospace fonts clip underscores
     disableStdin: !canWrite,
   });
   const fit = new window.FitAddon.FitAddon();
@@ -25,7 +26,7 @@
 
   const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
   const socket = new WebSocket(scheme + window.location.host + script.dataset.socket);
-  const state = { metadata: null, connected: false, upload: null, downloads: {}, closed: false };
+  const state = { metadata: null, connected: false, statusKnown: false, upload: null, downloads: {}, closed: false };
   window.nervesConsole = { term: term, socket: socket, state: state };
 
   const $ = (id) => document.getElementById(id);
@@ -43,7 +44,10 @@
     badge.className = "badge " + (connected ? "online" : "offline");
     if (files !== undefined && state.metadata) state.metadata.files = files;
     updateUploadButton();
-    if (changed && state.metadata) {
+    // The first status is the state at opening, not news for the terminal.
+    const news = state.statusKnown;
+    state.statusKnown = true;
+    if (changed && news) {
       term.write(connected
         ? "\r\n\x1b[32m*** device connected ***\x1b[0m\r\n"
         : "\r\n\x1b[31m*** device disconnected: waiting for it to come back ***\x1b[0m\r\n");
