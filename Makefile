@@ -21,10 +21,21 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(VENV)/.installed
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-run: $(VENV)/.installed-run ## Set up and start the hub (embedded mode) on http://$HOST:$PORT
+run: $(VENV)/.installed-run console-assets ## Set up and start the hub (embedded mode) on http://$HOST:$PORT
 	$(PY) manage.py migrate --noinput -v 0
 	$(PY) manage.py quickstart
 	$(PY) -m nerveshub.serve
+
+# The console page's terminal (xterm.js from npm, pinned by the lock file) is
+# copied into the git-ignored console/static/console/vendor/. Without npm the hub
+# still runs; the console page then says its terminal assets are missing.
+console-assets: ## Install the console page's terminal library (needs npm)
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix console/static_src --no-audit --no-fund --loglevel=error && \
+		npm run --prefix console/static_src --silent build; \
+	else \
+		echo "npm not found: the console page will say that its terminal assets are missing"; \
+	fi
 
 test: $(VENV)/.installed-dev ## Set up and run the test suite
 	$(PY) -m pytest
@@ -41,4 +52,4 @@ worker: $(VENV)/.installed-run ## Start a Celery worker (needs REDIS_URL)
 beat: $(VENV)/.installed-run ## Start Celery beat, the periodic backstops (needs REDIS_URL)
 	$(VENV)/bin/celery -A nerveshub beat --loglevel INFO
 
-.PHONY: help run test lint worker beat
+.PHONY: help run console-assets test lint worker beat
