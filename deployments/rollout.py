@@ -248,9 +248,16 @@ def expire_stale_updates(deployment: Deployment, now: datetime) -> int:
     )
     expired = 0
     for update_id, status in stale:
-        if DeviceUpdate.objects.filter(pk=update_id, status=status).update(
-            status=UpdateStatus.EXPIRED, reason="no progress within the in-flight timeout", finished_at=now
-        ):
+        fields: dict[str, Any] = {
+            "status": UpdateStatus.EXPIRED,
+            "reason": "no progress within the in-flight timeout",
+            "finished_at": now,
+        }
+        with transaction.atomic():
+            changed = DeviceUpdate.objects.filter(pk=update_id, status=status).update(**fields)
+            if changed:
+                services.audit_transition(update_id, fields)
+        if changed:
             expired += 1
             # The caller is the orchestrator itself: no wake-up needed.
             attempt_finished(update_id, wake_orchestrator=False)

@@ -11,9 +11,11 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from django.db import transaction
 from django.utils import timezone
 
 from deployments.models import DeviceUpdate, UpdateStatus
+from nerveshub.tenancy.services import audit
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +26,34 @@ _CAS_ATTEMPTS = 3
 # Statuses that end an attempt without success (the deployments engineer adds the
 # penalty box and circuit breaker on top of these).
 _FINISHING = {UpdateStatus.FAILED, UpdateStatus.IGNORED, UpdateStatus.RESCHEDULED}
+# The outcomes that are audited (and announced to webhooks) as update.succeeded / update.failed.
+_OUTCOME_ACTIONS: dict[str, str] = {
+    UpdateStatus.SUCCEEDED: "update.succeeded",
+    UpdateStatus.FAILED: "update.failed",
+    UpdateStatus.EXPIRED: "update.failed",
+}
+
+
+def audit_transition(update_id: int, fields: dict[str, Any]) -> None:
+    """Audit what a compare-and-set just wrote to an update, in its transaction:
+    the device's first report on it (update.started) and its outcome."""
+    started = fields.get("attempted_at") is not None
+    action = _OUTCOME_ACTIONS.get(str(fields.get("status", "")))
+    if not started and action is None:
+        return
+    update = DeviceUpdate.objects.select_related("device", "firmware", "deployment").get(pk=update_id)
+    details = {
+        "update": update.pk,
+        "deployment": update.deployment.name if update.deployment else None,
+        "firmware": update.firmware.uuid,
+        "version": update.firmware.version,
+    }
+    if started:
+        audit(update.device, "update.started", update.device, details=details)
+    if action is not None:
+        audit(
+            update.device, action, update.device, details={**details, "status": update.status, "reason": update.reason}
+        )
 
 
 def _target(payload: dict[str, Any], current: DeviceUpdate) -> dict[str, Any] | None:
@@ -76,7 +106,10 @@ def record_update_status(device_id: int, payload: dict[str, Any]) -> DeviceUpdat
         if current.attempted_at is None:
             fields["attempted_at"] = timezone.now()
         fields["updated_at"] = timezone.now()
-        changed = DeviceUpdate.objects.filter(pk=current.pk, status=current.status).update(**fields)
+        with transaction.atomic():
+            changed = DeviceUpdate.objects.filter(pk=current.pk, status=current.status).update(**fields)
+            if changed:
+                audit_transition(current.pk, fields)
         if changed:
             for name, value in fields.items():
                 setattr(current, name, value)
@@ -132,7 +165,10 @@ def reconcile_update_on_join(
             else "device rejoined without the update"
         )
         fields = {"status": UpdateStatus.EXPIRED, "finished_at": now, "reason": reason}
-    changed = DeviceUpdate.objects.filter(pk=current.pk, status=current.status).update(updated_at=now, **fields)
+    with transaction.atomic():
+        changed = DeviceUpdate.objects.filter(pk=current.pk, status=current.status).update(updated_at=now, **fields)
+        if changed:
+            audit_transition(current.pk, fields)
     if not changed or "finished_at" not in fields:
         return None
     for name, value in fields.items():
@@ -152,8 +188,10 @@ def finish_validated_update(device_id: int, firmware_uuid: str) -> DeviceUpdate 
         return None
     now = timezone.now()
     fields = {"status": UpdateStatus.SUCCEEDED, "finished_at": now, "reason": "", "updated_at": now}
-    if not DeviceUpdate.objects.filter(pk=current.pk, status=UpdateStatus.COMPLETED).update(**fields):
-        return None
+    with transaction.atomic():
+        if not DeviceUpdate.objects.filter(pk=current.pk, status=UpdateStatus.COMPLETED).update(**fields):
+            return None
+        audit_transition(current.pk, fields)
     for name, value in fields.items():
         setattr(current, name, value)
     return current

@@ -29,6 +29,7 @@ from devices.protocol import DeviceJoin
 from nerveshub.lib.sealed import seal
 from nerveshub.tenancy.models import Product
 from nerveshub.tenancy.services import Actor, audit
+from webhooks import services as webhooks
 
 PRODUCT_KEY_PREFIX = "nhp_"
 DEVICE_KEY_PREFIX = "nhd_"
@@ -183,6 +184,7 @@ def open_device_connection(device_id: int, channel_name: str) -> ConnectionInfo:
             first_seen_at=device.first_seen_at or now,
             console_available=False,
         )
+        webhooks.device_online(device)
     return ConnectionInfo(
         previous_channel=previous if previous != channel_name else "",
         product_extensions=frozenset(str(name) for name in (device.product.extensions or [])),
@@ -193,12 +195,15 @@ def open_device_connection(device_id: int, channel_name: str) -> ConnectionInfo:
 def close_device_connection(device_id: int, channel_name: str) -> bool:
     """Mark the device offline, unless a newer socket already took over
     (compare-and-set on socket_channel)."""
-    changed = Device.objects.filter(pk=device_id, socket_channel=channel_name).update(
-        socket_channel="",
-        connection_status=ConnectionStatus.DISCONNECTED,
-        disconnected_at=timezone.now(),
-        console_available=False,
-    )
+    with transaction.atomic():
+        changed = Device.objects.filter(pk=device_id, socket_channel=channel_name).update(
+            socket_channel="",
+            connection_status=ConnectionStatus.DISCONNECTED,
+            disconnected_at=timezone.now(),
+            console_available=False,
+        )
+        if changed:
+            webhooks.device_offline(device_id)
     return bool(changed)
 
 
