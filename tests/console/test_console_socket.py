@@ -40,6 +40,11 @@ def test_it_relays_keystrokes_output_and_window_size_between_operators_and_the_d
         await manager.send("dn", {"data": "\r"})
         manager_output = await manager.output_until(PROMPT)
         viewer_output = await viewer.output_until(PROMPT)
+        # when: the manager restarts IEx and sends something that is no console message
+        await manager.send("restart", {})
+        restarted = await viewer.output_until("*** Restarting IEx ***")
+        await manager.send("bogus", {})
+        bogus = await manager.next("error")
         # when: the viewer tries to type
         await viewer.send("dn", {"data": "System.halt()\r"})
         refusal = await viewer.next("error")
@@ -48,15 +53,16 @@ def test_it_relays_keystrokes_output_and_window_size_between_operators_and_the_d
         await viewer.ws.close()
         await iex.stop()
         await device.close()
-        return metadata, viewer_metadata, manager_output, viewer_output, refusal
+        return metadata, viewer_metadata, manager_output, viewer_output, refusal, restarted, bogus
 
-    metadata, viewer_metadata, manager_output, viewer_output, refusal = run(scenario())
+    metadata, viewer_metadata, manager_output, viewer_output, refusal, restarted, bogus = run(scenario())
     # then: the device got dn and window_size pushes on `console` with the topic's join ref
     console_ref = device.join_refs["console"]
     assert [m[0] for m in iex.pushed] == [console_ref] * len(iex.pushed)
     assert [m[1] for m in iex.pushed] == [None] * len(iex.pushed)
-    assert [m[3] for m in iex.pushed] == ["window_size", "dn", "dn"]
+    assert [m[3] for m in iex.pushed] == ["window_size", "dn", "dn", "restart"]
     assert iex.pushed[1][4] == {"data": "1 + 1"}
+    assert iex.pushed[3][4] == {}
     assert iex.sizes == [{"height": 40, "width": 120}]
     device.assert_no_violations()
     # then: both operators saw the device's output; only the manager may type
@@ -64,6 +70,8 @@ def test_it_relays_keystrokes_output_and_window_size_between_operators_and_the_d
     assert metadata["can_write"] is True and metadata["files"] is True and metadata["version"] == "2.0.0"
     assert viewer_metadata["can_write"] is False
     assert "read-only" in refusal["message"]
+    assert "Restarting IEx" in restarted
+    assert bogus["message"].startswith("message refused")
     assert "System.halt" not in "".join(str(m[4]) for m in iex.pushed)
     # then: opening, the typed line and closing are audited with the user
     opened = _audit("console.opened", row.pk)
@@ -182,6 +190,32 @@ def test_it_uploads_a_file_in_order_and_passes_device_files_to_the_browser(live_
     received = _audit("console.file_received", row.pk)
     assert [(e.actor, e.details) for e in received] == [("user:alice", {"filename": "log.txt", "bytes": 5})]
     assert [e.details["filename"] for e in _audit("console.file_upload_aborted", row.pk)] == ["bad.bin"]
+
+
+def test_it_refuses_uploads_to_a_console_older_than_2_0_0(live_hub, creds, iex_device):
+    # given: a device whose console cannot take files
+    hub = live_hub()
+    row = device_services.create_device("test", creds.tenant.product, "dev-old")
+    device, iex = iex_device(hub.ws_url, "dev-old", console_version="1.0.0")
+
+    async def scenario():
+        await device.connect()
+        iex.start()
+        operator = await open_console(hub.ws_url, row.pk, creds.tenant.admin)
+        metadata = await operator.next("metadata")
+        # when
+        await operator.send("file-data/start", {"filename": "a.txt", "size": 1})
+        refusal = await operator.next("error")
+        await operator.ws.close()
+        await iex.stop()
+        await device.close()
+        return metadata, refusal
+
+    metadata, refusal = run(scenario())
+    # then
+    assert metadata["files"] is False and metadata["version"] == "1.0.0"
+    assert "does not take files" in refusal["message"]
+    assert not [m for m in iex.pushed if m[3].startswith("file-data")]
 
 
 def test_it_shows_a_device_disconnect_and_resumes_when_it_comes_back(live_hub, creds, iex_device):
