@@ -7,10 +7,13 @@ organizations the user belongs to, so resolving costs one query."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import wraps
+from typing import Any, TypeVar
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest
+from django.http import Http404, HttpRequest, HttpResponseBase, HttpResponseNotAllowed
 from django.utils.text import slugify
 
 from nerveshub.tenancy.models import ROLE_RANK, Membership, Organization, Role
@@ -42,13 +45,20 @@ class OrgAccess:
 
 
 def _candidates(request: HttpRequest) -> list[tuple[Organization, Role]]:
+    # One query per request, shared by the access check and the org switcher.
+    cached: list[tuple[Organization, Role]] | None = getattr(request, "_org_candidates", None)
+    if cached is not None:
+        return cached
     user = request.user
     if not user.is_authenticated or not user.is_active:
-        return []
-    if user.is_superuser:
-        return [(org, Role.ADMIN) for org in Organization.objects.order_by("pk")]
-    rows = Membership.objects.filter(user_id=user.pk).select_related("org").order_by("org_id")
-    return [(m.org, Role(m.role)) for m in rows]
+        cached = []
+    elif user.is_superuser:
+        cached = [(org, Role.ADMIN) for org in Organization.objects.order_by("name")]
+    else:
+        rows = Membership.objects.filter(user_id=user.pk).select_related("org").order_by("org__name")
+        cached = [(m.org, Role(m.role)) for m in rows]
+    request._org_candidates = cached  # type: ignore[attr-defined]
+    return cached
 
 
 def get_org_for_user(request: HttpRequest, slug: str, role: str = Role.VIEW) -> OrgAccess:
@@ -73,3 +83,24 @@ def get_org_for_user(request: HttpRequest, slug: str, role: str = Role.VIEW) -> 
 def orgs_of(request: HttpRequest) -> list[OrgAccess]:
     """Every organization the user can open, for the switcher."""
     return [OrgAccess(org=org, role=role) for org, role in _candidates(request)]
+
+
+View = TypeVar("View", bound=Callable[..., HttpResponseBase])
+
+
+def org_methods(*methods: str) -> Callable[[View], View]:
+    """Like require_http_methods, but the org is checked first: an outsider
+    gets 404 whatever the method, so a 405 never confirms that an org exists."""
+    allowed = list(methods) + (["HEAD"] if "GET" in methods else [])
+
+    def decorator(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+            get_org_for_user(request, kwargs["org"], Role.VIEW)
+            if request.method not in allowed:
+                return HttpResponseNotAllowed(allowed)
+            return view(request, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator

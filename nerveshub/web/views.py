@@ -19,7 +19,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_POST
 
 from certificates import services as certificates
 from certificates.models import CACertificate
@@ -33,7 +33,7 @@ from firmware.models import Firmware, FirmwareStatus, SigningKey
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Product, Role
 from nerveshub.web import services
-from nerveshub.web.access import OrgAccess, get_org_for_user, orgs_of
+from nerveshub.web.access import OrgAccess, get_org_for_user, org_methods, orgs_of
 from nerveshub.web.forms import (
     CACertificateForm,
     DeploymentForm,
@@ -172,7 +172,7 @@ def members(request: HttpRequest, org: str) -> HttpResponse:
 
 
 @page
-@require_POST
+@org_methods("POST")
 def member_role(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     access = get_org_for_user(request, org, Role.ADMIN)
     membership = get_object_or_404(Membership, pk=pk, org=access.org)
@@ -187,7 +187,7 @@ def member_role(request: HttpRequest, org: str, pk: int) -> HttpResponse:
 
 
 @page
-@require_POST
+@org_methods("POST")
 def member_remove(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     access = get_org_for_user(request, org, Role.ADMIN)
     membership = get_object_or_404(Membership.objects.select_related("user"), pk=pk, org=access.org)
@@ -200,7 +200,7 @@ def member_remove(request: HttpRequest, org: str, pk: int) -> HttpResponse:
 
 
 @page
-@require_POST
+@org_methods("POST")
 def invitation_revoke(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     access = get_org_for_user(request, org, Role.ADMIN)
     found = get_object_or_404(Invitation, pk=pk, org=access.org)
@@ -212,7 +212,7 @@ def invitation_revoke(request: HttpRequest, org: str, pk: int) -> HttpResponse:
 
 
 @page
-@require_GET
+@org_methods("GET")
 def dashboard(request: HttpRequest, org: str) -> HttpResponse:
     access = get_org_for_user(request, org)
     alive = Device.objects.filter(org=access.org, deleted_at__isnull=True)
@@ -231,7 +231,7 @@ def dashboard(request: HttpRequest, org: str) -> HttpResponse:
 
 
 @page
-@require_GET
+@org_methods("GET")
 def products(request: HttpRequest, org: str) -> HttpResponse:
     access = get_org_for_user(request, org)
     rows = Product.objects.filter(org=access.org).prefetch_related("deployments").order_by("name")
@@ -279,7 +279,7 @@ def _filtered_devices(access: OrgAccess, params: Any) -> tuple[QuerySet[Device],
 
 
 @page
-@require_GET
+@org_methods("GET")
 def device_list(request: HttpRequest, org: str) -> HttpResponse:
     """Keyset pagination on the identifier (unique in the org): a page costs the
     same at row 100 000 as at row 0, and there is no OFFSET to scan."""
@@ -316,7 +316,7 @@ def device_list(request: HttpRequest, org: str) -> HttpResponse:
 
 
 @page
-@require_POST
+@org_methods("POST")
 def device_bulk_tags(request: HttpRequest, org: str) -> HttpResponse:
     access = get_org_for_user(request, org, Role.MANAGE)
     form = TagsForm(request.POST)
@@ -353,7 +353,7 @@ def _console_url(device: Device) -> str | None:
 
 
 @page
-@require_GET
+@org_methods("GET")
 def device_detail(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     access = get_org_for_user(request, org)
     device = _device(access, pk)
@@ -391,7 +391,7 @@ DEVICE_ACTIONS: dict[str, tuple[str, Callable[[User, Device], object]]] = {
 
 
 @page
-@require_POST
+@org_methods("POST")
 def device_action(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     access = get_org_for_user(request, org, Role.MANAGE)
     device = _device(access, pk)
@@ -448,7 +448,7 @@ def firmware_list(request: HttpRequest, org: str) -> HttpResponseBase:
 
 
 @page
-@require_GET
+@org_methods("GET")
 def firmware_status(request: HttpRequest, org: str, pk: int) -> JsonResponse:
     access = get_org_for_user(request, org)
     row = get_object_or_404(Firmware, pk=pk, org=access.org)
@@ -466,7 +466,7 @@ def firmware_status(request: HttpRequest, org: str, pk: int) -> JsonResponse:
 
 
 @page
-@require_POST
+@org_methods("POST")
 def firmware_delete(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     access = get_org_for_user(request, org, Role.MANAGE)
     row = get_object_or_404(Firmware, pk=pk, org=access.org)
@@ -499,7 +499,7 @@ def signing_keys(request: HttpRequest, org: str) -> HttpResponse:
 
 
 @page
-@require_POST
+@org_methods("POST")
 def signing_key_delete(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     access = get_org_for_user(request, org, Role.ADMIN)
     key = get_object_or_404(SigningKey, pk=pk, org=access.org)
@@ -543,7 +543,7 @@ def ca_certificates(request: HttpRequest, org: str) -> HttpResponse:
 
 
 @page
-@require_POST
+@org_methods("POST")
 def ca_certificate_delete(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     access = get_org_for_user(request, org, Role.ADMIN)
     ca = get_object_or_404(CACertificate, pk=pk, org=access.org)
@@ -560,7 +560,7 @@ def _deployment(access: OrgAccess, pk: int) -> Deployment:
 
 
 @page
-@require_GET
+@org_methods("GET")
 def deployment_list(request: HttpRequest, org: str) -> HttpResponse:
     access = get_org_for_user(request, org)
     rows = (
@@ -593,7 +593,7 @@ def deployment_form(request: HttpRequest, org: str, pk: int | None = None) -> Ht
 
 
 @page
-@require_GET
+@org_methods("GET")
 def deployment_detail(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     access = get_org_for_user(request, org)
     deployment = _deployment(access, pk)
@@ -645,7 +645,7 @@ def _progress(access: OrgAccess, deployment: Deployment) -> dict[str, Any]:
 
 
 @page
-@require_GET
+@org_methods("GET")
 def deployment_progress(request: HttpRequest, org: str, pk: int) -> JsonResponse:
     access = get_org_for_user(request, org)
     deployment = _deployment(access, pk)
@@ -653,7 +653,7 @@ def deployment_progress(request: HttpRequest, org: str, pk: int) -> JsonResponse
 
 
 @page
-@require_GET
+@org_methods("GET")
 def deployment_preview(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     access = get_org_for_user(request, org)
     deployment = _deployment(access, pk)
@@ -663,7 +663,7 @@ def deployment_preview(request: HttpRequest, org: str, pk: int) -> HttpResponse:
 
 
 @page
-@require_POST
+@org_methods("POST")
 def deployment_action(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     access = get_org_for_user(request, org, Role.MANAGE)
     deployment = _deployment(access, pk)
@@ -705,7 +705,7 @@ def _audit_page(request: HttpRequest, access: OrgAccess, events: QuerySet[AuditE
 
 
 @page
-@require_GET
+@org_methods("GET")
 def audit_log(request: HttpRequest, org: str) -> HttpResponse:
     access = get_org_for_user(request, org)
     events = AuditEvent.objects.filter(org=access.org).order_by("-id")
@@ -713,7 +713,7 @@ def audit_log(request: HttpRequest, org: str) -> HttpResponse:
 
 
 @page
-@require_GET
+@org_methods("GET")
 def device_audit(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     access = get_org_for_user(request, org)
     device = _device(access, pk)
@@ -721,7 +721,7 @@ def device_audit(request: HttpRequest, org: str, pk: int) -> HttpResponse:
 
 
 @page
-@require_GET
+@org_methods("GET")
 def deployment_audit(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     access = get_org_for_user(request, org)
     deployment = _deployment(access, pk)
