@@ -116,3 +116,4 @@ def subscribe(tenant: Any, receiver: Receiver) -> Any:
 
 # The rollout fixtures (a valid target firmware and an active deployment).
 from tests.deployments.conftest import deployment, target  # noqa: E402, F401
+from tests.devices.conftest import creds  # noqa: E402, F401
