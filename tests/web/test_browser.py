@@ -1,0 +1,228 @@
+"""The organization pages in a real headless Chromium against real hub
+processes: sign in, upload a signed firmware and watch it validate, create and
+activate a deployment, and watch a simulated device update on the live rollout
+view. Screenshots of the main pages go to tmp_path, or, with
+NERVESHUB_SCREENSHOTS=docs, to docs/pages-*.png (how those were made)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from devices import services as device_services
+from firmware import services as firmware_services
+from nerveshub.web.access import org_slug
+from tests.conftest import REQUIRE_SERVICES, ROOT, HubProcess, _database_url_for_children, services_available
+from tests.support.fwup import FirmwareSpec, build_firmware, generate_keypair
+from tests.support.nhl_client import NHLDevice
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# --purge: tasks queued by earlier tests (whose rows are gone) are dropped, not run.
+WORKER_ARGS = ["--pool", "solo", "--purge", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"]
+
+
+def _unavailable(reason: str) -> None:
+    # CI must run these: a missing browser there is a failure, not a skip.
+    if REQUIRE_SERVICES:
+        pytest.fail(f"browser tests cannot run: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed (requirements-dev.txt)")
+    # Playwright's sync API keeps an event loop on this thread; the test's own
+    # ORM calls between browser steps are plain synchronous code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def worker(live_hub: Any, tmp_path: Path) -> Iterator[None]:
+    """With Redis, tasks (validation, rollout runs) go to Celery: run a real
+    worker on the test database. Embedded mode runs them in the hub process."""
+    if not services_available():
+        yield None
+        return
+    env = {**os.environ, "DATABASE_URL": _database_url_for_children(), "DATA_DIR": str(settings.DATA_DIR)}
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "nerveshub", "worker", *WORKER_ARGS],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield None
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        print(f"--- celery worker ---\n{log_path.read_text(errors='replace')[-20000:]}")
+
+
+class SimulatedDevice(threading.Thread):
+    """A device that takes the update it is sent: reports progress, then comes
+    back on the new firmware, as nerves_hub_link does after a reboot."""
+
+    def __init__(self, hub: HubProcess, key: str, secret: str) -> None:
+        super().__init__(daemon=True)
+        self.device = NHLDevice(url=hub.ws_url, identifier="dev-browser-1", key=key, secret=secret)
+        self.joined = threading.Event()
+        self.updated = threading.Event()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._life())
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    async def _life(self) -> None:
+        device = self.device
+        await device.connect()
+        self.joined.set()
+        message = await device.next_event("update", timeout=90)
+        meta = message[4]["firmware_meta"]
+        await device.push("device", "status_update", {"status": "received"})
+        await device.push("device", "fwup_progress", {"stage": "updating", "value": 50})
+        await device.push("device", "fwup_progress", {"stage": "updating", "value": 100})
+        await device.push("device", "status_update", {"status": "completed"})
+        await device.heartbeat()
+        await device.close()
+        device.firmware = {**device.firmware, "nerves_fw_uuid": meta["uuid"], "nerves_fw_version": meta["version"]}
+        await device.connect()
+        self.updated.set()
+        await asyncio.to_thread(self.stop.wait)
+        await device.close()
+
+
+@pytest.fixture
+def shot(tmp_path: Path) -> Any:
+    folder = ROOT / "docs" if os.environ.get("NERVESHUB_SCREENSHOTS") == "docs" else tmp_path
+
+    def take(page: Any, name: str) -> None:
+        page.screenshot(path=str(folder / f"pages-{name}.png"), full_page=True)
+
+    return take
+
+
+def test_a_person_uploads_deploys_and_watches_a_device_update(
+    tenant: Any, live_hub: Any, worker: None, browser: Any, shot: Any, tmp_path: Path
+) -> None:
+    # given: an org with a signing key and a product key, a hub, and a signed firmware file
+    keypair = generate_keypair()
+    firmware_services.create_signing_key("test", tenant.org, "release", keypair.public)
+    _, secret = device_services.create_product_secret("test", tenant.product)
+    spec = FirmwareSpec(product="widget", version="2.0.0", platform="rpi4", architecture="aarch64", key=keypair)
+    fw_path = tmp_path / "widget-2.0.0.fw"
+    fw_path.write_bytes(build_firmware(spec))
+    hub = live_hub()
+    base = hub.http_url
+    slug = org_slug(tenant.org)
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.set_default_timeout(30_000)
+
+    # when: alice signs in
+    page.goto(f"{base}/accounts/login/")
+    shot(page, "login")
+    page.fill("input[name=username]", "alice")
+    page.fill("input[name=password]", "pw-alice")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/org/{slug}/")
+
+    # a device of the product connects
+    device = SimulatedDevice(hub, secret.key, secret.secret)
+    device.start()
+    assert device.joined.wait(30), device.error
+
+    # she uploads the firmware and sees it validated
+    page.goto(f"{base}/org/{slug}/firmware/")
+    page.select_option("select[name=product]", label="widget")
+    page.set_input_files("input[name=file]", str(fw_path))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_selector("#upload-result[data-status=valid]", timeout=60_000)
+    assert "2.0.0" in page.inner_text("#upload-result")
+    assert page.eval_on_selector("#upload-progress", "el => el.value") == 100
+    page.reload()
+    shot(page, "firmware")
+
+    # she creates a deployment for it
+    page.goto(f"{base}/org/{slug}/deployments/new/")
+    page.select_option("select[name=product]", label="widget")
+    page.fill("input[name=name]", "production")
+    page.select_option("select[name=firmware]", index=1)
+    shot(page, "deployment-form")
+    page.click("form.stack button[type=submit]")
+    page.wait_for_selector("#rollout")
+    deployment_url = page.url
+    page.goto(deployment_url + "preview/")
+    assert "dev-browser-1" in page.inner_text("table")
+    page.goto(deployment_url)
+
+    # then: activating it updates the device, live on the rollout view
+    page.click("button[value=activate]")
+    page.wait_for_selector("#rollout")
+    assert device.updated.wait(90), device.error or hub.log()[-3000:]
+    page.wait_for_function("document.querySelector('#rollout-percent').textContent === '100'", timeout=30_000)
+    assert page.inner_text('td[data-status="succeeded"]') == "1"
+    assert page.eval_on_selector("#rollout-bar", "el => el.value") == 100
+    shot(page, "rollout")
+
+    # the other main pages render for her too
+    page.goto(f"{base}/org/{slug}/")
+    shot(page, "dashboard")
+    page.goto(f"{base}/org/{slug}/devices/")
+    assert "dev-browser-1" in page.inner_text("table.devices")
+    shot(page, "devices")
+    page.click("text=dev-browser-1")
+    page.wait_for_selector("h1")
+    assert "2.0.0" in page.inner_text("main")
+    shot(page, "device")
+    page.goto(f"{base}/org/{slug}/members/")
+    page.click("text=Create invitation link")
+    page.wait_for_selector("#invite-link")
+    shot(page, "members")
+    page.goto(f"{base}/org/{slug}/audit/")
+    assert "deployment.activated" in page.inner_text("main")
+    shot(page, "audit")
+
+    device.stop.set()
+    device.join(10)
+    assert device.error is None
+    device.device.assert_no_violations()
