@@ -77,7 +77,7 @@ class FakeIEx:
                 await self.up(char)
 
 
-async def eventually(check: Any, timeout: float = 5.0) -> None:
+async def eventually(check: Any, timeout: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not check():
         if asyncio.get_running_loop().time() > deadline:
@@ -98,7 +98,7 @@ class Operator:
     async def send(self, event: str, payload: dict[str, Any]) -> None:
         await self.ws.send(json.dumps({"event": event, "payload": payload}))
 
-    async def next(self, event: str, timeout: float = 5.0, **match: Any) -> dict[str, Any]:
+    async def next(self, event: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
         """The next message of `event` (whose payload has the `match` items)."""
 
         def matches(message: dict[str, Any]) -> bool:
@@ -118,7 +118,7 @@ class Operator:
                 return dict(message["payload"])
             self.pending.append(message)
 
-    async def output_until(self, text: str, timeout: float = 5.0) -> str:
+    async def output_until(self, text: str, timeout: float = 10.0) -> str:
         """All terminal output received so far, once it contains `text`."""
         deadline = asyncio.get_running_loop().time() + timeout
         while text not in self.output:
