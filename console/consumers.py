@@ -38,6 +38,7 @@ CLOSE_IDLE = 4000
 
 class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     access: ConsoleAccess | None = None
+    watch: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -87,7 +88,8 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def disconnect(self, code: int) -> None:
         if self.access is None:
             return
-        self.watch.cancel()
+        if self.watch is not None:
+            self.watch.cancel()
         await self.channel_layer.group_discard(self.group, self.channel_name)
         await self.channel_layer.group_send(self.group, protocol.presence(self.user.get_username(), "closed"))
         line = self.typed.flush()

@@ -255,6 +255,9 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
         self.joined["console"] = frame.join_ref
         if self.console is None:
             self.console = DeviceConsole(self.device_id, self.channel_name, params.console_version, self.channel_layer)
+        else:
+            # A rejoin on the same socket keeps the scrollback.
+            self.console.console_version = params.console_version
         await self._send(protocol.reply(frame.join_ref, frame.ref, "console", "ok", {}))
         await self.console.announce_joined()
 
