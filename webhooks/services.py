@@ -147,9 +147,9 @@ def emit(org_id: int, event_type: str, data: dict[str, Any], *, occurred_at: dat
     `event_type`, and send them after the transaction commits. Costs one query
     when nobody listens. Returns the new delivery ids."""
     endpoints = [
-        endpoint
-        for endpoint in WebhookEndpoint.objects.filter(org_id=org_id, is_active=True).only("pk", "event_types")
-        if endpoint.wants(event_type)
+        pk
+        for pk, types in WebhookEndpoint.objects.filter(org_id=org_id, is_active=True).values_list("pk", "event_types")
+        if event_type in (types or [])
     ]
     if not endpoints:
         return []
@@ -163,8 +163,8 @@ def emit(org_id: int, event_type: str, data: dict[str, Any], *, occurred_at: dat
     }
     rows = WebhookDelivery.objects.bulk_create(
         [
-            WebhookDelivery(endpoint_id=e.pk, org_id=org_id, event_id=event_id, event_type=event_type, payload=payload)
-            for e in endpoints
+            WebhookDelivery(endpoint_id=pk, org_id=org_id, event_id=event_id, event_type=event_type, payload=payload)
+            for pk in endpoints
         ]
     )
     ids = [row.pk for row in rows]

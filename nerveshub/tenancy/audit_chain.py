@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -95,17 +95,32 @@ def _lock_head(key: int, *, count: int = 0) -> AuditChainHead:
     return AuditChainHead.objects.get(pk=key)
 
 
+_HEAD = AuditChainHead._meta.db_table
+# One statement takes the lock and reads the previous hash (RETURNING: SQLite
+# 3.35+, PostgreSQL). Writing first matters on SQLite: a transaction that reads
+# and then writes fails at once when another writer committed in between,
+# while one that writes first waits for the lock like on PostgreSQL.
+_LOCK_SQL = f'UPDATE "{_HEAD}" SET "appended" = "appended" + 1 WHERE "key" = %s RETURNING "last_hash"'  # noqa: S608
+_MOVE_SQL = f'UPDATE "{_HEAD}" SET "last_hash" = %s, "last_event_id" = %s WHERE "key" = %s'  # noqa: S608
+
+
 def append(event: AuditEvent) -> AuditEvent:
     """Insert an unsaved event at the end of its org's chain. Must run inside a
     transaction: the chain stays locked until it ends."""
     key = chain_key(event.org_id)
-    head = _lock_head(key, count=1)
-    event.created_at = timezone.now()
-    event.details = normalise_details(event.details)
-    event.prev_hash = head.last_hash
-    event.hash = digest(canonical_fields(_row(event), event.prev_hash))
-    event.save(force_insert=True)
-    AuditChainHead.objects.filter(pk=key).update(last_hash=event.hash, last_event_id=event.pk)
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCK_SQL, [key])
+        row = cursor.fetchone()
+        if row is None:
+            AuditChainHead.objects.bulk_create([AuditChainHead(key=key)], ignore_conflicts=True)
+            cursor.execute(_LOCK_SQL, [key])
+            row = cursor.fetchone()
+        event.created_at = timezone.now()
+        event.details = normalise_details(event.details)
+        event.prev_hash = str(row[0])
+        event.hash = digest(canonical_fields(_row(event), event.prev_hash))
+        event.save(force_insert=True)
+        cursor.execute(_MOVE_SQL, [event.hash, event.pk, key])
     return event
 
 
