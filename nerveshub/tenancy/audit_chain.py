@@ -210,10 +210,12 @@ def verify_chain(org: Organization | int | None) -> ChainVerification:
 
 
 def chain_keys() -> list[int]:
-    """Every chain that has events or a head: org ids, and 0 for events without an org."""
+    """Every chain that has events or a head: org ids, and 0 for events without
+    an org. A deleted org's events went with it, so its head is left out."""
     keys = set(AuditChainHead.objects.values_list("key", flat=True))
     keys.update(k or 0 for k in AuditEvent.objects.values_list("org_id", flat=True).distinct())
-    return sorted(keys)
+    existing = set(Organization.objects.filter(pk__in=keys).values_list("pk", flat=True))
+    return sorted(k for k in keys if k == 0 or k in existing)
 
 
 # --- Export and prune ---------------------------------------------------------------

@@ -218,6 +218,22 @@ def test_the_command_verifies_exports_and_prunes(tenant: Tenant, tmp_path: Path)
     call_command("audit_chain", "verify", "--org", "acme", stdout=StringIO())
 
 
+def test_verifying_every_chain_skips_deleted_orgs(tenant: Tenant) -> None:
+    # given
+    gone = Organization.objects.create(name="gone")
+    audit("test", "thing.done", gone)
+    gone_id = gone.pk
+    gone.delete()
+
+    # when
+    keys = audit_chain.chain_keys()
+
+    # then
+    assert AuditChainHead.objects.filter(pk=gone_id).exists()
+    assert gone_id not in keys and tenant.org.pk in keys
+    call_command("audit_chain", "verify", stdout=StringIO())
+
+
 def test_the_command_fails_naming_the_first_bad_event(tenant: Tenant, tmp_path: Path) -> None:
     # given
     events = _write_events(tenant.org, 3)
