@@ -37,6 +37,7 @@ from devices.protocol import Codec, Frame, FrameError
 
 logger = logging.getLogger(__name__)
 
+JOIN_CRASHED = {"reason": "join crashed"}
 REASON_BUSY = "too many devices are connecting to this server right now; retry later"
 
 # Extension attach → what to ask for straight away (reference server behaviour).
@@ -176,7 +177,12 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             # The Phoenix answer to a crashed channel: phx_error with ref = join
             # ref; the device rejoins the topic in 5 s with its old params.
             logger.exception("device %s: %s/%s failed", self.device_id, frame.topic, frame.event)
-            join_ref = frame.join_ref if frame.event == "phx_join" else self.joined.pop(frame.topic, frame.join_ref)
+            if frame.event == "phx_join":
+                # What Phoenix answers when a join crashes; the client rejoins in 5 s.
+                self.joined.pop(frame.topic, None)
+                await self._send(protocol.reply(frame.join_ref, frame.ref, frame.topic, "error", JOIN_CRASHED))
+                return
+            join_ref = self.joined.pop(frame.topic, frame.join_ref)
             await self._send([join_ref, join_ref, frame.topic, "phx_error", {}])
 
     async def _close_malformed(self, reason: str, code: int = 1008) -> None:

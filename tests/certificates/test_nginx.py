@@ -159,6 +159,9 @@ def test_it_refuses_a_certificate_outside_its_validity(front, tenant, device_ca,
     assert not Device.objects.exists()
 
 
+# The revocation is made in this process and reaches the hub process's socket
+# through the channel layer: that needs Redis.
+@pytest.mark.services
 def test_it_disconnects_and_then_refuses_a_revoked_certificate(front, tenant, device_ca):
     # given a connected device
     _register(tenant, device_ca, jitp_product=tenant.product)

@@ -117,6 +117,9 @@ class NHLDevice:
     interface: str = "eth0"
     path: str = "/device-socket/websocket"
     signed_at: int | None = None
+    rejoin_after: float = 5.0  # Slipstream's rejoin_after default (§1.7)
+    rejoins: int = 0
+    unsent: list[tuple[str, str]] = field(default_factory=list)  # pushes while the topic was not joined
 
     ws: ClientConnection | None = None
     ref: int = 0
@@ -205,6 +208,10 @@ class NHLDevice:
         return future
 
     async def push(self, topic: str, event: str, payload: dict[str, Any]) -> str:
+        if topic not in self.join_refs:
+            # Slipstream's push/4 answers {:error, :not_joined} and sends nothing.
+            self.unsent.append((topic, event))
+            return ""
         ref = self.next_ref()
         self.pushes.add(ref)
         await self.send([self.join_refs.get(topic), ref, topic, event, payload])
@@ -247,15 +254,31 @@ class NHLDevice:
             elif future is None:
                 self.violations.append(f"reply to unknown ref: {message}")
             return
-        if ref is not None:
+        if ref is not None and event not in ("phx_error", "phx_close"):
             # Slipstream drops server pushes that carry a ref (§1.7).
             self.violations.append(f"server push with a ref: {message}")
         if event == "phx_error" and ref != self.join_refs.get(topic):
             self.violations.append(f"phx_error whose ref is not the join ref: {message}")
         await self.events.put(message)
+        if event == "phx_error" and topic in self.join_refs:
+            # handle_topic_close → rejoin with the same params after rejoin_after.
+            self.join_refs.pop(topic, None)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._rejoin(topic)))
         if topic == "device" and event == "extensions:get":
             # Not awaited here: the reader must keep reading to see the reply.
             self._tasks.append(asyncio.get_running_loop().create_task(self._join_extensions()))
+
+    async def _rejoin(self, topic: str) -> None:
+        while self.ws is not None:
+            await asyncio.sleep(self.rejoin_after)
+            params = self.join_params() if topic == "device" else {}
+            try:
+                reply = await asyncio.wait_for(self.join(topic, params), 10)
+            except (TimeoutError, websockets.ConnectionClosed):
+                return
+            if reply[4].get("status") == "ok":
+                self.rejoins += 1
+                return
 
     async def _join_extensions(self) -> None:
         reply = await self.join("extensions", dict(self.extensions))
