@@ -111,7 +111,9 @@ def _firmware(request: HttpRequest, org: str, product: str, ref: str, role: str 
     """`ref` is the firmware uuid, or the upload id while it has none yet."""
     found = require_product(request, org, product, role)
     rows = Firmware.objects.select_related("signing_key", "product").filter(product=found)
-    firmware = rows.filter(pk=int(ref)).first() if ref.isdigit() else rows.filter(uuid=ref).first()
+    # isdecimal() also holds for non-ASCII digits ("٣"), which are not ids.
+    is_id = ref.isascii() and ref.isdecimal() and len(ref) <= 18
+    firmware = rows.filter(pk=int(ref)).first() if is_id else rows.filter(uuid=ref).first()
     if firmware is None:
         raise HttpError(404, f"firmware {ref!r} not found")
     return firmware

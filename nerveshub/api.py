@@ -12,14 +12,19 @@ for invalid input. The OpenAPI document is at /api/v1/openapi.json.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import logging
+from typing import Any, cast
 
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DataError
 from django.http import HttpRequest, HttpResponse
+from django.utils.datastructures import MultiValueDict
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
+from ninja.parser import Parser
 from ninja.security import APIKeyHeader
 
 from nerveshub.tenancy import services as tenancy
@@ -42,6 +47,40 @@ class TokenAuth(APIKeyHeader):
         return found.user
 
 
+logger = logging.getLogger(__name__)
+NUL_REFUSED = "text may not contain NUL characters"
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+class InputParser(Parser):
+    """JSON bodies and query strings, refusing NUL characters: PostgreSQL cannot
+    store them, and SQLite would; refusing them here answers the same on both."""
+
+    def parse_body(self, request: HttpRequest) -> dict[str, Any]:
+        body = cast(dict[str, Any], json.loads(request.body))
+        if _has_nul(body):
+            raise HttpError(422, NUL_REFUSED)
+        return body
+
+    def parse_querydict(
+        self, data: MultiValueDict[str, Any], list_fields: list[str], request: HttpRequest
+    ) -> dict[str, Any]:
+        result = super().parse_querydict(data, list_fields, request)
+        if _has_nul(result):
+            # 400 like an unparsable body (django-ninja answers that for parse_body's errors).
+            raise HttpError(400, NUL_REFUSED)
+        return result
+
+
 api = NinjaAPI(
     title="NervesHub API",
     version="1",
@@ -50,6 +89,7 @@ api = NinjaAPI(
     urls_namespace="api",
     docs_url="/docs",
     openapi_url="/openapi.json",
+    parser=InputParser(),
 )
 
 
@@ -81,6 +121,14 @@ def _model_invalid(request: HttpRequest, exc: DjangoValidationError) -> HttpResp
     if hasattr(exc, "error_dict"):
         return _error(request, 422, {k: [str(m) for e in v for m in e.messages] for k, v in exc.error_dict.items()})
     return _error(request, 422, {"detail": exc.messages})
+
+
+@api.exception_handler(DataError)
+def _unstorable(request: HttpRequest, exc: DataError) -> HttpResponse:
+    # What the database cannot store (a NUL in a path, a number out of range) is
+    # the caller's input, not a server fault.
+    logger.info("API input refused by the database: %s %s: %s", request.method, request.path, exc)
+    return _error(request, 422, {"detail": "a value cannot be stored: " + str(exc).split("\n", 1)[0]})
 
 
 # --- Access helpers: every endpoint loads its objects through these -------------------

@@ -100,7 +100,9 @@ def create_token(request: HttpRequest, payload: TokenIn) -> Status[NewTokenOut]:
 @router.delete("/users/me/tokens/{token_id}", response={204: None})
 def revoke_token(request: HttpRequest, token_id: int) -> Status[None]:
     """Revoke one of the caller's own tokens (the one in use included)."""
-    token = APIToken.objects.filter(user=actor(request), pk=token_id).first()
+    # Out of the id column's range: no such token (and no database error).
+    in_range = 0 < token_id < 2**63
+    token = APIToken.objects.filter(user=actor(request), pk=token_id).first() if in_range else None
     if token is None:
         raise HttpError(404, f"token {token_id} not found")
     services.revoke_api_token(actor(request), token)

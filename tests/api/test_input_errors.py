@@ -1,0 +1,31 @@
+"""Inputs the database cannot take answer 4xx with a JSON error, on SQLite and
+PostgreSQL alike (found by tests/api/test_schemathesis.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from devices.models import Device
+from tests.deployments.conftest import make_device
+
+
+@pytest.mark.django_db(transaction=True)
+def test_nul_characters_are_refused_in_bodies_queries_and_paths(tenant, as_admin):
+    make_device(tenant.product, "dev-1")
+    created = as_admin.post("/orgs/acme/products/widget/devices", {"identifier": "ok", "description": "a\x00b"})
+    patched = as_admin.patch("/orgs/acme/products/widget/devices/dev-1", {"tags": ["a\x00"]})
+    queried = as_admin.get("/orgs/acme/products/widget/devices", search="dev\x00")
+    in_path = as_admin.get("/orgs/ac%00me/products")
+    assert created.status_code == 400 and patched.status_code == 400
+    assert queried.status_code == 400 and "NUL" in queried.json()["errors"]["detail"]
+    assert in_path.status_code in (404, 422) and "detail" in in_path.json()["errors"]
+    assert not Device.objects.filter(identifier="ok").exists()
+    assert Device.objects.get(identifier="dev-1").tags == []
+
+
+@pytest.mark.django_db
+def test_ids_out_of_range_or_in_other_scripts_are_not_found(tenant, as_admin):
+    assert as_admin.get("/orgs/acme/products/widget/firmwares/%C2%B2").status_code == 404
+    assert as_admin.get("/orgs/acme/products/widget/firmwares/" + "9" * 30).status_code == 404
+    assert as_admin.delete("/users/me/tokens/" + "9" * 30).status_code == 404
+    assert as_admin.delete("/users/me/tokens/0").status_code == 404
