@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
+from django.shortcuts import resolve_url
 from django.test import Client
 
 from console import views
@@ -25,7 +27,7 @@ def test_it_sends_anonymous_visitors_to_the_login_page(device):
     response = Client().get(f"/console/{device.pk}/")
     # then
     assert response.status_code == 302
-    assert response["Location"].startswith("/admin/login/")
+    assert response["Location"].startswith(resolve_url(settings.LOGIN_URL))
 
 
 def test_it_is_404_for_an_outsider_and_for_a_missing_or_deleted_device(tenant, device):
