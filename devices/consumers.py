@@ -49,6 +49,38 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
     deployment_id: int | None = None
     last_frame: float = 0.0
 
+    # Channels reads the channel layer with `self.channel_receive`; an error there
+    # (Redis restarting) would end the consumer and daphne would close the device
+    # socket. Devices do not need Redis to stay connected, so reads are retried.
+    _layer_receive: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    _layer_failing = False
+
+    @property
+    def channel_receive(self) -> Callable[[], Awaitable[dict[str, Any]]]:
+        return self._resilient_receive
+
+    @channel_receive.setter
+    def channel_receive(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        self._layer_receive = receive
+
+    async def _resilient_receive(self) -> dict[str, Any]:
+        assert self._layer_receive is not None
+        delay = 0.5
+        while True:
+            try:
+                message = await self._layer_receive()
+            except Exception as exc:
+                if not self._layer_failing:
+                    logger.warning("device %s: channel layer unavailable (%s); retrying", self.device_id, exc)
+                    self._layer_failing = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if self._layer_failing:
+                logger.info("device %s: channel layer back", self.device_id)
+                self._layer_failing = False
+            return message
+
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         self.codec: Codec = protocol.JsonCodec
         self.joined: dict[str, str | None] = {}

@@ -4,13 +4,19 @@ What devices see, and that the hub recovers by itself."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import socket
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
+from channels.db import database_sync_to_async
 from django.conf import settings
 
 from devices.auth import REASON_PLATFORM
 from devices.models import Device
+from tests.conftest import free_port
 from tests.devices.conftest import run, wait_until
 from tests.devices.test_device_auth import _upgrade
 from tests.support.nhl_client import nh1_headers
@@ -80,3 +86,100 @@ def test_it_keeps_devices_connected_through_a_database_outage_and_recovers(live_
     assert hub.process.poll() is None
     assert ("device", "report_network_interface") in connected.unsent  # not sent while the topic was down
     connected.assert_no_violations()
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, so it can be killed and restarted."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.tmp = tmp
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=self.tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    yield redis
+    redis.kill()
+
+
+@pytest.mark.services
+def test_it_keeps_device_sockets_through_a_redis_restart_and_reaches_them_again(live_hub, creds, private_redis):
+    # given: two hub processes on a Redis of our own, a device on each
+    env = {"REDIS_URL": private_redis.url}
+    hubs = [live_hub(env), live_hub(env)]
+    devices = [creds.device(hub.ws_url, f"dev-redis-{i}") for i, hub in enumerate(hubs)]
+
+    async def scenario():
+        for device in devices:
+            await device.connect()
+        # when: Redis dies, and comes back
+        private_redis.kill()
+        during = [await device.heartbeat() for device in devices]
+        await asyncio.sleep(1)
+        private_redis.start()
+        await asyncio.sleep(2)
+        # then: an operator command made on the other side reaches each device again
+        rows = await database_sync_to_async(lambda: list(Device.objects.filter(identifier__startswith="dev-redis-")))()
+        deadline = time.monotonic() + 20
+        received = []
+        for row, device in zip(sorted(rows, key=lambda r: r.identifier), devices, strict=True):
+            while True:
+                await database_sync_to_async(_identify_through, thread_sensitive=False)(row, private_redis.url)
+                try:
+                    received.append(await device.next_event("identify", timeout=2))
+                    break
+                except TimeoutError:
+                    if time.monotonic() > deadline:
+                        raise
+        after = [await device.heartbeat() for device in devices]
+        for device in devices:
+            await device.close()
+        return during, received, after
+
+    during, received, after = run(scenario())
+    assert all(reply[4] == {"status": "ok", "response": {}} for reply in during + after)
+    assert [message[3] for message in received] == ["identify", "identify"]
+    assert all(hub.process.poll() is None for hub in hubs)
+    for device in devices:
+        device.assert_no_violations()
+
+
+def _identify_through(device: Device, redis_url: str) -> None:
+    """What devices.services.identify_device does, sent through the given Redis
+    (the test process's own channel layer points at the shared CI Redis)."""
+    from asgiref.sync import async_to_sync
+    from channels_redis.core import RedisChannelLayer
+
+    channel = Device.objects.filter(pk=device.pk).values_list("socket_channel", flat=True).get()
+    layer = RedisChannelLayer(hosts=[redis_url], prefix=settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"])
+    async_to_sync(layer.send)(channel, {"type": "device.push", "topic": "device", "event": "identify", "payload": {}})
