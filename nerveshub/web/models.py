@@ -12,8 +12,9 @@ from nerveshub.tenancy.models import Organization, Role
 class Invitation(models.Model):
     """A single-use, expiring invitation to join an organization with a role.
 
-    The link carries a random token; only its SHA-256 is stored, so the table
-    alone lets nobody join. Accepting is a compare-and-set on accepted_at."""
+    The link carries a random secret, signed with a timestamp; only the
+    secret's SHA-256 is stored, so the table alone lets nobody join.
+    Accepting is a compare-and-set on accepted_at."""
 
     org = models.ForeignKey(Organization, models.CASCADE, related_name="invitations")
     email = models.EmailField(blank=True, help_text="Whom the link was meant for (informational).")

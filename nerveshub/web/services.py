@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.contrib.auth.models import User
+from django.core import signing
 from django.db import transaction
 from django.utils import timezone
 
@@ -35,18 +36,32 @@ class IssuedInvitation:
     clear: str  # goes into the link once, never stored
 
 
-def _hash(clear: str) -> str:
-    return hashlib.sha256(clear.encode()).hexdigest()
+# The link's token is a random secret signed with a timestamp: a forged or
+# stale link is refused before any query, and the row (which holds only the
+# secret's SHA-256) makes it single-use and revocable.
+_SIGNER = signing.TimestampSigner(salt="nerveshub.web.invitation")
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _secret_of(token: str) -> str:
+    try:
+        return _SIGNER.unsign(token, max_age=INVITATION_TTL)
+    except signing.BadSignature:
+        raise InvitationInvalid("This invitation link is not valid any more. Ask for a new one.") from None
 
 
 def create_invitation(actor: User, org: Organization, role: str, email: str = "") -> IssuedInvitation:
-    clear = INVITATION_PREFIX + secrets.token_urlsafe(32)
+    secret = INVITATION_PREFIX + secrets.token_urlsafe(32)
+    clear = _SIGNER.sign(secret)
     with transaction.atomic():
         invitation = Invitation.objects.create(
             org=org,
             email=email,
             role=Role(role),
-            token_hash=_hash(clear),
+            token_hash=_hash(secret),
             created_by=actor,
             expires_at=timezone.now() + INVITATION_TTL,
         )
@@ -57,7 +72,7 @@ def create_invitation(actor: User, org: Organization, role: str, email: str = ""
 
 def find_invitation(clear: str) -> Invitation:
     """The open invitation behind a link, or InvitationInvalid."""
-    invitation = Invitation.objects.select_related("org").filter(token_hash=_hash(clear)).first()
+    invitation = Invitation.objects.select_related("org").filter(token_hash=_hash(_secret_of(clear))).first()
     if invitation is None or not invitation.is_open:
         raise InvitationInvalid("This invitation link is not valid any more. Ask for a new one.")
     return invitation

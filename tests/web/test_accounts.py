@@ -85,7 +85,7 @@ def _invite(tenant: Any, role: str = "manage") -> str:
         f"/org/{org_slug(tenant.org)}/members/", {"role": role, "email": "new@example.com"}
     )
     assert response.status_code == 200
-    link = re.search(rb"http://testserver(/invitations/nhi_[A-Za-z0-9_-]+/)", response.content)
+    link = re.search(rb"http://testserver(/invitations/nhi_[A-Za-z0-9_:-]+/)", response.content)
     assert link is not None
     return link.group(1).decode()
 
@@ -122,6 +122,10 @@ def test_an_expired_or_revoked_invitation_is_refused(tenant: Any) -> None:
     client_for(tenant.admin).post(f"/org/acme/invitations/{issued.invitation.pk}/revoke/")
     assert client_for(tenant.outsider).post(f"/invitations/{issued.clear}/").status_code == 404
     assert client_for(tenant.outsider).get("/invitations/nhi_made-up/").status_code == 404
+    # a signed token whose secret has no row, and a tampered signature
+    forged = services._SIGNER.sign("nhi_" + "x" * 43)
+    assert client_for(tenant.outsider).get(f"/invitations/{forged}/").status_code == 404
+    assert client_for(tenant.outsider).get(f"/invitations/{issued.clear[:-2]}xx/").status_code == 404
     assert not Membership.objects.filter(org=tenant.org, user=tenant.outsider).exists()
 
 
