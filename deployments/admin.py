@@ -31,6 +31,7 @@ class DeploymentForm(forms.ModelForm):  # type: ignore[type-arg]
             "name",
             "firmware",
             "archive",
+            "connecting_code",
             "conditions_tags",
             "conditions_version",
             "is_active",

@@ -33,6 +33,8 @@ class Deployment(models.Model):
     firmware = models.ForeignKey(
         Firmware, models.PROTECT, related_name="deployments", limit_choices_to={"kind": FirmwareKind.FIRMWARE}
     )
+    # Elixir every member runs on each join, before the device's own connecting code.
+    connecting_code = models.TextField(blank=True)
     # Handed to the devices beside the firmware (`archive` message, device_api >= 2.0.0).
     archive = models.ForeignKey(
         Firmware,

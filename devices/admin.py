@@ -111,7 +111,21 @@ class DeviceAdmin(OrgScopedAdmin[Device]):
     list_per_page = 100
     show_full_result_count = False
     fieldsets = [
-        (None, {"fields": ["org", "product", "identifier", "description", "tags", "updates_enabled", "deployment"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "org",
+                    "product",
+                    "identifier",
+                    "description",
+                    "tags",
+                    "updates_enabled",
+                    "deployment",
+                    "connecting_code",
+                ]
+            },
+        ),
         (
             "Firmware (as reported)",
             {

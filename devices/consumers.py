@@ -244,6 +244,7 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
         # the channel layer to this consumer, which handles it only after this
         # method returns: the device always gets its join reply first.
         self.deployment_id = await database_sync_to_async(rollout.on_device_joined)(self.device_id, params)
+        await database_sync_to_async(scripts.push_connecting_code)(self.device_id)
         self.joined["device"] = frame.join_ref
         await self._send(protocol.reply(frame.join_ref, frame.ref, "device", "ok", {}))
         if outcome.fwup_public_keys:

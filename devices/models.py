@@ -91,6 +91,9 @@ class Device(models.Model):
     location_updated_at = models.DateTimeField(null=True, blank=True)
 
     updates_enabled = models.BooleanField(default=True)
+    # Elixir run on every join after the deployment's own (`scripts/run`, ref
+    # "connecting_code"; device_api >= 2.1.0).
+    connecting_code = models.TextField(blank=True)
     penalty_box_until = models.DateTimeField(null=True, blank=True)
     deployment = models.ForeignKey(
         "deployments.Deployment", models.SET_NULL, null=True, blank=True, related_name="devices"

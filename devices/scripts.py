@@ -101,3 +101,22 @@ def record_script_result(device_id: int, payload: dict[str, Any]) -> ScriptRun |
         logger.info("device %s: answer to unknown or finished script ref %r ignored", device_id, ref)
         return None
     return ScriptRun.objects.get(device_id=device_id, ref=ref)
+
+
+def push_connecting_code(device_id: int) -> bool:
+    """Run the deployment's and then the device's connecting code on the device
+    (server-behaviour.md §3.2). Devices before 2.1.0 are skipped: typing code into
+    a console that is not open yet would be lost. Returns whether code was sent."""
+    device = Device.objects.select_related("deployment").filter(pk=device_id).first()
+    if device is None:
+        return False
+    parts = [device.deployment.connecting_code if device.deployment else "", device.connecting_code]
+    code = "\n".join(part for part in parts if part.strip())
+    if not code:
+        return False
+    if (parse_semver(device.device_api_version) or (1, 0, 0)) < SCRIPTS_API:
+        logger.info("device %s: connecting code skipped (device API %s)", device_id, device.device_api_version)
+        return False
+    with transaction.atomic():
+        publish.send_to_device(device_id, "scripts/run", {"text": code, "ref": CONNECTING_CODE_REF})
+    return True

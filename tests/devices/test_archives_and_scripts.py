@@ -205,3 +205,55 @@ def test_it_keeps_scripts_and_runs_from_viewers_and_outsiders(tenant, client):
     client.force_login(tenant.manager)
     client.post(changelist, action)
     assert ScriptRun.objects.get().requested_by == tenant.manager
+
+
+def test_it_runs_the_connecting_code_on_every_join(live_hub, creds):
+    # given: a deployment's and a device's connecting code
+    tenant = creds.tenant
+    keys = generate_keypair()
+    SigningKey.objects.create(org=tenant.org, name="release", key=keys.public)
+    firmware = _publish(tenant, "2.0.0", FirmwareKind.FIRMWARE, keys)
+    deployment = Deployment.objects.create(
+        org=tenant.org,
+        product=tenant.product,
+        name="main",
+        firmware=firmware,
+        is_active=True,
+        connecting_code="Logger.info(:fleet)",
+    )
+    Device.objects.create(
+        org=tenant.org, product=tenant.product, identifier="dev-code", connecting_code="Logger.info(:me)"
+    )
+    Device.objects.create(
+        org=tenant.org, product=tenant.product, identifier="dev-code-old", connecting_code="Logger.info(:me)"
+    )
+    Device.objects.filter(identifier__startswith="dev-code").update(deployment=deployment)
+    hub = live_hub()
+    current = creds.device(hub.ws_url, "dev-code")
+    old = creds.device(hub.ws_url, "dev-code-old", device_api_version="2.0.0")
+
+    async def scenario():
+        await current.connect()
+        pushed = await current.next_event("scripts/run")
+        await current.push("device", "scripts/run", {"ref": "connecting_code", "result": "completed", "return": ":ok"})
+        await old.connect()
+        await old.heartbeat()
+        await current.heartbeat()
+        await asyncio.sleep(0.3)
+        await current.close()
+        await old.close()
+        return pushed
+
+    # when
+    pushed = run(scenario())
+    # then
+    assert pushed == [
+        None,
+        None,
+        "device",
+        "scripts/run",
+        {"text": "Logger.info(:fleet)\nLogger.info(:me)", "ref": "connecting_code"},
+    ]
+    assert not [m for m in old.received if m[3] == "scripts/run"]
+    assert not ScriptRun.objects.exists()  # telemetry only, not a run anybody waits for
+    current.assert_no_violations()
