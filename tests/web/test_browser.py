@@ -188,7 +188,8 @@ def test_a_person_uploads_deploys_and_watches_a_device_update(
     page.fill("input[name=name]", "production")
     page.select_option("select[name=firmware]", index=1)
     shot(page, "deployment-form")
-    page.click("form.stack button[type=submit]")
+    with page.expect_navigation():
+        page.click("form.stack button[type=submit]")
     page.wait_for_selector("#rollout")
     deployment_url = page.url
     page.goto(deployment_url + "preview/")
@@ -196,8 +197,9 @@ def test_a_person_uploads_deploys_and_watches_a_device_update(
     page.goto(deployment_url)
 
     # then: activating it updates the device, live on the rollout view
-    page.click("button[value=activate]")
-    page.wait_for_selector("#rollout")
+    with page.expect_navigation():
+        page.click("button[value=activate]")
+    assert page.inner_text("#rollout-state").startswith("active")
     assert device.updated.wait(90), device.error or hub.log()[-3000:]
     page.wait_for_function("document.querySelector('#rollout-percent').textContent === '100'", timeout=30_000)
     assert page.inner_text('td[data-status="succeeded"]') == "1"
@@ -210,13 +212,15 @@ def test_a_person_uploads_deploys_and_watches_a_device_update(
     page.goto(f"{base}/org/{slug}/devices/")
     assert "dev-browser-1" in page.inner_text("table.devices")
     shot(page, "devices")
-    page.click("text=dev-browser-1")
-    page.wait_for_selector("h1")
+    with page.expect_navigation():
+        page.click("table.devices >> text=dev-browser-1")
+    assert page.inner_text("h1").startswith("dev-browser-1")
     assert "2.0.0" in page.inner_text("main")
     shot(page, "device")
     page.goto(f"{base}/org/{slug}/members/")
-    page.click("text=Create invitation link")
-    page.wait_for_selector("#invite-link")
+    with page.expect_navigation():
+        page.click("text=Create invitation link")
+    assert "/invitations/nhi_" in page.inner_text("#invite-link")
     shot(page, "members")
     page.goto(f"{base}/org/{slug}/audit/")
     assert "deployment.activated" in page.inner_text("main")
