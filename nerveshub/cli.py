@@ -90,7 +90,7 @@ class Hub:
     token: str
     timeout: float = 60.0
 
-    def _request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
         data: Any = None
         all_headers = {"Authorization": f"token {self.token}", "Accept": "application/json", "User-Agent": USER_AGENT}
         if isinstance(body, Multipart):
@@ -112,19 +112,23 @@ class Hub:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise CliError(f"cannot reach {self.url}: {reason}", EXIT_UNREACHABLE) from None
-        return json.loads(raw) if raw else None
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            # Something other than the hub answered (a proxy's page, a wrong URL).
+            raise CliError(f"{url} did not answer with JSON: {raw[:200]!r}", EXIT_REFUSED) from None
 
     def get(self, path: str) -> Any:
-        return self._request("GET", path)
+        return self.request("GET", path)
 
     def post(self, path: str, body: Any = None) -> Any:
-        return self._request("POST", path, body if body is not None else {})
+        return self.request("POST", path, body if body is not None else {})
 
     def patch(self, path: str, body: Any) -> Any:
-        return self._request("PATCH", path, body)
+        return self.request("PATCH", path, body)
 
     def delete(self, path: str) -> Any:
-        return self._request("DELETE", path)
+        return self.request("DELETE", path)
 
 
 def _error_message(status: int, raw: bytes) -> str:
@@ -256,7 +260,7 @@ def cmd_firmware_publish(args: argparse.Namespace, hub: Hub, out: Output) -> int
     if not path.is_file():
         usage_error(f"{path}: no such file")
     base = _product_path(args) + "/firmwares"
-    firmware = hub._request("POST", base, Multipart("firmware", path))
+    firmware = hub.request("POST", base, Multipart("firmware", path))
     if args.wait:
         deadline = time.monotonic() + args.timeout
         while firmware["status"] == "pending":

@@ -69,6 +69,8 @@ def test_exit_codes_for_usage_and_connection_errors(live_hub, tenant, cli):
     assert cli("firmware").code == 2
     assert cli("firmware", "list", env={"NERVESHUB_URL": hub.http_url, "NERVESHUB_TOKEN": "nhu_x"}).code == 2
     assert cli("whoami", env={"NERVESHUB_URL": "ftp://example.com", "NERVESHUB_TOKEN": "nhu_x"}).code == 2
+    wrong_url = cli("whoami", env={"NERVESHUB_URL": hub.http_url + "/elsewhere", "NERVESHUB_TOKEN": "nhu_x"})
+    assert wrong_url.code == 1 and "HTTP 404" in wrong_url.stderr
     missing = cli.as_user(tenant.manager, hub.http_url)("firmware", "publish", "nope.fw", *SCOPE)
     assert missing.code == 2 and "no such file" in missing.stderr
 
