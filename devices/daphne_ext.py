@@ -7,6 +7,11 @@ nh-connection-error-reason header (server-behaviour.md §1.5). The ASGI spec has
 an extension for exactly this; this module adds it to daphne's websocket
 protocol and announces it in the scope. Installed by nerveshub.serve, before
 daphne starts.
+
+It also lets the application close with the RFC 6455 status codes 1008 (policy
+violation: a malformed frame) and 1009 (message too big). Autobahn's sendClose
+accepts only 1000 and 3000-4999 from an application, so daphne turned those
+closes into an exception inside the application and a 1011.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from http import HTTPStatus
 from typing import Any
 
 _installed = False
+
+# Codes RFC 6455 §7.4.1 lets an endpoint send, which autobahn's sendClose refuses.
+PROTOCOL_CLOSE_CODES = frozenset({1001, 1008, 1009, 1011})
 
 
 def install() -> None:
@@ -25,6 +33,7 @@ def install() -> None:
     from daphne.ws_protocol import WebSocketProtocol
 
     original_reply = WebSocketProtocol.handle_reply
+    original_close = WebSocketProtocol.serverClose
     original_create = Server.create_application
 
     def handle_reply(self: Any, message: dict[str, Any]) -> None:
@@ -47,7 +56,16 @@ def install() -> None:
             scope = {**scope, "extensions": {**scope.get("extensions", {}), "websocket.http.response": {}}}
         return original_create(self, protocol, scope)
 
+    def server_close(self: Any, code: int | None = None) -> None:
+        if code in PROTOCOL_CLOSE_CODES:
+            # sendCloseFrame is what sendClose calls after its check; it ignores
+            # a close on a socket that is already closing or closed.
+            self.sendCloseFrame(code=code, isReply=False)
+            return
+        original_close(self, code)
+
     WebSocketProtocol.handle_reply = handle_reply
+    WebSocketProtocol.serverClose = server_close
     Server.create_application = create_application
     _installed = True
 

@@ -12,6 +12,7 @@ background tasks each server process runs for all its sockets together.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -126,7 +127,18 @@ class Hub:
         await layer.group_add(FLEET_GROUP, channel)
         joined_at = asyncio.get_running_loop().time()
         while True:
-            message = await layer.receive(channel)
+            try:
+                message = await layer.receive(channel)
+            except Exception:
+                # Redis restarting or a read timing out must not end fleet
+                # delivery for every socket of this process: wait and re-join
+                # (a restarted Redis has forgotten the group).
+                logger.exception("fleet dispatcher could not read; retrying in 1 s")
+                await asyncio.sleep(1)
+                with contextlib.suppress(Exception):
+                    await layer.group_add(FLEET_GROUP, channel)
+                    joined_at = asyncio.get_running_loop().time()
+                continue
             now = asyncio.get_running_loop().time()
             if now - joined_at > GROUP_REFRESH_SECONDS:
                 await layer.group_add(FLEET_GROUP, channel)

@@ -167,7 +167,10 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # channels_redis blocks 5 s in BZPOPMIN per receive, and redis-py's
+                # default read timeout is also 5 s: every idle receive raced it and
+                # lost, crashing the idle device consumer (daphne closed it, 1011).
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 "prefix": envstr("CHANNEL_LAYER_PREFIX", "nerveshub") or "nerveshub",
                 # A fleet broadcast reaches each server process as one message
                 # (see docs/architecture.md), so a deep buffer is only needed for bursts.
