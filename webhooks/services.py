@@ -169,7 +169,9 @@ def emit(org_id: int, event_type: str, data: dict[str, Any], *, occurred_at: dat
     )
     ids = [row.pk for row in rows]
     for delivery_id in ids:
-        transaction.on_commit(partial(dispatch, delivery_id))
+        # robust: a broker outage must not fail the change that committed; the
+        # sweep sends the row later.
+        transaction.on_commit(partial(dispatch, delivery_id), robust=True)
     return ids
 
 
@@ -209,7 +211,12 @@ def device_offline(device_id: int) -> None:
     """The device's current socket closed (call inside the transaction that records it)."""
     from devices.models import Device
 
-    row = Device.objects.filter(pk=device_id).values("org_id", "identifier").first()
+    device = Device.objects.filter(pk=device_id)
+    # Disconnects are frequent: one query when nobody listens.
+    listeners = WebhookEndpoint.objects.filter(org_id__in=device.values("org_id"), is_active=True)
+    if not any(EventType.DEVICE_OFFLINE in (types or []) for types in listeners.values_list("event_types", flat=True)):
+        return
+    row = device.values("org_id", "identifier").first()
     if row is None:
         return
     emit(
@@ -383,5 +390,5 @@ def replay_delivery(actor: Actor, delivery: WebhookDelivery) -> WebhookDelivery:
             replay,
             details={"of": delivery.pk, "event": str(delivery.event_id), "type": delivery.event_type},
         )
-        transaction.on_commit(partial(dispatch, replay.pk))
+        transaction.on_commit(partial(dispatch, replay.pk), robust=True)
     return replay
