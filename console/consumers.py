@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 # Close codes the page understands (4000-4999 are the application's own).
 CLOSE_IDLE = 4000
+GROUP_REFRESH_SECONDS = 3600
 
 
 class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
@@ -211,8 +212,13 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         idle = settings.CONSOLE_IDLE_TIMEOUT
         period = max(0.2, min(settings.CONSOLE_DEVICE_CHECK_SECONDS, idle / 4))
         loop = asyncio.get_running_loop()
+        grouped_at = loop.time()
         while True:
             await asyncio.sleep(period)
+            if loop.time() - grouped_at > GROUP_REFRESH_SECONDS:
+                # channels_redis forgets group members after a day.
+                await self.channel_layer.group_add(self.group, self.channel_name)
+                grouped_at = loop.time()
             if loop.time() - self.last_activity > idle:
                 self.close_reason = "idle"
                 await self._to_browser("closed", {"reason": f"closed after {idle} s without input or output"})
