@@ -409,7 +409,15 @@ def cmd_deployment_update(args: argparse.Namespace, hub: Hub, out: Output) -> in
     body = _deployment_body(args)
     if not body:
         usage_error("nothing to change: give --firmware, --version, --tag or --concurrent-updates")
-    changed = hub.patch(f"{_product_path(args)}/deployments/{_q(args.name)}", body)
+    path = f"{_product_path(args)}/deployments/{_q(args.name)}"
+    if (args.version is None) != (args.tag is None):
+        # The API replaces the conditions as a whole; keep the half not given.
+        current = hub.get(path)["conditions"]
+        body["conditions"] = {
+            "version": current["version"] if args.version is None else args.version,
+            "tags": current["tags"] if args.tag is None else _split_tags(args.tag),
+        }
+    changed = hub.patch(path, body)
     out.emit(changed, lambda d: _fields(d, DEPLOYMENT_COLUMNS))
     return EXIT_OK
 

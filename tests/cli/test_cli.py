@@ -106,7 +106,8 @@ def test_a_pipeline_adds_a_key_publishes_firmware_and_rolls_it_out(live_hub, ten
     assert created.code == 0, created.stderr
     assert created.json()["is_active"] is False
     updated = manager("deployment", "update", "stable", "--tag", "beta,field", *SCOPE, "--json")
-    assert updated.json()["conditions"] == {"version": "", "tags": ["beta", "field"]}
+    assert updated.json()["conditions"] == {"version": "< 2.0.0", "tags": ["beta", "field"]}
+    assert manager("deployment", "update", "stable", *SCOPE).code == 2
     assert manager("deployment", "activate", "stable", *SCOPE).code == 0
     status = manager("deployment", "status", "stable", *SCOPE, "--json")
     assert status.json()["is_active"] is True and "members" in status.json()["counts"]
