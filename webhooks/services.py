@@ -246,8 +246,19 @@ def dispatch(delivery_id: int) -> None:
 
 def _deliver_until_done(delivery_id: int) -> None:
     try:
-        while (outcome := deliver(delivery_id)) is not None and outcome.retry_at is not None:
-            time.sleep(max(0.0, (outcome.retry_at - timezone.now()).total_seconds()))
+        while True:
+            outcome = deliver(delivery_id)
+            if outcome is not None and outcome.retry_at is None:
+                return  # delivered, or given up
+            due = (
+                WebhookDelivery.objects.filter(pk=delivery_id, status=DeliveryStatus.PENDING)
+                .values_list("next_attempt_at", flat=True)
+                .first()
+            )
+            wait = (due - timezone.now()).total_seconds() if due is not None else -1.0
+            if due is None or (outcome is None and wait <= 0):
+                return  # finished elsewhere, or another thread is on it
+            time.sleep(max(wait, 0.0) + 0.05)
     except Exception:
         logger.exception("webhook delivery %s failed", delivery_id)
     finally:

@@ -7,6 +7,7 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -19,6 +20,7 @@ from devices.protocol import DeviceJoin
 from nerveshub.tenancy.models import Organization
 from nerveshub.tenancy.services import audit
 from tests.deployments.conftest import make_device
+from tests.devices.conftest import wait_until
 from webhooks import services
 from webhooks.models import DeliveryStatus, EventType, WebhookDelivery
 from webhooks.tasks import deliver_webhook_task
@@ -342,3 +344,23 @@ def test_payloads_are_plain_json(tenant, subscribe) -> None:
     assert json.loads(json.dumps(payload)) == payload
     assert set(payload) == {"id", "type", "created_at", "org_id", "data"}
     assert Organization.objects.filter(pk=payload["org_id"]).exists()
+
+
+@pytest.mark.skipif(not django_settings.CELERY_TASK_ALWAYS_EAGER, reason="embedded mode only")
+@pytest.mark.django_db(transaction=True)
+def test_embedded_mode_sends_after_commit_and_waits_out_retries(tenant, subscribe, receiver, settings) -> None:
+    # given
+    settings.WEBHOOK_RETRY_BASE_SECONDS = 1
+    subscribe(EventType.FIRMWARE_VALIDATED)
+    receiver.fail_first = 1
+
+    # when: the event commits
+    with transaction.atomic():
+        audit("system", "firmware.validated", tenant.product)
+
+    # then: the first attempt fails, the retry a second later is accepted
+    receiver.wait_for(1, timeout=15)
+    wait_until(lambda: WebhookDelivery.objects.get().status == DeliveryStatus.SUCCEEDED)
+    delivery = WebhookDelivery.objects.get()
+    assert (delivery.attempts, delivery.last_status) == (2, 204)
+    assert [r.answered for r in receiver.received] == [503, 204]
