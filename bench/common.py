@@ -493,6 +493,8 @@ async def baseline_server(port: int) -> None:
     import websockets
     from websockets.asyncio.server import serve
 
+    devices: set[Any] = set()
+
     async def handler(ws: Any) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
             await answer(ws)
@@ -500,11 +502,17 @@ async def baseline_server(port: int) -> None:
     async def answer(ws: Any) -> None:
         async for raw in ws:
             try:
-                join_ref, ref, topic, _event, _ = json.loads(raw)
+                join_ref, ref, topic, event, payload = json.loads(raw)
             except ValueError:
                 await ws.close(1008)
                 return
+            if event == "bench:broadcast":
+                # M4's control message: one frame to every device socket.
+                websockets.broadcast(devices, json.dumps([None, None, "device", payload["event"], {"n": 1}]))
+            elif event == "phx_join":
+                devices.add(ws)
             await ws.send(json.dumps([join_ref, ref, topic, "phx_reply", {"status": "ok", "response": {}}]))
+        devices.discard(ws)
 
     async with serve(
         handler, "127.0.0.1", port, ping_interval=None, max_size=262_144, compression=None, backlog=4096

@@ -8,7 +8,7 @@ figure is the growth of the hub's RSS divided by N, read once the joins are
 done and the sockets idle. Baseline in the same run: the same clients against
 a bare `websockets` server (bench/common.py) that answers the joins.
 
-Goal: <= 32 KiB per idle joined device. --smoke: 100 devices (CI).
+Goal: <= 32 KiB per idle joined device. --smoke: 60 devices (CI).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ WARMUP = 20
 
 
 def measure(stack: Stack, port: int, pid: int, devices: int, workers: int, key: str, secret: str) -> tuple[float, int]:
-    warm = Fleet.start([port], WARMUP, 1, key=key, secret=secret, concurrency=8)
+    warm = Fleet.start([port], WARMUP, 1, key=key, secret=secret, concurrency=4)
     warm.command("open")
     time.sleep(2)
     before = proc_rss(pid)
-    fleet = Fleet.start([port], devices, workers, key=key, secret=secret, concurrency=16)
+    fleet = Fleet.start([port], devices, workers, key=key, secret=secret, concurrency=8)
     try:
         answers = fleet.command("open")
         opened = sum(a["open"] for a in answers)
@@ -43,9 +43,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--smoke", action="store_true", help="100 devices, for CI")
+    parser.add_argument("--smoke", action="store_true", help="60 devices, for CI")
     args = parser.parse_args()
-    devices = 100 if args.smoke else args.devices
+    devices = 60 if args.smoke else args.devices
     gc.collect()
     with Stack("m2") as stack:
         hub = stack.start_hub()
