@@ -14,7 +14,7 @@ from deployments import rollout
 from deployments.models import Deployment
 from deployments.versions import InvalidRequirement, Requirement
 from devices.fields import normalise_tags
-from firmware.models import Firmware, FirmwareStatus
+from firmware.models import Firmware, FirmwareKind, FirmwareStatus
 from nerveshub.api import actor, require_product
 from nerveshub.tenancy.models import Product, Role
 from nerveshub.tenancy.services import audit
@@ -44,11 +44,15 @@ class Settings(Schema):
 class DeploymentIn(Settings):
     name: str = Field(min_length=1, max_length=100)
     firmware: str = Field(description="uuid of a validated firmware of the product")
+    archive: str | None = Field(None, description="uuid of a validated archive of the product")
+    connecting_code: str | None = Field(None, max_length=100_000, description="Elixir run on each join")
     conditions: Conditions = Conditions()
 
 
 class DeploymentPatch(Settings):
     firmware: str | None = None
+    archive: str | None = Field(None, description='uuid of a validated archive, or "" to remove it')
+    connecting_code: str | None = Field(None, max_length=100_000)
     conditions: Conditions | None = None
 
 
@@ -56,6 +60,8 @@ class DeploymentOut(Schema):
     name: str
     firmware_uuid: str
     firmware_version: str
+    archive_uuid: str | None
+    connecting_code: str
     conditions: Conditions
     is_active: bool
     paused: bool
@@ -77,6 +83,8 @@ def _out(deployment: Deployment) -> DeploymentOut:
         name=deployment.name,
         firmware_uuid=deployment.firmware.uuid or "",
         firmware_version=deployment.firmware.version,
+        archive_uuid=deployment.archive.uuid if deployment.archive else None,
+        connecting_code=deployment.connecting_code,
         conditions=Conditions(version=deployment.conditions_version, tags=list(deployment.conditions_tags)),
         is_active=deployment.is_active,
         paused=deployment.paused_at is not None,
@@ -88,16 +96,16 @@ def _out(deployment: Deployment) -> DeploymentOut:
 
 def _deployment(request: HttpRequest, org: str, product: str, name: str, role: str = Role.VIEW) -> Deployment:
     found = require_product(request, org, product, role)
-    deployment = Deployment.objects.select_related("firmware").filter(product=found, name=name).first()
+    deployment = Deployment.objects.select_related("firmware", "archive").filter(product=found, name=name).first()
     if deployment is None:
         raise HttpError(404, f"deployment {name!r} not found")
     return deployment
 
 
-def _firmware(product: Product, uuid: str) -> Firmware:
-    firmware = Firmware.objects.filter(product=product, uuid=uuid).first()
+def _firmware(product: Product, uuid: str, kind: str = FirmwareKind.FIRMWARE) -> Firmware:
+    firmware = Firmware.objects.filter(product=product, uuid=uuid, kind=kind).first()
     if firmware is None:
-        raise HttpError(404, f"firmware {uuid!r} not found in {product.name}")
+        raise HttpError(404, f"{kind} {uuid!r} not found in {product.name}")
     if firmware.status != FirmwareStatus.VALID:
         raise HttpError(422, f"firmware {uuid!r} is {firmware.status}, not valid")
     return firmware
@@ -127,13 +135,14 @@ def create_deployment(request: HttpRequest, org: str, product: str, payload: Dep
     found = require_product(request, org, product, Role.MANAGE)
     if Deployment.objects.filter(product=found, name=payload.name).exists():
         raise HttpError(409, f"deployment {payload.name!r} already exists")
-    settings = payload.model_dump(exclude={"name", "firmware", "conditions"}, exclude_none=True)
+    settings = payload.model_dump(exclude={"name", "firmware", "archive", "conditions"}, exclude_none=True)
     with transaction.atomic():
         deployment = Deployment(
             org=found.org,
             product=found,
             name=payload.name,
             firmware=_firmware(found, payload.firmware),
+            archive=_firmware(found, payload.archive, FirmwareKind.ARCHIVE) if payload.archive else None,
             **_conditions(payload.conditions),
             **settings,
         )
@@ -153,9 +162,14 @@ def update_deployment(
     request: HttpRequest, org: str, product: str, name: str, payload: DeploymentPatch
 ) -> DeploymentOut:
     deployment = _deployment(request, org, product, name, Role.MANAGE)
-    changes: dict[str, object] = payload.model_dump(exclude={"firmware", "conditions"}, exclude_none=True)
+    changes: dict[str, object] = payload.model_dump(exclude={"firmware", "archive", "conditions"}, exclude_none=True)
     if payload.firmware is not None:
         changes["firmware"] = _firmware(deployment.product, payload.firmware)
+    archive_changed = False
+    if payload.archive is not None:
+        archive = _firmware(deployment.product, payload.archive, FirmwareKind.ARCHIVE) if payload.archive else None
+        archive_changed = archive != deployment.archive
+        changes["archive"] = archive
     if payload.conditions is not None:
         changes.update(_conditions(payload.conditions))
     with transaction.atomic():
@@ -164,7 +178,7 @@ def update_deployment(
         deployment.full_clean()
         deployment.save()
         audit(actor(request), "deployment.changed", deployment, details={"via": "api", "fields": sorted(changes)})
-    rollout.deployment_changed(actor(request), deployment)
+    rollout.deployment_changed(actor(request), deployment, archive_changed=archive_changed)
     return _out(deployment)
 
 

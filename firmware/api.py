@@ -10,7 +10,7 @@ from ninja.errors import HttpError
 from pydantic import ConfigDict, Field
 
 from firmware import services
-from firmware.models import Firmware, SigningKey
+from firmware.models import Firmware, FirmwareKind, SigningKey
 from nerveshub.api import actor, require_org, require_product
 from nerveshub.tenancy.models import Role
 
@@ -34,6 +34,7 @@ class KeyOut(Schema):
 class FirmwareOut(Schema):
     id: int
     uuid: str | None
+    kind: str
     status: str
     rejected_reason: str
     version: str
@@ -57,6 +58,7 @@ def _fw_out(firmware: Firmware) -> FirmwareOut:
     return FirmwareOut(
         id=firmware.pk,
         uuid=firmware.uuid,
+        kind=firmware.kind,
         status=firmware.status,
         rejected_reason=firmware.rejected_reason,
         version=firmware.version,
@@ -136,7 +138,10 @@ UPLOAD_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["firmware"],
-                    "properties": {"firmware": {"type": "string", "format": "binary"}},
+                    "properties": {
+                        "firmware": {"type": "string", "format": "binary"},
+                        "kind": {"type": "string", "enum": ["firmware", "archive"], "default": "firmware"},
+                    },
                 }
             }
         },
@@ -146,14 +151,18 @@ UPLOAD_BODY = {
 
 @router.post(FIRMWARE, response={201: FirmwareOut}, openapi_extra=UPLOAD_BODY)
 def upload(request: HttpRequest, org: str, product: str) -> Status[FirmwareOut]:
-    """Multipart field `firmware`. The file is validated in the background; poll
-    the returned id until `status` is `valid` or `rejected`."""
+    """Multipart field `firmware` (and `kind`: `firmware`, the default, or
+    `archive`). The file is validated in the background; poll the returned id
+    until `status` is `valid` or `rejected`."""
     found = require_product(request, org, product, Role.MANAGE)
     firmware = request.FILES.get("firmware")
     if firmware is None:
         raise HttpError(422, "send the firmware file as the multipart field `firmware`")
+    kind = request.POST.get("kind") or FirmwareKind.FIRMWARE
+    if kind not in FirmwareKind.values:
+        raise HttpError(422, "kind must be `firmware` or `archive`")
     try:
-        row = services.upload_firmware(actor(request), found, firmware, firmware.name or "upload.fw")
+        row = services.upload_firmware(actor(request), found, firmware, firmware.name or "upload.fw", kind=kind)
     except services.UploadRefused as exc:
         raise HttpError(422, exc.reason) from None
     row.refresh_from_db()

@@ -78,3 +78,41 @@ def test_it_refuses_to_delete_a_key_that_signed_firmware(tenant, as_admin, as_ma
 def test_it_refuses_uploads_to_a_viewer(tenant, as_viewer):
     assert _upload(as_viewer, b"PK\x03\x04whatever").status_code == 403
     assert not Firmware.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_publishes_an_archive_and_attaches_it_to_a_deployment(tenant, as_admin, as_manager):
+    # given
+    keys = generate_keypair()
+    as_admin.post(KEYS, {"name": "release", "key": keys.public})
+    firmware = _upload(as_manager, build_firmware(FirmwareSpec(product="widget", version="2.0.0", key=keys))).json()
+    archive = Client().post(
+        "/api/v1" + FIRMWARE,
+        {
+            "firmware": SimpleUploadedFile(
+                "a.fw", build_firmware(FirmwareSpec(product="widget", version="0.1.0", key=keys))
+            ),
+            "kind": "archive",
+        },
+        HTTP_AUTHORIZATION=f"token {as_manager.token}",
+    )
+    validate_firmware_task(archive.json()["id"])
+    archive_uuid = Firmware.objects.get(pk=archive.json()["id"]).uuid
+    firmware_uuid = Firmware.objects.get(pk=firmware["id"]).uuid
+    deployments = "/orgs/acme/products/widget/deployments"
+    # when
+    wrong = as_manager.post(deployments, {"name": "main", "firmware": archive_uuid})
+    created = as_manager.post(deployments, {"name": "main", "firmware": firmware_uuid, "archive": archive_uuid})
+    removed = as_manager.patch(deployments + "/main", {"archive": ""})
+    bad_kind = Client().post(
+        "/api/v1" + FIRMWARE,
+        {"firmware": SimpleUploadedFile("b.fw", b"PK"), "kind": "rootfs"},
+        HTTP_AUTHORIZATION=f"token {as_manager.token}",
+    )
+    # then
+    assert archive.json()["kind"] == "archive"
+    assert wrong.status_code == 404  # an archive is not firmware
+    assert created.status_code == 201, created.content
+    assert created.json()["archive_uuid"] == archive_uuid
+    assert removed.json()["archive_uuid"] is None
+    assert bad_kind.status_code == 422
