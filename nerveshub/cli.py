@@ -384,6 +384,31 @@ def cmd_device_cert_revoke(args: argparse.Namespace, hub: Hub, out: Output) -> i
     return EXIT_OK
 
 
+def cmd_ca_add(args: argparse.Namespace, hub: Hub, out: Output) -> int:
+    body: dict[str, Any] = {"pem": _read_file(args.file), "description": args.description or ""}
+    if args.verification_file:
+        body["verification_pem"] = _read_file(args.verification_file)
+    if args.jitp_product:
+        body["jitp"] = {"product": args.jitp_product, "tags": _split_tags(args.jitp_tag)}
+    elif args.jitp_tag:
+        usage_error("--jitp-tag needs --jitp-product")
+    created = hub.post(f"/orgs/{_q(_need(args, 'org'))}/ca_certificates", body)
+    out.emit(created, lambda d: f"registered CA {d['subject']} (ski {d['ski']})")
+    return EXIT_OK
+
+
+def cmd_ca_list(args: argparse.Namespace, hub: Hub, out: Output) -> int:
+    cas = hub.get(f"/orgs/{_q(_need(args, 'org'))}/ca_certificates")
+    out.emit(cas, lambda d: _table(d, ("ski", "subject", "not_after", "jitp", "last_used_at")))
+    return EXIT_OK
+
+
+def cmd_ca_code(args: argparse.Namespace, hub: Hub, out: Output) -> int:
+    code = hub.get(f"/orgs/{_q(_need(args, 'org'))}/ca_certificates/verification_code")
+    out.emit(code, lambda d: str(d["code"]))
+    return EXIT_OK
+
+
 DEPLOYMENT_COLUMNS = ("name", "firmware_version", "firmware_uuid", "is_active", "paused", "conditions")
 
 
@@ -542,6 +567,16 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = command(cert, "revoke", cmd_device_cert_revoke, "revoke a device certificate", product)
     revoke.add_argument("identifier")
     revoke.add_argument("serial")
+
+    ca = groups.add_parser("ca", help="Device CA certificates").add_subparsers(dest="action", required=True)
+    ca_add = command(ca, "add", cmd_ca_add, "register a Device CA certificate (admin)", org)
+    ca_add.add_argument("--file", required=True, help="the CA certificate (PEM)")
+    ca_add.add_argument("--description")
+    ca_add.add_argument("--verification-file", help="proof of possession: see `ca verification-code`")
+    ca_add.add_argument("--jitp-product", help="create unknown devices the CA signed in this product")
+    ca_add.add_argument("--jitp-tag", action="append", help="tags of devices created that way")
+    command(ca, "list", cmd_ca_list, "list the organization's CAs", org)
+    command(ca, "verification-code", cmd_ca_code, "a code for the CN of a proof-of-possession certificate", org)
 
     dep = groups.add_parser("deployment", help="deployments").add_subparsers(dest="action", required=True)
     for name, handler, text in (

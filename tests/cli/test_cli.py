@@ -200,3 +200,26 @@ def test_a_viewer_cannot_register_a_certificate_and_nothing_is_written(live_hub,
 @pytest.mark.parametrize("argv", [["--help"], ["device", "cert", "create", "--help"]])
 def test_help_exits_0(cli, argv):
     assert cli(*argv).code == 0
+
+
+def test_an_admin_registers_a_ca_with_proof_of_possession_and_jitp(live_hub, tenant, cli):
+    # given
+    hub = live_hub()
+    admin = cli.as_user(tenant.admin, hub.http_url)
+    manager = cli.as_user(tenant.manager, hub.http_url)
+    ca = pki.create_ca("Acme factory CA")
+    (cli.home / "ca.pem").write_bytes(ca.cert_pem)
+    code = admin("ca", "verification-code", "--org", "acme").stdout.strip()
+    (cli.home / "proof.pem").write_bytes(pki.sign_device(ca, code).cert_pem)
+    # when
+    refused = manager("ca", "add", "--file", "ca.pem", "--org", "acme")
+    added = admin(
+        "ca", "add", "--file", "ca.pem", "--verification-file", "proof.pem",
+        "--jitp-product", "widget", "--jitp-tag", "factory", "--org", "acme", "--json",
+    )  # fmt: skip
+    # then
+    assert refused.code == 1 and "HTTP 403" in refused.stderr
+    assert added.code == 0, added.stderr
+    assert added.json()["jitp"] == {"product": "widget", "tags": ["factory"], "description": ""}
+    assert [c["ski"] for c in admin("ca", "list", "--org", "acme", "--json").json()] == [added.json()["ski"]]
+    assert AuditEvent.objects.get(action="ca_certificate.registered").details["proof_of_possession"] is True
