@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ import pytest
 from django.conf import settings
 
 from devices import services as device_services
+from devices.services import IssuedSecret
 from firmware import services as firmware_services
 from nerveshub.web.access import org_slug
 from tests.conftest import REQUIRE_SERVICES, ROOT, HubProcess, _database_url_for_children, services_available
-from tests.support.fwup import FirmwareSpec, build_firmware, generate_keypair
+from tests.support.fwup import FirmwareSpec, KeyPair, build_firmware, generate_keypair
 from tests.support.nhl_client import NHLDevice
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -55,8 +57,8 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("the playwright package is not installed (requirements-dev.txt)")
-    # Playwright's sync API keeps an event loop on this thread; the test's own
-    # ORM calls between browser steps are plain synchronous code.
+    # Playwright's sync API keeps an event loop on this thread; fixtures torn
+    # down while it runs may still touch the database synchronously.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -84,6 +86,13 @@ def worker(live_hub: Any, tmp_path: Path) -> Iterator[None]:
             stderr=subprocess.STDOUT,
         )
     try:
+        # --purge drops what is queued when the worker starts: the test's own
+        # tasks must be sent after that, so wait for "ready".
+        deadline = time.monotonic() + 60
+        while " ready." not in log_path.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"celery worker did not start:\n{log_path.read_text(errors='replace')}")
+            time.sleep(0.2)
         yield None
     finally:
         process.terminate()
@@ -133,6 +142,17 @@ class SimulatedDevice(threading.Thread):
 
 
 @pytest.fixture
+def org_keys(tenant: Any) -> tuple[KeyPair, IssuedSecret]:
+    """Written before the browser starts: ORM calls made while Playwright's
+    sync API is active would run on a connection of their own that outlives
+    the test and blocks dropping the test database."""
+    keypair = generate_keypair()
+    firmware_services.create_signing_key("test", tenant.org, "release", keypair.public)
+    _, secret = device_services.create_product_secret("test", tenant.product)
+    return keypair, secret
+
+
+@pytest.fixture
 def shot(tmp_path: Path) -> Any:
     folder = ROOT / "docs" if os.environ.get("NERVESHUB_SCREENSHOTS") == "docs" else tmp_path
 
@@ -143,12 +163,16 @@ def shot(tmp_path: Path) -> Any:
 
 
 def test_a_person_uploads_deploys_and_watches_a_device_update(
-    tenant: Any, live_hub: Any, worker: None, browser: Any, shot: Any, tmp_path: Path
+    tenant: Any,
+    org_keys: tuple[KeyPair, IssuedSecret],
+    live_hub: Any,
+    worker: None,
+    browser: Any,
+    shot: Any,
+    tmp_path: Path,
 ) -> None:
     # given: an org with a signing key and a product key, a hub, and a signed firmware file
-    keypair = generate_keypair()
-    firmware_services.create_signing_key("test", tenant.org, "release", keypair.public)
-    _, secret = device_services.create_product_secret("test", tenant.product)
+    keypair, secret = org_keys
     spec = FirmwareSpec(product="widget", version="2.0.0", platform="rpi4", architecture="aarch64", key=keypair)
     fw_path = tmp_path / "widget-2.0.0.fw"
     fw_path.write_bytes(build_firmware(spec))
