@@ -225,8 +225,12 @@ def test_a_person_uploads_deploys_and_watches_a_device_update(
         page.click("button[value=activate]")
     assert page.inner_text("#rollout-state").startswith("active")
     assert device.updated.wait(90), device.error or hub.log()[-3000:]
-    page.wait_for_function("document.querySelector('#rollout-percent').textContent === '100'", timeout=30_000)
-    assert page.inner_text('td[data-status="succeeded"]') == "1"
+    # The join and the update's outcome are two writes: wait until the view shows both.
+    page.wait_for_function(
+        "document.querySelector('#rollout-percent').textContent === '100'"
+        " && document.querySelector('td[data-status=\"succeeded\"]').textContent === '1'",
+        timeout=30_000,
+    )
     assert page.eval_on_selector("#rollout-bar", "el => el.value") == 100
     shot(page, "rollout")
 
