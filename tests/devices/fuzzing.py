@@ -338,6 +338,6 @@ class Bystanders:
                 device.assert_no_violations()
             except Exception as exc:
                 self.failures.append(f"{device.identifier}: {exc!r}")
-            await device.close()
             for task in device._tasks:
                 task.cancel()
+            await device.close()
