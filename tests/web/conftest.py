@@ -48,3 +48,12 @@ def client_for(user: Any) -> Client:
     client = Client()
     client.force_login(user)
     return client
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(request: pytest.FixtureRequest, settings: Any) -> None:
+    """The personas' passwords are hashed once per test; the default PBKDF2
+    rounds cost most of a page test's time. A live hub process checks
+    passwords with its own settings, so tests that start one keep the default."""
+    if "live_hub" not in request.fixturenames:
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
