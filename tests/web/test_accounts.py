@@ -163,3 +163,11 @@ def test_members_changes_are_refused_to_a_manager(tenant: Any) -> None:
     assert client.post(f"/org/acme/members/{membership.pk}/remove/").status_code == 403
     membership.refresh_from_db()
     assert membership.role == Role.VIEW
+
+
+def test_an_operator_opens_every_org(tenant: Any, other_tenant: Any) -> None:
+    operator = User.objects.create_superuser("root", "root@example.com", "pw-root")
+    client = client_for(operator)
+    response = client.get("/")
+    assert b"/org/acme/" in response.content and b"/org/globex/" in response.content
+    assert client.get("/org/globex/members/").status_code == 200
