@@ -32,8 +32,9 @@ run: $(VENV)/.installed-run console-assets ## Set up and start the hub (embedded
 # still runs; the console page then says its terminal assets are missing.
 console-assets: ## Install the console page's terminal library (needs npm)
 	@if command -v npm >/dev/null; then \
-		npm ci --prefix console/static_src --no-audit --no-fund --loglevel=error && \
-		npm run --prefix console/static_src --silent build; \
+		{ npm ci --prefix console/static_src --no-audit --no-fund --loglevel=error && \
+		npm run --prefix console/static_src --silent build; } || \
+		echo "could not install the terminal library: the console page will say its assets are missing"; \
 	else \
 		echo "npm not found: the console page will say that its terminal assets are missing"; \
 	fi
