@@ -12,12 +12,16 @@ after the claim commits.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
@@ -231,8 +235,95 @@ def preview(deployment: Deployment, limit: int = 500) -> list[PreviewRow]:
 @dataclass
 class RolloutRun:
     claimed: list[int] = field(default_factory=list)  # device ids pushed this run
+    resent: list[int] = field(default_factory=list)  # device ids whose push was repeated
     expired: int = 0
     skipped: str = ""
+
+
+def _claim(deployment: Deployment, devices: list[Device]) -> list[DeviceUpdate]:
+    """Insert a `requested` row for each device (under the deployment lock):
+    one statement for the batch; one savepoint per device only when another
+    path put an update in flight for one of them meanwhile. Returns the rows
+    inserted."""
+    rows = [DeviceUpdate(device=d, deployment=deployment, firmware=deployment.firmware) for d in devices]
+    try:
+        with transaction.atomic():
+            DeviceUpdate.objects.bulk_create(rows)
+    except IntegrityError:
+        rows = []
+        for device in devices:
+            try:
+                with transaction.atomic():
+                    rows.append(
+                        DeviceUpdate.objects.create(device=device, deployment=deployment, firmware=deployment.firmware)
+                    )
+            except IntegrityError:
+                continue  # another path put an update in flight for this device
+    return rows
+
+
+def _resend_unacknowledged(deployment: Deployment, now: datetime, exclude: list[int]) -> list[int]:
+    """Devices whose update is still `requested` long after it was pushed: the
+    push was lost (a worker died between commit and send, the socket was being
+    replaced). Their slot is already held; they get the push again. A device
+    acknowledges a push within moments, so a repeat reaches only devices that
+    never saw the first one."""
+    cutoff = now - timedelta(seconds=resend_after_seconds())
+    stale = list(
+        DeviceUpdate.objects.filter(
+            deployment=deployment,
+            firmware_id=deployment.firmware_id,
+            status=UpdateStatus.REQUESTED,
+            updated_at__lt=cutoff,
+            device__connection_status=ConnectionStatus.CONNECTED,
+        )
+        .exclude(device_id__in=exclude)
+        .values_list("pk", "device_id")
+    )
+    if not stale:
+        return []
+    # Compare-and-set on the status: an acknowledgement that lands meanwhile wins.
+    DeviceUpdate.objects.filter(pk__in=[pk for pk, _ in stale], status=UpdateStatus.REQUESTED).update(updated_at=now)
+    return [device_id for _, device_id in stale]
+
+
+def resend_after_seconds() -> int:
+    # One backstop period (at least 10 s): the backstop run is what finds a
+    # lost push when nothing else wakes the orchestrator.
+    return max(10, int(settings.ROLLOUT_BACKSTOP_SECONDS))
+
+
+def push_updates(device_ids: list[int], payload: dict[str, Any]) -> None:
+    """After commit, push `update` to each device's socket: one query for the
+    socket channels and one event loop for all the sends (a claim of 1,000
+    devices is one round of pipelined channel-layer sends, not 1,000)."""
+    if not device_ids:
+        return
+    ids = list(device_ids)
+
+    def send() -> None:
+        channels = [
+            channel for channel in Device.objects.filter(pk__in=ids).values_list("socket_channel", flat=True) if channel
+        ]
+        layer = get_channel_layer()
+        if layer is None or not channels:
+            return
+        message = {"type": "device.push", "topic": "device", "event": "update", "payload": payload}
+
+        async def send_all() -> None:
+            results = await asyncio.gather(*(layer.send(c, message) for c in channels), return_exceptions=True)
+            for channel, result in zip(channels, results, strict=True):
+                if isinstance(result, BaseException):
+                    # The row holds the slot; the device gets the update on its
+                    # next join or the next resend.
+                    logger.warning("update push to %s failed: %r", channel, result)
+
+        try:
+            async_to_sync(send_all)()
+        except Exception:
+            logger.exception("update pushes to %d device(s) failed", len(channels))
+
+    transaction.on_commit(send)
 
 
 def _lock_deployment(deployment_id: int) -> Deployment | None:
@@ -303,22 +394,18 @@ def run_rollout(deployment_id: int) -> RolloutRun:
             run.skipped = "no free slot"
             return run
         payload = dict(update_payload(deployment.firmware, deployment.pk))
-        for device in candidates.only("pk", "org_id", "identifier")[:slots]:
-            try:
-                with transaction.atomic():
-                    update = DeviceUpdate.objects.create(
-                        device=device, deployment=deployment, firmware=deployment.firmware
-                    )
-            except IntegrityError:
-                continue  # another path put an update in flight for this device
+        devices = list(candidates.only("pk", "org_id", "identifier")[:slots])
+        for update in _claim(deployment, devices):
+            device = update.device
             audit(
                 "orchestrator",
                 "update.requested",
                 device,
                 details={"deployment": deployment.name, "firmware": deployment.firmware.uuid, "update": update.pk},
             )
-            publish.send_to_device(device.pk, "update", payload)
             run.claimed.append(device.pk)
+        run.resent = _resend_unacknowledged(deployment, now, exclude=run.claimed)
+        push_updates([*run.claimed, *run.resent], payload)
     return run
 
 
@@ -542,10 +629,63 @@ def _stage_breach(deployment: Deployment, attempts: QuerySet[DeviceUpdate]) -> s
 
 
 def wake(deployment_id: int) -> None:
-    """Ask a worker to run the orchestrator for this deployment after commit."""
+    """Ask a worker to run the orchestrator for this deployment after commit.
+
+    Wake-ups coalesce: while a run of this deployment is queued and not yet
+    started, further wake-ups add nothing (a run fills every free slot, so one
+    queued run serves them all). The run clears the mark before it reads any
+    state, so a change committed after that wakes a new run."""
+    transaction.on_commit(lambda: _enqueue(deployment_id))
+
+
+# How long a queued mark lives without its run starting (a lost task message,
+# a worker killed before it started the run): then wake-ups enqueue again.
+WAKE_MARK_SECONDS = 10
+
+
+def _wake_key(deployment_id: int) -> str:
+    # The database name keeps two installations (or test runs) on one Redis apart.
+    return f"nerveshub:rollout:queued:{django_settings_db_name()}:{deployment_id}"
+
+
+def django_settings_db_name() -> str:
+    from django.db import connection
+
+    return str(connection.settings_dict.get("NAME") or "")
+
+
+_redis_client: Any = None
+
+
+def _redis() -> Any:
+    global _redis_client
+    if _redis_client is None:
+        import redis
+
+        _redis_client = redis.Redis.from_url(str(settings.REDIS_URL), socket_timeout=5)
+    return _redis_client
+
+
+def _enqueue(deployment_id: int) -> None:
     from deployments.tasks import run_rollout_task
 
-    transaction.on_commit(lambda: run_rollout_task.delay(deployment_id))
+    if settings.REDIS_URL:
+        try:
+            if not _redis().set(_wake_key(deployment_id), "1", nx=True, ex=WAKE_MARK_SECONDS):
+                return  # a queued run will see this change
+        except Exception:
+            logger.exception("wake mark for deployment %s failed; enqueuing anyway", deployment_id)
+    run_rollout_task.delay(deployment_id)
+
+
+def run_started(deployment_id: int) -> None:
+    """A run is about to read the deployment's state: later wake-ups must
+    enqueue a new run."""
+    if settings.REDIS_URL:
+        try:
+            _redis().delete(_wake_key(deployment_id))
+        except Exception:
+            logger.exception("could not clear the wake mark of deployment %s", deployment_id)
 
 
 # --- Operator actions -------------------------------------------------------------------
@@ -646,17 +786,21 @@ def on_device_joined(device_id: int, join: DeviceJoin | None = None) -> int | No
     """After a join was stored: settle what it says about the in-flight update,
     settle the device's deployment, re-send an update it never acknowledged, and
     wake the orchestrator. Returns the device's deployment id."""
-    if join is not None:
-        device = Device.objects.filter(pk=device_id).only("firmware_uuid").first()
-        finished = services.reconcile_update_on_join(
-            device_id,
-            device.firmware_uuid if device else "",
-            validated=join.meta.firmware_validated,
-            auto_reverted=join.meta.firmware_auto_revert_detected,
-            downloading_uuid=join.currently_downloading_uuid,
-        )
-        if finished is not None:
-            attempt_finished(finished.pk)
+    if join is not None and DeviceUpdate.objects.inflight().filter(device_id=device_id).exists():
+        # Like a failing status report: the outcome, penalty box and breaker
+        # are decided under the deployment lock (see on_status_report).
+        with transaction.atomic():
+            _lock_inflight_deployment(device_id)
+            device = Device.objects.filter(pk=device_id).only("firmware_uuid").first()
+            finished = services.reconcile_update_on_join(
+                device_id,
+                device.firmware_uuid if device else "",
+                validated=join.meta.firmware_validated,
+                auto_reverted=join.meta.firmware_auto_revert_detected,
+                downloading_uuid=join.currently_downloading_uuid,
+            )
+            if finished is not None:
+                attempt_finished(finished.pk)
     deployment_id = assign_deployment(device_id)
     if join is not None:
         archives.push_archive_on_join(device_id)
@@ -670,7 +814,25 @@ def on_device_joined(device_id: int, join: DeviceJoin | None = None) -> int | No
 
 def on_status_report(device_id: int, payload: dict[str, Any]) -> None:
     """A device's `status_update` or `fwup_progress`: record it, and when it
-    ended the attempt (failed, ignored, rescheduled) run what follows."""
+    ended the attempt (failed, ignored, rescheduled) run what follows.
+
+    A report that may end the attempt is written under its deployment's row
+    lock, together with the penalty box and breaker decisions: an orchestrator
+    run (which claims under that lock) sees either the attempt in flight or its
+    whole outcome, never a failed device that is not penalty-boxed yet, nor a
+    failure the breaker has not judged."""
+    if str(payload.get("status", "")).lower() in _ENDING or "fwup error" in str(payload.get("status", "")).lower():
+        with transaction.atomic():
+            _lock_inflight_deployment(device_id)
+            _record_status(device_id, payload)
+        return
+    _record_status(device_id, payload)
+
+
+_ENDING = {UpdateStatus.FAILED.value, UpdateStatus.IGNORED.value, UpdateStatus.RESCHEDULED.value}
+
+
+def _record_status(device_id: int, payload: dict[str, Any]) -> None:
     update = services.record_update_status(device_id, payload)
     if update is not None and update.status in (
         UpdateStatus.FAILED,
@@ -678,6 +840,13 @@ def on_status_report(device_id: int, payload: dict[str, Any]) -> None:
         UpdateStatus.RESCHEDULED,
     ):
         on_update_finished(update)
+
+
+def _lock_inflight_deployment(device_id: int) -> None:
+    """Take the row lock of the deployment whose update is in flight on the
+    device, if any (the lock the orchestrator claims under)."""
+    deployment_id = DeviceUpdate.objects.inflight().filter(device_id=device_id).values_list("deployment_id", flat=True)
+    list(Deployment.objects.select_for_update().filter(pk__in=deployment_id).values_list("pk", flat=True))
 
 
 def on_firmware_validated(device_id: int) -> None:

@@ -14,14 +14,22 @@ logger = logging.getLogger(__name__)
 
 @shared_task(soft_time_limit=120, time_limit=150, ignore_result=True)
 def run_rollout_task(deployment_id: int) -> None:
+    rollout.run_started(deployment_id)
     run = rollout.run_rollout(deployment_id)
-    if run.claimed or run.expired:
-        logger.info("deployment %s: pushed %d update(s), expired %d", deployment_id, len(run.claimed), run.expired)
+    if run.claimed or run.expired or run.resent:
+        logger.info(
+            "deployment %s: pushed %d update(s), resent %d, expired %d",
+            deployment_id,
+            len(run.claimed),
+            len(run.resent),
+            run.expired,
+        )
 
 
 @shared_task(soft_time_limit=300, time_limit=330, ignore_result=True)
 def run_all_rollouts() -> None:
     """The periodic backstop: a lost wake-up, an expired in-flight update or a
-    rescheduled device whose delay passed is picked up within one period."""
+    rescheduled device whose delay passed, or a push lost on its way, is picked
+    up within one period. It enqueues runs whatever the wake-up marks say."""
     for deployment_id in Deployment.objects.filter(is_active=True, paused_at__isnull=True).values_list("pk", flat=True):
         run_rollout_task.delay(deployment_id)

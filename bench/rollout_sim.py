@@ -1,0 +1,877 @@
+"""Rollout simulation: simulated devices over real websockets, real hub
+processes, real Celery workers, and a sampler that watches the slots.
+
+    python bench/rollout_sim.py [--devices 1000] [--concurrency 50] [--update-time 1]
+                                [--fail 0.0] [--hubs 2] [--workers 1] [--smoke]
+
+Needs PostgreSQL (DATABASE_URL) and Redis (REDIS_URL, a db number of its own is
+best). The script creates a scratch database next to DATABASE_URL's, migrates it,
+and starts `python -m nerveshub.serve` (one per --hubs), `celery -A nerveshub
+worker` (one per --workers) and `celery -A nerveshub beat` on it.
+
+Each simulated device authenticates with NH1 headers signed by a product key (so
+it registers itself on first connect), joins `device` with its firmware metadata,
+and on an `update` push reports received, started, progress and completed (or
+failed, for a deterministic --fail share of the devices), disconnects, waits the
+update time and reconnects running the target firmware (or its old one). The
+deployment starts paused; devices connect and join; the clock starts at the
+resume. A sampler thread counts the deployment's in-flight DeviceUpdate rows
+every 50 ms.
+
+Checks (exit status 1 when one fails): the in-flight count never exceeds
+concurrent_updates; no device got a second push within one connection; no push
+reached a device after it entered the penalty box; with failures the breaker
+paused the deployment with a reason and nothing was claimed after the pause.
+
+Ideal time: devices / concurrent_updates x update time. The ratio measured /
+ideal is the orchestrator's overhead (plus the devices' own reconnect).
+
+Devices are spread over client processes (asyncio, --per-process sockets each)
+and source addresses 127.0.0.x, so that 10,000 sockets fit one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TARGET_VERSION = "2.0.0"
+OLD_VERSION = "1.0.0"
+PLATFORM, ARCHITECTURE = "rpi4", "aarch64"
+
+
+def raise_nofile() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def fails(identifier: str, fraction: float) -> bool:
+    """Whether this device fails every update: a stable share of the fleet."""
+    return (zlib.crc32(identifier.encode()) % 10_000) < fraction * 10_000
+
+
+# --- Client side: runs in client processes, no Django --------------------------------
+
+
+@dataclass
+class ClientPlan:
+    urls: list[str]
+    key: str
+    secret: str
+    identifiers: list[str]
+    old_uuid: str
+    target_uuid: str
+    update_time: float
+    fail_fraction: float
+    first_address: int  # 127.0.0.<first_address + i % address_count>
+    address_count: int = 8
+    heartbeat_seconds: float = 30.0
+    connect_rate: float = 100.0  # first connects per second from this process
+
+
+@dataclass
+class DeviceLog:
+    identifier: str
+    pushes: list[tuple[float, int]] = field(default_factory=list)  # (time, connection number)
+    duplicates: int = 0  # a second push within one connection
+    failed_reports: list[float] = field(default_factory=list)
+    connects: int = 0
+    connect_errors: int = 0
+    last_error: str = ""
+
+
+class SimDevice:
+    """A nerves_hub_link-shaped device: NH1 headers, `device` join, heartbeats,
+    and the status reports of an fwup run when told to update."""
+
+    def __init__(self, plan: ClientPlan, identifier: str, url: str, local_ip: str) -> None:
+        self.plan, self.url, self.local_ip = plan, url, local_ip
+        self.log = DeviceLog(identifier)
+        self.fail = fails(identifier, plan.fail_fraction)
+        self.firmware_uuid, self.version = plan.old_uuid, OLD_VERSION
+        self.joined = asyncio.Event()
+        self.ref = 0
+        self.stopping = False
+
+    def next_ref(self) -> str:
+        self.ref += 1
+        return str(self.ref)
+
+    def join_params(self) -> dict[str, Any]:
+        from tests.support.nhl_client import DEFAULT_FW
+
+        return {
+            **DEFAULT_FW,
+            "nerves_fw_uuid": self.firmware_uuid,
+            "nerves_fw_version": self.version,
+            "nerves_fw_platform": PLATFORM,
+            "nerves_fw_architecture": ARCHITECTURE,
+            "fwup_version": "1.13.2",
+            "device_api_version": "2.0.0",
+            "console_version": "2.0.0",
+            "currently_downloading_uuid": None,
+            "meta": {"firmware_auto_revert_detected": False, "firmware_validated": True},
+        }
+
+    async def run(self) -> None:
+        """Stay connected until stopped; an update ends a connection, and the
+        device comes back after the update time."""
+        import websockets
+
+        from tests.support.nhl_client import backoff_delays
+
+        failures = 0
+        while not self.stopping:
+            connects = self.log.connects
+            try:
+                delay = await self.session()
+                failures = 0
+            except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                self.log.connect_errors += 1
+                self.log.last_error = repr(exc)[:300]
+                # nerves_hub_link's backoff (1, 2, 4 ... 60 s, +50 % jitter),
+                # from zero again after a connection that got in.
+                failures = 0 if self.log.connects > connects else failures
+                delays = backoff_delays()
+                delay = delays[min(failures, len(delays) - 1)]
+                failures += 1
+            if not self.stopping:
+                await asyncio.sleep(delay)
+
+    async def session(self) -> float:
+        """One connection; returns how long to wait before the next."""
+        from websockets.asyncio.client import connect
+
+        from tests.support.nhl_client import encode, nh1_headers
+
+        self.ref = 0
+        headers = nh1_headers(self.plan.key, self.plan.secret, self.log.identifier, int(time.time()))
+        ws = await connect(
+            f"{self.url}/device-socket/websocket?vsn=2.0.0",
+            additional_headers=headers,
+            user_agent_header="mint/1.9.3",
+            compression=None,
+            ping_interval=None,
+            open_timeout=30,
+            local_addr=(self.local_ip, 0),
+        )
+        self.log.connects += 1
+        connection = self.log.connects
+        update: asyncio.Task[float] | None = None
+
+        async def send(message: list[Any]) -> None:
+            await ws.send(encode(message))
+
+        async def heartbeat() -> None:
+            await asyncio.sleep(random.random() * self.plan.heartbeat_seconds)
+            while True:
+                await send([None, self.next_ref(), "phoenix", "heartbeat", {}])
+                await asyncio.sleep(self.plan.heartbeat_seconds)
+
+        join_ref = self.next_ref()
+        beats = asyncio.get_running_loop().create_task(heartbeat())
+        try:
+            await send([join_ref, join_ref, "device", "phx_join", self.join_params()])
+            async for raw in ws:
+                message = json.loads(raw)
+                _, ref, topic, event, _payload = message[:5]
+                if event == "phx_reply" and ref == join_ref:
+                    if message[4].get("status") != "ok":
+                        raise OSError(f"join refused: {message}")
+                    self.joined.set()
+                elif topic == "device" and event == "update":
+                    self.log.pushes.append((time.time(), connection))
+                    if update is not None:
+                        self.log.duplicates += 1
+                        continue
+                    update = asyncio.get_running_loop().create_task(self.apply_update(send, join_ref))
+                    update.add_done_callback(lambda _t: asyncio.ensure_future(ws.close()))
+            if update is not None and update.done() and not update.cancelled():
+                return update.result()
+            return 0.5 + random.random()
+        finally:
+            beats.cancel()
+            if update is not None and not update.done():
+                update.cancel()
+            await ws.close()
+
+    async def apply_update(self, send: Callable[[list[Any]], Any], join_ref: str) -> float:
+        """Report an fwup run; returns the wait before reconnecting."""
+
+        async def push(event: str, payload: dict[str, Any]) -> None:
+            await send([join_ref, self.next_ref(), "device", event, payload])
+
+        slice_ = self.plan.update_time / 4
+        await push("status_update", {"status": "received"})
+        await push("status_update", {"status": "started"})
+        await asyncio.sleep(slice_)
+        await push("fwup_progress", {"value": 50, "stage": "downloading"})
+        await asyncio.sleep(slice_)
+        if self.fail:
+            self.log.failed_reports.append(time.time())
+            await push("status_update", {"status": "failed", "reason": "fwup error: simulated"})
+        else:
+            await push("fwup_progress", {"value": 100, "stage": "updating"})
+            await push("status_update", {"status": "completed"})
+            self.firmware_uuid, self.version = self.plan.target_uuid, TARGET_VERSION
+        return self.plan.update_time / 2  # the reboot
+
+
+async def client_main(plan: ClientPlan) -> list[DeviceLog]:
+    """Run the plan's devices until stdin says stop; return their logs."""
+    devices = [
+        SimDevice(
+            plan,
+            identifier,
+            plan.urls[i % len(plan.urls)],
+            f"127.0.0.{plan.first_address + i % plan.address_count}",
+        )
+        for i, identifier in enumerate(plan.identifiers)
+    ]
+    tasks = []
+    for i, device in enumerate(devices):
+        tasks.append(asyncio.get_running_loop().create_task(device.run()))
+        if i % 10 == 9:
+            # A fleet coming online over time, not one SYN burst (a burst
+            # beyond what the hubs join within daphne's 5 s connect timeout
+            # only measures the devices' backoff).
+            await asyncio.sleep(10 / plan.connect_rate)
+    joined = asyncio.gather(*(d.joined.wait() for d in devices))
+    await joined
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    for device in devices:
+        device.stopping = True
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return [d.log for d in devices]
+
+
+def client_entry(plan_path: str, out_path: str) -> None:
+    raise_nofile()
+    plan = ClientPlan(**json.loads(Path(plan_path).read_text()))
+    logs = asyncio.run(client_main(plan))
+    Path(out_path).write_text(json.dumps([asdict(log) for log in logs]))
+
+
+# --- Server side: processes ---------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Cluster:
+    """Hub, worker and beat processes on one database and Redis."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.workdir, self.env = workdir, env
+        self.procs: list[Proc] = []
+
+    def _start(self, name: str, argv: list[str], extra: dict[str, str] | None = None) -> Proc:
+        log_path = self.workdir / f"{name}.log"
+        process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**self.env, **(extra or {})},
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a kill takes the whole process group
+        )
+        proc = Proc(name, process, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def start_hub(self, port: int) -> Proc:
+        import socket
+
+        proc = self._start(
+            f"hub-{port}",
+            [sys.executable, "-m", "nerveshub.serve", "--host", "127.0.0.1", "--port", str(port)],
+            {"PUBLIC_URL": f"http://127.0.0.1:{port}", "LOG_LEVEL": "warning"},
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.process.poll() is not None:
+                raise RuntimeError(f"hub exited early:\n{proc.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return proc
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"hub did not listen:\n{proc.log()}")
+
+    def start_worker(self, name: str = "worker", concurrency: int = 2) -> Proc:
+        argv = [sys.executable, "-m", "celery", "-A", "nerveshub", "worker", "-l", "info", "-n", f"{name}@%h"]
+        argv += ["-c", str(concurrency), "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        return self._start(name, argv)
+
+    def start_beat(self) -> Proc:
+        schedule = self.workdir / "beat-schedule"
+        return self._start("beat", [sys.executable, "-m", "celery", "-A", "nerveshub", "beat", "-s", str(schedule)])
+
+    def wait_worker_ready(self, proc: Proc, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while "ready." not in proc.log():
+            if proc.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{proc.name} did not start:\n{proc.log()}")
+            time.sleep(0.1)
+
+    def kill(self, proc: Proc) -> None:
+        """SIGKILL the process group: the worker and its pool die mid-task."""
+        try:
+            os.killpg(proc.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.process.wait(10)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.process.poll() is None:
+                try:
+                    os.killpg(proc.process.pid, signal.SIGTERM)
+                    proc.process.wait(10)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    self.kill(proc)
+
+    def logs(self, tail: int = 6000) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.log()[-tail:]}" for p in self.procs)
+
+
+def server_env(database_url: str, redis_url: str, data_dir: str, backstop_seconds: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "DATA_DIR": data_dir,
+        "DJANGO_SETTINGS_MODULE": "nerveshub.settings",
+        "ROLLOUT_BACKSTOP_SECONDS": str(backstop_seconds),
+    }
+
+
+# --- Server side: the scenario (Django must be set up) ------------------------------
+
+
+@dataclass
+class SimConfig:
+    devices: int = 200
+    concurrency: int = 10
+    update_time: float = 0.4
+    fail_fraction: float = 0.0
+    penalty_attempts: int = 1
+    breaker_percent: int = 50
+    breaker_min_attempts: int = 10
+    per_process: int = 2500
+    connect_rate: float = 100.0  # first connects per second, all client processes together
+    sample_interval: float = 0.05
+    timeout: float = 120.0
+    label: str = ""
+
+
+@dataclass
+class Scenario:
+    deployment_id: int
+    product_id: int
+    key: str
+    secret: str
+    old_uuid: str
+    target_uuid: str
+    identifiers: list[str]
+
+
+def create_scenario(config: SimConfig, data_dir: str | None = None) -> Scenario:
+    """An org, a product with a shared secret, a valid stored target firmware and
+    a paused, active deployment of it."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    from deployments.models import Deployment
+    from devices import services as device_services
+    from devices.models import Device
+    from firmware.models import Firmware, FirmwareStatus
+    from firmware.services import firmware_storage
+    from nerveshub.tenancy import services as tenancy
+
+    label = config.label or uuid.uuid4().hex[:8]
+    org, _ = tenancy.get_or_create_org("bench", f"sim-{label}")
+    product, _ = tenancy.get_or_create_product("bench", org, "my_app")
+    _, issued = device_services.create_product_secret("bench", product)
+    target_uuid = str(uuid.uuid4())
+    storage_name = f"{org.pk}/{target_uuid}.fw"
+    # The devices never download it, but the push carries a signed URL, which
+    # needs a stored file.
+    from django.core.files.base import ContentFile
+
+    storage_name = firmware_storage().save(storage_name, ContentFile(b"simulated firmware"))
+    firmware = Firmware.objects.create(
+        org=org,
+        product=product,
+        uuid=target_uuid,
+        version=TARGET_VERSION,
+        platform=PLATFORM,
+        architecture=ARCHITECTURE,
+        size=18,
+        sha256="ab" * 32,
+        partial_sha256=["ab" * 32],
+        storage_name=storage_name,
+        status=FirmwareStatus.VALID,
+    )
+    deployment = Deployment.objects.create(
+        org=org,
+        product=product,
+        name="sim",
+        firmware=firmware,
+        is_active=True,
+        paused_at=timezone.now(),
+        paused_reason="waiting for the simulated fleet",
+        concurrent_updates=config.concurrency,
+        penalty_attempts=config.penalty_attempts,
+        breaker_failure_percent=config.breaker_percent,
+        breaker_min_attempts=config.breaker_min_attempts,
+    )
+    del settings  # imported for its side effect of configuring storage
+    identifiers = [f"sim-{label}-{i:05d}" for i in range(config.devices)]
+    # The fleet exists already (a first connect with the product key would
+    # register each device; that herd is not what this measures).
+    Device.objects.bulk_create(
+        [Device(org=org, product=product, identifier=ident) for ident in identifiers], batch_size=1000
+    )
+    return Scenario(
+        deployment_id=deployment.pk,
+        product_id=product.pk,
+        key=issued.key,
+        secret=issued.secret,
+        old_uuid=str(uuid.uuid4()),
+        target_uuid=target_uuid,
+        identifiers=identifiers,
+    )
+
+
+class Sampler(threading.Thread):
+    """Counts the deployment's in-flight rows every `interval` seconds."""
+
+    def __init__(self, deployment_id: int, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.deployment_id, self.interval = deployment_id, interval
+        self.max_inflight = 0
+        self.samples = 0
+        self.stopped = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from django.db import connection
+
+        from deployments.models import INFLIGHT_STATUSES, DeviceUpdate
+
+        try:
+            while not self.stopped.is_set():
+                n = DeviceUpdate.objects.filter(deployment_id=self.deployment_id, status__in=INFLIGHT_STATUSES).count()
+                self.max_inflight = max(self.max_inflight, n)
+                self.samples += 1
+                self.stopped.wait(self.interval)
+        except BaseException as exc:  # reported by the caller
+            self.error = exc
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(10)
+
+
+def _read_line(stream: Any, into: list[str]) -> None:
+    into.append(stream.readline())
+
+
+class ClientFleet:
+    """The client processes of one scenario."""
+
+    def __init__(self, scenario: Scenario, config: SimConfig, urls: list[str], workdir: Path) -> None:
+        self.procs: list[tuple[subprocess.Popen[str], Path]] = []
+        ids = scenario.identifiers
+        chunks = [ids[i : i + config.per_process] for i in range(0, len(ids), config.per_process)]
+        for n, chunk in enumerate(chunks):
+            plan = ClientPlan(
+                urls=urls,
+                key=scenario.key,
+                secret=scenario.secret,
+                identifiers=chunk,
+                old_uuid=scenario.old_uuid,
+                target_uuid=scenario.target_uuid,
+                update_time=config.update_time,
+                fail_fraction=config.fail_fraction,
+                first_address=2 + 8 * n,
+                connect_rate=config.connect_rate / len(chunks),
+            )
+            plan_path, out_path = workdir / f"client-{n}.json", workdir / f"client-{n}.out.json"
+            plan_path.write_text(json.dumps(asdict(plan)))
+            process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--client", str(plan_path), str(out_path)],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            self.procs.append((process, out_path))
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for process, _ in self.procs:
+            assert process.stdout is not None
+            ready: list[str] = []
+            reader = threading.Thread(target=_read_line, args=(process.stdout, ready))
+            reader.start()
+            reader.join(max(0.1, deadline - time.monotonic()))
+            if not ready or ready[0].strip() != "ready":
+                raise RuntimeError(f"client process not ready within {timeout} s")
+
+    def stop(self) -> list[DeviceLog]:
+        logs: list[DeviceLog] = []
+        for process, _ in self.procs:
+            if process.poll() is None and process.stdin is not None:
+                process.stdin.write("stop\n")
+                process.stdin.flush()
+        for process, out_path in self.procs:
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if out_path.exists():
+                for raw in json.loads(out_path.read_text()):
+                    raw["pushes"] = [tuple(p) for p in raw["pushes"]]
+                    logs.append(DeviceLog(**raw))
+        return logs
+
+
+@dataclass
+class SimResult:
+    devices: int
+    concurrency: int
+    update_time: float
+    fail_fraction: float
+    failing_devices: int
+    connect_seconds: float
+    rollout_seconds: float
+    ideal_seconds: float
+    ratio: float
+    max_inflight: int
+    samples: int
+    succeeded: int
+    failed_attempts: int
+    claimed: int
+    pushes: int
+    duplicate_pushes: int
+    pushes_after_penalty: int
+    penalty_boxed: int
+    breaker_tripped: bool
+    paused_reason: str
+    claimed_after_pause: int
+    finished: bool
+    connects: int = 0
+    connect_errors: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.devices} devices, concurrency {self.concurrency}, update {self.update_time:g} s, "
+            f"fail {self.fail_fraction:g} ({self.failing_devices} failing devices): "
+            f"connect {self.connect_seconds:.1f} s, rollout {self.rollout_seconds:.1f} s "
+            f"(ideal {self.ideal_seconds:.1f} s, ratio {self.ratio:.2f}); "
+            f"max in flight {self.max_inflight}/{self.concurrency} over {self.samples} samples; "
+            f"succeeded {self.succeeded}, failed attempts {self.failed_attempts}, pushes {self.pushes} "
+            f"for {self.claimed} claims, duplicates {self.duplicate_pushes}, penalty-boxed {self.penalty_boxed}, "
+            f"pushes after penalty {self.pushes_after_penalty}; breaker "
+            + (f"tripped: {self.paused_reason!r}" if self.breaker_tripped else "not tripped")
+            + f"; claimed after pause {self.claimed_after_pause}; "
+            f"{self.connects} connects, {self.connect_errors} failed connects"
+        )
+
+
+def _state(deployment_id: int, target_uuid: str) -> tuple[int, int, bool]:
+    from deployments.models import INFLIGHT_STATUSES, Deployment, DeviceUpdate
+    from devices.models import Device
+
+    on_target = Device.objects.filter(deployment_id=deployment_id, firmware_uuid=target_uuid).count()
+    inflight = DeviceUpdate.objects.filter(deployment_id=deployment_id, status__in=INFLIGHT_STATUSES).count()
+    paused = Deployment.objects.filter(pk=deployment_id, paused_at__isnull=False).exists()
+    return on_target, inflight, paused
+
+
+def run_simulation(
+    config: SimConfig,
+    scenario: Scenario,
+    urls: list[str],
+    workdir: Path,
+    during: Callable[[float], None] | None = None,
+) -> SimResult:
+    """Connect the fleet, resume the deployment, wait until every device that can
+    succeed did (or the breaker paused the rollout and nothing is in flight),
+    and check the run. `during(elapsed)` is called every poll, e.g. to kill a
+    worker mid-rollout."""
+    from deployments import rollout
+    from deployments.models import Deployment, DeviceUpdate, UpdateStatus
+    from devices.models import ConnectionStatus, Device
+    from nerveshub.tenancy.models import AuditEvent
+
+    failing = sum(fails(i, config.fail_fraction) for i in scenario.identifiers)
+    expect_success = config.devices - failing
+    started = time.monotonic()
+    fleet = ClientFleet(scenario, config, urls, workdir)
+    logs: list[DeviceLog] = []
+    sampler = Sampler(scenario.deployment_id, config.sample_interval)
+    finished = False
+    rollout_seconds = 0.0
+    try:
+        fleet.wait_ready(config.timeout)
+        # Every device joined: membership is settled at join.
+        members = Device.objects.filter(
+            deployment_id=scenario.deployment_id, connection_status=ConnectionStatus.CONNECTED
+        ).count()
+        if members != config.devices:
+            raise RuntimeError(f"{members} of {config.devices} devices are connected members")
+        connect_seconds = time.monotonic() - started
+        sampler.start()
+        deployment = Deployment.objects.get(pk=scenario.deployment_id)
+        t0 = time.monotonic()
+        rollout.resume("bench", deployment)
+        deadline = t0 + config.timeout
+        while time.monotonic() < deadline:
+            on_target, inflight, paused = _state(scenario.deployment_id, scenario.target_uuid)
+            if inflight == 0 and (on_target >= expect_success or paused):
+                finished = True
+                break
+            if during is not None:
+                during(time.monotonic() - t0)
+            time.sleep(0.05)
+        rollout_seconds = time.monotonic() - t0
+    finally:
+        if sampler.is_alive():
+            sampler.stop()
+        logs = fleet.stop()
+
+    deployment = Deployment.objects.get(pk=scenario.deployment_id)
+    updates = DeviceUpdate.objects.filter(deployment_id=scenario.deployment_id)
+    by_identifier = {log.identifier: log for log in logs}
+    boxed_at: dict[str, float] = {}
+    identifiers = dict(Device.objects.filter(org_id=deployment.org_id).values_list("pk", "identifier"))
+    for subject_id, created_at in AuditEvent.objects.filter(
+        action="device.penalty_boxed", org_id=deployment.org_id
+    ).values_list("subject_id", "created_at"):
+        ident = identifiers.get(int(subject_id))
+        if ident is not None:
+            boxed_at[ident] = min(boxed_at.get(ident, float("inf")), created_at.timestamp())
+    pushes_after_penalty = sum(
+        1
+        for ident, t in boxed_at.items()
+        for push_time, _ in by_identifier.get(ident, DeviceLog(ident)).pushes
+        if push_time > t
+    )
+    claimed_after_pause = (
+        updates.filter(created_at__gt=deployment.paused_at).count() if deployment.paused_at is not None else 0
+    )
+    ideal = config.devices / config.concurrency * config.update_time
+    result = SimResult(
+        devices=config.devices,
+        concurrency=config.concurrency,
+        update_time=config.update_time,
+        fail_fraction=config.fail_fraction,
+        failing_devices=failing,
+        connect_seconds=round(connect_seconds, 2),
+        rollout_seconds=round(rollout_seconds, 2),
+        ideal_seconds=round(ideal, 2),
+        ratio=round(rollout_seconds / ideal, 2) if ideal else 0.0,
+        max_inflight=sampler.max_inflight,
+        samples=sampler.samples,
+        succeeded=updates.filter(status=UpdateStatus.SUCCEEDED).count(),
+        failed_attempts=updates.filter(status__in=rollout.FAILED_STATUSES).count(),
+        claimed=updates.count(),
+        pushes=sum(len(log.pushes) for log in logs),
+        duplicate_pushes=sum(log.duplicates for log in logs),
+        pushes_after_penalty=pushes_after_penalty,
+        penalty_boxed=len(boxed_at),
+        breaker_tripped=deployment.paused_at is not None,
+        paused_reason=deployment.paused_reason,
+        claimed_after_pause=claimed_after_pause,
+        finished=finished,
+        connects=sum(log.connects for log in logs),
+        connect_errors=sum(log.connect_errors for log in logs),
+    )
+    result.problems = check(result, config, sampler)
+    return result
+
+
+def check(result: SimResult, config: SimConfig, sampler: Sampler | None = None) -> list[str]:
+    problems = []
+    if sampler is not None and sampler.error is not None:
+        problems.append(f"sampler failed: {sampler.error!r}")
+    if not result.finished:
+        problems.append(f"rollout did not finish within {config.timeout} s")
+    if result.max_inflight > config.concurrency:
+        problems.append(f"{result.max_inflight} in flight > concurrent_updates {config.concurrency}")
+    if result.duplicate_pushes:
+        problems.append(f"{result.duplicate_pushes} second push(es) within one connection")
+    if result.pushes_after_penalty:
+        problems.append(f"{result.pushes_after_penalty} push(es) reached penalty-boxed devices")
+    if result.claimed_after_pause:
+        problems.append(f"{result.claimed_after_pause} update(s) claimed after the breaker paused the deployment")
+    if result.breaker_tripped and not result.paused_reason:
+        problems.append("deployment paused without a reason")
+    if result.samples < 3:
+        problems.append("the sampler barely ran")
+    return problems
+
+
+# --- Standalone run -------------------------------------------------------------------
+
+
+def scratch_database(database_url: str, name: str) -> str:
+    """Create (afresh) a database `name` on DATABASE_URL's server; return its URL."""
+    import psycopg
+
+    base, _, _ = database_url.rpartition("/")
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{base}/{name}"
+
+
+def drop_database(database_url: str, name: str) -> None:
+    import psycopg
+
+    base, _, _ = database_url.rpartition("/")
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--update-time", type=float, default=1.0)
+    parser.add_argument("--fail", type=float, default=0.0, help="share of devices whose updates fail")
+    parser.add_argument("--breaker-percent", type=int, default=50)
+    parser.add_argument("--breaker-min", type=int, default=10)
+    parser.add_argument("--penalty-attempts", type=int, default=1)
+    parser.add_argument("--hubs", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--worker-concurrency", type=int, default=2)
+    parser.add_argument("--per-process", type=int, default=2500, help="sockets per client process")
+    parser.add_argument("--connect-rate", type=float, default=100, help="first connects per second")
+    parser.add_argument("--backstop", type=int, default=5, help="ROLLOUT_BACKSTOP_SECONDS")
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database and logs")
+    parser.add_argument("--smoke", action="store_true", help="~100 devices, < 60 s (CI)")
+    parser.add_argument("--client", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.client:
+        client_entry(*args.client)
+        return 0
+    if args.smoke:
+        args.devices, args.concurrency, args.update_time, args.timeout = 100, 25, 0.2, 45
+        args.connect_rate = 20
+        args.fail = args.fail or 0.05
+
+    database_url, redis_url = os.environ.get("DATABASE_URL", ""), os.environ.get("REDIS_URL", "")
+    if not database_url.startswith(("postgres://", "postgresql://")) or not redis_url:
+        print("rollout_sim: needs DATABASE_URL (PostgreSQL) and REDIS_URL; skipped")
+        return 0
+    nofile = raise_nofile()
+    if args.devices * 2 + 500 > nofile and args.hubs == 1:
+        print(f"warning: RLIMIT_NOFILE {nofile} is tight for {args.devices} sockets")
+
+    name = f"nh_rollout_sim_{os.getpid()}"
+    url = scratch_database(database_url, name)
+    workdir = Path(tempfile.mkdtemp(prefix="rollout-sim-"))
+    data_dir = str(workdir / "data")
+    env = server_env(url, redis_url, data_dir, args.backstop)
+    os.environ.update({k: env[k] for k in ("DATABASE_URL", "DATA_DIR", "ROLLOUT_BACKSTOP_SECONDS")})
+    os.environ["DJANGO_SETTINGS_MODULE"] = "nerveshub.settings"
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+
+    import django
+
+    django.setup()
+    import socket
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    cluster = Cluster(workdir, env)
+    code = 1
+    try:
+        ports = [free_port() for _ in range(args.hubs)]
+        for port in ports:
+            cluster.start_hub(port)
+        workers = [cluster.start_worker(f"w{i}", args.worker_concurrency) for i in range(args.workers)]
+        for worker in workers:
+            cluster.wait_worker_ready(worker)
+        cluster.start_beat()
+        config = SimConfig(
+            devices=args.devices,
+            concurrency=args.concurrency,
+            update_time=args.update_time,
+            fail_fraction=args.fail,
+            penalty_attempts=args.penalty_attempts,
+            breaker_percent=args.breaker_percent,
+            breaker_min_attempts=args.breaker_min,
+            per_process=args.per_process,
+            connect_rate=args.connect_rate,
+            timeout=args.timeout,
+        )
+        scenario = create_scenario(config)
+        result = run_simulation(config, scenario, [f"ws://127.0.0.1:{p}" for p in ports], workdir)
+        print(result.summary())
+        if args.json:
+            args.json.write_text(json.dumps(asdict(result), indent=2))
+        for problem in result.problems:
+            print("PROBLEM:", problem)
+        if result.problems:
+            print(cluster.logs())
+        code = 1 if result.problems else 0
+    finally:
+        cluster.stop()
+        from django.db import connections
+
+        connections.close_all()
+        if not args.keep:
+            drop_database(database_url, name)
+        print(f"logs: {workdir}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
