@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from bench.rollout_sim import Cluster, SimConfig, create_scenario, fails, run_simulation, server_env
+from bench.rollout_sim import (
+    Cluster,
+    SimConfig,
+    create_scenario,
+    fails,
+    relax_current_database,
+    run_simulation,
+    server_env,
+)
 from deployments.models import DeviceUpdate
 from tests.conftest import HubProcess, _database_url_for_children
 
@@ -22,8 +30,11 @@ def cluster(live_hub: Callable[..., HubProcess], tmp_path: Path) -> Iterator[tup
     """Two hub processes, one worker and beat (backstop every 5 s)."""
     import os
 
+    # The hub and worker processes connect after this: their commits do not
+    # wait for this machine's slow fsync (see relax_commits).
+    relax_current_database()
     env = server_env(_database_url_for_children(), os.environ["REDIS_URL"], str(settings.DATA_DIR), 5)
-    hubs = [live_hub({"ROLLOUT_BACKSTOP_SECONDS": "5"}) for _ in range(2)]
+    hubs = [live_hub({"ROLLOUT_BACKSTOP_SECONDS": "5", "DATABASE_CONN_MAX_AGE": "60"}) for _ in range(2)]
     workers = Cluster(tmp_path, env)
     try:
         workers.wait_worker_ready(workers.start_worker("w0"))

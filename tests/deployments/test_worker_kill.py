@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from bench.rollout_sim import Cluster, SimConfig, create_scenario, run_simulation, server_env
+from bench.rollout_sim import Cluster, SimConfig, create_scenario, relax_current_database, run_simulation, server_env
 from deployments.models import DeviceUpdate, UpdateStatus
 from tests.conftest import HubProcess, _database_url_for_children
 
@@ -23,8 +23,11 @@ def test_a_worker_killed_mid_rollout_is_replaced_without_double_claims(
     live_hub: Callable[..., HubProcess], tmp_path: Path
 ) -> None:
     # given: two hubs, one worker, beat every 5 s, 80 devices, 8 slots
+    # The hub and worker processes connect after this: their commits do not
+    # wait for this machine's slow fsync (see relax_commits).
+    relax_current_database()
     env = server_env(_database_url_for_children(), os.environ["REDIS_URL"], str(settings.DATA_DIR), 5)
-    hubs = [live_hub() for _ in range(2)]
+    hubs = [live_hub({"DATABASE_CONN_MAX_AGE": "60"}) for _ in range(2)]
     cluster = Cluster(tmp_path, env)
     first = cluster.start_worker("first")
     cluster.wait_worker_ready(first)
