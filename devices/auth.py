@@ -79,7 +79,7 @@ async def authenticate_certificate_request(scope: Mapping[str, Any]) -> Device |
     if importlib.util.find_spec("certificates.auth") is None:
         return None
     module = importlib.import_module("certificates.auth")
-    from channels.db import database_sync_to_async
+    from devices.dbthreads import database_sync_to_async
 
     function = module.device_from_scope
     if inspect.iscoroutinefunction(function):
@@ -188,7 +188,7 @@ def authenticate_shared_secret(headers: Mapping[str, str]) -> Device:
 
 async def authenticate_device(scope: Mapping[str, Any]) -> Device:
     """Return the authenticated device or raise AuthError."""
-    from channels.db import database_sync_to_async
+    from devices.dbthreads import database_sync_to_async
 
     try:
         device = await authenticate_certificate_request(scope)

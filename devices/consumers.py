@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.consumer import AsyncConsumer
-from channels.db import aclose_old_connections, database_sync_to_async
+from channels.db import aclose_old_connections
 from channels.exceptions import StopConsumer
 from django.conf import settings
 from pydantic import ValidationError
@@ -32,6 +32,7 @@ from console.services import DeviceConsole
 from deployments import rollout
 from devices import protocol, scripts, services
 from devices.auth import AuthError, authenticate_device
+from devices.dbthreads import database_sync_to_async
 from devices.hub import hub
 from devices.protocol import Codec, Frame, FrameError
 

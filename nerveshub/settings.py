@@ -307,6 +307,9 @@ DEVICE_IDLE_TIMEOUT = envint("DEVICE_IDLE_TIMEOUT", 180, minimum=1)
 # backoff. 0 turns the limit off. The reference defaults to 100/s per node.
 DEVICE_CONNECT_RATE = envint("DEVICE_CONNECT_RATE", 2000, minimum=0)
 DEVICE_CONNECT_BURST = envint("DEVICE_CONNECT_BURST", 4000, minimum=1)
+# Threads (each with its own database connection) that run the device sockets'
+# database calls on PostgreSQL; see devices/dbthreads.py.
+DEVICE_DB_THREADS = envint("DEVICE_DB_THREADS", 8, minimum=1)
 # A larger frame closes the socket: the biggest legitimate frame is a health report.
 DEVICE_MAX_FRAME_BYTES = envint("DEVICE_MAX_FRAME_BYTES", 262_144, minimum=1024)
 

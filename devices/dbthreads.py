@@ -1,0 +1,40 @@
+"""Where the device socket runs its database calls.
+
+Channels' `database_sync_to_async` runs every ORM call of a process on one
+shared thread (asgiref's thread-sensitive mode), so a reconnecting fleet's joins
+queue behind each other, one at a time. On PostgreSQL the device socket uses a
+pool of DEVICE_DB_THREADS threads instead, each with its own connection, so
+joins overlap. SQLite keeps the single thread: it has one writer anyway, and
+parallel writers would only trade queueing for "database is locked" waits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from channels.db import DatabaseSyncToAsync
+from django.conf import settings
+from django.db import connections
+
+T = TypeVar("T")
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _parallel() -> bool:
+    return settings.DEVICE_DB_THREADS > 1 and connections["default"].vendor == "postgresql"
+
+
+def database_sync_to_async(func: Callable[..., T]) -> Callable[..., Any]:
+    """Like channels.db.database_sync_to_async, on the device pool when it applies."""
+    global _executor
+    wrapped: Callable[..., Any]
+    if not _parallel():
+        wrapped = DatabaseSyncToAsync(func)
+        return wrapped
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=settings.DEVICE_DB_THREADS, thread_name_prefix="device-db")
+    wrapped = DatabaseSyncToAsync(func, thread_sensitive=False, executor=_executor)
+    return wrapped
