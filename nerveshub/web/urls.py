@@ -37,6 +37,8 @@ org_patterns = [
     path("members/<int:pk>/remove/", views.member_remove, name="member_remove"),
     path("invitations/<int:pk>/revoke/", views.invitation_revoke, name="invitation_revoke"),
     path("audit/", views.audit_log, name="audit"),
+    path("audit/chain/", views.audit_chain, name="audit_chain"),
+    path("audit/export.jsonl", views.audit_export, name="audit_export"),
 ]
 
 account_patterns = [

@@ -30,6 +30,7 @@ from devices import services as devices
 from devices.models import ConnectionStatus, Device
 from firmware import services as firmware_services
 from firmware.models import Firmware, FirmwareStatus, SigningKey
+from nerveshub.tenancy import audit_chain as audit_chain_service
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Product, Role
 from nerveshub.web import services
@@ -710,6 +711,41 @@ def audit_log(request: HttpRequest, org: str) -> HttpResponse:
     access = get_org_for_user(request, org)
     events = AuditEvent.objects.filter(org=access.org).order_by("-id")
     return _audit_page(request, access, events, f"Audit log of {access.org.name}")
+
+
+@page
+@org_methods("GET")
+def audit_chain(request: HttpRequest, org: str) -> HttpResponse:
+    """Recompute the organization's hash chain and say whether it is intact."""
+    access = get_org_for_user(request, org, Role.ADMIN)
+    result = audit_chain_service.verify_chain(access.org)
+    return _render(request, access, "web/audit_chain.html", {"result": result})
+
+
+@page
+@org_methods("GET")
+def audit_export(request: HttpRequest, org: str) -> HttpResponseBase:
+    """The chain as JSON lines, hashes included, for verification elsewhere
+    (docs/audit-log.md)."""
+    access = get_org_for_user(request, org, Role.ADMIN)
+
+    class _Lines:
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.lines.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    out = _Lines()
+    audit_chain_service.export_chain(access.org, out)
+    tenancy.audit(request.user, "audit.exported", access.org, details={"events": len(out.lines), "via": "pages"})
+    response = HttpResponse("".join(out.lines), content_type="application/x-ndjson")
+    response["Content-Disposition"] = f'attachment; filename="audit-{access.slug}.jsonl"'
+    return response
 
 
 @page

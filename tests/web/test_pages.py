@@ -339,3 +339,31 @@ def test_the_audit_log_pages_by_id(fleet: Fleet) -> None:
     assert len(first.context["events"]) == 50 and first.context["next_before"]
     second = client.get(f"/org/{fleet.slug}/audit/?before={first.context['next_before']}")
     assert second.context["events"][0].pk < first.context["events"][-1].pk
+
+
+def test_an_admin_verifies_and_exports_the_audit_chain_and_sees_tampering(fleet: Fleet) -> None:
+    # given
+    admin = client_for(fleet.tenant.admin)
+    base = f"/org/{fleet.slug}/audit/"
+    # when
+    intact = admin.get(base + "chain/")
+    export = admin.get(base + "export.jsonl")
+    lines = [json.loads(line) for line in export.content.decode().splitlines()]
+    victim = AuditEvent.objects.filter(org=fleet.tenant.org).order_by("id").first()
+    assert victim is not None
+    AuditEvent.objects.filter(pk=victim.pk).update(action="nothing.happened")
+    broken = admin.get(base + "chain/")
+    # then
+    assert intact.context["result"].ok and b"Intact" in intact.content
+    assert export["Content-Disposition"].startswith("attachment")
+    assert lines and all("hash" in line and "prev_hash" in line for line in lines)
+    assert not broken.context["result"].ok and broken.context["result"].first_bad_id == victim.pk
+    assert b"Broken" in broken.content
+    assert AuditEvent.objects.filter(action="audit.exported").exists()
+
+
+def test_only_admins_verify_or_export_the_audit_chain(fleet: Fleet, other_tenant: Any) -> None:
+    for user, status in ((fleet.tenant.viewer, 403), (fleet.tenant.manager, 403), (fleet.tenant.outsider, 404)):
+        client = client_for(user)
+        for page in ("chain/", "export.jsonl"):
+            assert client.get(f"/org/{fleet.slug}/audit/{page}").status_code == status, (user, page)

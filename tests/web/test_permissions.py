@@ -36,6 +36,8 @@ READ_ONLY = {
     "deployment_progress",
     "deployment_audit",
     "audit",
+    "audit_chain",
+    "audit_export",
 }
 
 
