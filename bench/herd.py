@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import subprocess
 import sys
@@ -213,8 +214,9 @@ class Herd:
 
 
 def start_hub_on(stack: Stack, port: int) -> Server:
-    env = {**stack.env, "PUBLIC_URL": f"http://127.0.0.1:{port}", "DEVICE_CONNECT_RATE": "2000"}
-    env["DEVICE_CONNECT_BURST"] = "4000"
+    env = {**stack.env, "PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    env["DEVICE_CONNECT_RATE"] = os.environ.get("DEVICE_CONNECT_RATE", "2000")
+    env["DEVICE_CONNECT_BURST"] = os.environ.get("DEVICE_CONNECT_BURST", "4000")
     log = (stack.work / f"hub-{port}.log").open("ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "nerveshub.serve", "--host", "127.0.0.1", "--port", str(port)],

@@ -376,10 +376,6 @@ def server_env(database_url: str, redis_url: str, data_dir: str, backstop_second
         "DATA_DIR": data_dir,
         "DJANGO_SETTINGS_MODULE": "nerveshub.settings",
         "ROLLOUT_BACKSTOP_SECONDS": str(backstop_seconds),
-        # Persistent database connections, as a production deployment runs: the
-        # default (0) opens a PostgreSQL connection per device connect and per
-        # worker task, and that, not the rollout, would be what is measured.
-        "DATABASE_CONN_MAX_AGE": os.environ.get("DATABASE_CONN_MAX_AGE", "60"),
     }
 
 

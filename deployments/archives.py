@@ -29,14 +29,17 @@ def _supports_archives(device_api_version: str) -> bool:
     return (parse_semver(device_api_version) or (1, 0, 0)) >= ARCHIVE_API
 
 
-def push_archive_on_join(device_id: int) -> bool:
-    """Offer the device its deployment's archive. Returns whether one was sent."""
-    device = (
+def push_archive_on_join(device_id: int, *, seen: Device | None = None) -> bool:
+    """Offer the device its deployment's archive (`seen`: the device as just
+    read, with its deployment's archive). Returns whether one was sent."""
+    device = seen or (
         Device.objects.select_related("deployment__archive__product")
         .filter(pk=device_id, deleted_at__isnull=True)
         .first()
     )
-    if device is None or device.deployment is None or device.deployment.archive is None:
+    if device is None or device.deleted_at is not None:
+        return False
+    if device.deployment is None or device.deployment.archive is None:
         return False
     archive = device.deployment.archive
     if archive.status != FirmwareStatus.VALID or not _supports_archives(device.device_api_version):

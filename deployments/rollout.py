@@ -100,10 +100,19 @@ def best_deployment_for(device: Device) -> Deployment | None:
     return max(candidates, key=lambda d: _rank(d, device))
 
 
-def assign_deployment(device_id: int, actor: Actor = "orchestrator") -> int | None:
+def assign_deployment(device_id: int, actor: Actor = "orchestrator", *, seen: Device | None = None) -> int | None:
     """Recompute the device's deployment: keep the current one while the device
     still matches it and it is active, else take the best match. Returns the
-    deployment id the device now belongs to."""
+    deployment id the device now belongs to.
+
+    `seen` is the device as just read with its deployment and firmware (a join):
+    when that shows nothing to change, nothing is locked or written."""
+    if seen is not None:
+        current = seen.deployment
+        if current is not None and current.is_active and not membership_problems(current, seen):
+            return current.pk
+        if current is None and best_deployment_for(seen) is None:
+            return None
     with transaction.atomic():
         device = Device.objects.select_for_update().get(pk=device_id)
         current = (
@@ -782,11 +791,16 @@ def deployment_changed(actor: Actor, deployment: Deployment, *, archive_changed:
 # Called by the device socket's services after the device's own rows are written.
 
 
-def on_device_joined(device_id: int, join: DeviceJoin | None = None) -> int | None:
+def on_device_joined(device_id: int, join: DeviceJoin | None = None, *, seen: Device | None = None) -> int | None:
     """After a join was stored: settle what it says about the in-flight update,
     settle the device's deployment, re-send an update it never acknowledged, and
-    wake the orchestrator. Returns the device's deployment id."""
-    if join is not None and DeviceUpdate.objects.inflight().filter(device_id=device_id).exists():
+    wake the orchestrator. Returns the device's deployment id.
+
+    `seen` is the device as the join stored it (devices.services.join_device),
+    with its deployment, firmware and archive: a reconnecting device that is
+    where it was costs two reads here."""
+    inflight = DeviceUpdate.objects.inflight().filter(device_id=device_id).exists()
+    if join is not None and inflight:
         # Like a failing status report: the outcome, penalty box and breaker
         # are decided under the deployment lock (see on_status_report).
         with transaction.atomic():
@@ -801,10 +815,12 @@ def on_device_joined(device_id: int, join: DeviceJoin | None = None) -> int | No
             )
             if finished is not None:
                 attempt_finished(finished.pk)
-    deployment_id = assign_deployment(device_id)
+    deployment_id = assign_deployment(device_id, seen=seen)
     if join is not None:
-        archives.push_archive_on_join(device_id)
-    if push_pending_update(device_id):
+        unchanged = seen is not None and seen.deployment_id == deployment_id
+        archives.push_archive_on_join(device_id, seen=seen if unchanged else None)
+    # Only an in-flight attempt can be an unacknowledged `requested` one.
+    if inflight and push_pending_update(device_id):
         return deployment_id
     if deployment_id is not None:
         with transaction.atomic():

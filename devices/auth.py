@@ -101,7 +101,7 @@ def _secret_for_key(key: str) -> tuple[str, ProductSharedSecret | DeviceSharedSe
     if key.startswith(PRODUCT_KEY_PREFIX):
         row = ProductSharedSecret.objects.select_related("product").filter(key=key).first()
     else:
-        row = DeviceSharedSecret.objects.select_related("device").filter(key=key).first()
+        row = DeviceSharedSecret.objects.select_related("device__product").filter(key=key).first()
     if row is None:
         raise _refuse(REASON_INVALID, "unknown key")
     if not row.is_active:
@@ -127,6 +127,7 @@ def _device_for_product_key(row: ProductSharedSecret, identifier: str) -> Device
             existing = Device.objects.get(org_id=product.org_id, identifier=identifier)
     if existing.product_id != product.pk:
         raise _refuse(REASON_INVALID, "identifier already exists in another product")
+    existing.product = product  # already loaded with the key: the connection needs it
     if existing.is_deleted:
         raise _refuse(REASON_INVALID, "device is deleted")
     return existing
@@ -176,10 +177,13 @@ def authenticate_shared_secret(headers: Mapping[str, str]) -> Device:
             raise _refuse(REASON_INVALID, "device is deleted")
 
     now = timezone.now()
-    type(row).objects.filter(
-        Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - timedelta(seconds=KEY_LAST_USED_INTERVAL)),
-        pk=row.pk,
-    ).update(last_used_at=now)
+    stale = now - timedelta(seconds=KEY_LAST_USED_INTERVAL)
+    # Decided on the row just read, so a reconnecting fleet costs no query here;
+    # the conditional UPDATE keeps two racing connects to one write.
+    if row.last_used_at is None or row.last_used_at < stale:
+        type(row).objects.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale), pk=row.pk).update(
+            last_used_at=now
+        )
     return device
 
 

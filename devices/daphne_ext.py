@@ -12,6 +12,8 @@ It also lets the application close with the RFC 6455 status codes 1008 (policy
 violation: a malformed frame) and 1009 (message too big). Autobahn's sendClose
 accepts only 1000 and 3000-4999 from an application, so daphne turned those
 closes into an exception inside the application and a 1011.
+
+And it lets go of the HTTP request a websocket was upgraded from (see `process`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from typing import Any
 
 _installed = False
 
+# How long a close we start waits for the peer's closing frame.
+CLOSE_HANDSHAKE_SECONDS = 10
+
 # Codes RFC 6455 §7.4.1 lets an endpoint send, which autobahn's sendClose refuses.
 PROTOCOL_CLOSE_CODES = frozenset({1001, 1008, 1009, 1011})
 
@@ -29,12 +34,14 @@ def install() -> None:
     global _installed
     if _installed:
         return
+    from daphne.http_protocol import WebRequest
     from daphne.server import Server
     from daphne.ws_protocol import WebSocketProtocol
 
     original_reply = WebSocketProtocol.handle_reply
     original_close = WebSocketProtocol.serverClose
     original_create = Server.create_application
+    original_process = WebRequest.process
 
     def handle_reply(self: Any, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -57,6 +64,10 @@ def install() -> None:
         return original_create(self, protocol, scope)
 
     def server_close(self: Any, code: int | None = None) -> None:
+        # Autobahn waits 1 s for the peer's closing frame and then resets the
+        # connection; a device on a slow link (or a busy peer) that had not read
+        # our close frame by then loses it with the reset and sees 1006.
+        self.closeHandshakeTimeout = CLOSE_HANDSHAKE_SECONDS
         if code in PROTOCOL_CLOSE_CODES:
             # sendCloseFrame is what sendClose calls after its check; it ignores
             # a close on a socket that is already closing or closed.
@@ -64,9 +75,21 @@ def install() -> None:
             return
         original_close(self, code)
 
+    def process(self: Any) -> None:
+        original_process(self)
+        network = getattr(self.channel, "_networkProducer", None)
+        if self.transport is None and network is not None and network.producer is not None:
+            # The request was upgraded: its connection now belongs to the
+            # websocket protocol, but the HTTP channel stays registered as the
+            # connection's producer, and with it the request, its headers and
+            # buffers, for the websocket's whole life (about 4 KiB per device).
+            # The channel has no further use for the connection.
+            network.unregisterProducer()
+
     WebSocketProtocol.handle_reply = handle_reply
     WebSocketProtocol.serverClose = server_close
     Server.create_application = create_application
+    WebRequest.process = process
     _installed = True
 
 

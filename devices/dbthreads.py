@@ -16,22 +16,29 @@ from typing import Any, TypeVar
 
 from channels.db import DatabaseSyncToAsync
 from django.conf import settings
-from django.db import connections
 
 T = TypeVar("T")
 
 _executor: ThreadPoolExecutor | None = None
+_parallel: bool | None = None
 
 
-def _parallel() -> bool:
-    return settings.DEVICE_DB_THREADS > 1 and connections["default"].vendor == "postgresql"
+def _use_pool() -> bool:
+    # Decided once per process, from the settings. Asking `connections` on the
+    # event loop would create a connection wrapper per asyncio context, that is
+    # per device socket (Django keeps connections in a context-local store).
+    global _parallel
+    if _parallel is None:
+        vendor = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+        _parallel = settings.DEVICE_DB_THREADS > 1 and vendor == "postgresql"
+    return _parallel
 
 
 def database_sync_to_async(func: Callable[..., T]) -> Callable[..., Any]:
     """Like channels.db.database_sync_to_async, on the device pool when it applies."""
     global _executor
     wrapped: Callable[..., Any]
-    if not _parallel():
+    if not _use_pool():
         wrapped = DatabaseSyncToAsync(func)
         return wrapped
     if _executor is None:

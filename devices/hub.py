@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 # channels_redis forgets group members after a day; re-join well before that.
 GROUP_REFRESH_SECONDS = 3600
+# How long disconnects gather before they are written together.
+DISCONNECT_BATCH_SECONDS = 0.05
 
 
 class LocalSocket(Protocol):
@@ -72,6 +74,8 @@ class Hub:
         self._encoded: dict[int, tuple[str, dict[str, Any]]] = {}
         self.connects = ConnectLimiter(settings.DEVICE_CONNECT_RATE, settings.DEVICE_CONNECT_BURST)
         self.shed = 0  # connects refused by the limiter, for the logs and benchmarks
+        self._closed: list[tuple[int, str]] = []  # (device id, socket channel) not yet recorded
+        self._recorder: asyncio.Task[None] | None = None
 
     def admit_connect(self) -> bool:
         admitted = self.connects.admit(asyncio.get_running_loop().time())
@@ -91,6 +95,35 @@ class Hub:
     def unregister(self, socket: LocalSocket) -> None:
         if self.sockets.get(socket.device_id) is socket:
             del self.sockets[socket.device_id]
+
+    def connection_closed(self, device_id: int, channel_name: str) -> None:
+        """Record, shortly and together with the others of the same burst, that
+        this socket closed. Disconnects come in bursts (a network blip, a
+        restarting peer): one transaction for the burst instead of one per
+        device, so the reconnects that follow do not queue behind them."""
+        self._closed.append((device_id, channel_name))
+        if self._recorder is None or self._recorder.done():
+            self._recorder = self._spawn(self._record_closed(), "device-disconnects")
+
+    async def _record_closed(self) -> None:
+        from devices.dbthreads import database_sync_to_async as device_db
+        from devices.services import close_device_connections
+
+        await asyncio.sleep(DISCONNECT_BATCH_SECONDS)
+        delay = 1.0
+        while self._closed:
+            batch, self._closed = self._closed[:1000], self._closed[1000:]
+            try:
+                await device_db(close_device_connections)(batch)
+            except Exception:
+                # Kept and retried (the database may be restarting): a device
+                # left marked connected would look online until it came back.
+                logger.exception("could not record %d disconnects; retrying in %.0f s", len(batch), delay)
+                self._closed[:0] = batch
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            else:
+                delay = 1.0
 
     # --- background tasks --------------------------------------------------------
 

@@ -103,11 +103,12 @@ def record_script_result(device_id: int, payload: dict[str, Any]) -> ScriptRun |
     return ScriptRun.objects.get(device_id=device_id, ref=ref)
 
 
-def push_connecting_code(device_id: int) -> bool:
+def push_connecting_code(device_id: int, *, seen: Device | None = None) -> bool:
     """Run the deployment's and then the device's connecting code on the device
     (server-behaviour.md §3.2). Devices before 2.1.0 are skipped: typing code into
-    a console that is not open yet would be lost. Returns whether code was sent."""
-    device = Device.objects.select_related("deployment").filter(pk=device_id).first()
+    a console that is not open yet would be lost. Returns whether code was sent.
+    `seen`: the device as just read, with its current deployment."""
+    device = seen or Device.objects.select_related("deployment").filter(pk=device_id).first()
     if device is None:
         return False
     parts = [device.deployment.connecting_code if device.deployment else "", device.connecting_code]

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from devices import publish
@@ -169,21 +170,26 @@ class ConnectionInfo:
     deployment_id: int | None
 
 
-def open_device_connection(device_id: int, channel_name: str) -> ConnectionInfo:
-    """Record that `channel_name` now serves the device. Last connection wins:
-    the caller closes `previous_channel`."""
+def open_device_connection(device: Device, channel_name: str) -> ConnectionInfo:
+    """Record that `channel_name` now serves the device (as authentication just
+    read it, with its product). Last connection wins: the caller closes
+    `previous_channel`."""
     now = timezone.now()
+    fields = {
+        "socket_channel": channel_name,
+        "connection_status": ConnectionStatus.CONNECTED,
+        "connected_at": now,
+        "last_seen_at": now,
+        "first_seen_at": Coalesce(F("first_seen_at"), Value(now)),
+        "console_available": False,
+    }
     with transaction.atomic():
-        device = Device.objects.select_for_update().select_related("product").get(pk=device_id)
+        # Compare-and-set on the channel authentication saw; only a racing
+        # connect of the same device makes it miss, and then the row is locked.
         previous = device.socket_channel
-        Device.objects.filter(pk=device_id).update(
-            socket_channel=channel_name,
-            connection_status=ConnectionStatus.CONNECTED,
-            connected_at=now,
-            last_seen_at=now,
-            first_seen_at=device.first_seen_at or now,
-            console_available=False,
-        )
+        if not Device.objects.filter(pk=device.pk, socket_channel=previous).update(**fields):
+            previous = Device.objects.select_for_update().values_list("socket_channel", flat=True).get(pk=device.pk)
+            Device.objects.filter(pk=device.pk).update(**fields)
         webhooks.device_online(device)
     return ConnectionInfo(
         previous_channel=previous if previous != channel_name else "",
@@ -195,16 +201,32 @@ def open_device_connection(device_id: int, channel_name: str) -> ConnectionInfo:
 def close_device_connection(device_id: int, channel_name: str) -> bool:
     """Mark the device offline, unless a newer socket already took over
     (compare-and-set on socket_channel)."""
+    return bool(close_device_connections([(device_id, channel_name)]))
+
+
+def close_device_connections(closed: Iterable[tuple[int, str]]) -> list[int]:
+    """Mark offline each device whose socket `channel` closed, unless a newer
+    socket already took over: one transaction for a whole burst of disconnects
+    (a network blip, a hub restart). Returns the devices marked offline."""
+    channel_of = dict(closed)
     with transaction.atomic():
-        changed = Device.objects.filter(pk=device_id, socket_channel=channel_name).update(
-            socket_channel="",
-            connection_status=ConnectionStatus.DISCONNECTED,
-            disconnected_at=timezone.now(),
-            console_available=False,
+        # Locked in id order, as every bulk device change is: no deadlocks.
+        current = (
+            Device.objects.select_for_update()
+            .filter(pk__in=list(channel_of))
+            .order_by("pk")
+            .values_list("pk", "socket_channel")
         )
-        if changed:
-            webhooks.device_offline(device_id)
-    return bool(changed)
+        gone = [pk for pk, channel in current if channel and channel == channel_of[pk]]
+        if gone:
+            Device.objects.filter(pk__in=gone).update(
+                socket_channel="",
+                connection_status=ConnectionStatus.DISCONNECTED,
+                disconnected_at=timezone.now(),
+                console_available=False,
+            )
+            webhooks.devices_offline(gone)
+    return gone
 
 
 def refresh_last_seen(device_ids: Iterable[int], chunk: int = 1000) -> int:
@@ -224,11 +246,17 @@ def refresh_last_seen(device_ids: Iterable[int], chunk: int = 1000) -> int:
 class JoinOutcome:
     fwup_public_keys: list[str] | None  # None: not asked, or the org has none
     archive_public_keys: list[str] | None
-    deployment_id: int | None
+    # As stored by the join, with its deployment, firmware and archive loaded:
+    # what follows the join (deployments.rollout.on_device_joined) reads it.
+    device: Device
 
 
 def join_device(device_id: int, params: DeviceJoin) -> JoinOutcome:
-    """Store what the `device` join reports (server-behaviour.md §3.1 to §3.2)."""
+    """Store what the `device` join reports (server-behaviour.md §3.1 to §3.2).
+
+    A reconnecting device mostly reports what is stored already: then this is
+    one read and nothing is written."""
+    from deployments.models import Deployment
     from firmware.models import SigningKey
 
     validation = {
@@ -236,41 +264,49 @@ def join_device(device_id: int, params: DeviceJoin) -> JoinOutcome:
         False: ValidationStatus.NOT_VALIDATED,
         None: ValidationStatus.UNKNOWN,
     }[params.meta.firmware_validated]
-    with transaction.atomic():
-        device = Device.objects.select_for_update().get(pk=device_id)
-        previous_uuid = device.firmware_uuid
-        fields: dict[str, object] = {
-            "fwup_version": params.fwup_version[:50],
-            "device_api_version": params.device_api_version[:50],
-            "firmware_validation": validation,
-            "firmware_auto_revert_detected": params.meta.firmware_auto_revert_detected,
-        }
-        if params.console_version:
-            fields["console_version"] = params.console_version[:50]
-        if params.nerves_fw_uuid:
-            fields.update(
-                firmware_uuid=params.nerves_fw_uuid[:36],
-                firmware_product=params.nerves_fw_product[:200],
-                firmware_version=params.nerves_fw_version[:100],
-                firmware_platform=params.nerves_fw_platform[:100],
-                firmware_architecture=params.nerves_fw_architecture[:100],
-                firmware_author=params.nerves_fw_author[:200],
-                firmware_description=params.nerves_fw_description,
-                firmware_vcs_identifier=params.nerves_fw_vcs_identifier[:200],
-                firmware_misc=params.nerves_fw_misc,
-            )
-        changed = any(getattr(device, name) != value for name, value in fields.items())
-        if changed:
-            for name, value in fields.items():
+    fields: dict[str, object] = {
+        "fwup_version": params.fwup_version[:50],
+        "device_api_version": params.device_api_version[:50],
+        "firmware_validation": validation,
+        "firmware_auto_revert_detected": params.meta.firmware_auto_revert_detected,
+    }
+    if params.console_version:
+        fields["console_version"] = params.console_version[:50]
+    if params.nerves_fw_uuid:
+        fields.update(
+            firmware_uuid=params.nerves_fw_uuid[:36],
+            firmware_product=params.nerves_fw_product[:200],
+            firmware_version=params.nerves_fw_version[:100],
+            firmware_platform=params.nerves_fw_platform[:100],
+            firmware_architecture=params.nerves_fw_architecture[:100],
+            firmware_author=params.nerves_fw_author[:200],
+            firmware_description=params.nerves_fw_description,
+            firmware_vcs_identifier=params.nerves_fw_vcs_identifier[:200],
+            firmware_misc=params.nerves_fw_misc,
+        )
+    # Two plain reads rather than one four-table select_related: compiling that
+    # select cost more hub CPU than any other step of a join.
+    device = Device.objects.get(pk=device_id)
+    if device.deployment_id is not None:
+        device.deployment = (
+            Deployment.objects.select_related("firmware", "archive").filter(pk=device.deployment_id).first()
+        )
+    changed = {name: value for name, value in fields.items() if getattr(device, name) != value}
+    if changed:
+        with transaction.atomic():
+            # The uuid under the row lock decides the audit event, so two racing
+            # joins of one device record one firmware change, not two.
+            previous_uuid = Device.objects.select_for_update().values_list("firmware_uuid", flat=True).get(pk=device_id)
+            Device.objects.filter(pk=device_id).update(**changed, updated_at=timezone.now())
+            for name, value in changed.items():
                 setattr(device, name, value)
-            device.save(update_fields=[*fields, "updated_at"])
-        if params.nerves_fw_uuid and params.nerves_fw_uuid != previous_uuid:
-            audit(
-                device,
-                "device.firmware_changed",
-                device,
-                details={"from": previous_uuid, "to": params.nerves_fw_uuid, "version": params.nerves_fw_version},
-            )
+            if params.nerves_fw_uuid and params.nerves_fw_uuid != previous_uuid:
+                audit(
+                    device,
+                    "device.firmware_changed",
+                    device,
+                    details={"from": previous_uuid, "to": params.nerves_fw_uuid, "version": params.nerves_fw_version},
+                )
 
     keys: list[str] | None = None
     if "on_connect" in (params.fwup_public_keys, params.archive_public_keys):
@@ -280,8 +316,24 @@ def join_device(device_id: int, params: DeviceJoin) -> JoinOutcome:
     return JoinOutcome(
         fwup_public_keys=keys if params.fwup_public_keys == "on_connect" else None,
         archive_public_keys=keys if params.archive_public_keys == "on_connect" else None,
-        deployment_id=device.deployment_id,
+        device=device,
     )
+
+
+def store_join(device_id: int, params: DeviceJoin) -> tuple[JoinOutcome, int | None]:
+    """The `device` join's database work, in one call from the socket: store
+    what it reports, settle the in-flight update and the deployment (which may
+    push one), run the connecting code. Returns the join's outcome and the
+    device's deployment."""
+    # Imported here: both import this module.
+    from deployments import rollout
+    from devices import scripts
+
+    outcome = join_device(device_id, params)
+    deployment_id = rollout.on_device_joined(device_id, params, seen=outcome.device)
+    unchanged = outcome.device.deployment_id == deployment_id
+    scripts.push_connecting_code(device_id, seen=outcome.device if unchanged else None)
+    return outcome, deployment_id
 
 
 def join_console(device_id: int, console_version: str) -> None:

@@ -6,9 +6,19 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nerveshub.settings")
 
 app = Celery("nerveshub")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _fresh_database_pool(**kwargs: object) -> None:
+    # A forked worker must not share the parent's pooled connections (or its
+    # pool's threads, which do not survive the fork): it opens a pool of its own.
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    DatabaseWrapper._connection_pools.clear()  # type: ignore[attr-defined]

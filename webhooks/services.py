@@ -7,7 +7,7 @@ Events reach the outbox two ways, both inside the transaction of the change:
   WebhooksConfig.ready); `AUDIT_EVENT_TYPES` is the one table that says which
   audit action is which webhook event;
 * device connections, which are not audited, through `device_online` and
-  `device_offline` (heartbeats never write).
+  `devices_offline` (heartbeats never write).
 
 `deliver` sends one row: it claims the attempt by compare-and-set, POSTs the
 signed body and records the outcome on the row (attempts, next_attempt_at with
@@ -207,27 +207,31 @@ def device_online(device: models.Model) -> None:
     )
 
 
-def device_offline(device_id: int) -> None:
-    """The device's current socket closed (call inside the transaction that records it)."""
+def devices_offline(device_ids: list[int]) -> None:
+    """These devices' current sockets closed (call inside the transaction that
+    records it). Disconnects come in bursts: one query when nobody listens."""
     from devices.models import Device
 
-    device = Device.objects.filter(pk=device_id)
-    # Disconnects are frequent: one query when nobody listens.
-    listeners = WebhookEndpoint.objects.filter(org_id__in=device.values("org_id"), is_active=True)
-    if not any(EventType.DEVICE_OFFLINE in (types or []) for types in listeners.values_list("event_types", flat=True)):
+    devices = Device.objects.filter(pk__in=device_ids)
+    listening = {
+        org_id
+        for org_id, types in WebhookEndpoint.objects.filter(
+            org_id__in=devices.values("org_id"), is_active=True
+        ).values_list("org_id", "event_types")
+        if EventType.DEVICE_OFFLINE in (types or [])
+    }
+    if not listening:
         return
-    row = device.values("org_id", "identifier").first()
-    if row is None:
-        return
-    emit(
-        row["org_id"],
-        EventType.DEVICE_OFFLINE,
-        {
-            "subject": _subject("device", device_id, row["identifier"]),
-            "actor": f"device:{row['identifier']}",
-            "details": {},
-        },
-    )
+    for row in devices.filter(org_id__in=listening).values("pk", "org_id", "identifier").order_by("pk"):
+        emit(
+            row["org_id"],
+            EventType.DEVICE_OFFLINE,
+            {
+                "subject": _subject("device", row["pk"], row["identifier"]),
+                "actor": f"device:{row['identifier']}",
+                "details": {},
+            },
+        )
 
 
 def dispatch(delivery_id: int) -> None:

@@ -34,7 +34,7 @@ def cluster(live_hub: Callable[..., HubProcess], tmp_path: Path) -> Iterator[tup
     # wait for this machine's slow fsync (see relax_commits).
     relax_current_database()
     env = server_env(_database_url_for_children(), os.environ["REDIS_URL"], str(settings.DATA_DIR), 5)
-    hubs = [live_hub({"ROLLOUT_BACKSTOP_SECONDS": "5", "DATABASE_CONN_MAX_AGE": "60"}) for _ in range(2)]
+    hubs = [live_hub({"ROLLOUT_BACKSTOP_SECONDS": "5"}) for _ in range(2)]
     workers = Cluster(tmp_path, env)
     try:
         workers.wait_worker_ready(workers.start_worker("w0"))

@@ -27,7 +27,7 @@ def test_a_worker_killed_mid_rollout_is_replaced_without_double_claims(
     # wait for this machine's slow fsync (see relax_commits).
     relax_current_database()
     env = server_env(_database_url_for_children(), os.environ["REDIS_URL"], str(settings.DATA_DIR), 5)
-    hubs = [live_hub({"DATABASE_CONN_MAX_AGE": "60"}) for _ in range(2)]
+    hubs = [live_hub() for _ in range(2)]
     cluster = Cluster(tmp_path, env)
     first = cluster.start_worker("first")
     cluster.wait_worker_ready(first)

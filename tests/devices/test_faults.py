@@ -41,8 +41,10 @@ def _url_through(cut: TcpCut) -> str:
 @pytest.mark.services
 def test_it_keeps_devices_connected_through_a_database_outage_and_recovers(live_hub, creds, db_cut):
     # given: a hub whose database connections go through a forwarder we can cut
-    hub = live_hub({"DATABASE_URL": _url_through(db_cut), "DATABASE_CONN_MAX_AGE": "600"})
-    connected = creds.device(hub.ws_url, "dev-steady", rejoin_after=0.5)
+    hub = live_hub({"DATABASE_URL": _url_through(db_cut)})
+    # Rejoins well after a crash (the pool waits DATABASE_POOL_TIMEOUT, 3 s, for a
+    # connection first), so the test sees the topic down before the client rejoins.
+    connected = creds.device(hub.ws_url, "dev-steady", rejoin_after=8)
 
     async def scenario():
         await connected.connect()
@@ -54,6 +56,11 @@ def test_it_keeps_devices_connected_through_a_database_outage_and_recovers(live_
         )
         # a device report during the outage crashes the topic (phx_error), not the socket
         await connected.push("device", "report_network_interface", {"interface": "wlan0"})
+        deadline = time.monotonic() + 15
+        while "device" in connected.join_refs and time.monotonic() < deadline:  # noqa: ASYNC110 - polling the client
+            await asyncio.sleep(0.1)
+        # the client holds its reports while the topic is down
+        await connected.push("device", "report_network_interface", {"interface": "wlan1"})
         still_there = await connected.heartbeat()
         # when: it comes back
         db_cut.restore()

@@ -78,8 +78,8 @@ def test_device_connections_are_announced_without_being_audited(tenant, subscrib
     device = device_services.create_device("test", tenant.product, "dev-1")
 
     # when
-    device_services.open_device_connection(device.pk, "channel-a")
-    device_services.open_device_connection(device.pk, "channel-b")
+    device_services.open_device_connection(Device.objects.get(pk=device.pk), "channel-a")
+    device_services.open_device_connection(Device.objects.get(pk=device.pk), "channel-b")
     device_services.close_device_connection(device.pk, "channel-a")  # replaced: not offline
     device_services.close_device_connection(device.pk, "channel-b")
 

@@ -1,0 +1,114 @@
+"""What a reconnecting device costs the database.
+
+A fleet that comes back after a hub restart is mostly devices reporting what is
+stored already. Their connect and join must stay a handful of reads and one
+write (the connection itself): the join rate of a hub process is about one over
+its database time per join (docs/benchmarks.md, M3).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from deployments.models import Deployment, DeviceUpdate
+from devices import auth, services
+from devices.models import Device
+from devices.protocol import DeviceJoin
+from nerveshub.tenancy.models import AuditEvent
+from tests.deployments.conftest import make_firmware
+from tests.devices.conftest import Credentials
+from tests.support.nhl_client import nh1_headers
+
+JOIN = {
+    "nerves_fw_uuid": "2f3c0a9e-7d1b-4c55-9a77-0d1f3e5b6a01",
+    "nerves_fw_product": "hub-test",
+    "nerves_fw_version": "1.0.0",
+    "nerves_fw_platform": "rpi4",
+    "nerves_fw_architecture": "arm",
+    "fwup_version": "1.10.2",
+    "device_api_version": "2.2.0",
+    "fwup_public_keys": "on_connect",
+    "meta": {"firmware_validated": True},
+}
+
+
+def connect_and_join(creds: Credentials, identifier: str, channel: str, join: dict[str, object] = JOIN) -> int | None:
+    headers = dict(nh1_headers(creds.product_key, creds.product_secret, identifier, int(time.time())))
+    device = auth.authenticate_shared_secret(headers)
+    services.open_device_connection(device, channel)
+    _, deployment_id = services.store_join(device.pk, DeviceJoin.model_validate(join))
+    return deployment_id
+
+
+def statements(queries: list[dict[str, str]]) -> list[str]:
+    # Transaction control (BEGIN, savepoints inside the test's transaction) aside.
+    control = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE", "ROLLBACK")
+    return [q["sql"] for q in queries if not q["sql"].startswith(control)]
+
+
+def writes(queries: list[dict[str, str]]) -> list[str]:
+    return [sql for sql in statements(queries) if sql.split(" ", 1)[0] in ("INSERT", "UPDATE", "DELETE")]
+
+
+@pytest.mark.django_db
+def test_a_returning_device_costs_a_handful_of_reads_and_one_write(creds: Credentials) -> None:
+    older = make_firmware(creds.tenant.product, "1.0.0")
+    deployment = Deployment.objects.create(
+        org=creds.tenant.org, product=creds.tenant.product, name="stable", firmware=older, is_active=True
+    )
+    assert connect_and_join(creds, "dev-1", "chan-1") == deployment.pk  # first sight: registered and assigned
+
+    with CaptureQueriesContext(connection) as queries:
+        assert connect_and_join(creds, "dev-1", "chan-2") == deployment.pk
+
+    assert len(statements(queries.captured_queries)) <= 8, [sql[:80] for sql in statements(queries.captured_queries)]
+    (write,) = writes(queries.captured_queries)
+    assert write.startswith('UPDATE "devices_device" SET "socket_channel"')
+    device = Device.objects.get(identifier="dev-1")
+    assert device.socket_channel == "chan-2" and device.firmware_version == "1.0.0"
+    assert not DeviceUpdate.objects.exists()  # it runs the deployment's firmware already
+
+
+@pytest.mark.django_db
+def test_what_a_join_changes_is_still_written_and_audited(creds: Credentials) -> None:
+    connect_and_join(creds, "dev-2", "chan-1")
+    newer = {**JOIN, "nerves_fw_uuid": "2f3c0a9e-7d1b-4c55-9a77-0d1f3e5b6a02", "nerves_fw_version": "1.1.0"}
+
+    connect_and_join(creds, "dev-2", "chan-2", newer)
+
+    device = Device.objects.get(identifier="dev-2")
+    assert (device.firmware_uuid, device.firmware_version) == (newer["nerves_fw_uuid"], "1.1.0")
+    changes = AuditEvent.objects.filter(action="device.firmware_changed", subject_id=str(device.pk))
+    assert [e.details["to"] for e in changes.order_by("pk")] == [JOIN["nerves_fw_uuid"], newer["nerves_fw_uuid"]]
+
+
+@pytest.mark.django_db
+def test_a_stale_read_of_the_socket_still_reports_the_socket_it_replaces(creds: Credentials) -> None:
+    connect_and_join(creds, "dev-3", "chan-1")
+    stale = Device.objects.get(identifier="dev-3")
+    Device.objects.filter(pk=stale.pk).update(socket_channel="chan-elsewhere")  # another process took it since
+
+    info = services.open_device_connection(stale, "chan-2")
+
+    assert info.previous_channel == "chan-elsewhere"
+    assert Device.objects.get(pk=stale.pk).socket_channel == "chan-2"
+
+
+@pytest.mark.django_db
+def test_a_join_moves_a_device_whose_deployment_stopped(creds: Credentials) -> None:
+    firmware = make_firmware(creds.tenant.product, "1.0.0")
+    first = Deployment.objects.create(
+        org=creds.tenant.org, product=creds.tenant.product, name="a", firmware=firmware, is_active=True
+    )
+    assert connect_and_join(creds, "dev-4", "chan-1") == first.pk
+    Deployment.objects.filter(pk=first.pk).update(is_active=False)
+    second = Deployment.objects.create(
+        org=creds.tenant.org, product=creds.tenant.product, name="b", firmware=firmware, is_active=True
+    )
+
+    assert connect_and_join(creds, "dev-4", "chan-2") == second.pk
+    assert Device.objects.get(identifier="dev-4").deployment_id == second.pk
