@@ -271,29 +271,22 @@ def _claim(deployment: Deployment, devices: list[Device]) -> list[DeviceUpdate]:
     return rows
 
 
-def _resend_unacknowledged(deployment: Deployment, now: datetime, exclude: list[int]) -> list[int]:
-    """Devices whose update is still `requested` long after it was pushed: the
-    push was lost (a worker died between commit and send, the socket was being
-    replaced). Their slot is already held; they get the push again. A device
-    acknowledges a push within moments, so a repeat reaches only devices that
-    never saw the first one."""
+def _resend_unacknowledged(deployment: Deployment, now: datetime) -> list[tuple[int, int, int]]:
+    """Updates still `requested` long after their last push: the push was lost
+    (a worker died between commit and send, the socket was being replaced).
+    Their slot is already held; they get the push again. A device acknowledges
+    a push within moments, so a repeat reaches only devices that never saw the
+    first one. Returns (update id, device id, pushes so far) for push_updates."""
     cutoff = now - timedelta(seconds=resend_after_seconds())
-    stale = list(
+    return list(
         DeviceUpdate.objects.filter(
             deployment=deployment,
             firmware_id=deployment.firmware_id,
             status=UpdateStatus.REQUESTED,
             updated_at__lt=cutoff,
             device__connection_status=ConnectionStatus.CONNECTED,
-        )
-        .exclude(device_id__in=exclude)
-        .values_list("pk", "device_id")
+        ).values_list("pk", "device_id", "pushes")
     )
-    if not stale:
-        return []
-    # Compare-and-set on the status: an acknowledgement that lands meanwhile wins.
-    DeviceUpdate.objects.filter(pk__in=[pk for pk, _ in stale], status=UpdateStatus.REQUESTED).update(updated_at=now)
-    return [device_id for _, device_id in stale]
 
 
 def resend_after_seconds() -> int:
@@ -302,18 +295,32 @@ def resend_after_seconds() -> int:
     return max(10, int(settings.ROLLOUT_BACKSTOP_SECONDS))
 
 
-def push_updates(device_ids: list[int], payload: dict[str, Any]) -> None:
-    """After commit, push `update` to each device's socket: one query for the
-    socket channels and one event loop for all the sends (a claim of 1,000
-    devices is one round of pipelined channel-layer sends, not 1,000)."""
-    if not device_ids:
+def _mark_pushed(update_id: int, seen_pushes: int, channel: str) -> bool:
+    """Compare-and-set: record a push of a `requested` update to `channel`,
+    unless another push or an acknowledgement came first since the caller read
+    `seen_pushes`. Only the caller that wins sends."""
+    return bool(
+        DeviceUpdate.objects.filter(pk=update_id, status=UpdateStatus.REQUESTED, pushes=seen_pushes).update(
+            pushes=seen_pushes + 1, pushed_channel=channel, updated_at=timezone.now()
+        )
+    )
+
+
+def push_updates(updates: list[tuple[int, int]], payload: dict[str, Any]) -> None:
+    """After commit, push `update` for each (update id, pushes when the push was
+    decided) to its device's socket: one query for the socket channels, one
+    compare-and-set per update, and one event loop for all the sends (a claim
+    of 1,000 devices is one round of pipelined channel-layer sends)."""
+    if not updates:
         return
-    ids = list(device_ids)
+    seen = dict(updates)
 
     def send() -> None:
-        channels = [
-            channel for channel in Device.objects.filter(pk__in=ids).values_list("socket_channel", flat=True) if channel
-        ]
+        rows = DeviceUpdate.objects.filter(pk__in=list(seen), status=UpdateStatus.REQUESTED).values_list(
+            "pk", "device__socket_channel"
+        )
+        with transaction.atomic():
+            channels = [channel for pk, channel in rows if channel and _mark_pushed(pk, seen[pk], channel)]
         layer = get_channel_layer()
         if layer is None or not channels:
             return
@@ -365,7 +372,8 @@ def expire_stale_updates(deployment: Deployment, now: datetime) -> int:
 
 
 def run_rollout(deployment_id: int) -> RolloutRun:
-    """Fill the deployment's free slots with eligible connected devices."""
+    """Re-send lost pushes, then fill the deployment's free slots with eligible
+    connected devices."""
     run = RolloutRun()
     now = timezone.now()
     deployment = Deployment.objects.select_related("firmware").filter(pk=deployment_id).first()
@@ -386,36 +394,49 @@ def run_rollout(deployment_id: int) -> RolloutRun:
         if deployment.firmware.status != FirmwareStatus.VALID:
             run.skipped = "firmware not valid"
             return run
-        scope = _stage_scope(deployment, now)
-        if isinstance(scope, str):
-            run.skipped = scope
-            return run
-        inflight = DeviceUpdate.objects.filter(deployment=deployment, status__in=INFLIGHT_STATUSES)
-        slots = deployment.concurrent_updates - inflight.count()
-        candidates = eligible_devices(deployment, now)
-        if scope is not None:
-            members = StageMember.objects.filter(deployment=deployment, stage__position__lte=scope.position)
-            candidates = candidates.filter(pk__in=members.values("device_id"))
-            stage_limit = scope.concurrent_updates or deployment.concurrent_updates
-            stage_members = StageMember.objects.filter(stage=scope).values("device_id")
-            slots = min(slots, stage_limit - inflight.filter(device_id__in=stage_members).count())
-        if slots <= 0:
-            run.skipped = "no free slot"
-            return run
-        payload = dict(update_payload(deployment.firmware, deployment.pk))
-        devices = list(candidates.only("pk", "org_id", "identifier")[:slots])
-        for update in _claim(deployment, devices):
-            device = update.device
-            audit(
-                "orchestrator",
-                "update.requested",
-                device,
-                details={"deployment": deployment.name, "firmware": deployment.firmware.uuid, "update": update.pk},
-            )
-            run.claimed.append(device.pk)
-        run.resent = _resend_unacknowledged(deployment, now, exclude=run.claimed)
-        push_updates([*run.claimed, *run.resent], payload)
+        # Lost pushes before the slot count: their slots are held already, and
+        # when they hold every slot nothing else would free one before the
+        # in-flight timeout.
+        resend = _resend_unacknowledged(deployment, now)
+        run.resent = [device_id for _, device_id, _ in resend]
+        claimed = _claim_free_slots(deployment, now, run)
+        push_updates(
+            [*((pk, 0) for pk in claimed), *((pk, pushes) for pk, _, pushes in resend)],
+            dict(update_payload(deployment.firmware, deployment.pk)),
+        )
     return run
+
+
+def _claim_free_slots(deployment: Deployment, now: datetime, run: RolloutRun) -> list[int]:
+    """Claim a slot for as many eligible devices as there are free slots (under
+    the deployment lock). Returns the updates inserted."""
+    scope = _stage_scope(deployment, now)
+    if isinstance(scope, str):
+        run.skipped = scope
+        return []
+    inflight = DeviceUpdate.objects.filter(deployment=deployment, status__in=INFLIGHT_STATUSES)
+    slots = deployment.concurrent_updates - inflight.count()
+    candidates = eligible_devices(deployment, now)
+    if scope is not None:
+        members = StageMember.objects.filter(deployment=deployment, stage__position__lte=scope.position)
+        candidates = candidates.filter(pk__in=members.values("device_id"))
+        stage_limit = scope.concurrent_updates or deployment.concurrent_updates
+        stage_members = StageMember.objects.filter(stage=scope).values("device_id")
+        slots = min(slots, stage_limit - inflight.filter(device_id__in=stage_members).count())
+    if slots <= 0:
+        run.skipped = "no free slot"
+        return []
+    claimed = []
+    for update in _claim(deployment, list(candidates.only("pk", "org_id", "identifier")[:slots])):
+        audit(
+            "orchestrator",
+            "update.requested",
+            update.device,
+            details={"deployment": deployment.name, "firmware": deployment.firmware.uuid, "update": update.pk},
+        )
+        claimed.append(update.pk)
+        run.claimed.append(update.device_id)
+    return claimed
 
 
 # --- Stages ------------------------------------------------------------------------------
@@ -503,9 +524,12 @@ def approve_stage(actor: Actor, stage: DeploymentStage) -> bool:
     return bool(changed)
 
 
-def push_pending_update(device_id: int) -> bool:
-    """Re-send a `requested` update the device never acknowledged (it went away
-    before the push reached it). Returns whether one was sent."""
+def push_pending_update(device_id: int, channel: str | None = None) -> bool:
+    """On a join: send the `requested` update the device never acknowledged (it
+    went away before the push reached it) to its socket `channel` (read when not
+    given), unless that socket was sent it already: the orchestrator may have
+    claimed the device between its connect and this join, and then its push is
+    on the way to this socket. Returns whether one was sent."""
     from firmware.services import update_payload
 
     update = (
@@ -525,10 +549,15 @@ def push_pending_update(device_id: int) -> bool:
         # Not re-sent: a stopped deployment pushes nothing new (the in-flight
         # timeout frees the slot), and only valid firmware has a download URL.
         return False
+    if channel is None:
+        channel = Device.objects.filter(pk=device_id).values_list("socket_channel", flat=True).first() or ""
+    if not channel or update.pushed_channel == channel:
+        return False
     payload = dict(update_payload(update.firmware, update.deployment_id))
     with transaction.atomic():
-        DeviceUpdate.objects.filter(pk=update.pk, status=UpdateStatus.REQUESTED).update(updated_at=timezone.now())
-        publish.send_to_device(device_id, "update", payload)
+        if not _mark_pushed(update.pk, update.pushes, channel):
+            return False  # another push or the acknowledgement came first
+        publish.send_to_channel(channel, "update", payload)
     return True
 
 
@@ -820,7 +849,7 @@ def on_device_joined(device_id: int, join: DeviceJoin | None = None, *, seen: De
         unchanged = seen is not None and seen.deployment_id == deployment_id
         archives.push_archive_on_join(device_id, seen=seen if unchanged else None)
     # Only an in-flight attempt can be an unacknowledged `requested` one.
-    if inflight and push_pending_update(device_id):
+    if inflight and push_pending_update(device_id, seen.socket_channel if seen is not None else None):
         return deployment_id
     if deployment_id is not None:
         with transaction.atomic():

@@ -67,6 +67,13 @@ def send_to_device(device_id: int, event: str, payload: dict[str, Any], *, topic
     _to_device_on_commit(device_id, {"type": "device.push", "topic": topic, "event": event, "payload": payload})
 
 
+def send_to_channel(channel: str, event: str, payload: dict[str, Any], *, topic: str = "device") -> None:
+    """Push `event` to the one socket `channel` (a device's, as the caller read
+    it): after commit, like every function here."""
+    message = {"type": "device.push", "topic": topic, "event": event, "payload": payload}
+    transaction.on_commit(lambda: _send_now(channel, message))
+
+
 def disconnect_device(device_id: int) -> None:
     """Close the device's socket; it reconnects and joins afresh."""
     _to_device_on_commit(device_id, {"type": "device.disconnect"})

@@ -6,6 +6,7 @@ to a device that never acknowledged one, and never exceeds the slots."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,11 +47,16 @@ def test_a_worker_killed_mid_rollout_is_replaced_without_double_claims(
             claimed_at_kill.append(claimed)
             cluster.start_worker("second")
 
+    result = None
     try:
         result = run_simulation(config, scenario, [h.ws_url for h in hubs], tmp_path, kill_when_a_third_is_claimed)
     finally:
         cluster.stop()
-        print(cluster.logs())
+        # What a failure needs, last (a report shows the end of the output):
+        # the processes' notable lines, then the rollout's state.
+        print(notable_lines(cluster.logs(tail=200_000), *(h.log() for h in hubs)))
+        print(rollout_state(scenario.deployment_id, claimed_at_kill))
+        print(result.summary() if result is not None else "the simulation raised")
     # then: the kill happened mid-rollout and the rollout still finished
     assert claimed_at_kill and claimed_at_kill[0] < config.devices, result.summary()
     assert result.problems == [], result.summary()
@@ -62,3 +68,21 @@ def test_a_worker_killed_mid_rollout_is_replaced_without_double_claims(
     assert len(rows) == len({device for device, _ in rows}) == config.devices
     assert {status for _, status in rows} == {UpdateStatus.SUCCEEDED}
     assert result.duplicate_pushes == 0
+
+
+def notable_lines(*logs: str) -> str:
+    """Everything but the per-task and per-request chatter."""
+    chatter = (" received", "succeeded in", "WSCONNECT", "WSDISCONNECT", "WSCONNECTING", '"GET ', '"POST ')
+    lines = [line for log in logs for line in log.splitlines() if not any(c in line for c in chatter)]
+    return "\n".join(lines[-150:])
+
+
+def rollout_state(deployment_id: int, claimed_at_kill: list[int]) -> str:
+    updates = DeviceUpdate.objects.filter(deployment_id=deployment_id)
+    by_status = Counter(updates.values_list("status", flat=True))
+    unfinished = list(
+        updates.exclude(status=UpdateStatus.SUCCEEDED).values_list(
+            "device__identifier", "status", "pushes", "pushed_channel", "device__connection_status"
+        )[:20]
+    )
+    return f"killed at {claimed_at_kill} claims; updates by status {dict(by_status)}; unfinished {unfinished}"
