@@ -4,7 +4,7 @@ The session user comes from Channels' AuthMiddlewareStack (nerveshub.routing).
 Thin by design: parse a browser message (console.protocol), check it against
 the rules (console.services), pass it on through the channel layer:
 
-* to the device: its socket channel (Device.socket_channel), wherever that
+* to the device: its socket address (Device.socket_channel), wherever that
   socket lives; the device socket pushes it on the `console` topic;
 * from the device: the per-device group `console_group(device_id)`.
 
@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from console import protocol, services
 from console.services import ConsoleAccess, InputRecorder, UploadRefused, UploadTracker
+from devices.publish import send_to_socket
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def _send_layer(self, channel: str, message: dict[str, Any]) -> bool:
         try:
-            await self.channel_layer.send(channel, message)
+            await send_to_socket(self.channel_layer, channel, message)
         except Exception:
             # A full channel (ChannelFull) or an unreachable layer.
             logger.exception("console message to %s failed", channel)

@@ -10,7 +10,7 @@ Two consumers call in here and stay thin:
   is to this device, and uses `UploadTracker` / `InputRecorder` for the rules
   about files and attribution.
 
-Operator → device messages go to the device's own socket channel
+Operator → device messages go to the device socket's address
 (Device.socket_channel), device → operators messages to one group per device;
 both cross server processes through the channel layer (Redis in production).
 """
@@ -29,6 +29,7 @@ from django.contrib.auth.models import AnonymousUser
 from console import protocol
 from devices.models import Device
 from devices.protocol import parse_semver
+from devices.publish import send_to_socket
 from nerveshub.tenancy.models import Role
 from nerveshub.tenancy.services import audit, role_in
 
@@ -210,7 +211,7 @@ class DeviceConsole:
 
     async def _send(self, channel: str, message: dict[str, Any]) -> None:
         try:
-            await self.layer.send(channel, message)
+            await send_to_socket(self.layer, channel, message)
         except Exception:
             logger.exception("device %s: console reply failed", self.device_id)
 

@@ -226,7 +226,17 @@ class DeviceUpdateAdmin(OrgScopedAdmin[DeviceUpdate]):
     rows move only through the rollout services."""
 
     org_path = "device__org"
-    list_display = ["created_at", "device", "firmware", "deployment", "status", "progress", "reason", "finished_at"]
+    list_display = [
+        "created_at",
+        "device",
+        "firmware",
+        "deployment",
+        "status",
+        "progress",
+        "pushes",
+        "reason",
+        "finished_at",
+    ]
     list_select_related = ["device", "firmware", "firmware__product", "deployment"]
     list_filter = ["status"]
     search_fields = ["=device__identifier", "=firmware__uuid"]

@@ -204,7 +204,7 @@ class DeviceUpdate(models.Model):
     # Every `update` push is a compare-and-set on `pushes` (rollout.push_updates,
     # rollout.push_pending_update): of two paths that decide to push at once, one
     # sends; and a socket that was sent the update is not sent it again.
-    pushes = models.PositiveIntegerField(default=0, editable=False)
+    pushes = models.PositiveIntegerField(default=0, editable=False, help_text="How often `update` was sent.")
     pushed_channel = models.CharField(max_length=200, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)

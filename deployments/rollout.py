@@ -327,7 +327,9 @@ def push_updates(updates: list[tuple[int, int]], payload: dict[str, Any]) -> Non
         message = {"type": "device.push", "topic": "device", "event": "update", "payload": payload}
 
         async def send_all() -> None:
-            results = await asyncio.gather(*(layer.send(c, message) for c in channels), return_exceptions=True)
+            results = await asyncio.gather(
+                *(publish.send_to_socket(layer, c, message) for c in channels), return_exceptions=True
+            )
             for channel, result in zip(channels, results, strict=True):
                 if isinstance(result, BaseException):
                     # The row holds the slot; the device gets the update on its

@@ -24,12 +24,13 @@ from urllib.parse import parse_qs
 
 from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import StopConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 from pydantic import ValidationError
 
 from console.services import DeviceConsole
 from deployments import rollout
-from devices import protocol, scripts, services
+from devices import protocol, publish, scripts, services
 from devices.auth import AuthError, authenticate_device
 from devices.dbthreads import database_sync_to_async
 from devices.hub import hub
@@ -49,37 +50,68 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
     deployment_id: int | None = None
     last_frame: float = 0.0
 
-    # Channels reads the channel layer with `self.channel_receive`; an error there
-    # (Redis restarting) would end the consumer and daphne would close the device
-    # socket. Devices do not need Redis to stay connected, so reads are retried.
-    _layer_receive: Callable[[], Awaitable[dict[str, Any]]] | None = None
-    _layer_failing = False
+    # Messages from the rest of the hub (devices.hub hands them over): queued
+    # while this socket handles a frame, so they are handled in turn with the
+    # frames as Channels would (the join reply goes out before what the join
+    # pushed).
+    _inbox: list[dict[str, Any]] | None = None
+    _delivering: asyncio.Task[None] | None = None
+    _busy = False
+    _number = 0
 
-    @property
-    def channel_receive(self) -> Callable[[], Awaitable[dict[str, Any]]]:
-        return self._resilient_receive
+    async def __call__(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        # Channels would give this consumer a channel of its own and a task
+        # reading it, about 5 KiB per idle socket (M2). A device socket has an
+        # address on its process's dispatcher channel instead (devices.hub).
+        self.scope = scope
+        self.base_send = send
+        self.channel_layer = get_channel_layer()
+        self.channel_name, self._number = await hub.attach(self)
+        try:
+            while True:
+                message = await receive()
+                if self._delivering is not None:
+                    await self._delivering
+                self._busy = True
+                try:
+                    await self.dispatch(message)
+                finally:
+                    self._busy = False
+                if self._inbox:
+                    self._deliver_later()
+        except StopConsumer:
+            pass
+        finally:
+            hub.detach(self._number)
+            if self._delivering is not None:
+                self._delivering.cancel()
 
-    @channel_receive.setter
-    def channel_receive(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
-        self._layer_receive = receive
+    def deliver(self, message: dict[str, Any]) -> None:
+        if self._inbox is None:
+            self._inbox = []
+        self._inbox.append(message)
+        if not self._busy and self._delivering is None:
+            self._deliver_later()
 
-    async def _resilient_receive(self) -> dict[str, Any]:
-        assert self._layer_receive is not None
-        delay = 0.5
-        while True:
-            try:
-                message = await self._layer_receive()
-            except Exception as exc:
-                if not self._layer_failing:
-                    logger.warning("device %s: channel layer unavailable (%s); retrying", self.device_id, exc)
-                    self._layer_failing = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if self._layer_failing:
-                logger.info("device %s: channel layer back", self.device_id)
-                self._layer_failing = False
-            return message
+    def _deliver_later(self) -> None:
+        self._delivering = asyncio.get_running_loop().create_task(self._drain_inbox())
+
+    async def _drain_inbox(self) -> None:
+        try:
+            while self._inbox:
+                message = self._inbox.pop(0)
+                try:
+                    await self.dispatch(message)
+                except Exception:
+                    logger.exception("device %s: %s failed", self.device_id, message.get("type"))
+        finally:
+            self._inbox = None
+            self._delivering = None
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels' own dispatch first hops to a worker thread to close stale
@@ -133,7 +165,7 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             await replaced.close_replaced()
         elif info.previous_channel:
             # The older socket lives in another process: last connection wins.
-            await self.channel_layer.send(info.previous_channel, {"type": "device.disconnect"})
+            await publish.send_to_socket(self.channel_layer, info.previous_channel, {"type": "device.disconnect"})
 
     def _forget_headers(self) -> None:
         # Nothing reads the request headers (credentials among them) after the

@@ -1,8 +1,11 @@
 """Process-local state of the device sockets: who is connected here, plus the two
 background tasks each server process runs for all its sockets together.
 
-* the fleet dispatcher: one channel per process in the FLEET_GROUP group; a fleet
-  message arrives once and is written to the matching local sockets directly;
+* the dispatcher: one channel per process, in the FLEET_GROUP group. A fleet
+  message arrives once and is written to the matching local sockets directly. A
+  message for one socket (its address is this channel plus the socket's number,
+  devices.publish.send_to_socket) is handed to that socket: a device socket has
+  no channel of its own, which would cost it a reader task and its buffers;
 * the sweeper: one timer per process (not one per socket) that closes sockets
   idle longer than DEVICE_IDLE_TIMEOUT and, every DEVICE_LAST_SEEN_INTERVAL,
   refreshes last_seen_at of all local devices with one UPDATE per 1000;
@@ -21,7 +24,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from devices.publish import FLEET_GROUP
+from devices.publish import FLEET_GROUP, socket_address
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ class LocalSocket(Protocol):
     device_id: int
     deployment_id: int | None
     last_frame: float
+
+    def deliver(self, message: dict[str, Any]) -> None: ...
 
     async def push_fleet(self, event: str, message: dict[str, Any]) -> None: ...
 
@@ -74,8 +79,11 @@ class Hub:
         self._encoded: dict[int, tuple[str, dict[str, Any]]] = {}
         self.connects = ConnectLimiter(settings.DEVICE_CONNECT_RATE, settings.DEVICE_CONNECT_BURST)
         self.shed = 0  # connects refused by the limiter, for the logs and benchmarks
-        self._closed: list[tuple[int, str]] = []  # (device id, socket channel) not yet recorded
+        self._closed: list[tuple[int, str]] = []  # (device id, socket address) not yet recorded
         self._recorder: asyncio.Task[None] | None = None
+        self._channel = ""  # this process's dispatcher channel (per event loop)
+        self._addressed: dict[int, LocalSocket] = {}  # socket number -> socket
+        self._numbers = 0
 
     def admit_connect(self) -> bool:
         admitted = self.connects.admit(asyncio.get_running_loop().time())
@@ -84,6 +92,26 @@ class Hub:
         return admitted
 
     # --- registry --------------------------------------------------------------
+
+    async def attach(self, socket: LocalSocket) -> tuple[str, int]:
+        """Give a new socket its address (before anything can be sent to it);
+        returns the address and the socket's number."""
+        self._ensure_started()
+        layer = get_channel_layer()
+        if not self._channel and layer is not None:
+            await self._own_channel(layer)
+        self._numbers += 1
+        self._addressed[self._numbers] = socket
+        return socket_address(self._channel, self._numbers), self._numbers
+
+    def detach(self, number: int) -> None:
+        self._addressed.pop(number, None)
+
+    async def _own_channel(self, layer: Any) -> str:
+        channel = await layer.new_channel()
+        if not self._channel:  # the first of the dispatcher and attach() names it
+            self._channel = channel
+        return self._channel
 
     def register(self, socket: LocalSocket) -> LocalSocket | None:
         """Add the socket; returns the one it replaces in this process, if any."""
@@ -133,9 +161,14 @@ class Hub:
             return
         for task in self._tasks:
             task.cancel()
+        if self._loop is not loop:
+            # A new event loop (tests run several): the old loop's sockets and
+            # dispatcher channel are gone with it.
+            self._channel = ""
+            self._addressed.clear()
         self._loop = loop
         self._tasks = [
-            self._spawn(self._dispatch_fleet(), "device-fleet-dispatcher"),
+            self._spawn(self._dispatch(), "device-dispatcher"),
             self._spawn(self._sweep(), "device-socket-sweeper"),
         ]
         if settings.EMBEDDED:
@@ -148,15 +181,15 @@ class Hub:
         task.add_done_callback(_log_crash)
         return task
 
-    async def _dispatch_fleet(self) -> None:
+    async def _dispatch(self) -> None:
         layer = get_channel_layer()
         if layer is None:
             return
         # The default "specific" prefix on purpose: channels_redis serves every
         # local channel with one prefix from one Redis list, but channels with
         # different prefixes take turns on one receive lock, each blocking up to
-        # 5 s, so a second prefix delays every per-device message by up to 5 s.
-        channel = await layer.new_channel()
+        # 5 s, so a second prefix delays every per-socket message by up to 5 s.
+        channel = await self._own_channel(layer)
         await layer.group_add(FLEET_GROUP, channel)
         joined_at = asyncio.get_running_loop().time()
         while True:
@@ -176,6 +209,14 @@ class Hub:
             if now - joined_at > GROUP_REFRESH_SECONDS:
                 await layer.group_add(FLEET_GROUP, channel)
                 joined_at = now
+            number = message.get("socket")
+            if number is not None:
+                socket = self._addressed.get(number)
+                if socket is not None:
+                    socket.deliver(message)
+                else:
+                    logger.debug("%s for closed socket %s dropped", message.get("type"), number)
+                continue
             try:
                 await self.deliver_fleet(message)
             except Exception:

@@ -4,9 +4,10 @@ Every function here sends after the current transaction commits, so a rolled
 back change never reaches a device. Two paths (docs/architecture.md, "Device
 sockets and fan-out"):
 
-* per device: a channel-layer `send` to the device's own socket channel
+* per device: a channel-layer `send` to the device socket's address
   (Device.socket_channel, written when the socket connected), wherever the
-  socket lives;
+  socket lives: its server process's channel plus the socket's number there
+  (send_to_socket; devices.hub hands the message to that socket);
 * fleet: ONE group message to FLEET_GROUP, which holds one dispatcher channel
   per server process; each process then writes to its local sockets directly.
   A push to 30,000 devices costs one message per process, not 30,000.
@@ -29,12 +30,29 @@ logger = logging.getLogger(__name__)
 FLEET_GROUP = "devices.fleet"
 
 
+# Between a server process's channel and a socket's number in a socket address.
+SOCKET_MARK = "#"
+
+
+def socket_address(process_channel: str, number: int) -> str:
+    return f"{process_channel}{SOCKET_MARK}{number}"
+
+
+async def send_to_socket(layer: Any, address: str, message: dict[str, Any]) -> None:
+    """Send `message` to a device socket's address (Device.socket_channel). An
+    address without a socket number is a plain channel (an operator's console)."""
+    channel, _, number = address.partition(SOCKET_MARK)
+    if number:
+        message = {**message, "socket": int(number)}
+    await layer.send(channel, message)
+
+
 def _send_now(channel: str, message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
     try:
-        async_to_sync(layer.send)(channel, message)
+        async_to_sync(send_to_socket)(layer, channel, message)
     except Exception:
         # A full or unreachable layer must not fail the operator's request: the
         # change is committed; the device gets it on its next join at the latest.

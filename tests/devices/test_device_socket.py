@@ -381,3 +381,47 @@ def test_it_writes_json_the_device_can_read(live_hub, creds):
     # then
     assert Device.objects.get(identifier="dev-ünï").firmware_author == "Zoë / ACME"
     assert json.dumps(device.received)
+
+
+def test_an_update_waiting_for_the_device_comes_after_its_join_reply(live_hub, creds):
+    # given: a device with an update it never acknowledged (pushed to a socket
+    # that closed before the device read it)
+    from deployments.models import Deployment
+    from tests.deployments.conftest import make_firmware
+
+    hub = live_hub()
+    device = creds.device(hub.ws_url, "dev-waiting")
+
+    async def first_visit():
+        await device.connect()
+        await device.close()
+
+    run(first_visit())
+    row = Device.objects.get(identifier="dev-waiting")
+    target = make_firmware(creds.tenant.product, "2.0.0", platform="rpi4", architecture="aarch64")
+    deployment = Deployment.objects.create(
+        org=creds.tenant.org, product=creds.tenant.product, name="stable", firmware=target, is_active=True
+    )
+    Device.objects.filter(pk=row.pk).update(deployment=deployment)
+    DeviceUpdate.objects.create(
+        device=row, deployment=deployment, firmware=target, pushes=1, pushed_channel="specific.gone!x#1"
+    )
+
+    seen_before = len(device.received)
+
+    async def second_visit():
+        # when: it comes back; the join sends the update from inside the join
+        reply = await device.connect()
+        update = await device.next_event("update")
+        await device.close()
+        return reply, update
+
+    reply, update = run(second_visit())
+    # then: the join reply first, then the update
+    events = [m[3] for m in device.received[seen_before:]]
+    assert reply[4]["status"] == "ok"
+    # (and after what the join handler itself pushes)
+    assert events == ["phx_reply", "extensions:get", "update"], events
+    assert update[4]["firmware_meta"]["uuid"] == target.uuid
+    assert DeviceUpdate.objects.get(device=row).pushes == 2
+    device.assert_no_violations()

@@ -187,6 +187,9 @@ def _identify_through(device: Device, redis_url: str) -> None:
     from asgiref.sync import async_to_sync
     from channels_redis.core import RedisChannelLayer
 
+    from devices.publish import send_to_socket
+
     channel = Device.objects.filter(pk=device.pk).values_list("socket_channel", flat=True).get()
     layer = RedisChannelLayer(hosts=[redis_url], prefix=settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"])
-    async_to_sync(layer.send)(channel, {"type": "device.push", "topic": "device", "event": "identify", "payload": {}})
+    message = {"type": "device.push", "topic": "device", "event": "identify", "payload": {}}
+    async_to_sync(send_to_socket)(layer, channel, message)
