@@ -165,7 +165,12 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             await replaced.close_replaced()
         elif info.previous_channel:
             # The older socket lives in another process: last connection wins.
-            await publish.send_to_socket(self.channel_layer, info.previous_channel, {"type": "device.disconnect"})
+            try:
+                await publish.send_to_socket(self.channel_layer, info.previous_channel, {"type": "device.disconnect"})
+            except Exception as exc:
+                # Not this socket's failure: the older one, if it is still
+                # open at all, closes when its idle timeout passes.
+                logger.warning("device %s: could not close its older socket: %r", self.device_id, exc)
 
     def _forget_headers(self) -> None:
         # Nothing reads the request headers (credentials among them) after the

@@ -193,7 +193,17 @@ if REDIS_URL:
                 # channels_redis blocks 5 s in BZPOPMIN per receive, and redis-py's
                 # default read timeout is also 5 s: every idle receive raced it and
                 # lost, crashing the idle device consumer (daphne closed it, 1011).
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                # redis-py's pool holds at most 100 connections by default and
+                # then raises instead of waiting: a connect burst on a busy event
+                # loop (each send holds its connection until the loop comes back
+                # to it) ran past that.
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": 15,
+                        "max_connections": envint("REDIS_MAX_CONNECTIONS", 1000, minimum=10),
+                    }
+                ],
                 "prefix": envstr("CHANNEL_LAYER_PREFIX", "nerveshub") or "nerveshub",
                 # A fleet broadcast reaches each server process as one message
                 # (see docs/architecture.md), so a deep buffer is only needed for bursts.

@@ -425,3 +425,24 @@ def test_an_update_waiting_for_the_device_comes_after_its_join_reply(live_hub, c
     assert update[4]["firmware_meta"]["uuid"] == target.uuid
     assert DeviceUpdate.objects.get(device=row).pushes == 2
     device.assert_no_violations()
+
+
+def test_a_connect_survives_failing_to_close_the_older_socket(live_hub, creds):
+    # given: the row names an older socket that cannot be reached (here: an
+    # address the channel layer refuses; in production, Redis out of connections)
+    hub = live_hub()
+    device = creds.device(hub.ws_url, "dev-older")
+
+    async def visit():
+        reply = await device.connect()
+        await device.heartbeat()
+        await device.close()
+        return reply
+
+    run(visit())
+    wait_until(lambda: Device.objects.get(identifier="dev-older").connection_status == ConnectionStatus.DISCONNECTED)
+    Device.objects.filter(identifier="dev-older").update(socket_channel="no such channel")
+    # when / then: the device connects and joins all the same
+    assert run(visit())[4]["status"] == "ok"
+    assert "could not close its older socket" in hub.log()
+    device.assert_no_violations()
