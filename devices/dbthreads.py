@@ -34,6 +34,11 @@ def _use_pool() -> bool:
     return _parallel
 
 
+def backlog() -> int:
+    """Database calls waiting for a device thread (0 without the pool)."""
+    return _executor._work_queue.qsize() if _executor is not None else 0
+
+
 def database_sync_to_async(func: Callable[..., T]) -> Callable[..., Any]:
     """Like channels.db.database_sync_to_async, on the device pool when it applies."""
     global _executor

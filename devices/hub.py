@@ -24,6 +24,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from devices import dbthreads
 from devices.publish import FLEET_GROUP, socket_address
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,12 @@ class Hub:
         self._numbers = 0
 
     def admit_connect(self) -> bool:
-        admitted = self.connects.admit(asyncio.get_running_loop().time())
+        """The connect rate limit, and the database backlog: both shed a connect
+        before it costs anything (settings DEVICE_CONNECT_RATE, _BACKLOG)."""
+        limit = settings.DEVICE_CONNECT_BACKLOG
+        admitted = not (limit and dbthreads.backlog() >= limit) and self.connects.admit(
+            asyncio.get_running_loop().time()
+        )
         if not admitted:
             self.shed += 1
         return admitted

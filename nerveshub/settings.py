@@ -345,6 +345,11 @@ DEVICE_CONNECT_BURST = envint("DEVICE_CONNECT_BURST", 4000, minimum=1)
 # Threads (each with its own database connection) that run the device sockets'
 # database calls on PostgreSQL; see devices/dbthreads.py.
 DEVICE_DB_THREADS = envint("DEVICE_DB_THREADS", 8, minimum=1)
+# Refuse a device connect with 503 while this many database calls wait for one of
+# those threads: a connect that would queue behind them would not be accepted
+# within daphne's 5 s, and the device would give up after its work was done for
+# nothing (which, retried, feeds the queue). 0 turns the check off.
+DEVICE_CONNECT_BACKLOG = envint("DEVICE_CONNECT_BACKLOG", 100, minimum=0)
 # A larger frame closes the socket: the biggest legitimate frame is a health report.
 DEVICE_MAX_FRAME_BYTES = envint("DEVICE_MAX_FRAME_BYTES", 262_144, minimum=1024)
 

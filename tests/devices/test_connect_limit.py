@@ -36,3 +36,26 @@ def test_it_sheds_connects_over_the_rate_with_503_and_lets_them_in_later(live_hu
     # shed devices never reached authentication: no auto-registration happened
     assert Device.objects.filter(identifier__startswith="herd-").count() == statuses.count(101)
     assert later[0] == 101
+
+
+def test_it_sheds_connects_while_the_database_backlog_is_deep(live_hub, creds):
+    # given: two database threads, connects refused while a call waits for one
+    hub = live_hub({"DEVICE_DB_THREADS": "2", "DEVICE_CONNECT_BACKLOG": "1", "DEVICE_CONNECT_RATE": "0"})
+    now = int(time.time())
+
+    async def burst():
+        attempts = [
+            _upgrade(hub.ws_url, nh1_headers(creds.product_key, creds.product_secret, f"burst-{i}", now))
+            for i in range(40)
+        ]
+        return await asyncio.gather(*attempts)
+
+    # when
+    statuses = [status for status, _ in run(burst())]
+    time.sleep(1)
+    later = run(_upgrade(hub.ws_url, nh1_headers(creds.product_key, creds.product_secret, "late", int(time.time()))))
+    # then: some were shed, before authentication; the backlog drained
+    assert statuses.count(503) >= 1 and statuses.count(101) >= 1, statuses
+    assert statuses.count(503) + statuses.count(101) == 40, statuses
+    assert Device.objects.filter(identifier__startswith="burst-").count() == statuses.count(101)
+    assert later[0] == 101
