@@ -206,6 +206,9 @@ class DeviceUpdate(models.Model):
     # sends; and a socket that was sent the update is not sent it again.
     pushes = models.PositiveIntegerField(default=0, editable=False, help_text="How often `update` was sent.")
     pushed_channel = models.CharField(max_length=200, blank=True, editable=False)
+    # The last push was handed to the channel layer (not only decided): a push
+    # that was decided but never sent (its worker died in between) is sent again.
+    push_sent = models.BooleanField(default=False, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)

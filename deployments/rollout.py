@@ -23,7 +23,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from deployments import archives, services
@@ -272,11 +272,12 @@ def _claim(deployment: Deployment, devices: list[Device]) -> list[DeviceUpdate]:
 
 
 def _resend_unacknowledged(deployment: Deployment, now: datetime) -> list[tuple[int, int, int]]:
-    """Updates still `requested` long after their last push: the push was lost
-    (a worker died between commit and send, the socket was being replaced).
-    Their slot is already held; they get the push again. A device acknowledges
-    a push within moments, so a repeat reaches only devices that never saw the
-    first one. Returns (update id, device id, pushes so far) for push_updates."""
+    """Updates still `requested` a while after their claim whose push was lost:
+    never sent (a worker died between commit and send, or the send failed), or
+    sent to a socket the device no longer uses. Their slot is already held; they
+    get the push again. A push that reached the device's current socket is not
+    repeated, however long its acknowledgement takes to be recorded (a busy hub).
+    Returns (update id, device id, pushes so far) for push_updates."""
     cutoff = now - timedelta(seconds=resend_after_seconds())
     return list(
         DeviceUpdate.objects.filter(
@@ -285,7 +286,9 @@ def _resend_unacknowledged(deployment: Deployment, now: datetime) -> list[tuple[
             status=UpdateStatus.REQUESTED,
             updated_at__lt=cutoff,
             device__connection_status=ConnectionStatus.CONNECTED,
-        ).values_list("pk", "device_id", "pushes")
+        )
+        .exclude(push_sent=True, pushed_channel=F("device__socket_channel"))
+        .values_list("pk", "device_id", "pushes")
     )
 
 
@@ -301,9 +304,16 @@ def _mark_pushed(update_id: int, seen_pushes: int, channel: str) -> bool:
     `seen_pushes`. Only the caller that wins sends."""
     return bool(
         DeviceUpdate.objects.filter(pk=update_id, status=UpdateStatus.REQUESTED, pushes=seen_pushes).update(
-            pushes=seen_pushes + 1, pushed_channel=channel, updated_at=timezone.now()
+            pushes=seen_pushes + 1, pushed_channel=channel, push_sent=False, updated_at=timezone.now()
         )
     )
+
+
+def _confirm_sent(pushed: list[tuple[int, int]]) -> None:
+    """Record that these (update id, push count) pushes left: only a push that
+    is still the update's latest."""
+    for update_id, pushes in pushed:
+        DeviceUpdate.objects.filter(pk=update_id, pushes=pushes).update(push_sent=True)
 
 
 def push_updates(updates: list[tuple[int, int]], payload: dict[str, Any]) -> None:
@@ -320,26 +330,32 @@ def push_updates(updates: list[tuple[int, int]], payload: dict[str, Any]) -> Non
             "pk", "device__socket_channel"
         )
         with transaction.atomic():
-            channels = [channel for pk, channel in rows if channel and _mark_pushed(pk, seen[pk], channel)]
+            sends = [(pk, channel) for pk, channel in rows if channel and _mark_pushed(pk, seen[pk], channel)]
         layer = get_channel_layer()
-        if layer is None or not channels:
+        if layer is None or not sends:
             return
         message = {"type": "device.push", "topic": "device", "event": "update", "payload": payload}
+        failed: list[int] = []
 
         async def send_all() -> None:
             results = await asyncio.gather(
-                *(publish.send_to_socket(layer, c, message) for c in channels), return_exceptions=True
+                *(publish.send_to_socket(layer, c, message) for _, c in sends), return_exceptions=True
             )
-            for channel, result in zip(channels, results, strict=True):
+            for (pk, channel), result in zip(sends, results, strict=True):
                 if isinstance(result, BaseException):
-                    # The row holds the slot; the device gets the update on its
-                    # next join or the next resend.
                     logger.warning("update push to %s failed: %r", channel, result)
+                    failed.append(pk)
 
         try:
             async_to_sync(send_all)()
         except Exception:
-            logger.exception("update pushes to %d device(s) failed", len(channels))
+            logger.exception("update pushes to %d device(s) failed", len(sends))
+            failed = [pk for pk, _ in sends]
+        if failed:
+            # Not sent after all: the next run's resend, or the device's next
+            # join, sends it (the row holds the slot meanwhile).
+            DeviceUpdate.objects.filter(pk__in=failed, status=UpdateStatus.REQUESTED).update(pushed_channel="")
+        _confirm_sent([(pk, seen[pk] + 1) for pk, _ in sends if pk not in failed])
 
     transaction.on_commit(send)
 
@@ -559,7 +575,9 @@ def push_pending_update(device_id: int, channel: str | None = None) -> bool:
     with transaction.atomic():
         if not _mark_pushed(update.pk, update.pushes, channel):
             return False  # another push or the acknowledgement came first
-        publish.send_to_channel(channel, "update", payload)
+        publish.send_to_channel(
+            channel, "update", payload, then=lambda: _confirm_sent([(update.pk, update.pushes + 1)])
+        )
     return True
 
 
@@ -830,16 +848,24 @@ def on_device_joined(device_id: int, join: DeviceJoin | None = None, *, seen: De
     `seen` is the device as the join stored it (devices.services.join_device),
     with its deployment, firmware and archive: a reconnecting device that is
     where it was costs two reads here."""
-    inflight = DeviceUpdate.objects.inflight().filter(device_id=device_id).exists()
+    target = DeviceUpdate.objects.inflight().filter(device_id=device_id).values_list("firmware__uuid", flat=True)
+    target_uuid = target.first()
+    inflight = target_uuid is not None
     if join is not None and inflight:
-        # Like a failing status report: the outcome, penalty box and breaker
-        # are decided under the deployment lock (see on_status_report).
+        running = seen.firmware_uuid if seen is not None else None
+        if running is None:
+            running = Device.objects.filter(pk=device_id).values_list("firmware_uuid", flat=True).first() or ""
         with transaction.atomic():
-            _lock_inflight_deployment(device_id)
-            device = Device.objects.filter(pk=device_id).only("firmware_uuid").first()
+            if running != target_uuid or join.meta.firmware_auto_revert_detected:
+                # The join may end the attempt as a failure: like a failing
+                # status report, the outcome, penalty box and breaker are
+                # decided under the deployment lock (see on_status_report). A
+                # device back on the target has nothing to decide there, and
+                # every rejoin of a rollout would queue on that one lock.
+                _lock_inflight_deployment(device_id)
             finished = services.reconcile_update_on_join(
                 device_id,
-                device.firmware_uuid if device else "",
+                running,
                 validated=join.meta.firmware_validated,
                 auto_reverted=join.meta.firmware_auto_revert_detected,
                 downloading_uuid=join.currently_downloading_uuid,

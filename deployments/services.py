@@ -139,23 +139,39 @@ def reconcile_update_on_join(
     * otherwise the attempt ended without an outcome (completed but rebooted into
       the old slot, power loss mid-download) → expired. Both count as failures.
     """
+    # A status report of the device's previous socket may still be on its way
+    # (that socket is slower to drain than the device is to reboot): when it
+    # moves the row first, the compare-and-set below misses and the join decides
+    # again on what the row says now.
+    for _ in range(5):
+        settled, finished = _reconcile_once(device_id, firmware_uuid, validated, auto_reverted, downloading_uuid)
+        if settled:
+            return finished
+    return None
+
+
+def _reconcile_once(
+    device_id: int, firmware_uuid: str, validated: bool | None, auto_reverted: bool, downloading_uuid: str | None
+) -> tuple[bool, DeviceUpdate | None]:
+    """(False, None) when the row moved under the compare-and-set; else (True,
+    the row if this call ended the attempt)."""
     current = DeviceUpdate.objects.inflight().select_related("firmware").filter(device_id=device_id).first()
     if current is None:
-        return None
+        return True, None
     now = timezone.now()
     target = current.firmware.uuid
     fields: dict[str, Any]
     if firmware_uuid and firmware_uuid == target:
         if validated is False:
             if current.status == UpdateStatus.COMPLETED:
-                return None
+                return True, None
             fields = {"status": UpdateStatus.COMPLETED, "progress": 100, "reason": "awaiting firmware validation"}
         else:
             fields = {"status": UpdateStatus.SUCCEEDED, "progress": 100, "finished_at": now, "reason": ""}
     elif downloading_uuid and downloading_uuid == target:
-        return None
+        return True, None
     elif current.status == UpdateStatus.REQUESTED:
-        return None
+        return True, None
     elif auto_reverted:
         fields = {"status": UpdateStatus.FAILED, "finished_at": now, "reason": "the new firmware was auto-reverted"}
     else:
@@ -169,11 +185,13 @@ def reconcile_update_on_join(
         changed = DeviceUpdate.objects.filter(pk=current.pk, status=current.status).update(updated_at=now, **fields)
         if changed:
             audit_transition(current.pk, fields)
-    if not changed or "finished_at" not in fields:
-        return None
+    if not changed:
+        return False, None
+    if "finished_at" not in fields:
+        return True, None
     for name, value in fields.items():
         setattr(current, name, value)
-    return current
+    return True, current
 
 
 def finish_validated_update(device_id: int, firmware_uuid: str) -> DeviceUpdate | None:

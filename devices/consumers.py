@@ -39,6 +39,8 @@ from devices.protocol import Codec, Frame, FrameError
 logger = logging.getLogger(__name__)
 
 JOIN_CRASHED = {"reason": "join crashed"}
+# `device` messages kept for a socket that has not joined `device` yet.
+BEFORE_JOIN_LIMIT = 16
 REASON_BUSY = "too many devices are connecting to this server right now; retry later"
 
 # Extension attach → what to ask for straight away (reference server behaviour).
@@ -58,6 +60,7 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
     _delivering: asyncio.Task[None] | None = None
     _busy = False
     _number = 0
+    _before_join: list[dict[str, Any]] | None = None
 
     async def __call__(
         self,
@@ -87,9 +90,15 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
         except StopConsumer:
             pass
         finally:
+            # However the consumer ends (the device closed, a send to a socket
+            # that had just closed raised, daphne cancelled it): the device must
+            # not stay marked online, nor the socket registered.
             hub.detach(self._number)
             if self._delivering is not None:
                 self._delivering.cancel()
+            if self.device_id:
+                hub.unregister(self)
+                hub.connection_closed(self.device_id, self.channel_name)
 
     def deliver(self, message: dict[str, Any]) -> None:
         if self._inbox is None:
@@ -202,10 +211,7 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             await self.send({"type": "websocket.close"})
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
-        if self.device_id:
-            hub.unregister(self)
-            hub.connection_closed(self.device_id, self.channel_name)
-        raise StopConsumer
+        raise StopConsumer  # the close is recorded as the consumer ends (__call__)
 
     # --- frames ------------------------------------------------------------------
 
@@ -304,6 +310,9 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             await self._push("device", "archive_public_keys", {"keys": outcome.archive_public_keys})
         if params.api_version >= (2, 2, 0):
             await self._push("device", "extensions:get", {})
+        early, self._before_join = self._before_join or [], None
+        for message in early:
+            await self.device_push(message)
 
     async def on_device_event(self, frame: Frame) -> None:
         event, payload = frame.event, frame.payload
@@ -406,6 +415,12 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
         """A per-device command (devices.publish.send_to_device)."""
         topic, event = str(message["topic"]), str(message["event"])
         if topic not in self.joined:
+            if topic == "device" and not self.closing and len(self._before_join or ()) < BEFORE_JOIN_LIMIT:
+                # Sent between this socket's connect and its join (an update
+                # claimed for the device meanwhile, which counts as pushed to this
+                # socket): it follows the join reply.
+                self._before_join = [*(self._before_join or []), message]
+                return
             logger.info("device %s: %s dropped, topic %s not joined", self.device_id, event, topic)
             return
         if topic == "extensions" and event.partition(":")[0] not in self.extensions_attached:

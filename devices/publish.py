@@ -16,7 +16,7 @@ sockets and fan-out"):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -47,16 +47,18 @@ async def send_to_socket(layer: Any, address: str, message: dict[str, Any]) -> N
     await layer.send(channel, message)
 
 
-def _send_now(channel: str, message: dict[str, Any]) -> None:
+def _send_now(channel: str, message: dict[str, Any]) -> bool:
     layer = get_channel_layer()
     if layer is None:
-        return
+        return False
     try:
         async_to_sync(send_to_socket)(layer, channel, message)
     except Exception:
         # A full or unreachable layer must not fail the operator's request: the
         # change is committed; the device gets it on its next join at the latest.
         logger.exception("could not send %s to %s", message.get("type"), channel)
+        return False
+    return True
 
 
 def _group_send_now(message: dict[str, Any]) -> None:
@@ -85,11 +87,23 @@ def send_to_device(device_id: int, event: str, payload: dict[str, Any], *, topic
     _to_device_on_commit(device_id, {"type": "device.push", "topic": topic, "event": event, "payload": payload})
 
 
-def send_to_channel(channel: str, event: str, payload: dict[str, Any], *, topic: str = "device") -> None:
+def send_to_channel(
+    channel: str,
+    event: str,
+    payload: dict[str, Any],
+    *,
+    topic: str = "device",
+    then: Callable[[], None] | None = None,
+) -> None:
     """Push `event` to the one socket `channel` (a device's, as the caller read
-    it): after commit, like every function here."""
+    it): after commit, like every function here; `then` runs once it was sent."""
     message = {"type": "device.push", "topic": topic, "event": event, "payload": payload}
-    transaction.on_commit(lambda: _send_now(channel, message))
+
+    def send() -> None:
+        if _send_now(channel, message) and then is not None:
+            then()
+
+    transaction.on_commit(send)
 
 
 def disconnect_device(device_id: int) -> None:

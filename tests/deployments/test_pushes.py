@@ -176,3 +176,29 @@ def test_lost_pushes_holding_every_slot_are_resent(
     assert sorted(run.resent) == sorted(claimed) and run.claimed == [] and run.skipped == "no free slot"
     received = {d.pk: _received(d.socket_channel, receiving_loop) for d in devices}
     assert received == {d.pk: ["device/update"] if d.pk in claimed else [] for d in devices}
+
+
+def test_a_push_decided_but_never_sent_is_resent_and_a_sent_one_is_not(
+    tenant, deployment, django_capture_on_commit_callbacks, receiving_loop
+):
+    # given: two claimed devices; one push was sent, the other's worker died
+    # after deciding it (the push is recorded, nothing left)
+    sent, lost = (make_device(tenant.product, name, socket_channel=_open_socket()) for name in ("sent", "lost"))
+    for device in (sent, lost):
+        rollout.assign_deployment(device.pk)
+    run = rollout.run_rollout(deployment.pk)
+    updates = {u.device_id: u for u in DeviceUpdate.objects.all()}
+    assert sorted(run.claimed) == sorted([sent.pk, lost.pk])
+    with django_capture_on_commit_callbacks(execute=True):
+        rollout.push_updates([(updates[sent.pk].pk, 0)], {"firmware_url": "x"})
+    assert rollout._mark_pushed(updates[lost.pk].pk, 0, lost.socket_channel)
+    assert _received(sent.socket_channel, receiving_loop) == ["device/update"]
+    # when: neither is acknowledged within the resend delay (a busy hub records
+    # acknowledgements late)
+    DeviceUpdate.objects.update(updated_at=timezone.now() - timedelta(seconds=rollout.resend_after_seconds() + 1))
+    with django_capture_on_commit_callbacks(execute=True):
+        resent = rollout.run_rollout(deployment.pk).resent
+    # then: only the push that never left goes out again
+    assert resent == [lost.pk]
+    assert _received(lost.socket_channel, receiving_loop) == ["device/update"]
+    assert _received(sent.socket_channel, receiving_loop) == []

@@ -21,6 +21,7 @@ from bench.rollout_sim import (
 )
 from deployments.models import DeviceUpdate
 from tests.conftest import HubProcess, _database_url_for_children
+from tests.deployments.test_worker_kill import rollout_state
 
 pytestmark = pytest.mark.services
 
@@ -57,7 +58,7 @@ def test_a_rollout_of_100_devices_keeps_to_its_slots_and_its_penalty_box(
     # when
     result = run_simulation(config, scenario, urls, tmp_path)
     # then: finished, never more than 10 in flight (and the slots were used)
-    assert result.problems == [], result.summary()
+    assert result.problems == [], f"{result.summary()}; {rollout_state(scenario.deployment_id, [])}"
     assert result.max_inflight == config.concurrency, result.summary()
     assert result.succeeded == config.devices - len(failing)
     # every failing device was penalty-boxed after its one attempt and got
