@@ -198,12 +198,6 @@ def open_device_connection(device: Device, channel_name: str) -> ConnectionInfo:
     )
 
 
-def close_device_connection(device_id: int, channel_name: str) -> bool:
-    """Mark the device offline, unless a newer socket already took over
-    (compare-and-set on socket_channel)."""
-    return bool(close_device_connections([(device_id, channel_name)]))
-
-
 def close_device_connections(closed: Iterable[tuple[int, str]]) -> list[int]:
     """Mark offline each device whose socket `channel` closed, unless a newer
     socket already took over: one transaction for a whole burst of disconnects

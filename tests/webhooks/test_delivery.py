@@ -80,8 +80,8 @@ def test_device_connections_are_announced_without_being_audited(tenant, subscrib
     # when
     device_services.open_device_connection(Device.objects.get(pk=device.pk), "channel-a")
     device_services.open_device_connection(Device.objects.get(pk=device.pk), "channel-b")
-    device_services.close_device_connection(device.pk, "channel-a")  # replaced: not offline
-    device_services.close_device_connection(device.pk, "channel-b")
+    device_services.close_device_connections([(device.pk, "channel-a")])  # replaced: not offline
+    device_services.close_device_connections([(device.pk, "channel-b")])
 
     # then
     assert _types() == ["device.online", "device.online", "device.offline"]
