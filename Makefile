@@ -48,10 +48,14 @@ lint: $(VENV)/.installed-dev ## ruff, mypy and the migrations check
 	$(VENV)/bin/mypy .
 	$(PY) manage.py makemigrations --check --dry-run
 
+# --strict: a dependency that could not be looked up fails the audit too.
+audit: $(VENV)/.installed-dev ## Check the installed dependencies against PyPI's vulnerability advisories
+	$(VENV)/bin/pip-audit --strict --skip-editable --progress-spinner off
+
 worker: $(VENV)/.installed-run ## Start a Celery worker (needs REDIS_URL)
 	$(VENV)/bin/celery -A nerveshub worker --loglevel INFO
 
 beat: $(VENV)/.installed-run ## Start Celery beat, the periodic backstops (needs REDIS_URL)
 	$(VENV)/bin/celery -A nerveshub beat --loglevel INFO
 
-.PHONY: help run console-assets test lint worker beat
+.PHONY: help run console-assets test lint audit worker beat

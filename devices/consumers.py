@@ -149,26 +149,10 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
         if not hub.admit_connect():
             await self._deny(503, REASON_BUSY)
             return
-        try:
-            device = await authenticate_device(self.scope)
-        except AuthError as exc:
-            self._forget_headers()
-            logger.info("device socket refused (%s): %s from %s", exc.status, exc.detail, self.scope.get("client"))
-            await self._deny(exc.status, exc.reason)
+        with hub.onboard():
+            info = await self._authenticate_and_accept()
+        if info is None:
             return
-        try:
-            info = await database_sync_to_async(services.open_device_connection)(device, self.channel_name)
-        except Exception:
-            logger.exception("could not record the connection of device %s", device.pk)
-            await self._deny(503, "the platform could not be reached to authenticate this device")
-            return
-        self._forget_headers()
-        self.device_id = device.pk
-        self.identifier = device.identifier
-        self.deployment_id = info.deployment_id
-        self.product_extensions = info.product_extensions
-        self.last_frame = asyncio.get_running_loop().time()
-        await self.send({"type": "websocket.accept"})
         replaced = hub.register(self)
         if replaced is not None:
             await replaced.close_replaced()
@@ -180,6 +164,31 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
                 # Not this socket's failure: the older one, if it is still
                 # open at all, closes when its idle timeout passes.
                 logger.warning("device %s: could not close its older socket: %r", self.device_id, exc)
+
+    async def _authenticate_and_accept(self) -> services.ConnectionInfo | None:
+        try:
+            device = await authenticate_device(self.scope)
+        except AuthError as exc:
+            self._forget_headers()
+            logger.info("device socket refused (%s): %s from %s", exc.status, exc.detail, self.scope.get("client"))
+            await self._deny(exc.status, exc.reason)
+            return None
+        try:
+            info: services.ConnectionInfo = await database_sync_to_async(services.open_device_connection)(
+                device, self.channel_name
+            )
+        except Exception:
+            logger.exception("could not record the connection of device %s", device.pk)
+            await self._deny(503, "the platform could not be reached to authenticate this device")
+            return None
+        self._forget_headers()
+        self.device_id = device.pk
+        self.identifier = device.identifier
+        self.deployment_id = info.deployment_id
+        self.product_extensions = info.product_extensions
+        self.last_frame = asyncio.get_running_loop().time()
+        await self.send({"type": "websocket.accept"})
+        return info
 
     def _forget_headers(self) -> None:
         # Nothing reads the request headers (credentials among them) after the
@@ -301,7 +310,8 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
         # One trip to the database thread for the whole join. What it pushes
         # travels through the channel layer to this consumer, which handles it
         # only after this method returns: the device gets its join reply first.
-        outcome, self.deployment_id = await database_sync_to_async(services.store_join)(self.device_id, params)
+        with hub.onboard():
+            outcome, self.deployment_id = await database_sync_to_async(services.store_join)(self.device_id, params)
         self.joined["device"] = frame.join_ref
         await self._send(protocol.reply(frame.join_ref, frame.ref, "device", "ok", {}))
         if outcome.fwup_public_keys:

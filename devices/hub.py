@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
@@ -80,6 +80,7 @@ class Hub:
         self._encoded: dict[int, tuple[str, dict[str, Any]]] = {}
         self.connects = ConnectLimiter(settings.DEVICE_CONNECT_RATE, settings.DEVICE_CONNECT_BURST)
         self.shed = 0  # connects refused by the limiter, for the logs and benchmarks
+        self.onboarding = 0  # connects and device joins under way (see `onboard`)
         self._closed: list[tuple[int, str]] = []  # (device id, socket address) not yet recorded
         self._recorder: asyncio.Task[None] | None = None
         self._channel = ""  # this process's dispatcher channel (per event loop)
@@ -87,15 +88,28 @@ class Hub:
         self._numbers = 0
 
     def admit_connect(self) -> bool:
-        """The connect rate limit, and the database backlog: both shed a connect
-        before it costs anything (settings DEVICE_CONNECT_RATE, _BACKLOG)."""
-        limit = settings.DEVICE_CONNECT_BACKLOG
-        admitted = not (limit and dbthreads.backlog() >= limit) and self.connects.admit(
-            asyncio.get_running_loop().time()
+        """The connect rate limit, the database backlog and the connects and
+        joins under way: each sheds a connect before it costs anything
+        (settings DEVICE_CONNECT_RATE, _BACKLOG, _CONCURRENCY)."""
+        backlog, concurrency = settings.DEVICE_CONNECT_BACKLOG, settings.DEVICE_CONNECT_CONCURRENCY
+        admitted = (
+            not (concurrency and self.onboarding >= concurrency)
+            and not (backlog and dbthreads.backlog() >= backlog)
+            and self.connects.admit(asyncio.get_running_loop().time())
         )
         if not admitted:
             self.shed += 1
         return admitted
+
+    @contextlib.contextmanager
+    def onboard(self) -> Iterator[None]:
+        """Count a connect (from its admission to its accept or refusal) or a
+        device join (to its reply) as under way."""
+        self.onboarding += 1
+        try:
+            yield
+        finally:
+            self.onboarding -= 1
 
     # --- registry --------------------------------------------------------------
 

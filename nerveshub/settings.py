@@ -350,6 +350,13 @@ DEVICE_DB_THREADS = envint("DEVICE_DB_THREADS", 8, minimum=1)
 # within daphne's 5 s, and the device would give up after its work was done for
 # nothing (which, retried, feeds the queue). 0 turns the check off.
 DEVICE_CONNECT_BACKLOG = envint("DEVICE_CONNECT_BACKLOG", 100, minimum=0)
+# Refuse a device connect with 503 while this many connects and device joins are
+# under way in this process. An admitted connect then has at most these ahead of
+# it, so it is accepted and joined in well under daphne's 5 s whatever is slow
+# (the database, a lock, this process's CPU); without the cap an overloaded
+# process took in connects whose devices had given up by the time they were
+# answered, and their retries became most of its work. 0 turns the check off.
+DEVICE_CONNECT_CONCURRENCY = envint("DEVICE_CONNECT_CONCURRENCY", 64, minimum=0)
 # A larger frame closes the socket: the biggest legitimate frame is a health report.
 DEVICE_MAX_FRAME_BYTES = envint("DEVICE_MAX_FRAME_BYTES", 262_144, minimum=1024)
 

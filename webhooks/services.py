@@ -27,6 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -142,15 +143,25 @@ def rotate_secret(actor: Actor, endpoint: WebhookEndpoint) -> str:
 # --- The outbox ---------------------------------------------------------------------
 
 
-def emit(org_id: int, event_type: str, data: dict[str, Any], *, occurred_at: datetime | None = None) -> list[int]:
-    """Write one delivery per active endpoint of the org that subscribed to
-    `event_type`, and send them after the transaction commits. Costs one query
-    when nobody listens. Returns the new delivery ids."""
-    endpoints = [
+def _listening(org_id: int, event_type: str) -> list[int]:
+    """The org's active endpoints that subscribed to `event_type`."""
+    return [
         pk
         for pk, types in WebhookEndpoint.objects.filter(org_id=org_id, is_active=True).values_list("pk", "event_types")
         if event_type in (types or [])
     ]
+
+
+def emit(org_id: int, event_type: str, data: dict[str, Any], *, occurred_at: datetime | None = None) -> list[int]:
+    """Write one delivery per active endpoint of the org that subscribed to
+    `event_type`, and send them after the transaction commits. Costs one query
+    when nobody listens. Returns the new delivery ids."""
+    return _write(org_id, _listening(org_id, event_type), event_type, data, occurred_at=occurred_at)
+
+
+def _write(
+    org_id: int, endpoints: list[int], event_type: str, data: dict[str, Any], *, occurred_at: datetime | None = None
+) -> list[int]:
     if not endpoints:
         return []
     event_id = uuid4()
@@ -179,22 +190,28 @@ def _subject(kind: str, pk: object, name: str) -> dict[str, str]:
     return {"type": kind, "id": str(pk), "name": name}
 
 
-def on_audit_event(event: AuditEvent) -> None:
-    """The audit hook: an audited action that is a webhook event goes to the outbox."""
+def on_audit_event(event: AuditEvent) -> Callable[[AuditEvent], None] | None:
+    """The audit hook: an audited action that is a webhook event goes to the
+    outbox. Who listens is read before the event is appended (outside the
+    chain's lock); the rows are written after, with the event's id and time."""
     event_type = AUDIT_EVENT_TYPES.get(event.action)
     if event_type is None or event.org_id is None:
-        return
-    emit(
-        event.org_id,
-        event_type,
-        {
-            "subject": _subject(event.subject_type, event.subject_id, event.subject),
-            "actor": event.actor,
-            "details": event.details,
-            "audit_event_id": event.pk,
-        },
-        occurred_at=event.created_at,
-    )
+        return None
+    org_id = event.org_id
+    endpoints = _listening(org_id, event_type)
+    if not endpoints:
+        return None
+
+    def write(appended: AuditEvent) -> None:
+        data = {
+            "subject": _subject(appended.subject_type, appended.subject_id, appended.subject),
+            "actor": appended.actor,
+            "details": appended.details,
+            "audit_event_id": appended.pk,
+        }
+        _write(org_id, endpoints, event_type, data, occurred_at=appended.created_at)
+
+    return write
 
 
 def device_online(device: models.Model) -> None:

@@ -73,16 +73,21 @@ def audit(
     # savepoint=False: inside the caller's transaction this adds no savepoint;
     # called outside one, the append and the hooks still commit together.
     with transaction.atomic(savepoint=False):
+        # The hooks look before the append, which locks the org's chain until
+        # commit: whatever they read is not read under that lock.
+        then = [finish for hook in _audit_hooks if (finish := hook(event)) is not None]
         audit_chain.append(event)
-        for hook in _audit_hooks:
-            hook(event)
+        for finish in then:
+            finish(event)
     return event
 
 
-# Called with every new event inside the auditing transaction, so what a hook
-# writes commits or rolls back with the event. Apps register in AppConfig.ready
-# (webhooks writes its outbox rows this way); tenancy depends on none of them.
-AuditHook = Callable[[AuditEvent], None]
+# Called with every new event inside the auditing transaction, before it is
+# appended (no id or time yet); returns what to do with the appended event, or
+# None for nothing. What a hook writes commits or rolls back with the event.
+# Apps register in AppConfig.ready (webhooks writes its outbox rows this way);
+# tenancy depends on none of them.
+AuditHook = Callable[[AuditEvent], Callable[[AuditEvent], None] | None]
 _audit_hooks: list[AuditHook] = []
 
 

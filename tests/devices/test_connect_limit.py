@@ -59,3 +59,38 @@ def test_it_sheds_connects_while_the_database_backlog_is_deep(live_hub, creds):
     assert statuses.count(503) + statuses.count(101) == 40, statuses
     assert Device.objects.filter(identifier__startswith="burst-").count() == statuses.count(101)
     assert later[0] == 101
+
+
+def test_it_sheds_connects_while_too_many_are_under_way(live_hub, creds):
+    # given: one database thread, at most two connects or joins under way, the
+    # other limits off
+    hub = live_hub(
+        {
+            "DEVICE_DB_THREADS": "1",
+            "DEVICE_CONNECT_CONCURRENCY": "2",
+            "DEVICE_CONNECT_BACKLOG": "0",
+            "DEVICE_CONNECT_RATE": "0",
+        }
+    )
+    now = int(time.time())
+
+    async def burst():
+        attempts = [
+            _upgrade(hub.ws_url, nh1_headers(creds.product_key, creds.product_secret, f"many-{i}", now))
+            for i in range(40)
+        ]
+        return await asyncio.gather(*attempts)
+
+    # when
+    results = run(burst())
+    time.sleep(1)
+    later = run(_upgrade(hub.ws_url, nh1_headers(creds.product_key, creds.product_secret, "late", int(time.time()))))
+    # then: most were shed, before authentication, and said why; the count
+    # came back down as the admitted ones were answered
+    statuses = [status for status, _ in results]
+    assert statuses.count(503) >= 10 and statuses.count(101) >= 1, statuses
+    assert statuses.count(503) + statuses.count(101) == 40, statuses
+    shed = next(headers for status, headers in results if status == 503)
+    assert "retry later" in shed["nh-connection-error-reason"]
+    assert Device.objects.filter(identifier__startswith="many-").count() == statuses.count(101)
+    assert later[0] == 101

@@ -7,7 +7,7 @@ import hashlib
 import itertools
 import json
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
 
@@ -16,6 +16,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, transaction
 from django.utils import timezone
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nerveshub.tenancy import audit_chain
 from nerveshub.tenancy.models import AuditChainHead, AuditEvent, Organization
@@ -281,3 +283,69 @@ def test_concurrent_appends_keep_the_chain_valid() -> None:
     assert result.ok, result.problem
     assert result.checked == threads_count * per_thread
     assert AuditChainHead.objects.get(pk=org.pk).appended == threads_count * per_thread
+    # The time is taken under the chain's lock: id order is time order.
+    times = list(AuditEvent.objects.filter(org=org).order_by("id").values_list("created_at", flat=True))
+    assert times == sorted(times)
+
+
+_text = st.text(max_size=30)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | _text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(
+    action=_text,
+    actor=_text,
+    subject=_text,
+    subject_id=_text,
+    subject_type=_text,
+    details=st.dictionaries(_text, _json, max_size=4),
+    org_id=st.none() | st.integers(min_value=1, max_value=2**62),
+    prev_hash=st.sampled_from(["", "0" * 64, hashlib.sha256(b"x").hexdigest()]),
+    micros=st.integers(min_value=0, max_value=10**15),
+)
+def test_the_split_canonical_text_is_the_canonical_text(
+    action: str,
+    actor: str,
+    subject: str,
+    subject_id: str,
+    subject_type: str,
+    details: dict[str, object],
+    org_id: int | None,
+    prev_hash: str,
+    micros: int,
+) -> None:
+    # given: what PostgreSQL splices (the time and the previous hash) into the
+    # pieces the hub sends it
+    row = {
+        "org_id": org_id,
+        "actor": actor,
+        "action": action,
+        "subject_type": subject_type,
+        "subject_id": subject_id,
+        "subject": subject,
+        "details": audit_chain.normalise_details(details),
+        "created_at": datetime(2000, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros),
+    }
+    # when
+    text0, text1, text2 = audit_chain.canonical_text_around(row)
+    spliced = text0 + row["created_at"].strftime("%Y-%m-%dT%H:%M:%S.%fZ") + text1 + prev_hash + text2
+    # then
+    expected = json.dumps(
+        audit_chain.canonical_fields(row, prev_hash), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    assert spliced == expected
+
+
+def test_events_with_any_text_verify(tenant: Tenant) -> None:
+    # given: text that JSON escapes, non-ASCII and astral characters
+    details = {"note": 'quote " backslash \\ newline \n tab \t', "name": "Grüße 🚀", "nested": {"z": [1.5, None]}}
+    # when
+    event = audit("opérateur ✓", "device.description_changed", tenant.org, details=details)
+    # then
+    stored = AuditEvent.objects.get(pk=event.pk)
+    assert (stored.hash, stored.prev_hash, stored.created_at) == (event.hash, event.prev_hash, event.created_at)
+    assert audit_chain.verify_chain(tenant.org).ok
