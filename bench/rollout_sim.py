@@ -100,6 +100,7 @@ class DeviceLog:
     failed_reports: list[float] = field(default_factory=list)
     connects: int = 0
     connect_errors: int = 0
+    topic_errors: int = 0
     last_error: str = ""
 
 
@@ -120,7 +121,7 @@ class SimDevice:
         self.ref += 1
         return str(self.ref)
 
-    def join_params(self) -> dict[str, Any]:
+    def join_params(self, downloading: str | None = None) -> dict[str, Any]:
         from tests.support.nhl_client import DEFAULT_FW
 
         return {
@@ -132,7 +133,7 @@ class SimDevice:
             "fwup_version": "1.13.2",
             "device_api_version": "2.0.0",
             "console_version": "2.0.0",
-            "currently_downloading_uuid": None,
+            "currently_downloading_uuid": downloading,
             "meta": {"firmware_auto_revert_detected": False, "firmware_validated": True},
         }
 
@@ -191,38 +192,62 @@ class SimDevice:
                 await send([None, self.next_ref(), "phoenix", "heartbeat", {}])
                 await asyncio.sleep(self.plan.heartbeat_seconds)
 
-        join_ref = self.next_ref()
+        # The topic's join; None while the hub's side of it is down.
+        topic: dict[str, str | None] = {"join_ref": self.next_ref()}
+
+        async def send_on_topic(message: list[Any]) -> None:
+            # What the client sends on a topic that is down is not sent.
+            if topic["join_ref"] is not None:
+                await send([topic["join_ref"], *message[1:]])
+
+        async def rejoin() -> None:
+            await asyncio.sleep(1 + random.random())
+            downloading = self.plan.target_uuid if update is not None and not update.done() else None
+            topic["join_ref"] = join_ref = self.next_ref()
+            await send([join_ref, join_ref, "device", "phx_join", self.join_params(downloading)])
+
         beats = asyncio.get_running_loop().create_task(heartbeat())
+        rejoining: asyncio.Task[None] | None = None
         try:
-            await send([join_ref, join_ref, "device", "phx_join", self.join_params()])
+            first = topic["join_ref"]
+            await send([first, first, "device", "phx_join", self.join_params()])
             async for raw in ws:
                 message = json.loads(raw)
-                _, ref, topic, event, _payload = message[:5]
-                if event == "phx_reply" and ref == join_ref:
+                msg_join_ref, ref, topic_name, event, _payload = message[:5]
+                if topic_name == "device" and event == "phx_error" and msg_join_ref == topic["join_ref"]:
+                    # The hub's side of the topic crashed (its database went
+                    # away mid-report): rejoin after a while, as the client
+                    # does, saying which firmware is still downloading.
+                    self.log.topic_errors += 1
+                    topic["join_ref"] = None
+                    rejoining = asyncio.get_running_loop().create_task(rejoin())
+                elif event == "phx_reply" and ref is not None and ref == msg_join_ref:
                     if message[4].get("status") != "ok":
                         raise OSError(f"join refused: {message}")
                     self.joined.set()
-                elif topic == "device" and event == "update":
+                elif topic_name == "device" and event == "update":
                     self.log.pushes.append((time.time(), connection))
                     if update is not None:
                         self.log.duplicates += 1
                         continue
-                    update = asyncio.get_running_loop().create_task(self.apply_update(send, join_ref))
+                    update = asyncio.get_running_loop().create_task(self.apply_update(send_on_topic))
                     update.add_done_callback(lambda _t: asyncio.ensure_future(ws.close()))
             if update is not None and update.done() and not update.cancelled():
                 return update.result()
             return 0.5 + random.random()
         finally:
             beats.cancel()
+            if rejoining is not None:
+                rejoining.cancel()
             if update is not None and not update.done():
                 update.cancel()
             await ws.close()
 
-    async def apply_update(self, send: Callable[[list[Any]], Any], join_ref: str) -> float:
+    async def apply_update(self, send: Callable[[list[Any]], Any]) -> float:
         """Report an fwup run; returns the wait before reconnecting."""
 
         async def push(event: str, payload: dict[str, Any]) -> None:
-            await send([join_ref, self.next_ref(), "device", event, payload])
+            await send([None, self.next_ref(), "device", event, payload])
 
         slice_ = self.plan.update_time / 4
         await push("status_update", {"status": "received"})
@@ -638,11 +663,13 @@ def run_simulation(
     urls: list[str],
     workdir: Path,
     during: Callable[[float], None] | None = None,
+    resume: Callable[[int], None] | None = None,
 ) -> SimResult:
     """Connect the fleet, resume the deployment, wait until every device that can
     succeed did (or the breaker paused the rollout and nothing is in flight),
     and check the run. `during(elapsed)` is called every poll, e.g. to kill a
-    worker mid-rollout."""
+    worker mid-rollout; `resume(deployment_id)` replaces the operator's resume in
+    this process (whose Redis may not be the cluster's)."""
     from deployments import rollout
     from deployments.models import Deployment, DeviceUpdate, UpdateStatus
     from devices.models import ConnectionStatus, Device
@@ -666,9 +693,11 @@ def run_simulation(
             raise RuntimeError(f"{members} of {config.devices} devices are connected members")
         connect_seconds = time.monotonic() - started
         sampler.start()
-        deployment = Deployment.objects.get(pk=scenario.deployment_id)
         t0 = time.monotonic()
-        rollout.resume("bench", deployment)
+        if resume is not None:
+            resume(scenario.deployment_id)
+        else:
+            rollout.resume("bench", Deployment.objects.get(pk=scenario.deployment_id))
         deadline = t0 + config.timeout
         while time.monotonic() < deadline:
             on_target, inflight, paused = _state(scenario.deployment_id, scenario.target_uuid)

@@ -8,6 +8,7 @@ from celery import shared_task
 
 from deployments import rollout
 from deployments.models import Deployment
+from nerveshub.lib.enqueue import enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -32,4 +33,5 @@ def run_all_rollouts() -> None:
     rescheduled device whose delay passed, or a push lost on its way, is picked
     up within one period. It enqueues runs whatever the wake-up marks say."""
     for deployment_id in Deployment.objects.filter(is_active=True, paused_at__isnull=True).values_list("pk", flat=True):
-        run_rollout_task.delay(deployment_id)
+        if not enqueue(run_rollout_task, deployment_id):
+            return  # the broker is away: the next period tries them all again

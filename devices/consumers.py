@@ -61,6 +61,7 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
     _busy = False
     _number = 0
     _before_join: list[dict[str, Any]] | None = None
+    _delivered_once: str | None = None  # the `once` key of the last push sent (see device_push)
 
     async def __call__(
         self,
@@ -436,6 +437,15 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
         if topic == "extensions" and event.partition(":")[0] not in self.extensions_attached:
             logger.info("device %s: %s dropped, extension not attached", self.device_id, event)
             return
+        once = message.get("once")
+        if once is not None:
+            # A push the sender may repeat because it cannot tell a lost message
+            # from a late acknowledgement (an update: deployments.rollout): this
+            # socket sends it to its device once.
+            if once == self._delivered_once:
+                logger.info("device %s: repeated %s not sent again on this socket", self.device_id, event)
+                return
+            self._delivered_once = str(once)
         await self._push(topic, event, message["payload"])
 
     async def device_disconnect(self, message: dict[str, Any]) -> None:

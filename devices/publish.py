@@ -87,6 +87,16 @@ def send_to_device(device_id: int, event: str, payload: dict[str, Any], *, topic
     _to_device_on_commit(device_id, {"type": "device.push", "topic": topic, "event": event, "payload": payload})
 
 
+def push_message(
+    event: str, payload: dict[str, Any], *, topic: str = "device", once: str | None = None
+) -> dict[str, Any]:
+    """The channel-layer message that has a device socket push `event`."""
+    message: dict[str, Any] = {"type": "device.push", "topic": topic, "event": event, "payload": payload}
+    if once is not None:
+        message["once"] = once
+    return message
+
+
 def send_to_channel(
     channel: str,
     event: str,
@@ -94,10 +104,13 @@ def send_to_channel(
     *,
     topic: str = "device",
     then: Callable[[], None] | None = None,
+    once: str | None = None,
 ) -> None:
     """Push `event` to the one socket `channel` (a device's, as the caller read
-    it): after commit, like every function here; `then` runs once it was sent."""
-    message = {"type": "device.push", "topic": topic, "event": event, "payload": payload}
+    it): after commit, like every function here; `then` runs once it was sent.
+    A socket sends its device only the first of consecutive pushes with the same
+    `once` key (a sender's repeat of a push it could not confirm)."""
+    message = push_message(event, payload, topic=topic, once=once)
 
     def send() -> None:
         if _send_now(channel, message) and then is not None:

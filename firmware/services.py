@@ -18,7 +18,7 @@ import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC
+from datetime import UTC, timedelta
 from functools import partial
 from typing import IO, Any, TypedDict
 
@@ -32,6 +32,7 @@ from django.utils import timezone
 
 from firmware import fwfile
 from firmware.models import Firmware, FirmwareKind, FirmwareStatus, SigningKey
+from nerveshub.lib.enqueue import enqueue
 from nerveshub.tenancy.models import Organization, Product
 from nerveshub.tenancy.services import Actor, audit
 
@@ -187,7 +188,16 @@ def upload_firmware(
 def _dispatch_validation(firmware_id: int) -> None:
     from firmware.tasks import validate_firmware_task
 
-    validate_firmware_task.delay(firmware_id)
+    enqueue(validate_firmware_task, firmware_id)
+
+
+def stale_pending_firmware_ids(older_than: timedelta) -> list[int]:
+    """Uploads still pending validation well after they were stored: their
+    task was never enqueued (the broker was away) or was lost with a worker."""
+    cutoff = timezone.now() - older_than
+    return list(
+        Firmware.objects.filter(status=FirmwareStatus.PENDING, created_at__lt=cutoff).values_list("pk", flat=True)
+    )
 
 
 # --- Validation ---------------------------------------------------------------------

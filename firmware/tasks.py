@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from celery import shared_task
 
 from firmware import services
+from nerveshub.lib.enqueue import enqueue
+
+# Uploads pending longer than this are validated again by the sweep: more than
+# the validation task's time limit, so a run still under way is not doubled.
+FIRMWARE_SWEEP_AGE_SECONDS = 1200
 
 
 # A bad file (no signature, wrong hash, ...) is a permanent outcome recorded as
@@ -21,3 +28,14 @@ from firmware import services
 )
 def validate_firmware_task(firmware_id: int) -> None:
     services.validate_firmware(firmware_id)
+
+
+@shared_task(soft_time_limit=60, time_limit=90, ignore_result=True)
+def sweep_pending_firmware() -> None:
+    """The periodic backstop: validation of uploads whose task was never
+    enqueued or was lost. Validating twice is harmless (a decided row is a no-op).
+    Only uploads older than the validation's own time limit, so one still being
+    validated is left to finish."""
+    for firmware_id in services.stale_pending_firmware_ids(timedelta(seconds=FIRMWARE_SWEEP_AGE_SECONDS)):
+        if not enqueue(validate_firmware_task, firmware_id):
+            return

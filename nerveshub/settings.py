@@ -176,6 +176,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer and Celery broker -----------------------------------
 REDIS_URL = envstr("REDIS_URL")
+# Seconds the channel layer keeps a message nobody has read: older ones it drops
+# (the orchestrator then counts an unacknowledged update push as lost).
+CHANNEL_MESSAGE_EXPIRY = 60
 if PRODUCTION and not REDIS_URL:
     raise ImproperlyConfigured(
         "REDIS_URL is required when NERVESHUB_PRODUCTION=true: the embedded in-memory "
@@ -208,7 +211,7 @@ if REDIS_URL:
                 # A fleet broadcast reaches each server process as one message
                 # (see docs/architecture.md), so a deep buffer is only needed for bursts.
                 "capacity": 1000,
-                "expiry": 60,
+                "expiry": CHANNEL_MESSAGE_EXPIRY,
             },
         }
     }
@@ -384,6 +387,12 @@ WEBHOOK_MAX_ATTEMPTS = envint("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1, maximum=30)
 WEBHOOK_RETRY_BASE_SECONDS = envint("WEBHOOK_RETRY_BASE_SECONDS", 30, minimum=1)
 # How often Celery beat sends due retries and deliveries whose wake-up was lost.
 WEBHOOK_SWEEP_SECONDS = envint("WEBHOOK_SWEEP_SECONDS", 30, minimum=5)
+# How often Celery beat re-sends the validation of uploads stuck pending.
+FIRMWARE_SWEEP_SECONDS = envint("FIRMWARE_SWEEP_SECONDS", 600, minimum=60)
+CELERY_BEAT_SCHEDULE["firmware-sweep"] = {
+    "task": "firmware.tasks.sweep_pending_firmware",
+    "schedule": FIRMWARE_SWEEP_SECONDS,
+}
 CELERY_BEAT_SCHEDULE["webhooks-sweep"] = {"task": "webhooks.tasks.sweep_webhooks", "schedule": WEBHOOK_SWEEP_SECONDS}
 
 # --- Logging ------------------------------------------------------------------

@@ -42,6 +42,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import close_old_connections, models, transaction
 from django.utils import timezone
 
+from nerveshub.lib.enqueue import enqueue
 from nerveshub.tenancy.models import AuditEvent, Organization, Role
 from nerveshub.tenancy.services import Actor, audit, has_role
 from webhooks.models import DeliveryStatus, EventType, WebhookDelivery, WebhookEndpoint, new_sealed_secret
@@ -262,7 +263,7 @@ def dispatch(delivery_id: int) -> None:
         # the retries.
         threading.Thread(target=_deliver_until_done, args=(delivery_id,), daemon=True).start()
     else:
-        deliver_webhook_task.delay(delivery_id)
+        enqueue(deliver_webhook_task, delivery_id)
 
 
 def _deliver_until_done(delivery_id: int) -> None:

@@ -6,6 +6,7 @@ import logging
 
 from celery import shared_task
 
+from nerveshub.lib.enqueue import enqueue
 from webhooks import services
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ def sweep_webhooks() -> None:
     """The periodic backstop: retries that are due and rows whose wake-up was lost."""
     due = services.due_delivery_ids()
     for delivery_id in due:
-        deliver_webhook_task.delay(delivery_id)
+        if not enqueue(deliver_webhook_task, delivery_id):
+            return  # the broker is away: the next sweep tries again
     if due:
         logger.info("webhook sweep woke %d delivery(ies)", len(due))

@@ -9,6 +9,7 @@ from deployments.models import Deployment
 from devices import services as device_services
 from devices.models import ConnectionStatus, Device
 from firmware.models import Firmware, FirmwareStatus
+from tests.support.faults import db_cut, private_redis  # noqa: F401 - fixtures
 
 
 def make_firmware(product, version: str, *, platform: str = "rpi4", architecture: str = "arm") -> Firmware:

@@ -202,3 +202,33 @@ def test_a_push_decided_but_never_sent_is_resent_and_a_sent_one_is_not(
     assert resent == [lost.pk]
     assert _received(lost.socket_channel, receiving_loop) == ["device/update"]
     assert _received(sent.socket_channel, receiving_loop) == []
+
+
+def test_a_push_the_channel_layer_lost_is_resent_to_the_same_socket_after_its_expiry(
+    tenant, deployment, django_capture_on_commit_callbacks, receiving_loop
+):
+    # given: a push handed to the channel layer for the device's socket, which
+    # the layer then lost (a Redis restart): nothing reached the device
+    device = make_device(tenant.product, "d1", socket_channel=_open_socket())
+    rollout.assign_deployment(device.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        rollout.run_rollout(deployment.pk)
+    _received(device.socket_channel, receiving_loop)  # what the layer lost
+    update = DeviceUpdate.objects.get(device=device)
+    assert update.push_sent and update.pushed_channel == device.socket_channel
+
+    def unacknowledged_for(seconds: int) -> None:
+        DeviceUpdate.objects.filter(pk=update.pk).update(updated_at=timezone.now() - timedelta(seconds=seconds))
+
+    # when: unacknowledged past the resend delay, but not past the layer's expiry
+    unacknowledged_for(rollout.resend_after_seconds() + 1)
+    assert rollout.resend_after_seconds() + 1 < rollout.lost_push_seconds()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert rollout.run_rollout(deployment.pk).resent == []
+    # then, when past the expiry: sent again, with the same once key
+    unacknowledged_for(rollout.lost_push_seconds() + 1)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert rollout.run_rollout(deployment.pk).resent == [device.pk]
+    message = receiving_loop.run_until_complete(get_channel_layer().receive(device.socket_channel))
+    assert (message["event"], message["once"]) == ("update", rollout.update_once_key(update.pk))
+    assert DeviceUpdate.objects.get(pk=update.pk).pushes == 2

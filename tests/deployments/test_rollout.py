@@ -155,10 +155,10 @@ def test_it_trips_the_breaker_and_resumes_only_on_request(tenant, deployment):
     # given: 10 finished attempts, 2 failed = 20 %
     deployment.concurrent_updates = 100
     deployment.save()
-    devices = [make_device(tenant.product, f"d{i}", deployment=deployment) for i in range(12)]
+    devices = [make_device(tenant.product, f"d{i}", deployment=deployment) for i in range(10)]
     rollout.run_rollout(deployment.pk)
     updates = list(DeviceUpdate.objects.filter(deployment=deployment).order_by("pk"))
-    for i, update in enumerate(updates[:10]):
+    for i, update in enumerate(updates):
         status = UpdateStatus.FAILED if i < 2 else UpdateStatus.SUCCEEDED
         DeviceUpdate.objects.filter(pk=update.pk).update(status=status, finished_at=timezone.now())
     # when
@@ -166,11 +166,40 @@ def test_it_trips_the_breaker_and_resumes_only_on_request(tenant, deployment):
     # then
     deployment.refresh_from_db()
     assert tripped and deployment.paused_at is not None
-    assert "2 of 10" in deployment.paused_reason
-    assert len(devices) == 12
+    assert "2 of 10 finished attempts failed, 0 in flight" in deployment.paused_reason
+    assert len(devices) == 10
     assert rollout.run_rollout(deployment.pk).skipped == "paused"
     rollout.resume("test", deployment)
     assert rollout.check_breaker(deployment.pk) is False  # judged afresh after resuming
+
+
+@pytest.mark.django_db
+def test_the_breaker_counts_attempts_still_in_flight(tenant, deployment):
+    # given: 50 attempts claimed at once; failures finish first (a success
+    # waits for the reboot), so 3 failed and 7 succeeded of the first 10
+    # finished while 40 are still in flight
+    deployment.concurrent_updates = 100
+    deployment.breaker_failure_percent = 20
+    deployment.breaker_min_attempts = 10
+    deployment.save()
+    for i in range(50):
+        make_device(tenant.product, f"d{i}", deployment=deployment)
+    rollout.run_rollout(deployment.pk)
+    updates = list(DeviceUpdate.objects.filter(deployment=deployment).order_by("pk").values_list("pk", flat=True))
+
+    def finish(pks: list[int], status: UpdateStatus) -> None:
+        DeviceUpdate.objects.filter(pk__in=pks).update(status=status, finished_at=timezone.now())
+
+    finish(updates[:3], UpdateStatus.FAILED)
+    finish(updates[3:10], UpdateStatus.SUCCEEDED)
+    # when / then: 30 % of the finished ones, 6 % of the attempts: no trip
+    assert rollout.check_breaker(deployment.pk) is False
+    # when: seven more fail, 10 of 50 attempts (20 %)
+    finish(updates[10:17], UpdateStatus.FAILED)
+    # then
+    assert rollout.check_breaker(deployment.pk) is True
+    deployment.refresh_from_db()
+    assert "10 of 17 finished attempts failed, 33 in flight" in deployment.paused_reason
 
 
 @pytest.mark.django_db

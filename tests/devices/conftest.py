@@ -12,6 +12,7 @@ import pytest
 from devices import services
 from devices.models import Device
 from tests.conftest import Tenant
+from tests.support.faults import db_cut, private_redis  # noqa: F401 - fixtures
 from tests.support.nhl_client import NHLDevice
 
 T = TypeVar("T")

@@ -4,11 +4,7 @@ What devices see, and that the hub recovers by itself."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from channels.db import database_sync_to_async
@@ -16,32 +12,16 @@ from django.conf import settings
 
 from devices.auth import REASON_PLATFORM
 from devices.models import Device
-from tests.conftest import free_port
 from tests.devices.conftest import run, wait_until
 from tests.devices.test_device_auth import _upgrade
+from tests.support.faults import url_through
 from tests.support.nhl_client import nh1_headers
-from tests.support.tcp_cut import TcpCut
-
-
-@pytest.fixture
-def db_cut():
-    db = settings.DATABASES["default"]
-    cut = TcpCut(db.get("HOST") or "127.0.0.1", int(db.get("PORT") or 5432))
-    yield cut
-    cut.close()
-
-
-def _url_through(cut: TcpCut) -> str:
-    db = settings.DATABASES["default"]
-    user = db.get("USER") or "postgres"
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return f"postgres://{user}{password}@127.0.0.1:{cut.port}/{db['NAME']}"
 
 
 @pytest.mark.services
 def test_it_keeps_devices_connected_through_a_database_outage_and_recovers(live_hub, creds, db_cut):
     # given: a hub whose database connections go through a forwarder we can cut
-    hub = live_hub({"DATABASE_URL": _url_through(db_cut)})
+    hub = live_hub({"DATABASE_URL": url_through(db_cut)})
     # Rejoins well after a crash (the pool waits DATABASE_POOL_TIMEOUT, 3 s, for a
     # connection first), so the test sees the topic down before the client rejoins.
     connected = creds.device(hub.ws_url, "dev-steady", rejoin_after=8)
@@ -93,50 +73,6 @@ def test_it_keeps_devices_connected_through_a_database_outage_and_recovers(live_
     assert hub.process.poll() is None
     assert ("device", "report_network_interface") in connected.unsent  # not sent while the topic was down
     connected.assert_no_violations()
-
-
-class PrivateRedis:
-    """A redis-server of the test's own, so it can be killed and restarted."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.tmp = tmp
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            cwd=self.tmp,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path):
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    redis = PrivateRedis(tmp_path)
-    redis.start()
-    yield redis
-    redis.kill()
 
 
 @pytest.mark.services

@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from channels.layers import get_channel_layer
 from django.db import connection
 from django.db.models import Q
 
@@ -150,3 +151,32 @@ def test_it_broadcasts_to_a_deployment_once_per_device_across_processes(live_hub
     assert Device.objects.get(identifier="dev-stranger").deployment_id is None
     for device in [*members, stranger]:
         device.assert_no_violations()
+
+
+def test_a_socket_sends_a_repeated_update_push_once(live_hub, creds):
+    # given: a device on one process, and pushes sent to its socket from this
+    # one: the same update twice (a resend whose first copy was not lost after
+    # all), then another
+    hub = live_hub()
+    device = creds.device(hub.ws_url, "dev-once")
+    layer = get_channel_layer()
+
+    async def scenario() -> list[Any]:
+        await device.connect()
+        channel = await in_thread(
+            lambda: Device.objects.filter(identifier="dev-once").values_list("socket_channel", flat=True).get()
+        )
+        # when
+        for once, version in (("update:7", "2.0.0"), ("update:7", "2.0.0"), ("update:8", "2.1.0")):
+            message = publish.push_message("update", {"firmware_meta": {"version": version}}, once=once)
+            await publish.send_to_socket(layer, channel, message)
+        first = await device.next_event("update")
+        second = await device.next_event("update")
+        await no_more(device, "update", wait=1.0)
+        await device.close()
+        return [first, second]
+
+    pushes = run(scenario())
+    # then: one of each; the key itself never reaches the device
+    assert [p[4] for p in pushes] == [{"firmware_meta": {"version": "2.0.0"}}, {"firmware_meta": {"version": "2.1.0"}}]
+    device.assert_no_violations()

@@ -1,0 +1,70 @@
+"""An upload whose validation task never reached the broker (Redis away) is
+stored, answered, and validated later by the periodic sweep."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from celery import Celery
+from django.utils import timezone
+
+from firmware import services
+from firmware.models import Firmware, FirmwareStatus
+from firmware.tasks import FIRMWARE_SWEEP_AGE_SECONDS, validate_firmware_task
+from nerveshub.lib.enqueue import enqueue
+from tests.support.fwup import build_firmware
+
+pytestmark = pytest.mark.django_db
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def unreachable_broker(monkeypatch: pytest.MonkeyPatch) -> Celery:
+    """The validation task bound to an app whose Redis broker refuses connections."""
+    app = Celery("unreachable", broker=f"redis://127.0.0.1:{_closed_port()}/0")
+    app.conf.task_always_eager = False
+    monkeypatch.setattr(validate_firmware_task, "_app", app)
+    return app
+
+
+def test_enqueue_reports_an_unreachable_broker_quickly(unreachable_broker: Celery, caplog: Any) -> None:
+    # when
+    started = time.monotonic()
+    sent = enqueue(validate_firmware_task, 123)
+    # then: the caller goes on within a second, and the log says what was not sent
+    assert sent is False
+    assert time.monotonic() - started < 2
+    assert "could not enqueue firmware.tasks.validate_firmware_task(123,)" in caplog.text
+
+
+def test_an_upload_survives_an_unreachable_broker_and_the_sweep_validates_it(
+    tenant: Any, spec: Any, firmware_root: Any, unreachable_broker: Celery, django_capture_on_commit_callbacks: Any
+) -> None:
+    # given: an upload while the broker is away
+    with django_capture_on_commit_callbacks(execute=True):
+        firmware = services.upload_firmware(tenant.admin, tenant.product, io.BytesIO(build_firmware(spec)), "fw.fw")
+    firmware.refresh_from_db()
+    assert firmware.status == FirmwareStatus.PENDING
+    # when: the sweep looks, first while the upload is young, then once it is old
+    young = services.stale_pending_firmware_ids(timedelta(seconds=FIRMWARE_SWEEP_AGE_SECONDS))
+    Firmware.objects.filter(pk=firmware.pk).update(
+        created_at=timezone.now() - timedelta(seconds=FIRMWARE_SWEEP_AGE_SECONDS + 1)
+    )
+    stale = services.stale_pending_firmware_ids(timedelta(seconds=FIRMWARE_SWEEP_AGE_SECONDS))
+    # then: only the old one is picked up, and validating it (what the swept task
+    # runs) decides it
+    assert young == [] and stale == [firmware.pk]
+    with django_capture_on_commit_callbacks(execute=True):
+        validate_firmware_task(firmware.pk)
+    firmware.refresh_from_db()
+    assert firmware.status == FirmwareStatus.VALID
