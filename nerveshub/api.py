@@ -16,7 +16,9 @@ import json
 import logging
 from typing import Any, cast
 
+from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError
 from django.http import HttpRequest, HttpResponse
@@ -121,6 +123,14 @@ def _model_invalid(request: HttpRequest, exc: DjangoValidationError) -> HttpResp
     if hasattr(exc, "error_dict"):
         return _error(request, 422, {k: [str(m) for e in v for m in e.messages] for k, v in exc.error_dict.items()})
     return _error(request, 422, {"detail": exc.messages})
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    # Django's own answer would be an HTML 400 page. (Firmware files are
+    # multipart uploads, streamed to storage: this limit is not theirs.)
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return _error(request, 413, {"detail": f"the request body is larger than {limit} bytes"})
 
 
 @api.exception_handler(DataError)
