@@ -46,7 +46,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,9 @@ class SimDevice:
         self.joined = asyncio.Event()
         self.ref = 0
         self.stopping = False
+        # The fwup run in progress, which outlives the connection it came on.
+        self.update: asyncio.Task[float] | None = None
+        self.report: Callable[[list[Any]], Awaitable[None]] | None = None
 
     def next_ref(self) -> str:
         self.ref += 1
@@ -181,7 +184,6 @@ class SimDevice:
         )
         self.log.connects += 1
         connection = self.log.connects
-        update: asyncio.Task[float] | None = None
 
         async def send(message: list[Any]) -> None:
             await ws.send(encode(message))
@@ -200,17 +202,26 @@ class SimDevice:
             if topic["join_ref"] is not None:
                 await send([topic["join_ref"], *message[1:]])
 
+        def downloading() -> str | None:
+            return self.plan.target_uuid if self.update is not None and not self.update.done() else None
+
         async def rejoin() -> None:
             await asyncio.sleep(1 + random.random())
-            downloading = self.plan.target_uuid if update is not None and not update.done() else None
             topic["join_ref"] = join_ref = self.next_ref()
-            await send([join_ref, join_ref, "device", "phx_join", self.join_params(downloading)])
+            await send([join_ref, join_ref, "device", "phx_join", self.join_params(downloading())])
 
+        if self.update is not None and self.update.done():
+            self.update = None  # it finished between connections: this is after the reboot
         beats = asyncio.get_running_loop().create_task(heartbeat())
         rejoining: asyncio.Task[None] | None = None
+        self.report = send_on_topic
+        # An update still running from an earlier connection (fwup downloads
+        # over HTTP, not over this socket) ends this one too: the reboot.
+        if self.update is not None and not self.update.done():
+            self.update.add_done_callback(lambda _t: asyncio.ensure_future(ws.close()))
         try:
             first = topic["join_ref"]
-            await send([first, first, "device", "phx_join", self.join_params()])
+            await send([first, first, "device", "phx_join", self.join_params(downloading())])
             async for raw in ws:
                 message = json.loads(raw)
                 msg_join_ref, ref, topic_name, event, _payload = message[:5]
@@ -227,27 +238,36 @@ class SimDevice:
                     self.joined.set()
                 elif topic_name == "device" and event == "update":
                     self.log.pushes.append((time.time(), connection))
-                    if update is not None:
+                    if self.update is not None and not self.update.done():
                         self.log.duplicates += 1
                         continue
-                    update = asyncio.get_running_loop().create_task(self.apply_update(send_on_topic))
-                    update.add_done_callback(lambda _t: asyncio.ensure_future(ws.close()))
-            if update is not None and update.done() and not update.cancelled():
-                return update.result()
+                    self.update = asyncio.get_running_loop().create_task(self.apply_update())
+                    self.update.add_done_callback(lambda _t: asyncio.ensure_future(ws.close()))
+            if self.update is not None and self.update.done() and not self.update.cancelled():
+                reboot, self.update = self.update.result(), None
+                return reboot
             return 0.5 + random.random()
         finally:
+            self.report = None
             beats.cancel()
             if rejoining is not None:
                 rejoining.cancel()
-            if update is not None and not update.done():
-                update.cancel()
+            if self.stopping and self.update is not None:
+                self.update.cancel()
             await ws.close()
 
-    async def apply_update(self, send: Callable[[list[Any]], Any]) -> float:
-        """Report an fwup run; returns the wait before reconnecting."""
+    async def apply_update(self) -> float:
+        """Report an fwup run on whichever connection is current (none while the
+        device is between connections: those reports are not sent); returns the
+        wait before reconnecting."""
+        import websockets
 
         async def push(event: str, payload: dict[str, Any]) -> None:
-            await send([None, self.next_ref(), "device", event, payload])
+            if self.report is not None:
+                try:
+                    await self.report([None, self.next_ref(), "device", event, payload])
+                except websockets.WebSocketException:
+                    pass  # the connection went meanwhile
 
         slice_ = self.plan.update_time / 4
         await push("status_update", {"status": "received"})
