@@ -160,6 +160,11 @@ class HerdClients:
                 break
             if words[0] == "open":
                 await asyncio.gather(*(start(first + i) for i in range(count)), return_exceptions=True)
+                # Devices shed while the fleet comes online retry with their
+                # backoff (up to 60 s between tries): wait for the stragglers.
+                deadline = loop.time() + 300
+                while len(self.open) < count and loop.time() < deadline:  # noqa: ASYNC110 - polling counters
+                    await asyncio.sleep(0.05)
             elif words[0] == "wait":
                 deadline = loop.time() + float(words[1])
                 while len(self.open) < count and loop.time() < deadline:  # noqa: ASYNC110 - polling counters
@@ -323,6 +328,9 @@ def run(devices: int, workers: int, settle: float, recover_limit: float) -> bool
         try:
             opened = sum(a["open"] for a in herd.command("open"))
             print(f"connected: {opened} of {devices} devices on {hubs} hub process(es)")
+            if opened < devices:
+                print("RESULT: FAIL (the fleet did not come online)")
+                return False
             seed = _seed_state(stack, prefix, devices)
             time.sleep(settle)
             plateau = sum(proc_rss(s.pid) for s in stack.servers if s.process.poll() is None)
