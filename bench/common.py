@@ -35,6 +35,9 @@ from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parent.parent
+# nerves_hub_link's heartbeat period (device-protocol.md): the bench clients keep it
+# whenever they are not measuring heartbeats themselves.
+KEEPALIVE_SECONDS = 30.0
 sys.path.insert(0, str(ROOT))
 
 JOIN_PARAMS = {
@@ -330,7 +333,13 @@ class Clients:
         self.errors: list[str] = []
         self.dropped = 0
         self.pushes: dict[str, list[float]] = {}
-        self.waiters: dict[int, asyncio.Future[list[Any]]] = {}
+        # slot -> (ref, future) of the measured heartbeat it waits for
+        self.waiters: dict[int, tuple[str, asyncio.Future[list[Any]]]] = {}
+        # While no measured heartbeats run, every joined socket still sends one
+        # every KEEPALIVE_SECONDS, as nerves_hub_link does: a large fleet takes
+        # longer to connect than the hub's idle timeout, and the first sockets
+        # would otherwise be closed as idle before the measurement starts.
+        self.measuring = False
 
     async def open_one(self, index: int) -> None:
         from websockets.asyncio.client import connect
@@ -381,9 +390,11 @@ class Clients:
             async for raw in ws:
                 message = json.loads(raw)
                 if message[2] == "phoenix":
-                    waiter = self.waiters.pop(slot, None)
-                    if waiter is not None and not waiter.done():
-                        waiter.set_result(message)
+                    waiter = self.waiters.get(slot)
+                    if waiter is not None and waiter[0] == message[1]:
+                        del self.waiters[slot]
+                        if not waiter[1].done():
+                            waiter[1].set_result(message)
                 elif message[1] is None and message[3] != "phx_reply":
                     self.pushes.setdefault(message[3], []).append(time.time())
         except websockets.ConnectionClosed:
@@ -407,7 +418,7 @@ class Clients:
         if ws is None:
             return
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self.waiters[slot] = future
+        self.waiters[slot] = (str(ref), future)
         start = time.perf_counter()
         try:
             await ws.send(json.dumps([None, str(ref), "phoenix", "heartbeat", {}]))
@@ -418,6 +429,30 @@ class Clients:
 
     async def hold(self, seconds: float, interval: float) -> None:
         """Every socket heartbeats every `interval` s, spread evenly over it."""
+        self.measuring = True
+        try:
+            await self._hold(seconds, interval)
+        finally:
+            self.measuring = False
+
+    async def keepalive(self) -> None:
+        """An unmeasured heartbeat per joined socket every KEEPALIVE_SECONDS,
+        spread over the period, whenever `hold` is not heartbeating."""
+        ref = 0
+        while True:
+            slots = len(self.sockets)
+            gap = KEEPALIVE_SECONDS / max(1, slots)
+            for slot in range(slots):
+                ws = self.sockets[slot]
+                if ws is not None and not self.measuring:
+                    ref += 1
+                    with contextlib.suppress(Exception):
+                        await ws.send(json.dumps([None, f"k{ref}", "phoenix", "heartbeat", {}]))
+                await asyncio.sleep(gap)
+            if not slots:
+                await asyncio.sleep(1)
+
+    async def _hold(self, seconds: float, interval: float) -> None:
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
         ref = 1
@@ -458,6 +493,14 @@ class Clients:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        keepalive = loop.create_task(self.keepalive())
+        try:
+            await self._commands(reader)
+        finally:
+            keepalive.cancel()
+
+    async def _commands(self, reader: asyncio.StreamReader) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             line = (await reader.readline()).decode().split()
             if not line or line[0] == "quit":
