@@ -53,18 +53,19 @@ def main() -> None:
     if args.smoke:
         devices, args.hold, args.interval, args.workers, args.concurrency = 40, 8, 2, 2, 4
     with Stack("m1") as stack:
+        print(f"M1 machine: {machine()}; database: {'postgresql+redis' if stack.services else 'sqlite (embedded)'}")
         hubs = [stack.start_hub(), stack.start_hub()]
         hub = hold([h.port for h in hubs], args, devices, stack.key, stack.secret)
         rss = [h.pid for h in hubs]
+        # The hub's figures first: the baseline takes as long again at full size.
+        print(
+            f"M1 hub (2 processes {rss}): {hub['opened']}/{devices} joined in {hub['connect_time']:.0f} s; "
+            f"held {args.hold:.0f} s with {args.interval:.0f} s heartbeats: {hub['still_open']} still open, "
+            f"{hub['drops']} drops (goal: 30,000 held 600 s, 0 drops)"
+        )
+        print(f"M1 hub heartbeat latency: {describe(hub['latencies'])}", flush=True)
         baselines = [stack.start_baseline(), stack.start_baseline()]
         base = hold([b.port for b in baselines], args, devices, "", "")
-    print(f"M1 machine: {machine()}; database: {'postgresql+redis' if stack.services else 'sqlite (embedded)'}")
-    print(
-        f"M1 hub (2 processes {rss}): {hub['opened']}/{devices} joined in {hub['connect_time']:.0f} s; "
-        f"held {args.hold:.0f} s with {args.interval:.0f} s heartbeats: {hub['still_open']} still open, "
-        f"{hub['drops']} drops (goal: 30,000 held 600 s, 0 drops)"
-    )
-    print(f"M1 hub heartbeat latency: {describe(hub['latencies'])}")
     print(
         f"M1 baseline (2 bare websockets processes): {base['opened']} joined in {base['connect_time']:.0f} s, "
         f"{base['still_open']} still open, {base['drops']} drops; heartbeat {describe(base['latencies'])}"
