@@ -13,28 +13,16 @@ HOST and PORT from the environment are the defaults. Why these daphne options:
   reconnect herd.
 * permessage-deflate is not offered by daphne's websocket factory (autobahn's
   default), so devices that ask for it carry on uncompressed.
-
-And the garbage collector's young threshold is raised (GC_THRESHOLDS): a hub
-process holds a large heap of long-lived objects, about 100 per device socket,
-and with CPython's defaults (700, 10, 10) the objects in flight at each young
-collection, a few per heartbeat, pile up in the oldest generation until a full
-collection walks the whole heap. At 15,000 sockets a process that took about a
-second each time, several times in ten minutes: M1 at 30,000 sockets measured a
-heartbeat p99 of 0.9 s against a median of 0.5 ms (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 
 from nerveshub.lib.env import envint, envstr
 
 ONE_YEAR = 365 * 24 * 3600
-# Young collections every 50,000 net allocations instead of 700: far fewer of them,
-# so far fewer in-flight objects are promoted towards a full collection.
-GC_THRESHOLDS = (50_000, 20, 10)
 
 
 def daphne_args(host: str, port: int, backlog: int) -> list[str]:
@@ -68,7 +56,6 @@ def main(argv: list[str] | None = None) -> None:
 
     # 401/503 with headers on refused device upgrades (see devices/daphne_ext.py).
     install()
-    gc.set_threshold(*GC_THRESHOLDS)
 
     CommandLineInterface().run(daphne_args(args.host, args.port, args.backlog))
 
