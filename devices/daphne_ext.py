@@ -14,6 +14,12 @@ accepts only 1000 and 3000-4999 from an application, so daphne turned those
 closes into an exception inside the application and a 1011.
 
 And it lets go of the HTTP request a websocket was upgraded from (see `process`).
+
+A frame sent after the peer has gone is dropped: a device that closes right
+after its join leaves replies and pushes in flight, and autobahn raised
+"Attempt to send on a closed protocol" inside the application for each of them,
+an error-level traceback for an ordinary disconnect. The consumer learns of the
+close from its `websocket.disconnect` message, as ASGI intends.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ def install() -> None:
                 return
             self._denial = None
             _send_denial(self, status, headers, b"".join(body))
+            return
+        if kind == "websocket.send" and self.state in (self.STATE_CLOSING, self.STATE_CLOSED):
             return
         original_reply(self, message)
 

@@ -137,9 +137,17 @@ else:
     _db = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(DATA_DIR / "nerveshub.sqlite3")}
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the device sockets' writes and the admin's reads overlap; the busy
-    # timeout makes a writer wait for another instead of failing at once.
+    # timeout makes a writer wait for another instead of failing at once. A
+    # transaction begins IMMEDIATE, taking the write lock up front: a deferred
+    # one that read first and then wrote after another writer committed cannot
+    # wait for the lock (SQLite answers "database is locked" at once, whatever
+    # the timeout), which failed concurrent page saves and device joins.
     _db.setdefault("OPTIONS", {}).update(
-        {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;", "timeout": 20}
+        {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+        }
     )
     # Tests run server processes beside the test runner, so the test database is
     # a file they can all open, not :memory:.

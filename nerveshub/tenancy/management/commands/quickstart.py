@@ -1,7 +1,10 @@
 """Prepare the embedded hub for a first try and say how to log in.
 
-Run by `make run` after migrations. The generated admin password is kept in
-DATA_DIR/admin_password (mode 600) so later starts can print it again.
+Run by `make run` after migrations. The admin password is printed only by the
+start that created it; it is also kept in DATA_DIR/admin_password (mode 600)
+for as long as it is the admin's password, and the file is removed once
+somebody changes it, so neither the banner nor the file ever shows a password
+that fails at login.
 """
 
 from __future__ import annotations
@@ -9,9 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand
 
 from nerveshub.bootstrap import bootstrap
+
+SET_ONE = "python manage.py changepassword admin"
 
 
 class Command(BaseCommand):
@@ -23,10 +29,12 @@ class Command(BaseCommand):
         if result.admin_password is not None:
             password_file.write_text(result.admin_password + "\n")
             password_file.chmod(0o600)
-        if password_file.exists():
-            password_hint = password_file.read_text().strip()
+            password_hint = result.admin_password
+        elif password_file.exists() and _still_valid(result.admin_username, password_file.read_text().strip()):
+            password_hint = f"the one printed at the first start (kept in {password_file}); to change it: {SET_ONE}"
         else:
-            password_hint = "(set it with: python manage.py changepassword admin)"
+            password_file.unlink(missing_ok=True)
+            password_hint = f"not shown (set before this start); to set a new one: {SET_ONE}"
         self.stdout.write(
             "\n".join(
                 [
@@ -42,3 +50,8 @@ class Command(BaseCommand):
                 ]
             )
         )
+
+
+def _still_valid(username: str, password: str) -> bool:
+    user = User.objects.filter(username=username).first()
+    return user is not None and bool(password) and user.check_password(password)
