@@ -39,9 +39,7 @@ def test_it_prints_the_password_only_when_it_creates_it(settings: Any, tmp_path:
 
 
 @pytest.mark.django_db
-def test_after_a_password_change_it_says_how_to_set_one_and_drops_the_stale_file(
-    settings: Any, tmp_path: Path
-) -> None:
+def test_after_a_password_change_it_says_how_to_set_one_and_drops_the_stale_file(settings: Any, tmp_path: Path) -> None:
     # given: the admin changed the generated password
     first = _password_line(_banner(settings, tmp_path))
     admin = User.objects.get(username="admin")
