@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from devices.models import Device
 from tests.devices.conftest import run
 from tests.devices.test_device_auth import _upgrade
@@ -38,6 +40,9 @@ def test_it_sheds_connects_over_the_rate_with_503_and_lets_them_in_later(live_hu
     assert later[0] == 101
 
 
+# The backlog is the queue of the device sockets' database thread pool, which only
+# PostgreSQL has (devices/dbthreads.py); SQLite keeps one thread and no queue to shed on.
+@pytest.mark.services
 def test_it_sheds_connects_while_the_database_backlog_is_deep(live_hub, creds):
     # given: two database threads, connects refused while a call waits for one
     hub = live_hub({"DEVICE_DB_THREADS": "2", "DEVICE_CONNECT_BACKLOG": "1", "DEVICE_CONNECT_RATE": "0"})
