@@ -2,7 +2,9 @@
 
 Pure functions over a seekable binary file: no database, no storage. Every
 problem raises InvalidFirmware with a sentence meant for the person who uploaded
-the file. Everything is read by streaming in CHUNK-sized pieces, so memory use
+the file, whatever zipfile, zlib or the meta.conf parser trip over (`_reading`
+turns their exceptions into that sentence): a crafted file is a rejection, never
+a crash. Everything is read by streaming in CHUNK-sized pieces, so memory use
 does not depend on the file size.
 """
 
@@ -10,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 import zipfile
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -31,6 +36,28 @@ SEMVER = re.compile(
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
 )
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+# A resource length is a decimal or 0x number of at most this many characters;
+# fwup writes plain decimals, and a longer one is an attempt at a huge integer.
+LENGTH_MAX_CHARS = 20
+LENGTH_MAX = 2**63 - 1
+# Metadata that ends up in CharField(max_length=100) columns (firmware.models).
+SHORT_FIELD_MAX = 100
+# What zipfile and zlib raise on a crafted archive: a broken header or stream
+# (BadZipFile, zlib.error, EOFError, struct.error), an unsupported compression
+# method or flag (NotImplementedError), a name that is not UTF-8 (a ValueError),
+# an offset or size past what a seek accepts (OverflowError, OSError).
+_ARCHIVE_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    struct.error,
+    NotImplementedError,
+    ValueError,
+    OverflowError,
+    OSError,
+    RuntimeError,
+)
 
 
 class InvalidFirmware(Exception):
@@ -112,12 +139,26 @@ def file_checksums(stream: IO[bytes]) -> Checksums:
     return Checksums(size=size, sha256=whole.hexdigest(), partials=partials)
 
 
+def _brief(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+@contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """Turn whatever the archive code raises about the file's bytes into a rejection."""
+    try:
+        yield
+    except _ARCHIVE_ERRORS as exc:
+        raise InvalidFirmware(f"{what} cannot be read from the archive ({_brief(exc)}).") from None
+
+
 def _check_name(name: str) -> None:
     if not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        raise InvalidFirmware(f"The archive contains an entry with an absolute path ({name!r}).")
+        raise InvalidFirmware(f"The archive contains an entry with an absolute path ({_shown(name)}).")
     parts = re.split(r"[/\\]", name)
     if ".." in parts:
-        raise InvalidFirmware(f"The archive contains an entry whose path leaves the archive ({name!r}).")
+        raise InvalidFirmware(f"The archive contains an entry whose path leaves the archive ({_shown(name)}).")
     if "\x00" in name:
         raise InvalidFirmware("The archive contains an entry name with a NUL byte.")
 
@@ -131,8 +172,8 @@ def open_archive(stream: IO[bytes], limits: Limits) -> zipfile.ZipFile:
         raise InvalidFirmware("This is not a fwup firmware file: it is not a ZIP archive.")
     try:
         archive = zipfile.ZipFile(stream)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
-        raise InvalidFirmware(f"The ZIP archive is damaged or truncated ({exc}).") from None
+    except _ARCHIVE_ERRORS as exc:
+        raise InvalidFirmware(f"The ZIP archive is damaged or truncated ({_brief(exc)}).") from None
     infos = archive.infolist()
     seen: set[str] = set()
     total = 0
@@ -140,10 +181,10 @@ def open_archive(stream: IO[bytes], limits: Limits) -> zipfile.ZipFile:
         # zipfile keeps the raw name in orig_filename; it has normalised filename.
         _check_name(info.orig_filename)
         if info.filename in seen:
-            raise InvalidFirmware(f"The archive contains {info.filename!r} more than once.")
+            raise InvalidFirmware(f"The archive contains {_shown(info.filename)} more than once.")
         seen.add(info.filename)
         if info.flag_bits & 0x1:
-            raise InvalidFirmware(f"The archive entry {info.filename!r} is encrypted.")
+            raise InvalidFirmware(f"The archive entry {_shown(info.filename)} is encrypted.")
         total += info.file_size
         if total > limits.max_inflated:
             raise InvalidFirmware(
@@ -152,7 +193,7 @@ def open_archive(stream: IO[bytes], limits: Limits) -> zipfile.ZipFile:
             )
         if info.file_size > Limits.RATIO_FLOOR and info.file_size > limits.max_ratio * max(info.compress_size, 1):
             raise InvalidFirmware(
-                f"The archive entry {info.filename!r} inflates {info.file_size // max(info.compress_size, 1):,} "
+                f"The archive entry {_shown(info.filename)} inflates {info.file_size // max(info.compress_size, 1):,} "
                 f"times (limit {limits.max_ratio}); refusing it as a possible decompression bomb."
             )
     return archive
@@ -161,11 +202,8 @@ def open_archive(stream: IO[bytes], limits: Limits) -> zipfile.ZipFile:
 def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
     if info.file_size > limit:
         raise InvalidFirmware(f"{info.filename} is too large ({info.file_size:,} bytes).")
-    try:
-        with archive.open(info) as entry:
-            data = entry.read(limit + 1)
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
-        raise InvalidFirmware(f"{info.filename} cannot be read from the archive ({exc}).") from None
+    with _reading(info.filename), archive.open(info) as entry:
+        data = entry.read(limit + 1)
     if len(data) > limit:
         raise InvalidFirmware(f"{info.filename} is too large.")
     return data
@@ -200,15 +238,19 @@ def _required(block: metaconf.Block, key: str) -> str:
 def _length(section: metaconf.Section) -> int:
     raw = section.body.options.get("length")
     if raw is None:
-        raise InvalidFirmware(f"file-resource {section.title!r} in meta.conf has no length.")
+        raise InvalidFirmware(f"file-resource {_shown(section.title)} in meta.conf has no length.")
     # A resource concatenated from several files lists one length per file.
     values = raw if isinstance(raw, list) else [raw]
+    if any(len(v.strip()) > LENGTH_MAX_CHARS for v in values):
+        raise InvalidFirmware(f"file-resource {_shown(section.title)} has a length that is too large.")
     try:
         lengths = [int(v, 0) for v in values]
     except ValueError:
-        raise InvalidFirmware(f"file-resource {section.title!r} has a length that is not a number.") from None
+        raise InvalidFirmware(f"file-resource {_shown(section.title)} has a length that is not a number.") from None
     if any(n < 0 for n in lengths):
-        raise InvalidFirmware(f"file-resource {section.title!r} has a negative length.")
+        raise InvalidFirmware(f"file-resource {_shown(section.title)} has a negative length.")
+    if sum(lengths) > LENGTH_MAX:
+        raise InvalidFirmware(f"file-resource {_shown(section.title)} has a length that is too large.")
     return sum(lengths)
 
 
@@ -217,30 +259,54 @@ def _hash(section: metaconf.Section, key: str) -> str | None:
     if value is None:
         return None
     if not HEX64.match(value):
-        raise InvalidFirmware(f"file-resource {section.title!r} has a malformed {key}.")
+        raise InvalidFirmware(f"file-resource {_shown(section.title)} has a malformed {key}.")
     return value.lower()
 
 
+def _shown(text: str) -> str:
+    """A value from the file as quoted in a reason, cut short."""
+    return repr(text) if len(text) <= 60 else repr(text[:60]) + "..."
+
+
+def _check_text(block: metaconf.Block, key: str, max_length: int | None = None) -> None:
+    value = block.string(key)
+    if value is None:
+        return
+    # PostgreSQL text cannot hold NUL; refusing it here keeps the update a
+    # rejection instead of a database error.
+    if "\x00" in value:
+        raise InvalidFirmware(f"meta.conf's {key} contains a NUL character.")
+    if max_length is not None and len(value) > max_length:
+        raise InvalidFirmware(f"meta.conf's {key} is longer than {max_length} characters.")
+
+
 def parse_metadata(meta_conf: bytes) -> Metadata:
+    """Read the metadata NervesHub keeps. Only call it on a meta.conf whose
+    signature has been verified: the parser is bounded, but unsigned input has no
+    business reaching it."""
     try:
         block = metaconf.parse_bytes(meta_conf)
     except metaconf.MetaConfError as exc:
         raise InvalidFirmware(f"meta.conf cannot be parsed: {exc}.") from None
+    for key in ("meta-product", "meta-version", "meta-platform", "meta-architecture"):
+        _check_text(block, key, SHORT_FIELD_MAX)
+    for key in ("meta-author", "meta-description", "meta-vcs-identifier", "meta-misc"):
+        _check_text(block, key)
     version = _required(block, "meta-version")
     if not SEMVER.match(version):
-        raise InvalidFirmware(f"meta-version {version!r} is not a SemVer version such as 1.2.3.")
+        raise InvalidFirmware(f"meta-version {_shown(version)} is not a SemVer version such as 1.2.3.")
     resources: list[Resource] = []
     names: set[str] = set()
     for section in block.sections_of("file-resource"):
         if not section.title:
             raise InvalidFirmware("A file-resource in meta.conf has no name.")
         if section.title in names:
-            raise InvalidFirmware(f"meta.conf declares file-resource {section.title!r} twice.")
+            raise InvalidFirmware(f"meta.conf declares file-resource {_shown(section.title)} twice.")
         names.add(section.title)
         blake = _hash(section, "blake2b-256")
         sha = _hash(section, "sha256")
         if blake is None and sha is None:
-            raise InvalidFirmware(f"file-resource {section.title!r} has neither blake2b-256 nor sha256.")
+            raise InvalidFirmware(f"file-resource {_shown(section.title)} has neither blake2b-256 nor sha256.")
         # An absolute resource name is stored at that path without the slash.
         entry = section.title[1:] if section.title.startswith("/") else f"data/{section.title}"
         resources.append(Resource(section.title, entry, _length(section), blake, sha))
@@ -275,30 +341,25 @@ def verify_signature(meta_conf: bytes, signature: bytes, keys: Iterable[tuple[in
 def check_resources(archive: zipfile.ZipFile, resources: list[Resource]) -> None:
     """Stream every declared resource and compare its length and hash with meta.conf."""
     for resource in resources:
+        name = _shown(resource.name)
         try:
             info = archive.getinfo(resource.entry)
         except KeyError:
-            raise InvalidFirmware(f"Resource {resource.name!r} is listed in meta.conf but missing.") from None
+            raise InvalidFirmware(f"Resource {name} is listed in meta.conf but missing.") from None
         if info.file_size != resource.length:
-            raise InvalidFirmware(
-                f"Resource {resource.name!r} is {info.file_size:,} bytes but meta.conf says {resource.length:,}."
-            )
+            raise InvalidFirmware(f"Resource {name} is {info.file_size:,} bytes but meta.conf says {resource.length:,}.")
         hasher = hashlib.blake2b(digest_size=32) if resource.blake2b_256 else hashlib.sha256()
         seen = 0
-        try:
-            with archive.open(info) as entry:
-                # Never read past the signed length, whatever the headers claim.
-                while seen <= resource.length:
-                    chunk = entry.read(CHUNK)
-                    if not chunk:
-                        break
-                    seen += len(chunk)
-                    hasher.update(chunk)
-        except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
-            raise InvalidFirmware(f"Resource {resource.name!r} cannot be read from the archive ({exc}).") from None
+        with _reading(f"Resource {name}"), archive.open(info) as entry:
+            # Never read past the signed length, whatever the headers claim.
+            while seen <= resource.length:
+                chunk = entry.read(CHUNK)
+                if not chunk:
+                    break
+                seen += len(chunk)
+                hasher.update(chunk)
         expected = resource.blake2b_256 or resource.sha256
         if seen != resource.length or hasher.hexdigest() != expected:
             raise InvalidFirmware(
-                f"Resource {resource.name!r} does not match the hash in the signed meta.conf: "
-                "the file was altered after signing."
+                f"Resource {name} does not match the hash in the signed meta.conf: the file was altered after signing."
             )
