@@ -42,6 +42,12 @@ LENGTH_MAX_CHARS = 20
 LENGTH_MAX = 2**63 - 1
 # Metadata that ends up in CharField(max_length=100) columns (firmware.models).
 SHORT_FIELD_MAX = 100
+# A fwup file holds meta.conf, its signature and one entry per resource: tens.
+MAX_ENTRIES = 10_000
+MAX_DIRECTORY_SIZE = 4 * 1024 * 1024
+_EOCD = struct.Struct("<4s4H2LH")  # end of central directory (APPNOTE 4.3.16)
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")  # APPNOTE 4.3.15
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")  # APPNOTE 4.3.14, without the extensible data
 # What zipfile and zlib raise on a crafted archive: a broken header or stream
 # (BadZipFile, zlib.error, EOFError, struct.error), an unsupported compression
 # method or flag (NotImplementedError), a name that is not UTF-8 (a ValueError),
@@ -163,6 +169,37 @@ def _check_name(name: str) -> None:
         raise InvalidFirmware("The archive contains an entry name with a NUL byte.")
 
 
+def _check_directory_size(stream: IO[bytes]) -> None:
+    """Refuse a central directory too large to hold, before zipfile reads it.
+
+    zipfile reads the whole central directory into memory and builds one object
+    per record (about 500 bytes each); a 200 MB upload made only of records would
+    cost gigabytes and minutes. The end-of-central-directory record (and its
+    ZIP64 form) declares the size, read here the way zipfile finds it: the last
+    signature in the final 64 KiB. A record that cannot be found or decoded is
+    left for zipfile to refuse."""
+    stream.seek(0, 2)
+    size = stream.tell()
+    tail_length = min(size, _EOCD.size + 0xFFFF)
+    stream.seek(size - tail_length)
+    tail = stream.read(tail_length)
+    stream.seek(0)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < _EOCD.size:
+        return
+    _, _, _, _, entries, directory_size, _, _ = _EOCD.unpack_from(tail, at)
+    locator = at - _ZIP64_LOCATOR.size
+    if locator >= 0 and tail[locator : locator + 4] == b"PK\x06\x07":
+        record = locator - _ZIP64_EOCD.size
+        if record >= 0 and tail[record : record + 4] == b"PK\x06\x06":
+            _, _, _, _, _, _, _, entries, directory_size, _ = _ZIP64_EOCD.unpack_from(tail, record)
+    if entries > MAX_ENTRIES or directory_size > MAX_DIRECTORY_SIZE:
+        raise InvalidFirmware(
+            f"The archive declares {entries:,} entries in a {directory_size:,}-byte directory; a fwup file "
+            f"has a few (limits {MAX_ENTRIES:,} and {MAX_DIRECTORY_SIZE:,} bytes)."
+        )
+
+
 def open_archive(stream: IO[bytes], limits: Limits) -> zipfile.ZipFile:
     """Open the ZIP and check its structure before anything inside is trusted."""
     stream.seek(0)
@@ -170,6 +207,7 @@ def open_archive(stream: IO[bytes], limits: Limits) -> zipfile.ZipFile:
     stream.seek(0)
     if head != b"PK\x03\x04":
         raise InvalidFirmware("This is not a fwup firmware file: it is not a ZIP archive.")
+    _check_directory_size(stream)
     try:
         archive = zipfile.ZipFile(stream)
     except _ARCHIVE_ERRORS as exc:
@@ -263,9 +301,9 @@ def _hash(section: metaconf.Section, key: str) -> str | None:
     return value.lower()
 
 
-def _shown(text: str) -> str:
+def _shown(text: str | None) -> str:
     """A value from the file as quoted in a reason, cut short."""
-    return repr(text) if len(text) <= 60 else repr(text[:60]) + "..."
+    return repr(text) if text is None or len(text) <= 60 else repr(text[:60]) + "..."
 
 
 def _check_text(block: metaconf.Block, key: str, max_length: int | None = None) -> None:
@@ -347,7 +385,9 @@ def check_resources(archive: zipfile.ZipFile, resources: list[Resource]) -> None
         except KeyError:
             raise InvalidFirmware(f"Resource {name} is listed in meta.conf but missing.") from None
         if info.file_size != resource.length:
-            raise InvalidFirmware(f"Resource {name} is {info.file_size:,} bytes but meta.conf says {resource.length:,}.")
+            raise InvalidFirmware(
+                f"Resource {name} is {info.file_size:,} bytes but meta.conf says {resource.length:,}."
+            )
         hasher = hashlib.blake2b(digest_size=32) if resource.blake2b_256 else hashlib.sha256()
         seen = 0
         with _reading(f"Resource {name}"), archive.open(info) as entry:
@@ -363,3 +403,28 @@ def check_resources(archive: zipfile.ZipFile, resources: list[Resource]) -> None
             raise InvalidFirmware(
                 f"Resource {name} does not match the hash in the signed meta.conf: the file was altered after signing."
             )
+
+
+def inspect(stream: IO[bytes], keys: list[tuple[int, bytes]], limits: Limits) -> tuple[Checksums, Metadata, int]:
+    """Everything the file alone can tell: its checksums, its metadata and the id
+    of the key that signed it. Raises InvalidFirmware, and nothing else for
+    anything the file's bytes can cause."""
+    checksums = file_checksums(stream)
+    archive = open_archive(stream, limits)
+    meta_conf, signature = read_meta(archive)
+    # The signature is checked over meta.conf's raw bytes before anything reads
+    # them: an unsigned or forged file never reaches the parser, and is refused
+    # without hashing hundreds of megabytes of resources.
+    if signature is None:
+        raise InvalidFirmware("The firmware is not signed; sign it with `fwup -S` and a registered key.")
+    if not keys:
+        raise InvalidFirmware("The organization has no signing keys; register the fwup public key first.")
+    key_id = verify_signature(meta_conf, signature, keys)
+    if key_id is None:
+        raise InvalidFirmware(
+            "The signature does not match any of the organization's signing keys "
+            "(signed with an unknown key, or meta.conf was changed after signing)."
+        )
+    metadata = parse_metadata(meta_conf)
+    check_resources(archive, metadata.resources)
+    return checksums, metadata, key_id

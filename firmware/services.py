@@ -25,11 +25,11 @@ from datetime import UTC, timedelta
 from functools import partial
 from typing import IO, Any, TypedDict
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, Storage, storages
-from celery.exceptions import SoftTimeLimitExceeded
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import ProtectedError
 from django.utils import timezone
@@ -257,24 +257,7 @@ _NOT_THE_FILES_FAULT = (StorageUnavailable, DatabaseError, SoftTimeLimitExceeded
 def _inspect(firmware: Firmware) -> tuple[fwfile.Checksums, fwfile.Metadata, int]:
     keys = [(k.pk, k.raw) for k in SigningKey.objects.filter(org_id=firmware.org_id).order_by("pk")]
     with _open_stored(firmware.storage_name) as stream:
-        checksums = fwfile.file_checksums(stream)
-        archive = fwfile.open_archive(stream, _limits())
-        meta_conf, signature = fwfile.read_meta(archive)
-        # The signature is checked over meta.conf's raw bytes before anything
-        # reads them: an unsigned or forged file never reaches the parser, and
-        # is refused without hashing hundreds of megabytes of resources.
-        if signature is None:
-            raise fwfile.InvalidFirmware("The firmware is not signed; sign it with `fwup -S` and a registered key.")
-        if not keys:
-            raise fwfile.InvalidFirmware("The organization has no signing keys; register the fwup public key first.")
-        key_id = fwfile.verify_signature(meta_conf, signature, keys)
-        if key_id is None:
-            raise fwfile.InvalidFirmware(
-                "The signature does not match any of the organization's signing keys "
-                "(signed with an unknown key, or meta.conf was changed after signing)."
-            )
-        metadata = fwfile.parse_metadata(meta_conf)
-        fwfile.check_resources(archive, metadata.resources)
+        checksums, metadata, key_id = fwfile.inspect(stream, keys, _limits())
     product_name = firmware.product.name
     if metadata.product != product_name:
         raise fwfile.InvalidFirmware(
@@ -303,7 +286,8 @@ def validate_firmware(firmware_id: int) -> Firmware | None:
         # a retry would fail the same way and leave the row pending for ever.
         logger.exception("firmware %s: unexpected error while validating; rejecting it", firmware.pk)
         reject_firmware(
-            firmware, f"The file could not be read: it is malformed in a way the hub does not know ({type(exc).__name__})."
+            firmware,
+            f"The file could not be read: it is malformed in a way the hub does not know ({type(exc).__name__}).",
         )
         return firmware
     duplicate = (

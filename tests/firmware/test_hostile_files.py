@@ -9,6 +9,7 @@ one precise way."""
 from __future__ import annotations
 
 import io
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +116,9 @@ def test_it_rejects_a_hostile_file_through_the_service(case, keypair, upload, fi
 
 
 @pytest.mark.django_db
-def test_it_never_parses_a_meta_conf_whose_signature_does_not_verify(tenant, keypair, upload, firmware_root, monkeypatch):
+def test_it_never_parses_a_meta_conf_whose_signature_does_not_verify(
+    tenant, keypair, upload, firmware_root, monkeypatch
+):
     # given: a meta.conf that would crash an unbounded parser, signed by a key the
     # org does not have, and a spy on the parser
     calls: list[bytes] = []
@@ -147,6 +150,21 @@ def test_it_rejects_a_signed_meta_conf_past_the_parser_limits(keypair, upload, f
     firmware = upload(_spec(keypair, extra_meta=many))
     # then
     assert_rejected(firmware, firmware_root, "more than 20,000 entries")
+
+
+@pytest.mark.django_db
+def test_it_rejects_a_zip_of_thousands_of_entries_before_zipfile_reads_them(upload, firmware_root):
+    # given: 20,000 empty entries (ZIP64, past 65,535 it would be the same), each
+    # of which zipfile would turn into an object before any other check
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("meta.conf", b"meta-product=widget\n")
+        for i in range(20_000):
+            archive.writestr(zipfile.ZipInfo(f"data/{i}"), b"")
+    # when
+    firmware = upload(buffer.getvalue())
+    # then
+    assert_rejected(firmware, firmware_root, "declares 20,001 entries")
 
 
 # --- The upload requests: the REST API and the organization page ---------------------
