@@ -145,6 +145,11 @@ def file_checksums(stream: IO[bytes]) -> Checksums:
     return Checksums(size=size, sha256=whole.hexdigest(), partials=partials)
 
 
+def _shown(text: str | None) -> str:
+    """A value from the file as quoted in a reason, cut short."""
+    return repr(text) if text is None or len(text) <= 60 else repr(text[:60]) + "..."
+
+
 def _brief(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= 200 else text[:200] + "..."
@@ -299,11 +304,6 @@ def _hash(section: metaconf.Section, key: str) -> str | None:
     if not HEX64.match(value):
         raise InvalidFirmware(f"file-resource {_shown(section.title)} has a malformed {key}.")
     return value.lower()
-
-
-def _shown(text: str | None) -> str:
-    """A value from the file as quoted in a reason, cut short."""
-    return repr(text) if text is None or len(text) <= 60 else repr(text[:60]) + "..."
 
 
 def _check_text(block: metaconf.Block, key: str, max_length: int | None = None) -> None:

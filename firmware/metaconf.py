@@ -215,8 +215,8 @@ class _Parser:
         self.pos = 0
         self.entries = 0
 
-    def count(self, line: int, n: int = 1) -> None:
-        self.entries += n
+    def count(self, line: int) -> None:
+        self.entries += 1
         if self.entries > MAX_ENTRIES:
             raise MetaConfError(f"more than {MAX_ENTRIES:,} entries; this is not a fwup meta.conf", line)
 
