@@ -2,7 +2,9 @@
 
 Pure functions over a seekable binary file: no database, no storage. Every
 problem raises InvalidFirmware with a sentence meant for the person who uploaded
-the file. Everything is read by streaming in CHUNK-sized pieces, so memory use
+the file, whatever zipfile, zlib or the meta.conf parser trip over (`_reading`
+turns their exceptions into that sentence): a crafted file is a rejection, never
+a crash. Everything is read by streaming in CHUNK-sized pieces, so memory use
 does not depend on the file size.
 """
 
@@ -10,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 import zipfile
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -31,6 +36,34 @@ SEMVER = re.compile(
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
 )
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+# A resource length is a decimal or 0x number of at most this many characters;
+# fwup writes plain decimals, and a longer one is an attempt at a huge integer.
+LENGTH_MAX_CHARS = 20
+LENGTH_MAX = 2**63 - 1
+# Metadata that ends up in CharField(max_length=100) columns (firmware.models).
+SHORT_FIELD_MAX = 100
+# A fwup file holds meta.conf, its signature and one entry per resource: tens.
+MAX_ENTRIES = 10_000
+MAX_DIRECTORY_SIZE = 4 * 1024 * 1024
+_EOCD = struct.Struct("<4s4H2LH")  # end of central directory (APPNOTE 4.3.16)
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")  # APPNOTE 4.3.15
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")  # APPNOTE 4.3.14, without the extensible data
+# What zipfile and zlib raise on a crafted archive: a broken header or stream
+# (BadZipFile, zlib.error, EOFError, struct.error), an unsupported compression
+# method or flag (NotImplementedError), a name that is not UTF-8 (a ValueError),
+# an offset or size past what a seek accepts (OverflowError, OSError).
+_ARCHIVE_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    struct.error,
+    NotImplementedError,
+    ValueError,
+    OverflowError,
+    OSError,
+    RuntimeError,
+)
 
 
 class InvalidFirmware(Exception):
@@ -112,14 +145,64 @@ def file_checksums(stream: IO[bytes]) -> Checksums:
     return Checksums(size=size, sha256=whole.hexdigest(), partials=partials)
 
 
+def _shown(text: str | None) -> str:
+    """A value from the file as quoted in a reason, cut short."""
+    return repr(text) if text is None or len(text) <= 60 else repr(text[:60]) + "..."
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+@contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """Turn whatever the archive code raises about the file's bytes into a rejection."""
+    try:
+        yield
+    except _ARCHIVE_ERRORS as exc:
+        raise InvalidFirmware(f"{what} cannot be read from the archive ({_brief(exc)}).") from None
+
+
 def _check_name(name: str) -> None:
     if not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        raise InvalidFirmware(f"The archive contains an entry with an absolute path ({name!r}).")
+        raise InvalidFirmware(f"The archive contains an entry with an absolute path ({_shown(name)}).")
     parts = re.split(r"[/\\]", name)
     if ".." in parts:
-        raise InvalidFirmware(f"The archive contains an entry whose path leaves the archive ({name!r}).")
+        raise InvalidFirmware(f"The archive contains an entry whose path leaves the archive ({_shown(name)}).")
     if "\x00" in name:
         raise InvalidFirmware("The archive contains an entry name with a NUL byte.")
+
+
+def _check_directory_size(stream: IO[bytes]) -> None:
+    """Refuse a central directory too large to hold, before zipfile reads it.
+
+    zipfile reads the whole central directory into memory and builds one object
+    per record (about 500 bytes each); a 200 MB upload made only of records would
+    cost gigabytes and minutes. The end-of-central-directory record (and its
+    ZIP64 form) declares the size, read here the way zipfile finds it: the last
+    signature in the final 64 KiB. A record that cannot be found or decoded is
+    left for zipfile to refuse."""
+    stream.seek(0, 2)
+    size = stream.tell()
+    tail_length = min(size, _EOCD.size + 0xFFFF)
+    stream.seek(size - tail_length)
+    tail = stream.read(tail_length)
+    stream.seek(0)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < _EOCD.size:
+        return
+    _, _, _, _, entries, directory_size, _, _ = _EOCD.unpack_from(tail, at)
+    locator = at - _ZIP64_LOCATOR.size
+    if locator >= 0 and tail[locator : locator + 4] == b"PK\x06\x07":
+        record = locator - _ZIP64_EOCD.size
+        if record >= 0 and tail[record : record + 4] == b"PK\x06\x06":
+            _, _, _, _, _, _, _, entries, directory_size, _ = _ZIP64_EOCD.unpack_from(tail, record)
+    if entries > MAX_ENTRIES or directory_size > MAX_DIRECTORY_SIZE:
+        raise InvalidFirmware(
+            f"The archive declares {entries:,} entries in a {directory_size:,}-byte directory; a fwup file "
+            f"has a few (limits {MAX_ENTRIES:,} and {MAX_DIRECTORY_SIZE:,} bytes)."
+        )
 
 
 def open_archive(stream: IO[bytes], limits: Limits) -> zipfile.ZipFile:
@@ -129,10 +212,11 @@ def open_archive(stream: IO[bytes], limits: Limits) -> zipfile.ZipFile:
     stream.seek(0)
     if head != b"PK\x03\x04":
         raise InvalidFirmware("This is not a fwup firmware file: it is not a ZIP archive.")
+    _check_directory_size(stream)
     try:
         archive = zipfile.ZipFile(stream)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
-        raise InvalidFirmware(f"The ZIP archive is damaged or truncated ({exc}).") from None
+    except _ARCHIVE_ERRORS as exc:
+        raise InvalidFirmware(f"The ZIP archive is damaged or truncated ({_brief(exc)}).") from None
     infos = archive.infolist()
     seen: set[str] = set()
     total = 0
@@ -140,10 +224,10 @@ def open_archive(stream: IO[bytes], limits: Limits) -> zipfile.ZipFile:
         # zipfile keeps the raw name in orig_filename; it has normalised filename.
         _check_name(info.orig_filename)
         if info.filename in seen:
-            raise InvalidFirmware(f"The archive contains {info.filename!r} more than once.")
+            raise InvalidFirmware(f"The archive contains {_shown(info.filename)} more than once.")
         seen.add(info.filename)
         if info.flag_bits & 0x1:
-            raise InvalidFirmware(f"The archive entry {info.filename!r} is encrypted.")
+            raise InvalidFirmware(f"The archive entry {_shown(info.filename)} is encrypted.")
         total += info.file_size
         if total > limits.max_inflated:
             raise InvalidFirmware(
@@ -152,7 +236,7 @@ def open_archive(stream: IO[bytes], limits: Limits) -> zipfile.ZipFile:
             )
         if info.file_size > Limits.RATIO_FLOOR and info.file_size > limits.max_ratio * max(info.compress_size, 1):
             raise InvalidFirmware(
-                f"The archive entry {info.filename!r} inflates {info.file_size // max(info.compress_size, 1):,} "
+                f"The archive entry {_shown(info.filename)} inflates {info.file_size // max(info.compress_size, 1):,} "
                 f"times (limit {limits.max_ratio}); refusing it as a possible decompression bomb."
             )
     return archive
@@ -161,11 +245,8 @@ def open_archive(stream: IO[bytes], limits: Limits) -> zipfile.ZipFile:
 def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
     if info.file_size > limit:
         raise InvalidFirmware(f"{info.filename} is too large ({info.file_size:,} bytes).")
-    try:
-        with archive.open(info) as entry:
-            data = entry.read(limit + 1)
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
-        raise InvalidFirmware(f"{info.filename} cannot be read from the archive ({exc}).") from None
+    with _reading(info.filename), archive.open(info) as entry:
+        data = entry.read(limit + 1)
     if len(data) > limit:
         raise InvalidFirmware(f"{info.filename} is too large.")
     return data
@@ -200,15 +281,19 @@ def _required(block: metaconf.Block, key: str) -> str:
 def _length(section: metaconf.Section) -> int:
     raw = section.body.options.get("length")
     if raw is None:
-        raise InvalidFirmware(f"file-resource {section.title!r} in meta.conf has no length.")
+        raise InvalidFirmware(f"file-resource {_shown(section.title)} in meta.conf has no length.")
     # A resource concatenated from several files lists one length per file.
     values = raw if isinstance(raw, list) else [raw]
+    if any(len(v.strip()) > LENGTH_MAX_CHARS for v in values):
+        raise InvalidFirmware(f"file-resource {_shown(section.title)} has a length that is too large.")
     try:
         lengths = [int(v, 0) for v in values]
     except ValueError:
-        raise InvalidFirmware(f"file-resource {section.title!r} has a length that is not a number.") from None
+        raise InvalidFirmware(f"file-resource {_shown(section.title)} has a length that is not a number.") from None
     if any(n < 0 for n in lengths):
-        raise InvalidFirmware(f"file-resource {section.title!r} has a negative length.")
+        raise InvalidFirmware(f"file-resource {_shown(section.title)} has a negative length.")
+    if sum(lengths) > LENGTH_MAX:
+        raise InvalidFirmware(f"file-resource {_shown(section.title)} has a length that is too large.")
     return sum(lengths)
 
 
@@ -217,30 +302,49 @@ def _hash(section: metaconf.Section, key: str) -> str | None:
     if value is None:
         return None
     if not HEX64.match(value):
-        raise InvalidFirmware(f"file-resource {section.title!r} has a malformed {key}.")
+        raise InvalidFirmware(f"file-resource {_shown(section.title)} has a malformed {key}.")
     return value.lower()
 
 
+def _check_text(block: metaconf.Block, key: str, max_length: int | None = None) -> None:
+    value = block.string(key)
+    if value is None:
+        return
+    # PostgreSQL text cannot hold NUL; refusing it here keeps the update a
+    # rejection instead of a database error.
+    if "\x00" in value:
+        raise InvalidFirmware(f"meta.conf's {key} contains a NUL character.")
+    if max_length is not None and len(value) > max_length:
+        raise InvalidFirmware(f"meta.conf's {key} is longer than {max_length} characters.")
+
+
 def parse_metadata(meta_conf: bytes) -> Metadata:
+    """Read the metadata NervesHub keeps. Only call it on a meta.conf whose
+    signature has been verified: the parser is bounded, but unsigned input has no
+    business reaching it."""
     try:
         block = metaconf.parse_bytes(meta_conf)
     except metaconf.MetaConfError as exc:
         raise InvalidFirmware(f"meta.conf cannot be parsed: {exc}.") from None
+    for key in ("meta-product", "meta-version", "meta-platform", "meta-architecture"):
+        _check_text(block, key, SHORT_FIELD_MAX)
+    for key in ("meta-author", "meta-description", "meta-vcs-identifier", "meta-misc"):
+        _check_text(block, key)
     version = _required(block, "meta-version")
     if not SEMVER.match(version):
-        raise InvalidFirmware(f"meta-version {version!r} is not a SemVer version such as 1.2.3.")
+        raise InvalidFirmware(f"meta-version {_shown(version)} is not a SemVer version such as 1.2.3.")
     resources: list[Resource] = []
     names: set[str] = set()
     for section in block.sections_of("file-resource"):
         if not section.title:
             raise InvalidFirmware("A file-resource in meta.conf has no name.")
         if section.title in names:
-            raise InvalidFirmware(f"meta.conf declares file-resource {section.title!r} twice.")
+            raise InvalidFirmware(f"meta.conf declares file-resource {_shown(section.title)} twice.")
         names.add(section.title)
         blake = _hash(section, "blake2b-256")
         sha = _hash(section, "sha256")
         if blake is None and sha is None:
-            raise InvalidFirmware(f"file-resource {section.title!r} has neither blake2b-256 nor sha256.")
+            raise InvalidFirmware(f"file-resource {_shown(section.title)} has neither blake2b-256 nor sha256.")
         # An absolute resource name is stored at that path without the slash.
         entry = section.title[1:] if section.title.startswith("/") else f"data/{section.title}"
         resources.append(Resource(section.title, entry, _length(section), blake, sha))
@@ -275,30 +379,52 @@ def verify_signature(meta_conf: bytes, signature: bytes, keys: Iterable[tuple[in
 def check_resources(archive: zipfile.ZipFile, resources: list[Resource]) -> None:
     """Stream every declared resource and compare its length and hash with meta.conf."""
     for resource in resources:
+        name = _shown(resource.name)
         try:
             info = archive.getinfo(resource.entry)
         except KeyError:
-            raise InvalidFirmware(f"Resource {resource.name!r} is listed in meta.conf but missing.") from None
+            raise InvalidFirmware(f"Resource {name} is listed in meta.conf but missing.") from None
         if info.file_size != resource.length:
             raise InvalidFirmware(
-                f"Resource {resource.name!r} is {info.file_size:,} bytes but meta.conf says {resource.length:,}."
+                f"Resource {name} is {info.file_size:,} bytes but meta.conf says {resource.length:,}."
             )
         hasher = hashlib.blake2b(digest_size=32) if resource.blake2b_256 else hashlib.sha256()
         seen = 0
-        try:
-            with archive.open(info) as entry:
-                # Never read past the signed length, whatever the headers claim.
-                while seen <= resource.length:
-                    chunk = entry.read(CHUNK)
-                    if not chunk:
-                        break
-                    seen += len(chunk)
-                    hasher.update(chunk)
-        except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
-            raise InvalidFirmware(f"Resource {resource.name!r} cannot be read from the archive ({exc}).") from None
+        with _reading(f"Resource {name}"), archive.open(info) as entry:
+            # Never read past the signed length, whatever the headers claim.
+            while seen <= resource.length:
+                chunk = entry.read(CHUNK)
+                if not chunk:
+                    break
+                seen += len(chunk)
+                hasher.update(chunk)
         expected = resource.blake2b_256 or resource.sha256
         if seen != resource.length or hasher.hexdigest() != expected:
             raise InvalidFirmware(
-                f"Resource {resource.name!r} does not match the hash in the signed meta.conf: "
-                "the file was altered after signing."
+                f"Resource {name} does not match the hash in the signed meta.conf: the file was altered after signing."
             )
+
+
+def inspect(stream: IO[bytes], keys: list[tuple[int, bytes]], limits: Limits) -> tuple[Checksums, Metadata, int]:
+    """Everything the file alone can tell: its checksums, its metadata and the id
+    of the key that signed it. Raises InvalidFirmware, and nothing else for
+    anything the file's bytes can cause."""
+    checksums = file_checksums(stream)
+    archive = open_archive(stream, limits)
+    meta_conf, signature = read_meta(archive)
+    # The signature is checked over meta.conf's raw bytes before anything reads
+    # them: an unsigned or forged file never reaches the parser, and is refused
+    # without hashing hundreds of megabytes of resources.
+    if signature is None:
+        raise InvalidFirmware("The firmware is not signed; sign it with `fwup -S` and a registered key.")
+    if not keys:
+        raise InvalidFirmware("The organization has no signing keys; register the fwup public key first.")
+    key_id = verify_signature(meta_conf, signature, keys)
+    if key_id is None:
+        raise InvalidFirmware(
+            "The signature does not match any of the organization's signing keys "
+            "(signed with an unknown key, or meta.conf was changed after signing)."
+        )
+    metadata = parse_metadata(meta_conf)
+    check_resources(archive, metadata.resources)
+    return checksums, metadata, key_id

@@ -9,7 +9,12 @@ sections with or without a title (`file-resource "rootfs.img" { ... }`,
 calls (`raw_write(0)`). The parser keeps every key it reads; the caller picks the
 ones it knows, which is how fwup's CFGF_IGNORE_UNKNOWN behaves.
 
-A syntax error raises MetaConfError with a line number a person can act on.
+A syntax error raises MetaConfError with a line number a person can act on, and
+so does a file past the limits below: the parser is recursive (one call per
+section level), and meta.conf is read from an uploaded file, so nesting, the
+number of tokens and entries, and the length of one string are bounded to keep a
+hostile file a refusal rather than a RecursionError or a memory spike. Real
+meta.conf files nest three levels and hold a few hundred tokens.
 """
 
 from __future__ import annotations
@@ -22,6 +27,13 @@ Value = str | list[str]
 # whitespace and at its punctuation.
 _DELIMITERS = frozenset(" \t\r\n\f\v{}()=,\"'#;")
 _SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "b": "\b", "a": "\a", "e": "\x1b"}
+
+# Far above what fwup writes (task > on-resource > funlist is three levels, a
+# Nerves system's meta.conf is a few hundred tokens), far below what costs the hub.
+MAX_DEPTH = 32  # section levels; Python's own recursion limit is about 1,000 frames
+MAX_TOKENS = 100_000  # about 12 MB of token objects at worst
+MAX_ENTRIES = 20_000  # options, sections, calls and list items, all levels together
+MAX_STRING = 64 * 1024  # characters in one word or string
 
 
 class MetaConfError(ValueError):
@@ -66,6 +78,10 @@ def _tokenize(text: str) -> list[_Token]:
     tokens: list[_Token] = []
     i, line, n = 0, 1, len(text)
     while i < n:
+        if len(tokens) > MAX_TOKENS:
+            raise MetaConfError(f"more than {MAX_TOKENS:,} tokens; this is not a fwup meta.conf", line)
+        if tokens and len(tokens[-1].text) > MAX_STRING:
+            raise MetaConfError(f"a value is longer than {MAX_STRING:,} characters", tokens[-1].line)
         c = text[i]
         if c == "\n":
             line += 1
@@ -117,6 +133,8 @@ def _tokenize(text: str) -> list[_Token]:
                     break
                 i += 1
             tokens.append(_Token("word", text[start:i], line))
+    if tokens and len(tokens[-1].text) > MAX_STRING:
+        raise MetaConfError(f"a value is longer than {MAX_STRING:,} characters", tokens[-1].line)
     return tokens
 
 
@@ -195,6 +213,12 @@ class _Parser:
     def __init__(self, tokens: list[_Token]) -> None:
         self.tokens = tokens
         self.pos = 0
+        self.entries = 0
+
+    def count(self, line: int) -> None:
+        self.entries += 1
+        if self.entries > MAX_ENTRIES:
+            raise MetaConfError(f"more than {MAX_ENTRIES:,} entries; this is not a fwup meta.conf", line)
 
     def peek(self, offset: int = 0) -> _Token | None:
         index = self.pos + offset
@@ -208,7 +232,9 @@ class _Parser:
         self.pos += 1
         return token
 
-    def block(self, closing: bool, opened_at: int = 0) -> Block:
+    def block(self, closing: bool, opened_at: int = 0, depth: int = 0) -> Block:
+        if depth > MAX_DEPTH:
+            raise MetaConfError(f"sections are nested more than {MAX_DEPTH} levels deep", opened_at)
         block = Block()
         while True:
             token = self.peek()
@@ -221,39 +247,46 @@ class _Parser:
                     raise MetaConfError("} without a matching {", token.line)
                 self.pos += 1
                 return block
-            self.entry(block)
+            self.entry(block, depth)
 
-    def entry(self, block: Block) -> None:
+    def entry(self, block: Block, depth: int) -> None:
         key = self.next("an option name")
         if key.kind not in ("word", "string"):
-            raise MetaConfError(f"expected an option name, found {key.text!r}", key.line)
+            raise MetaConfError(f"expected an option name, found {_shown(key.text)}", key.line)
+        self.count(key.line)
         following = self.peek()
         if following is None:
-            raise MetaConfError(f"{key.text!r} has no value", key.line)
+            raise MetaConfError(f"{_shown(key.text)} has no value", key.line)
         if following.kind in ("=", "+="):
             self.pos += 1
             value = self.value()
             existing = block.options.get(key.text)
             if following.kind == "+=" and existing is not None:
+                # Extended in place: a long run of `+=` stays linear, not quadratic.
                 base = existing if isinstance(existing, list) else [existing]
-                value = base + (value if isinstance(value, list) else [value])
+                base.extend(value if isinstance(value, list) else [value])
+                value = base
             block.options[key.text] = value
         elif following.kind == "(":
             self.pos += 1
             block.calls.append((key.text, self.arguments()))
         elif following.kind == "{":
             self.pos += 1
-            block.sections.append(Section(key.text, None, self.block(closing=True, opened_at=following.line)))
+            body = self.block(closing=True, opened_at=following.line, depth=depth + 1)
+            block.sections.append(Section(key.text, None, body))
         elif following.kind in ("word", "string") and (after := self.peek(1)) is not None and after.kind == "{":
             self.pos += 2
-            block.sections.append(Section(key.text, following.text, self.block(closing=True, opened_at=after.line)))
+            body = self.block(closing=True, opened_at=after.line, depth=depth + 1)
+            block.sections.append(Section(key.text, following.text, body))
         else:
-            raise MetaConfError(f"expected = or {{ after {key.text!r}, found {following.text!r}", following.line)
+            raise MetaConfError(
+                f"expected = or {{ after {_shown(key.text)}, found {_shown(following.text)}", following.line
+            )
 
     def scalar(self) -> str:
         token = self.next("a value")
         if token.kind not in ("word", "string"):
-            raise MetaConfError(f"expected a value, found {token.text!r}", token.line)
+            raise MetaConfError(f"expected a value, found {_shown(token.text)}", token.line)
         return token.text
 
     def value(self) -> Value:
@@ -271,14 +304,20 @@ class _Parser:
             return items
         while True:
             items.append(self.scalar())
+            self.count(self.tokens[self.pos - 1].line)
             token = self.next(f"',' or '{closer}'")
             if token.kind == closer:
                 return items
             if token.kind != ",":
-                raise MetaConfError(f"expected ',' or '{closer}', found {token.text!r}", token.line)
+                raise MetaConfError(f"expected ',' or '{closer}', found {_shown(token.text)}", token.line)
 
     def arguments(self) -> list[str]:
         return self.items(")")
+
+
+def _shown(text: str) -> str:
+    """A token as quoted in an error message, cut short: messages reach the uploader."""
+    return repr(text) if len(text) <= 60 else repr(text[:60]) + "..."
 
 
 def parse(text: str) -> Block:

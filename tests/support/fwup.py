@@ -21,6 +21,7 @@ import hashlib
 import io
 import re
 import shutil
+import struct
 import time
 import zipfile
 from collections.abc import Callable
@@ -106,8 +107,15 @@ class FirmwareSpec:
     key: KeyPair | None = None
     compression: int = zipfile.ZIP_DEFLATED
     compresslevel: int | None = 6
+    # Rewrites the generated meta.conf *before* it is signed (a hostile but
+    # validly signed file); Tamper.meta_conf changes it after signing.
+    edit_meta: Callable[[bytes], bytes] | None = None
 
     def meta_conf(self) -> bytes:
+        meta = self._meta_conf()
+        return self.edit_meta(meta) if self.edit_meta else meta
+
+    def _meta_conf(self) -> bytes:
         lines = [f"meta-product={quote(self.product)}"]
         for key, value in (
             ("meta-description", self.description),
@@ -185,3 +193,37 @@ def build_firmware(spec: FirmwareSpec, tamper: Tamper | None = None) -> bytes:
     buffer = io.BytesIO()
     write_firmware(buffer, spec, tamper)
     return buffer.getvalue()
+
+
+def _entry_offsets(data: bytes, name: str) -> tuple[int, int]:
+    """(local header offset, central directory record offset) of entry `name`."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        local = archive.getinfo(name).header_offset
+        position = archive.start_dir
+    while data[position : position + 4] == b"PK\x01\x02":
+        name_len, extra_len, comment_len = struct.unpack("<HHH", data[position + 28 : position + 34])
+        if data[position + 46 : position + 46 + name_len].decode() == name:
+            return local, position
+        position += 46 + name_len + extra_len + comment_len
+    raise KeyError(name)
+
+
+def set_compression_method(data: bytes, name: str, method: int) -> bytes:
+    """The file with entry `name` claiming compression `method` in both its local
+    header and the central directory (zipfile refuses to write unknown methods)."""
+    local, central = _entry_offsets(data, name)
+    out = bytearray(data)
+    out[local + 8 : local + 10] = struct.pack("<H", method)
+    out[central + 10 : central + 12] = struct.pack("<H", method)
+    return bytes(out)
+
+
+def corrupt_entry_data(data: bytes, name: str, garbage: bytes = b"\xff" * 16) -> bytes:
+    """The file with the first bytes of entry `name`'s compressed data overwritten;
+    for a deflated entry, 0xff opens a block of the reserved type (a zlib.error)."""
+    local, _ = _entry_offsets(data, name)
+    name_len, extra_len = struct.unpack("<HH", data[local + 26 : local + 30])
+    start = local + 30 + name_len + extra_len
+    out = bytearray(data)
+    out[start : start + len(garbage)] = garbage
+    return bytes(out)
