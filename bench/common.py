@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parent.parent
-# nerves_hub_link's heartbeat period (device-protocol.md): the bench clients keep it
+# nerves_hub_link's heartbeat period (docs/device-protocol.md §1.5): the bench clients keep it
 # whenever they are not measuring heartbeats themselves.
 KEEPALIVE_SECONDS = 30.0
 sys.path.insert(0, str(ROOT))

@@ -1,6 +1,6 @@
 """Reconnect herd: N connected devices, every hub process restarted at once.
 
-The devices reconnect as nerves_hub_link does (device-protocol.md §1.6): a fresh
+The devices reconnect as nerves_hub_link does (docs/device-protocol.md §1.6): a fresh
 NH1 signature, then the jittered backoff list 1, 2, 4 … 60 s (+0 to 50 %), then the
 network wait (a plain TCP connect every 3 s until one succeeds), then the upgrade
 and the join, again with the next backoff entry on any failure (503 from the

@@ -1,4 +1,4 @@
-"""Typed messages of the remote console (device-protocol.md §7, server-behaviour.md §4).
+"""Typed messages of the remote console (docs/device-protocol.md §7, docs/reference-behaviour.md §4).
 
 Three wires meet here:
 

@@ -185,7 +185,7 @@ class DeviceConsole:
 
     async def from_device(self, event: str, payload: Any) -> None:
         """A push on the console topic: output and files go to the operators
-        unchanged (server-behaviour.md §4). Raises ValidationError for a bad
+        unchanged (docs/reference-behaviour.md §4). Raises ValidationError for a bad
         payload of a known event; unknown events are dropped."""
         message = protocol.parse_device_event(event, payload)
         if message is None:
@@ -234,7 +234,7 @@ class Upload:
 class UploadTracker:
     """The rules of one browser's uploads: one file at a time, the size given
     up front and never exceeded, chunks in order. The device has no
-    acknowledgement (§7), so order is kept by refusing anything out of order
+    acknowledgement (docs/device-protocol.md §7), so order is kept by refusing anything out of order
     here and sending each chunk on the one channel to the device."""
 
     def __init__(self, max_size: int) -> None:

@@ -82,7 +82,7 @@ def membership_problems(deployment: Deployment, device: Device) -> list[str]:
 
 def _rank(deployment: Deployment, device: Device) -> tuple[object, ...]:
     # Highest target version first, then more tags in common, then the oldest
-    # deployment (server-behaviour.md §6.3).
+    # deployment (docs/reference-behaviour.md §6.1).
     version = parse_version(deployment.firmware.version)
     shared = len(set(deployment.conditions_tags) & set(device.tags))
     return (version is not None, version, shared, -deployment.pk)

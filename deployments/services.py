@@ -23,8 +23,8 @@ logger = logging.getLogger(__name__)
 # at most this often (value 100 is always written).
 PROGRESS_WRITE_INTERVAL = timedelta(seconds=5)
 _CAS_ATTEMPTS = 3
-# Statuses that end an attempt without success (the deployments engineer adds the
-# penalty box and circuit breaker on top of these).
+# Statuses that end an attempt without success (what follows, a hold, the penalty
+# box or the circuit breaker, is decided in deployments.rollout).
 _FINISHING = {UpdateStatus.FAILED, UpdateStatus.IGNORED, UpdateStatus.RESCHEDULED}
 # The outcomes that are audited (and announced to webhooks) as update.succeeded / update.failed.
 _OUTCOME_ACTIONS: dict[str, str] = {

@@ -9,7 +9,7 @@ The socket consumer calls `authenticate_device(scope)`, which asks, in order:
 
 Each authenticator returns the Device, returns None when its credentials are
 absent, or raises AuthError(status, reason) to refuse. The first to answer wins,
-as in the reference server (server-behaviour.md §2.1): a certificate beats
+as in the reference server (docs/reference-behaviour.md §2.1): a certificate beats
 headers.
 """
 
@@ -37,7 +37,7 @@ from nerveshub.tenancy.services import audit
 
 logger = logging.getLogger(__name__)
 
-# Texts of server-behaviour.md §1.5; devices ignore them, operators read them.
+# Reasons of docs/device-protocol.md §1.6; devices ignore them, operators read them.
 REASON_NO_CREDENTIALS = "no certificate pair or shared secrets connection settings were provided"
 REASON_PLATFORM = "the platform could not be reached to authenticate this device"
 # Deliberately coarse: which check failed is logged, not told to the caller, so
@@ -142,7 +142,7 @@ def _check_age(signed_at_ms: int) -> None:
 
 
 def authenticate_shared_secret(headers: Mapping[str, str]) -> Device:
-    """Verify the NH1 headers (server-behaviour.md §2.4) and return the device,
+    """Verify the NH1 headers (docs/device-protocol.md §2.4) and return the device,
     registering it first when a product key signs an unknown identifier."""
     if not settings.DEVICE_SHARED_SECRETS_ENABLED:
         raise _refuse(REASON_INVALID, "shared secrets are disabled")

@@ -2,15 +2,14 @@
 
 Thin by design: parse a frame (devices.protocol), call a service through
 database_sync_to_async (devices.services), send a frame. The rules the device
-relies on (device-protocol.md §1.7) live here because they are about the wire:
+relies on (docs/device-protocol.md §1.7) live here because they are about the wire:
 
 * heartbeats are answered without touching the database;
 * server pushes carry ref null; phx_error carries the topic's join ref;
 * device pushes are never replied to, except `detach` for a disallowed extension;
 * a malformed frame closes this socket only, with the reason logged.
 
-Topics are a table (TOPICS): adding one (the console's real handlers, say) is a
-join method and an event method.
+Topics are a table (TOPICS): adding one is a join method and an event method.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Daphne 4.2 can only refuse a websocket upgrade with a bare 403. A device that
 fails authentication must get 401 (or 503 when the database is down) with a
 Date header (nerves_hub_link ≥ 2.13 corrects its clock from it) and the
-nh-connection-error-reason header (server-behaviour.md §1.5). The ASGI spec has
+nh-connection-error-reason header (docs/device-protocol.md §1.6). The ASGI spec has
 an extension for exactly this; this module adds it to daphne's websocket
 protocol and announces it in the scope. Installed by nerveshub.serve, before
 daphne starts.

@@ -84,7 +84,7 @@ class Device(models.Model):
     socket_channel = models.CharField(max_length=200, blank=True)
     console_available = models.BooleanField(default=False)
 
-    # Extension reports (device protocol §8).
+    # Extension reports (docs/device-protocol.md §8.2).
     health = models.JSONField(null=True, blank=True)
     health_reported_at = models.DateTimeField(null=True, blank=True)
     location = models.JSONField(null=True, blank=True)

@@ -1,7 +1,7 @@
 """NH1 shared-secret signatures: the pure cryptography, no database.
 
-nerves_hub_link signs its identifier with Plug.Crypto.sign/4 (device protocol
-§2.3): PBKDF2 derives a key from the shared secret and a salt built from the
+nerves_hub_link signs its identifier with Plug.Crypto.sign/4 (docs/device-protocol.md
+§2.2 to §2.3): PBKDF2 derives a key from the shared secret and a salt built from the
 x-nh-* headers, and the token is `PROTECTED.b64url(ETF payload).b64url(HMAC)`.
 This module is the exact inverse, plus a signer for tests and benchmarks.
 

@@ -1,5 +1,5 @@
 """The device socket's wire format: Phoenix V2 frames and the typed payloads the
-hub reads from them (device-protocol.md §1.3 to §1.4, §4, §5, §8).
+hub reads from them (docs/device-protocol.md §1.3 to §1.4, §4, §5, §8).
 
 Frame parsing is hand-written, not pydantic: every heartbeat of every device goes
 through it, and the checks are five type tests. Payloads of the events the hub
@@ -207,7 +207,7 @@ class ConnectionTypes(BaseModel):
 
 
 class StatusUpdate(BaseModel):
-    # Reasons and fields vary between client versions (§5.2); keep what we know.
+    # Reasons and fields vary between client versions (docs/device-protocol.md §6.2); keep what we know.
     model_config = ConfigDict(extra="ignore")
 
     status: str = Field(max_length=200)

@@ -2,7 +2,7 @@
 and sees what it printed and returned.
 
 The device evaluates `scripts/run` {ref, text, timeout} and answers with a
-`scripts/run` push carrying the same ref (device-protocol.md §5). Devices before
+`scripts/run` push carrying the same ref (docs/device-protocol.md §5.3). Devices before
 device API 2.1.0 cannot do this; the hub says so instead of typing into their
 console.
 """
@@ -105,7 +105,7 @@ def record_script_result(device_id: int, payload: dict[str, Any]) -> ScriptRun |
 
 def push_connecting_code(device_id: int, *, seen: Device | None = None) -> bool:
     """Run the deployment's and then the device's connecting code on the device
-    (server-behaviour.md §3.2). Devices before 2.1.0 are skipped: typing code into
+    (docs/reference-behaviour.md §3.3). Devices before 2.1.0 are skipped: typing code into
     a console that is not open yet would be lost. Returns whether code was sent.
     `seen`: the device as just read, with its current deployment."""
     device = seen or Device.objects.select_related("deployment").filter(pk=device_id).first()

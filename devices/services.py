@@ -246,7 +246,7 @@ class JoinOutcome:
 
 
 def join_device(device_id: int, params: DeviceJoin) -> JoinOutcome:
-    """Store what the `device` join reports (server-behaviour.md §3.1 to §3.2).
+    """Store what the `device` join reports (docs/device-protocol.md §4.2).
 
     A reconnecting device mostly reports what is stored already: then this is
     one read and nothing is written."""

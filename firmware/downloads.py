@@ -14,7 +14,7 @@ file iterator whole before sending (StreamingHttpResponse.__aiter__ runs
 Here the file is read in CHUNK pieces in a worker thread and each piece is
 sent before the next is read.
 
-Range (RFC 9110 §14), as nerves_hub_link needs it (device-protocol.md §6.4):
+Range (RFC 9110 §14), as nerves_hub_link needs it (docs/device-protocol.md §6.4):
 * `bytes=a-b`, `bytes=a-`, `bytes=-n`; an end past the file (the client asks for
   one byte past the end when resuming) is clamped; 206 with Content-Range.
 * A ranged request is never answered 200, even when it covers the whole file

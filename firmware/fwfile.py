@@ -1,4 +1,4 @@
-"""Reading a fwup `.fw` archive without fwup (docs: /work/shared/spec/fwup-format.md).
+"""Reading a fwup `.fw` archive without fwup (docs/fwup-format.md).
 
 Pure functions over a seekable binary file: no database, no storage. Every
 problem raises InvalidFirmware with a sentence meant for the person who uploaded
@@ -23,11 +23,11 @@ from typing import IO
 from firmware import metaconf
 
 CHUNK = 1024 * 1024
-PART_SIZE = 1024 * 1024  # partials_checksums are over 1 MiB parts (server-behaviour.md §3.3)
+PART_SIZE = 1024 * 1024  # partials_checksums are over 1 MiB parts (docs/device-protocol.md §6.1)
 SIGNATURE_NAME = "meta.conf.ed25519"
 META_NAME = "meta.conf"
 META_MAX_SIZE = 1024 * 1024  # real ones are a few KB; fwup itself caps them far lower
-# fwup's namespace UUID for meta-uuid (fwup-format.md, "The firmware UUID").
+# fwup's namespace UUID for meta-uuid (docs/fwup-format.md §4).
 FWUP_UUID_NAMESPACE = bytes.fromhex("2053dffbd51e4310b93b956da89f9f34")
 # SemVer 2.0.0, the grammar from semver.org.
 SEMVER = re.compile(

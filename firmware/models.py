@@ -89,7 +89,7 @@ class Firmware(models.Model):
     org = models.ForeignKey(Organization, models.CASCADE, related_name="firmware")
     product = models.ForeignKey(Product, models.PROTECT, related_name="firmware")
     kind = models.CharField(max_length=10, choices=FirmwareKind.choices, default=FirmwareKind.FIRMWARE)
-    # Set by validation: fwup derives it from meta.conf (fwup-format.md), so it is
+    # Set by validation: fwup derives it from meta.conf (docs/fwup-format.md §4), so it is
     # unknown until the file has been read.
     uuid = models.CharField(max_length=36, null=True, blank=True)
     version = models.CharField(max_length=100, blank=True)

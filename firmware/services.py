@@ -439,7 +439,7 @@ class UpdatePayload(TypedDict):
 
 
 def update_payload(firmware: Firmware, deployment_id: int | None = None) -> UpdatePayload:
-    """The `update` message payload (server-behaviour.md §3.3) for the full file."""
+    """The `update` message payload (docs/device-protocol.md §6.1) for the full file."""
     return {
         "update_available": True,
         "firmware_url": download_url(firmware),
@@ -487,7 +487,7 @@ class ArchivePayload(TypedDict):
 
 
 def archive_payload(archive: Firmware) -> ArchivePayload:
-    """The `archive` message payload (server-behaviour.md §3.3)."""
+    """The `archive` message payload (docs/device-protocol.md §5.1)."""
     return {
         "url": download_url(archive),
         "uuid": archive.uuid or "",

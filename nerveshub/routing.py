@@ -11,7 +11,7 @@ from console.routing import websocket_urlpatterns as console_routes
 from devices.consumers import DeviceSocketConsumer
 
 websocket_urlpatterns: list[Any] = [
-    # Shared-secret devices use /device-socket, certificate devices /socket (§1.1).
+    # Shared-secret devices use /device-socket, certificate devices /socket (docs/device-protocol.md §1.1).
     re_path(r"^(?:device-socket|socket)/websocket/?$", DeviceSocketConsumer.as_asgi()),
     # The operators' console (session cookie + origin check, see console/routing.py).
     *console_routes,

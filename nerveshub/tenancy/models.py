@@ -56,7 +56,7 @@ class Membership(models.Model):
 
 
 class Product(models.Model):
-    # Extensions a device of this product may attach (device protocol §8). Health
+    # Extensions a device of this product may attach (docs/device-protocol.md §8). Health
     # is on by default; geo is off because it makes devices call a third-party
     # GeoIP service.
     KNOWN_EXTENSIONS = ("health", "geo", "network_identity", "local_shell")

@@ -225,7 +225,7 @@ def test_it_refuses_urls_for_firmware_that_is_not_valid(spec, upload):
 
 
 def _device_get(host: str, port: int, path: str, retry: int, range_header: str | None) -> http.client.HTTPResponse:
-    # Headers in the order nerves_hub_link's downloader sends them (device-protocol.md §6.4).
+    # Headers in the order nerves_hub_link's downloader sends them (docs/device-protocol.md §6.4).
     connection = http.client.HTTPConnection(host, port, timeout=10)
     connection.putrequest("GET", path, skip_accept_encoding=True)
     connection.putheader("user-agent", "NHL/2.12.0")

@@ -1,4 +1,4 @@
-"""The uuid algorithm and the test-side fwup writer agree with the spec text."""
+"""The uuid algorithm and the test-side fwup writer agree with docs/fwup-format.md."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import zipfile
 from firmware import fwfile
 from tests.support.fwup import FirmwareSpec, build_firmware, generate_keypair, keypair_from_private, quote
 
-# The example meta.conf of fwup-format.md, byte for byte (one newline at the end).
+# The example meta.conf of docs/fwup-format.md §6, byte for byte (one newline at the end).
 EXAMPLE_META_CONF = b"""meta-product="hub-demo"
 meta-version=1.3.0
 meta-platform=rpi4
@@ -32,7 +32,7 @@ EXAMPLE_UUID = "40ed3c69-414f-5575-cf8c-f0f46aacd162"
 
 
 def independent_uuid(meta_conf: bytes) -> str:
-    """Written straight from the spec text, with different tools than the hub's code:
+    """Written straight from docs/fwup-format.md §4, with different tools than the hub's code:
     BLAKE2b-256 over namespace-uuid bytes + meta.conf, first 16 bytes, version nibble
     set to 5 through integer arithmetic, variant bits left alone."""
     namespace = uuid.UUID("2053dffb-d51e-4310-b93b-956da89f9f34").bytes

@@ -1,6 +1,6 @@
 """Write real fwup-format firmware files, so every test case is generated, not hand-edited.
 
-What fwup does (docs: /work/shared/spec/fwup-format.md) and this module copies:
+What fwup does (docs/fwup-format.md) and this module copies:
 
 * a ZIP whose first entry is `meta.conf.ed25519` (64 raw bytes, stored) when signed,
   then `meta.conf` (deflated), then `data/<resource>` entries (entry time 1980-01-01);
