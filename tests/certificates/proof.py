@@ -15,7 +15,9 @@ def verification_pem(ca: pki.Issued, org: Organization) -> bytes:
     return pki.sign_verification(ca, services.verification_code(org)).cert_pem
 
 
-def register_ca(actor: Any, org: Organization, ca: pki.Issued, *, description: str = "", **kwargs: Any) -> CACertificate:
+def register_ca(
+    actor: Any, org: Organization, ca: pki.Issued, *, description: str = "", **kwargs: Any
+) -> CACertificate:
     """Register `ca` for `org` the way its owner does: with the proof."""
     return services.register_ca_certificate(
         actor, org, ca.cert_pem, description=description, verification_pem=verification_pem(ca, org), **kwargs
