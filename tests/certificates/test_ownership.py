@@ -4,10 +4,14 @@ key); its certificate and its devices' certificates are public."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import importlib
+import json
+from urllib.parse import quote
 
 import pytest
+import websockets
 from cryptography import x509 as cx509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
@@ -19,6 +23,7 @@ from certificates.services import CertificateError, CertificateRefused
 from devices.models import Device
 from devices.services import create_device
 from nerveshub.tenancy.models import AuditEvent
+from tests.certificates.nginx import JOIN
 from tests.certificates.proof import add_unverified_ca, register_ca, verification_pem
 
 
@@ -234,6 +239,45 @@ def test_an_unverified_ca_of_another_org_does_not_block_an_uploaded_certificate(
     services.register_device_certificate(tenant.manager, device, leaf.cert_pem)
     # then the device connects
     assert services.authenticate_peer_certificate(leaf.cert_pem) == device
+
+
+# --- End to end: the hub's device socket behind a trusted proxy ------------------------------
+
+
+async def _join_forwarded(port: int, leaf: pki.Issued) -> tuple[int, str]:
+    """Join as nginx forwards a device's certificate (the hub trusts 127.0.0.1):
+    101 and the join's status, or the refused upgrade's status and reason."""
+    headers = {"X-SSL-Client-Cert": quote(leaf.cert_pem.decode())}
+    try:
+        async with websockets.connect(
+            f"ws://127.0.0.1:{port}/socket/websocket?vsn=2.0.0", additional_headers=headers, open_timeout=20
+        ) as ws:
+            await ws.send(json.dumps(["1", "1", "device", "phx_join", JOIN]))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 20))
+            return 101, reply[4]["status"]
+    except websockets.InvalidStatus as exc:
+        return exc.response.status_code, exc.response.headers.get("nh-connection-error-reason", "")
+
+
+def test_the_device_socket_refuses_what_ownership_rules_out(live_hub, tenant, other_tenant, device_ca, other_ca):
+    # given acme's verified CA, a certificate of it recorded on a globex device,
+    # and an unverified CA with JITP in globex
+    hub = live_hub({"TRUSTED_PROXIES": "127.0.0.1/32"})
+    register_ca(tenant.admin, tenant.org, device_ca, jitp_product=tenant.product)
+    captured = _sign_without_aki(device_ca, "SN-E2E-CAPTURED")
+    _record_directly(create_device("test", other_tenant.product, "SN-E2E-CAPTURED"), captured)
+    add_unverified_ca(other_tenant.org, other_ca, jitp_product=other_tenant.product)
+    # when
+    own = asyncio.run(_join_forwarded(hub.port, pki.sign_device(device_ca, "SN-E2E-OWN")))
+    cross = asyncio.run(_join_forwarded(hub.port, captured))
+    unverified = asyncio.run(_join_forwarded(hub.port, pki.sign_device(other_ca, "SN-E2E-JITP")))
+    # then acme's device joins, the others are refused and the log says why
+    assert own == (101, "ok")
+    assert cross == (401, "certificate refused")
+    assert unverified == (401, "certificate refused")
+    assert "another organization" in hub.log()
+    assert "not verified" in hub.log()
+    assert not Device.objects.filter(identifier="SN-E2E-JITP").exists()
 
 
 # --- The migration ------------------------------------------------------------------------
