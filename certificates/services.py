@@ -377,7 +377,7 @@ def _candidate_cas(cert: cx509.Certificate) -> list[CACertificate]:
     aki = x509.aki(cert)
     if aki:
         match |= Q(ski=aki)
-    return list(CACertificate.objects.select_related("org", "jitp_product").filter(match))
+    return list(CACertificate.objects.select_related("jitp_product").filter(match))
 
 
 def _signer(cert: cx509.Certificate, candidates: Iterable[CACertificate]) -> CACertificate | None:

@@ -307,3 +307,14 @@ def test_the_migration_marks_cas_unverified_unless_their_proof_was_audited(tenan
     assert pasted.verified_at is None
     assert proven.public_key_fingerprint == x509.public_key_fingerprint(device_ca.cert)
     assert pasted.subject_hash == x509.name_hash(other_ca.cert.subject)
+
+
+def test_a_known_certificate_of_the_orgs_own_ca_costs_one_more_query(tenant, device_ca, django_assert_num_queries):
+    # given a device provisioned by acme's verified CA
+    register_ca(tenant.admin, tenant.org, device_ca, jitp_product=tenant.product)
+    leaf = pki.sign_device(device_ca, "SN-COST")
+    services.authenticate_peer_certificate(leaf.cert_pem)
+    # when / then reconnecting reads the certificate, the CAs that could have
+    # signed it (the issuer check), and touches last_used_at
+    with django_assert_num_queries(3):
+        assert services.authenticate_peer_certificate(leaf.cert_pem).identifier == "SN-COST"
