@@ -52,7 +52,7 @@ class CACertificateAddForm(_PemFormMixin):
     certificate_text = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 6}), label="or paste it")
     verification_file = forms.FileField(
         required=False,
-        help_text="Optional proof that you hold the CA key: a certificate signed by the CA whose CN "
+        help_text="Required proof that you hold the CA key: a certificate signed by the CA whose CN "
         "(or SAN URI urn:nerveshub:verify:CODE) is the organization's verification code.",
     )
     tags = forms.CharField(required=False, label="JITP tags", help_text="Comma-separated.")
@@ -68,6 +68,8 @@ class CACertificateAddForm(_PemFormMixin):
         try:
             pem = self._pem("certificate_file", "certificate_text", required=True)
             verification = self._pem("verification_file", "verification_file", required=False)
+            if not verification.strip():
+                raise services.CertificateError("upload the verification certificate (proof of possession)")
             self.instance = services.register_ca_certificate(
                 self.actor,
                 cleaned["org"],
@@ -85,6 +87,15 @@ class CACertificateAddForm(_PemFormMixin):
 
 
 class CACertificateChangeForm(forms.ModelForm):  # type: ignore[type-arg]
+    actor: Any = None  # the request's user, set by get_form
+    verification_file = forms.FileField(
+        required=False,
+        label="Verify with",
+        help_text="For a CA registered before proof of possession was required: a certificate signed by "
+        "the CA whose CN is the organization's verification code. Until then the CA provisions and "
+        "authenticates no device.",
+    )
+
     class Meta:
         model = CACertificate
         fields = ["description", "check_expiration", "jitp_product", "jitp_tags", "jitp_description"]
@@ -95,15 +106,40 @@ class CACertificateChangeForm(forms.ModelForm):  # type: ignore[type-arg]
             raise ValidationError("The JITP product must belong to the CA's organization.")
         return product
 
+    def clean_verification_file(self) -> Any:
+        upload = self.cleaned_data.get("verification_file")
+        proof = _read_pem(upload)
+        if proof.strip():
+            try:
+                services.verify_ca_certificate(self.actor, self.instance, proof)
+            except services.CertificateError as exc:
+                raise ValidationError(str(exc)) from None
+        return upload
+
+
+class VerifiedFilter(admin.SimpleListFilter):
+    title = "verified"
+    parameter_name = "verified"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Verified"), ("no", "Not verified")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "yes":
+            return queryset.filter(verified_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(verified_at__isnull=True)
+        return queryset
+
 
 @admin.register(CACertificate)
 class CACertificateAdmin(OrgScopedAdmin[CACertificate]):
     # Who may add Device CAs decides who may add devices: admins only (as the reference).
     change_role = Role.ADMIN
     delete_role = Role.ADMIN
-    list_display = ["__str__", "org", "subject", "not_before", "not_after", "jitp_product", "last_used_at"]
+    list_display = ["__str__", "org", "subject", "verified", "not_before", "not_after", "jitp_product", "last_used_at"]
     list_select_related = ["org", "jitp_product"]
-    list_filter = ["check_expiration", ("org", admin.RelatedOnlyFieldListFilter), "not_after"]
+    list_filter = [VerifiedFilter, "check_expiration", ("org", admin.RelatedOnlyFieldListFilter), "not_after"]
     search_fields = ["description", "subject", "=ski", "=serial"]
     readonly_fields = [
         "org",
@@ -111,18 +147,29 @@ class CACertificateAdmin(OrgScopedAdmin[CACertificate]):
         "serial",
         "ski",
         "aki",
+        "public_key_fingerprint",
+        "verified_at",
         "not_before",
         "not_after",
         "created_at",
         "last_used_at",
     ]
 
+    @admin.display(description="verified", boolean=True)
+    def verified(self, obj: CACertificate) -> bool:
+        return obj.is_verified
+
     def get_form(
         self, request: HttpRequest, obj: CACertificate | None = None, change: bool = False, **kwargs: Any
     ) -> Any:
         if obj is not None:
             kwargs["form"] = CACertificateChangeForm
-            return super().get_form(request, obj, change, **kwargs)
+            change_form: Any = super().get_form(request, obj, change, **kwargs)
+            change_form.actor = request.user
+            if not obj.is_verified:
+                code = services.verification_code(obj.org)
+                change_form.base_fields["verification_file"].help_text += f" Code (valid 1 h): {code}"
+            return change_form
         kwargs["form"] = CACertificateAddForm
         form: Any = super().get_form(request, obj, change, **kwargs)
         form.actor = request.user
@@ -146,7 +193,8 @@ class CACertificateAdmin(OrgScopedAdmin[CACertificate]):
                 "tags",
                 "jitp_description",
             ]
-        return [*self.readonly_fields, *CACertificateChangeForm.Meta.fields]
+        fields = [*self.readonly_fields, *CACertificateChangeForm.Meta.fields]
+        return fields if obj.is_verified else [*fields, "verification_file"]
 
     def _admin_orgs(self, request: HttpRequest) -> QuerySet[Organization]:
         if request.user.is_superuser:

@@ -2,8 +2,9 @@
 device certificates (/orgs/{org}/products/{product}/devices/{identifier}/certificates/…).
 
 Registering a CA decides who may add devices (through just-in-time
-provisioning), so CAs need the `admin` role; a device's own certificates need
-`manage`, like the device itself. The rules live in certificates/services.py.
+provisioning), so CAs need the `admin` role and proof that the caller holds the
+CA's key (`verification_pem`); a device's own certificates need `manage`, like
+the device itself. The rules live in certificates/services.py.
 """
 
 from __future__ import annotations
@@ -42,14 +43,23 @@ class CAIn(Schema):
     model_config = ConfigDict(extra="forbid")
     pem: str = Field(min_length=1, max_length=PEM_MAX, description="The CA certificate, PEM")
     description: str = Field("", max_length=200)
-    verification_pem: str | None = Field(
-        None,
+    verification_pem: str = Field(
+        min_length=1,
         max_length=PEM_MAX,
-        description="Proof of possession: a certificate signed by the CA whose CN (or SAN URI "
+        description="Proof of possession (required): a certificate signed by the CA whose CN (or SAN URI "
         "urn:nerveshub:verify:<code>) is the code from GET ca_certificates/verification_code",
     )
     check_expiration: bool = True
     jitp: JitpIn | None = None
+
+
+class CAVerifyIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+    verification_pem: str = Field(
+        min_length=1,
+        max_length=PEM_MAX,
+        description="A certificate signed by the CA whose CN is the code from GET ca_certificates/verification_code",
+    )
 
 
 class CAPatch(Schema):
@@ -74,6 +84,8 @@ class CAOut(Schema):
     not_before: datetime
     not_after: datetime
     check_expiration: bool
+    verified: bool = Field(description="The org proved it holds the CA key; unverified CAs authenticate no device")
+    verified_at: datetime | None
     jitp: JitpOut | None
     pem: str
     created_at: datetime
@@ -119,6 +131,8 @@ def _ca_out(ca: CACertificate) -> CAOut:
         not_before=ca.not_before,
         not_after=ca.not_after,
         check_expiration=ca.check_expiration,
+        verified=ca.is_verified,
+        verified_at=ca.verified_at,
         jitp=JitpOut(product=product.name, tags=list(ca.jitp_tags), description=ca.jitp_description)
         if product is not None
         else None,
@@ -214,6 +228,19 @@ def register_ca(request: HttpRequest, org: str, payload: CAIn) -> Status[CAOut]:
 @router.get(CAS + "/{ski}", response=CAOut)
 def get_ca(request: HttpRequest, org: str, ski: str) -> CAOut:
     return _ca_out(_ca(request, org, ski))
+
+
+@router.post(CAS + "/{ski}/verify", response=CAOut)
+def verify_ca(request: HttpRequest, org: str, ski: str, payload: CAVerifyIn) -> CAOut:
+    """Verify a CA registered before proof of possession was required: until
+    then it provisions and authenticates no device. A verified CA is answered
+    as it is."""
+    ca = _ca(request, org, ski, Role.ADMIN)
+    try:
+        ca = services.verify_ca_certificate(actor(request), ca, payload.verification_pem)
+    except services.CertificateError as exc:
+        raise HttpError(422, str(exc)) from None
+    return _ca_out(ca)
 
 
 @router.patch(CAS + "/{ski}", response=CAOut)

@@ -15,10 +15,20 @@ class CACertificate(models.Model):
     org = models.ForeignKey(Organization, models.CASCADE, related_name="ca_certificates")
     description = models.CharField(max_length=200, blank=True)
     subject = models.CharField(max_length=500, blank=True)
+    # Hex SHA-256 of the subject's DER: certificates name their issuer by it.
+    subject_hash = models.CharField(max_length=64, db_index=True)
     serial = models.CharField(max_length=100, help_text="Decimal serial number.")
     # Hex SubjectKeyIdentifier: devices' certificates name their CA by it (AKI).
-    ski = models.CharField(max_length=128, unique=True)
+    # Whoever makes a certificate writes its SKI, so it is a hint for lookups and
+    # the API's name for the row, never proof of anything: unique per org only.
+    ski = models.CharField(max_length=128, db_index=True)
     aki = models.CharField(max_length=128, blank=True)
+    # Hex SHA-256 of the DER SubjectPublicKeyInfo: what a verified CA owns hub-wide.
+    public_key_fingerprint = models.CharField(max_length=64)
+    # Set when the org proved it holds the CA's private key (a verification
+    # certificate signed by the CA carrying the org's code). Until then the CA
+    # provisions and authenticates nothing (docs/certificates.md).
+    verified_at = models.DateTimeField(null=True, blank=True)
     not_before = models.DateTimeField()
     not_after = models.DateTimeField()
     check_expiration = models.BooleanField(
@@ -36,9 +46,24 @@ class CACertificate(models.Model):
     class Meta:
         ordering = ["org__name", "-created_at"]
         verbose_name = "CA certificate"
+        constraints = [
+            models.UniqueConstraint(fields=["org", "ski"], name="cacert_org_ski_uniq"),
+            # One owner per CA key, and only proven owners count: an unverified
+            # row (anybody can paste a public certificate) never blocks the org
+            # that proves possession.
+            models.UniqueConstraint(
+                fields=["public_key_fingerprint"],
+                condition=models.Q(verified_at__isnull=False),
+                name="cacert_verified_key_uniq",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.description or self.subject or self.ski
+
+    @property
+    def is_verified(self) -> bool:
+        return self.verified_at is not None
 
 
 class DeviceCertificate(models.Model):

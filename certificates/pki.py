@@ -148,6 +148,27 @@ def sign_device(
     return Issued(cert=builder.sign(ca.key, hashes.SHA256()), key=key)
 
 
+def sign_verification(ca: Issued, code: str, *, days: int = 1) -> Issued:
+    """The proof that registers `ca` with an organization: a short-lived
+    certificate signed by the CA whose CN is the org's verification code
+    (`certificates.services.verification_code`)."""
+    key = new_key()
+    start = _now() - dt.timedelta(minutes=5)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, code)]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_authority_key_id(ca), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    return Issued(cert=cert, key=key)
+
+
 def sign_server(ca: Issued, hostnames: list[str], *, days: int = 365) -> Issued:
     """A TLS server certificate for the proxy in front of the hub (tests, demos)."""
     key = new_key()

@@ -15,6 +15,13 @@ Decisions (docs/certificates.md has the long form):
   Revocation is how an operator shuts a certificate out.
 * A CA bound to a JITP product only speaks for devices of that product: its
   certificate is refused for an existing device of another product.
+* CA ownership is proven, not first-come: registration needs a verification
+  certificate signed by the CA carrying the org's code, and one key has at most
+  one verified CA hub-wide. An unverified CA (registered before proof was
+  required) provisions and authenticates nothing, and never blocks a verified one.
+* A certificate's issuer is the verified CA whose key signed it (the AKI and
+  issuer name only narrow the search), and a certificate is only accepted on a
+  device of its issuer's organization, recorded or not.
 """
 
 from __future__ import annotations
@@ -97,6 +104,29 @@ def _verify_possession(org: Organization, ca: cx509.Certificate, verification_pe
     _check_verification_code(org, code)
 
 
+def _load_ca(pem: str | bytes, *, check_expiration: bool) -> cx509.Certificate:
+    try:
+        cert = x509.load_one(pem)
+    except x509.BadCertificate as exc:
+        raise CertificateError(str(exc)) from None
+    if not x509.is_ca(cert):
+        raise CertificateError("not a CA certificate (basicConstraints CA=true is missing)")
+    if check_expiration and x509.not_after(cert) < timezone.now():
+        raise CertificateError("the CA certificate has expired")
+    return cert
+
+
+def _check_key_not_owned(org: Organization, key_fingerprint: str, *, exclude_pk: int | None = None) -> None:
+    owner = CACertificate.objects.filter(public_key_fingerprint=key_fingerprint, verified_at__isnull=False)
+    if exclude_pk is not None:
+        owner = owner.exclude(pk=exclude_pk)
+    owner_org = owner.values_list("org_id", flat=True).first()
+    if owner_org == org.pk:
+        raise CertificateError("this organization already has a verified CA certificate with this key")
+    if owner_org is not None:
+        raise CertificateError("a CA certificate with this key is already verified by another organization")
+
+
 @transaction.atomic
 def register_ca_certificate(
     actor: Actor,
@@ -104,39 +134,45 @@ def register_ca_certificate(
     pem: str | bytes,
     *,
     description: str,
+    verification_pem: str | bytes | None,
     jitp_product: Product | None = None,
     jitp_tags: Sequence[str] = (),
     jitp_description: str = "",
-    verification_pem: str | bytes | None = None,
     check_expiration: bool = True,
 ) -> CACertificate:
-    """Register a Device CA for `org`. With `verification_pem`, also require proof
-    that the caller holds the CA's key: a certificate signed by the CA whose CN
-    or SAN URI (`urn:nerveshub:verify:<code>`) is `verification_code(org)`."""
-    try:
-        cert = x509.load_one(pem)
-    except x509.BadCertificate as exc:
-        raise CertificateError(str(exc)) from None
-    if not x509.is_ca(cert):
-        raise CertificateError("not a CA certificate (basicConstraints CA=true is missing)")
-    now = timezone.now()
-    if check_expiration and x509.not_after(cert) < now:
-        raise CertificateError("the CA certificate has expired")
-    ski = x509.ski(cert) or x509.computed_ski(cert)
-    if CACertificate.objects.filter(ski=ski).exists():
-        raise CertificateError("a CA certificate with this subject key identifier is already registered")
+    """Register a Device CA for `org`, verified. A CA certificate is public, so
+    pasting one proves nothing: `verification_pem` must be a certificate signed
+    by the CA whose CN or SAN URI (`urn:nerveshub:verify:<code>`) is
+    `verification_code(org)`, which only the holder of the CA's key can make.
+    Every path that registers a CA (admin, org pages, API, CLI) comes here."""
+    cert = _load_ca(pem, check_expiration=check_expiration)
     if jitp_product is not None and jitp_product.org_id != org.pk:
         raise CertificateError("the JITP product belongs to another organization")
-    if verification_pem:
-        _verify_possession(org, cert, verification_pem)
+    if not verification_pem:
+        raise CertificateError(
+            "proof of possession is required: a verification certificate signed by the CA "
+            "whose CN is the organization's verification code"
+        )
+    _verify_possession(org, cert, verification_pem)
+    ski = x509.ski(cert) or x509.computed_ski(cert)
+    same = CACertificate.objects.filter(org=org, ski=ski).only("verified_at").first()
+    if same is not None:
+        hint = "" if same.is_verified else " (unverified: submit the verification certificate to verify it)"
+        raise CertificateError(f"this organization already has a CA certificate with this key identifier{hint}")
+    key_fingerprint = x509.public_key_fingerprint(cert)
+    _check_key_not_owned(org, key_fingerprint)
+    now = timezone.now()
     tags = [t.strip() for t in jitp_tags if t.strip()]
     ca = CACertificate(
         org=org,
         description=description,
         subject=cert.subject.rfc4514_string()[:500],
+        subject_hash=x509.name_hash(cert.subject),
         serial=str(cert.serial_number),
         ski=ski,
         aki=x509.aki(cert) or "",
+        public_key_fingerprint=key_fingerprint,
+        verified_at=now,
         not_before=x509.not_before(cert),
         not_after=x509.not_after(cert),
         check_expiration=check_expiration,
@@ -145,12 +181,13 @@ def register_ca_certificate(
         jitp_tags=tags,
         jitp_description=jitp_description,
     )
-    ca.full_clean(exclude=["der"])
+    ca.full_clean(exclude=["der"], validate_constraints=False)
     try:
         with transaction.atomic():
             ca.save()
     except IntegrityError:
-        raise CertificateError("a CA certificate with this subject key identifier is already registered") from None
+        # A concurrent registration of the same key (or SKI in this org) won.
+        raise CertificateError("a CA certificate with this key is already registered") from None
     audit(
         actor,
         "ca_certificate.registered",
@@ -158,10 +195,37 @@ def register_ca_certificate(
         details={
             "subject": ca.subject,
             "ski": ski,
-            "proof_of_possession": bool(verification_pem),
+            "proof_of_possession": True,
             "jitp_product": jitp_product.name if jitp_product else None,
         },
     )
+    return ca
+
+
+def verify_ca_certificate(actor: Actor, ca: CACertificate, verification_pem: str | bytes) -> CACertificate:
+    """Verify a CA registered without proof of possession (before proof was
+    required): the same verification certificate as at registration. From then
+    on it provisions and authenticates devices. Verifying a verified CA changes
+    nothing. Refused when another organization has proven it holds the key."""
+    if ca.verified_at is not None:
+        return ca
+    if not verification_pem:
+        raise CertificateError("send the verification certificate")
+    cert = x509.load_one(bytes(ca.der))
+    _verify_possession(ca.org, cert, verification_pem)
+    with transaction.atomic():
+        _check_key_not_owned(ca.org, ca.public_key_fingerprint, exclude_pk=ca.pk)
+        now = timezone.now()
+        try:
+            with transaction.atomic():
+                changed = CACertificate.objects.filter(pk=ca.pk, verified_at__isnull=True).update(verified_at=now)
+        except IntegrityError:
+            raise CertificateError(
+                "a CA certificate with this key is already verified by another organization"
+            ) from None
+        if changed:
+            audit(actor, "ca_certificate.verified", ca, details={"subject": ca.subject, "ski": ca.ski})
+    ca.refresh_from_db(fields=["verified_at"])
     return ca
 
 
@@ -227,8 +291,10 @@ def register_device_certificate(actor: Actor, device: Device, pem: str | bytes) 
         raise CertificateError("the device is deleted")
     if DeviceCertificate.objects.filter(fingerprint=x509.fingerprint(cert)).exists():
         raise CertificateError("this certificate is already registered")
-    aki = x509.aki(cert)
-    if aki and CACertificate.objects.filter(ski=aki).exclude(org_id=device.org_id).exists():
+    # By signature, not by AKI: a certificate need not carry one, and another
+    # org's device certificate (public) uploaded here would capture that device.
+    issuer = _signer(cert, _candidate_cas(cert))
+    if issuer is not None and issuer.is_verified and issuer.org_id != device.org_id:
         raise CertificateError("the certificate was issued by a CA of another organization")
     _check_key_owner(device, cert)
     try:
@@ -301,6 +367,51 @@ def _touch(model: type[DeviceCertificate] | type[CACertificate], pk: int) -> Non
     )
 
 
+def _candidate_cas(cert: cx509.Certificate) -> list[CACertificate]:
+    """Registered CAs, of any organization, that may have signed `cert`: those
+    its issuer name or its AKI points at. Both are written by whoever made the
+    certificate, so they only narrow the search; the signature decides
+    (`_signer`). A signature only verifies under a CA whose subject is the
+    certificate's issuer, so the name alone finds every possible signer."""
+    match = Q(subject_hash=x509.name_hash(cert.issuer))
+    aki = x509.aki(cert)
+    if aki:
+        match |= Q(ski=aki)
+    return list(CACertificate.objects.select_related("jitp_product").filter(match))
+
+
+def _signer(cert: cx509.Certificate, candidates: Iterable[CACertificate]) -> CACertificate | None:
+    """The candidate whose key signed `cert`, a verified one first (a key has at
+    most one verified owner hub-wide), else an unverified one, else None."""
+    for ca in sorted(candidates, key=lambda c: c.verified_at is None):
+        if x509.signed_by(cert, x509.load_one(bytes(ca.der))):
+            return ca
+    return None
+
+
+def _check_known_issuer(known: DeviceCertificate, leaf: cx509.Certificate) -> None:
+    """Refuse a recorded certificate whose issuer, by signature, is a verified CA
+    of another organization (the certificate was recorded for a device of an org
+    that does not own its CA: pasted, or provisioned by a CA registered without
+    proof), or an unverified CA of the device's own organization (it
+    authenticates nothing until verified). Unverified CAs of other orgs are
+    ignored: anybody can paste a CA certificate, so they prove nothing."""
+    org_id = known.device.org_id
+    candidates = _candidate_cas(leaf)
+    # The usual case, the org's own verified CA, costs no signature check.
+    if not any(
+        (ca.is_verified and ca.org_id != org_id) or (not ca.is_verified and ca.org_id == org_id) for ca in candidates
+    ):
+        return
+    issuer = _signer(leaf, candidates)
+    if issuer is None:
+        return
+    if issuer.is_verified and issuer.org_id != org_id:
+        raise CertificateRefused("certificate issued by a CA of another organization than its device's")
+    if not issuer.is_verified and issuer.org_id == org_id:
+        raise CertificateRefused("certificate issued by a CA that is not verified")
+
+
 def _known(peer: _Peer) -> Device | None:
     known = DeviceCertificate.objects.select_related("device").filter(fingerprint=peer.fingerprint).first()
     if known is None:
@@ -309,25 +420,23 @@ def _known(peer: _Peer) -> Device | None:
         raise CertificateRefused("certificate revoked")
     if known.device.is_deleted:
         raise CertificateRefused("device deleted")
+    _check_known_issuer(known, peer.leaf)
     _touch(DeviceCertificate, known.pk)
     return known.device
 
 
 def _issuing_ca(leaf: cx509.Certificate) -> CACertificate:
-    aki = x509.aki(leaf)
-    if aki:
-        candidates = list(CACertificate.objects.select_related("org", "jitp_product").filter(ski=aki))
-    else:
-        # No AKI: fall back to the issuer name; the signature decides.
-        candidates = list(
-            CACertificate.objects.select_related("org", "jitp_product").filter(subject=leaf.issuer.rfc4514_string())
-        )
-    for ca in candidates:
-        if x509.signed_by(leaf, x509.load_one(bytes(ca.der))):
-            return ca
-    if candidates:
-        raise CertificateRefused("certificate signature does not verify with the registered CA")
-    raise CertificateRefused("certificate issued by an unknown CA")
+    """The verified CA whose key signed `leaf`: the AKI is not trusted (it may be
+    absent or name another org's CA), the signature is."""
+    candidates = _candidate_cas(leaf)
+    issuer = _signer(leaf, candidates)
+    if issuer is None:
+        if candidates:
+            raise CertificateRefused("certificate signature does not verify with the registered CA")
+        raise CertificateRefused("certificate issued by an unknown CA")
+    if not issuer.is_verified:
+        raise CertificateRefused("certificate issued by a CA that is not verified (no proof of possession yet)")
+    return issuer
 
 
 def _check_validity(leaf: cx509.Certificate, ca: CACertificate, now: dt.datetime) -> None:

@@ -67,6 +67,12 @@ def public_key_fingerprint(cert: x509.Certificate) -> str:
     return hashlib.sha256(spki).hexdigest()
 
 
+def name_hash(name: x509.Name) -> str:
+    """SHA-256 of a Name's DER: a CA's subject and the issuer of what it signs
+    hash alike, so the issuer can be looked up without trusting an AKI."""
+    return hashlib.sha256(name.public_bytes()).hexdigest()
+
+
 def is_ca(cert: x509.Certificate) -> bool:
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)

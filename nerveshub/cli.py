@@ -384,22 +384,52 @@ def cmd_device_cert_revoke(args: argparse.Namespace, hub: Hub, out: Output) -> i
     return EXIT_OK
 
 
-def cmd_ca_add(args: argparse.Namespace, hub: Hub, out: Output) -> int:
-    body: dict[str, Any] = {"pem": _read_file(args.file), "description": args.description or ""}
+def _verification_pem(args: argparse.Namespace, hub: Hub, org: str, ca_pem: str | None) -> str:
+    """The proof of possession to send: the file given, or one made here with
+    the CA's key (which never leaves this machine) for the org's current code."""
+    if args.verification_file and args.ca_key:
+        usage_error("give either --verification-file or --ca-key, not both")
     if args.verification_file:
-        body["verification_pem"] = _read_file(args.verification_file)
+        return _read_file(args.verification_file)
+    if not args.ca_key:
+        usage_error("proof of possession is required: give --ca-key (the CA's private key) or --verification-file")
+    # Imported here: only this command needs `cryptography`.
+    from certificates import pki
+
+    code = hub.get(f"/orgs/{_q(org)}/ca_certificates/verification_code")["code"]
+    try:
+        ca = pki.load_issued((ca_pem or "").encode(), Path(args.ca_key).read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        usage_error(f"cannot load the CA: {exc}")
+    return pki.sign_verification(ca, str(code)).cert_pem.decode()
+
+
+def cmd_ca_add(args: argparse.Namespace, hub: Hub, out: Output) -> int:
+    org = _need(args, "org")
+    pem = _read_file(args.file)
+    body: dict[str, Any] = {"pem": pem, "description": args.description or ""}
+    if args.jitp_tag and not args.jitp_product:
+        usage_error("--jitp-tag needs --jitp-product")
+    body["verification_pem"] = _verification_pem(args, hub, org, pem)
     if args.jitp_product:
         body["jitp"] = {"product": args.jitp_product, "tags": _split_tags(args.jitp_tag)}
-    elif args.jitp_tag:
-        usage_error("--jitp-tag needs --jitp-product")
-    created = hub.post(f"/orgs/{_q(_need(args, 'org'))}/ca_certificates", body)
+    created = hub.post(f"/orgs/{_q(org)}/ca_certificates", body)
     out.emit(created, lambda d: f"registered CA {d['subject']} (ski {d['ski']})")
+    return EXIT_OK
+
+
+def cmd_ca_verify(args: argparse.Namespace, hub: Hub, out: Output) -> int:
+    org = _need(args, "org")
+    path = f"/orgs/{_q(org)}/ca_certificates/{_q(args.ski)}"
+    ca_pem = str(hub.get(path)["pem"]) if args.ca_key else None
+    verified = hub.post(path + "/verify", {"verification_pem": _verification_pem(args, hub, org, ca_pem)})
+    out.emit(verified, lambda d: f"verified CA {d['subject']} (ski {d['ski']})")
     return EXIT_OK
 
 
 def cmd_ca_list(args: argparse.Namespace, hub: Hub, out: Output) -> int:
     cas = hub.get(f"/orgs/{_q(_need(args, 'org'))}/ca_certificates")
-    out.emit(cas, lambda d: _table(d, ("ski", "subject", "not_after", "jitp", "last_used_at")))
+    out.emit(cas, lambda d: _table(d, ("ski", "subject", "verified", "not_after", "jitp", "last_used_at")))
     return EXIT_OK
 
 
@@ -572,9 +602,17 @@ def build_parser() -> argparse.ArgumentParser:
     ca_add = command(ca, "add", cmd_ca_add, "register a Device CA certificate (admin)", org)
     ca_add.add_argument("--file", required=True, help="the CA certificate (PEM)")
     ca_add.add_argument("--description")
-    ca_add.add_argument("--verification-file", help="proof of possession: see `ca verification-code`")
     ca_add.add_argument("--jitp-product", help="create unknown devices the CA signed in this product")
     ca_add.add_argument("--jitp-tag", action="append", help="tags of devices created that way")
+    ca_verify = command(ca, "verify", cmd_ca_verify, "verify a CA registered without proof of possession (admin)", org)
+    ca_verify.add_argument("ski", help="the CA's subject key identifier (see `ca list`)")
+    for proved in (ca_add, ca_verify):
+        proved.add_argument(
+            "--ca-key", help="the CA's private key (PEM, EC): the proof of possession is made and signed here"
+        )
+        proved.add_argument(
+            "--verification-file", help="or a proof made elsewhere: signed by the CA, CN = `ca verification-code`"
+        )
     command(ca, "list", cmd_ca_list, "list the organization's CAs", org)
     command(ca, "verification-code", cmd_ca_code, "a code for the CN of a proof-of-possession certificate", org)
 

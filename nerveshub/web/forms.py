@@ -39,8 +39,7 @@ class CACertificateForm(forms.Form):
     description = forms.CharField(max_length=200)
     pem = forms.CharField(label="CA certificate (PEM)", widget=forms.Textarea(attrs={"rows": 6}))
     verification_pem = forms.CharField(
-        label="Verification certificate (PEM, optional)",
-        required=False,
+        label="Verification certificate (PEM)",
         widget=forms.Textarea(attrs={"rows": 4}),
         help_text="Signed by the CA, with the organization's verification code as its CN: proves you hold the key.",
     )
@@ -51,6 +50,14 @@ class CACertificateForm(forms.Form):
     def __init__(self, *args: Any, org: Organization, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["jitp_product"].queryset = Product.objects.filter(org=org)  # type: ignore[attr-defined]
+
+
+class CAVerifyForm(forms.Form):
+    verification_pem = forms.CharField(
+        label="Verification certificate (PEM)",
+        widget=forms.Textarea(attrs={"rows": 4}),
+        help_text="Signed by the CA, with the organization's verification code as its CN.",
+    )
 
 
 class UploadForm(forms.Form):

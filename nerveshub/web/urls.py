@@ -24,6 +24,7 @@ org_patterns = [
     path("keys/<int:pk>/delete/", views.signing_key_delete, name="key_delete"),
     path("certificates/", views.ca_certificates, name="certificates"),
     path("certificates/<int:pk>/delete/", views.ca_certificate_delete, name="certificate_delete"),
+    path("certificates/<int:pk>/verify/", views.ca_certificate_verify, name="certificate_verify"),
     path("deployments/", views.deployment_list, name="deployments"),
     path("deployments/new/", views.deployment_form, name="deployment_new"),
     path("deployments/<int:pk>/", views.deployment_detail, name="deployment"),

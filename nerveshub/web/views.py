@@ -37,6 +37,7 @@ from nerveshub.web import services
 from nerveshub.web.access import OrgAccess, get_org_for_user, org_methods, orgs_of
 from nerveshub.web.forms import (
     CACertificateForm,
+    CAVerifyForm,
     DeploymentForm,
     InviteForm,
     RoleForm,
@@ -528,7 +529,7 @@ def ca_certificates(request: HttpRequest, org: str) -> HttpResponse:
                     data["pem"],
                     description=data["description"],
                     jitp_product=data["jitp_product"],
-                    verification_pem=data["verification_pem"] or None,
+                    verification_pem=data["verification_pem"],
                 )
                 messages.success(request, "CA certificate registered.")
                 return redirect("web:certificates", access.slug)
@@ -539,8 +540,27 @@ def ca_certificates(request: HttpRequest, org: str) -> HttpResponse:
         "cas": rows,
         "form": form,
         "verification_code": certificates.verification_code(access.org) if access.is_admin else None,
+        "verify_form": CAVerifyForm(),
     }
     return _render(request, access, "web/certificates.html", context)
+
+
+@page
+@org_methods("POST")
+def ca_certificate_verify(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    """Verify a CA registered before proof of possession was required."""
+    access = get_org_for_user(request, org, Role.ADMIN)
+    ca = get_object_or_404(CACertificate.objects.select_related("org"), pk=pk, org=access.org)
+    form = CAVerifyForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Paste the verification certificate.")
+        return redirect("web:certificates", access.slug)
+    try:
+        certificates.verify_ca_certificate(_user(request), ca, form.cleaned_data["verification_pem"])
+        messages.success(request, "CA certificate verified.")
+    except certificates.CertificateError as exc:
+        messages.error(request, str(exc))
+    return redirect("web:certificates", access.slug)
 
 
 @page

@@ -11,6 +11,7 @@ from certificates.models import CACertificate, DeviceCertificate
 from devices.models import Device
 from nerveshub.tenancy.models import APIToken, AuditEvent
 from tests.api.conftest import api_for
+from tests.certificates.proof import add_unverified_ca
 from tests.deployments.conftest import make_device
 
 CAS = "/orgs/acme/ca_certificates"
@@ -19,6 +20,12 @@ CERTS = "/orgs/acme/products/widget/devices/dev-1/certificates"
 
 def _pem(issued: pki.Issued) -> str:
     return issued.cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _proof(client, ca: pki.Issued, org: str = "acme") -> str:
+    """What the CA's owner sends: a certificate signed by the CA, CN = the org's code."""
+    code = client.get(f"/orgs/{org}/ca_certificates/verification_code").json()["code"]
+    return _pem(pki.sign_verification(ca, code))
 
 
 @pytest.mark.django_db
@@ -54,13 +61,16 @@ def test_it_refuses_bad_cas_with_the_reason(tenant, as_admin):
     leaf = pki.self_signed_device("not-a-ca")
     ca = pki.create_ca("Acme CA")
     wrong_signer = pki.sign_device(pki.create_ca("Someone else"), "whatever")
-    not_ca = as_admin.post(CAS, {"pem": _pem(leaf)})
-    garbage = as_admin.post(CAS, {"pem": "hello"})
-    no_proof = as_admin.post(CAS, {"pem": _pem(ca), "verification_pem": _pem(wrong_signer)})
-    unknown_product = as_admin.post(CAS, {"pem": _pem(ca), "jitp": {"product": "nope"}})
+    proof = _proof(as_admin, ca)
+    not_ca = as_admin.post(CAS, {"pem": _pem(leaf), "verification_pem": proof})
+    garbage = as_admin.post(CAS, {"pem": "hello", "verification_pem": proof})
+    no_proof = as_admin.post(CAS, {"pem": _pem(ca)})
+    wrong_proof = as_admin.post(CAS, {"pem": _pem(ca), "verification_pem": _pem(wrong_signer)})
+    unknown_product = as_admin.post(CAS, {"pem": _pem(ca), "verification_pem": proof, "jitp": {"product": "nope"}})
     assert not_ca.status_code == 422 and "not a CA" in not_ca.json()["errors"]["detail"]
     assert garbage.status_code == 422
-    assert no_proof.status_code == 422 and "not signed by this CA" in no_proof.json()["errors"]["detail"]
+    assert no_proof.status_code == 422 and "verification_pem" in no_proof.content.decode()
+    assert wrong_proof.status_code == 422 and "not signed by this CA" in wrong_proof.json()["errors"]["detail"]
     assert unknown_product.status_code == 422
     assert not CACertificate.objects.exists()
 
@@ -68,7 +78,7 @@ def test_it_refuses_bad_cas_with_the_reason(tenant, as_admin):
 @pytest.mark.django_db
 def test_it_changes_jitp_settings_and_deletes_a_ca(tenant, as_admin, as_manager):
     ca = pki.create_ca("Acme CA")
-    ski = as_admin.post(CAS, {"pem": _pem(ca)}).json()["ski"]
+    ski = as_admin.post(CAS, {"pem": _pem(ca), "verification_pem": _proof(as_admin, ca)}).json()["ski"]
     assert as_manager.patch(f"{CAS}/{ski}", {"jitp": {"product": "widget"}}).status_code == 403
     changed = as_admin.patch(f"{CAS}/{ski}", {"jitp": {"product": "widget", "tags": ["a", "a", "b"]}})
     assert changed.json()["jitp"] == {"product": "widget", "tags": ["a", "b"], "description": ""}
@@ -85,11 +95,52 @@ def test_it_changes_jitp_settings_and_deletes_a_ca(tenant, as_admin, as_manager)
 def test_it_hides_a_ca_from_another_organization(tenant, other_tenant, as_admin):
     ca = pki.create_ca("Globex CA")
     theirs = api_for(other_tenant.admin)
-    ski = theirs.post("/orgs/globex/ca_certificates", {"pem": _pem(ca)}).json()["ski"]
+    proof = _proof(theirs, ca, "globex")
+    ski = theirs.post("/orgs/globex/ca_certificates", {"pem": _pem(ca), "verification_pem": proof}).json()["ski"]
     assert as_admin.get(f"{CAS}/{ski}").status_code == 404
     assert as_admin.delete(f"{CAS}/{ski}").status_code == 404
     assert as_admin.get(f"/orgs/globex/ca_certificates/{ski}").status_code == 404
     assert CACertificate.objects.filter(ski=ski).exists()
+
+
+@pytest.mark.django_db
+def test_an_outsider_cannot_register_acmes_ca_without_its_key(tenant, other_tenant, as_admin):
+    # given acme's CA certificate, which anybody may read, and acme's proof for it
+    ca = pki.create_ca("Acme Device CA")
+    acme_proof = _proof(as_admin, ca)
+    theirs = api_for(other_tenant.admin)
+    # when globex posts it with nothing, with acme's proof, with a proof of its own key
+    bare = theirs.post("/orgs/globex/ca_certificates", {"pem": _pem(ca)})
+    replayed = theirs.post("/orgs/globex/ca_certificates", {"pem": _pem(ca), "verification_pem": acme_proof})
+    forged = pki.sign_verification(
+        pki.Issued(cert=ca.cert, key=pki.new_key()),
+        theirs.get("/orgs/globex/ca_certificates/verification_code").json()["code"],
+    )
+    own_key = theirs.post("/orgs/globex/ca_certificates", {"pem": _pem(ca), "verification_pem": _pem(forged)})
+    # then every attempt is refused and acme registers its CA
+    assert [r.status_code for r in (bare, replayed, own_key)] == [422, 422, 422]
+    assert "another organization" in replayed.json()["errors"]["detail"]
+    assert as_admin.post(CAS, {"pem": _pem(ca), "verification_pem": acme_proof}).status_code == 201
+    assert as_admin.get(CAS).json()[0]["verified"] is True
+
+
+@pytest.mark.django_db
+def test_it_verifies_a_ca_registered_before_proof_was_required(tenant, other_tenant, as_admin, as_manager):
+    # given
+    ca = pki.create_ca("Legacy CA")
+    ski = add_unverified_ca(tenant.org, ca).ski
+    theirs = api_for(other_tenant.admin)
+    assert as_admin.get(f"{CAS}/{ski}").json()["verified"] is False
+    # when
+    by_manager = as_manager.post(f"{CAS}/{ski}/verify", {"verification_pem": _proof(as_admin, ca)})
+    by_outsider = theirs.post(f"{CAS}/{ski}/verify", {"verification_pem": _proof(as_admin, ca)})
+    wrong = as_admin.post(f"{CAS}/{ski}/verify", {"verification_pem": _proof(as_admin, pki.create_ca("Other"))})
+    verified = as_admin.post(f"{CAS}/{ski}/verify", {"verification_pem": _proof(as_admin, ca)})
+    # then
+    assert (by_manager.status_code, by_outsider.status_code, wrong.status_code) == (403, 404, 422)
+    assert verified.status_code == 200, verified.content
+    assert verified.json()["verified"] is True and verified.json()["verified_at"]
+    assert AuditEvent.objects.filter(action="ca_certificate.verified").count() == 1
 
 
 @pytest.mark.django_db

@@ -31,6 +31,7 @@ from certificates import pki
 from certificates import services as certificates
 from deployments.models import Deployment
 from tests.api.conftest import api_for
+from tests.certificates.proof import register_ca
 from tests.deployments.conftest import make_device, make_firmware
 
 PINNED = {
@@ -51,7 +52,7 @@ def world(tenant, other_tenant):
     Deployment.objects.create(org=tenant.org, product=tenant.product, name="main", firmware=firmware)
     device = make_device(tenant.product, "dev-1", tags=["beta"])
     ca = pki.create_ca("Acme CA")
-    certificates.register_ca_certificate("test", tenant.org, ca.cert_pem, description="ca")
+    register_ca("test", tenant.org, ca, description="ca")
     certificates.register_device_certificate("test", device, pki.sign_device(ca, "dev-1").cert_pem)
     return tenant
 

@@ -4,12 +4,19 @@ audit event each), and lesser roles and other organizations are refused."""
 from __future__ import annotations
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from certificates import pki, services
 from certificates.models import CACertificate, DeviceCertificate
 from devices.services import create_device
 from nerveshub.tenancy.models import AuditEvent
+from tests.certificates.proof import add_unverified_ca, register_ca, verification_pem
+
+
+def _upload(name: str, data: bytes):
+    return SimpleUploadedFile(name, data, content_type="application/x-pem-file")
+
 
 CA_ADD = reverse("admin:certificates_cacertificate_add")
 CA_LIST = reverse("admin:certificates_cacertificate_changelist")
@@ -22,6 +29,7 @@ def _ca_form(tenant, ca: pki.Issued, **extra):
         "org": tenant.org.pk,
         "description": "factory CA",
         "certificate_text": ca.cert_pem.decode(),
+        "verification_file": _upload("proof.pem", verification_pem(ca, tenant.org)),
         "check_expiration": "on",
         "jitp_product": tenant.product.pk,
         "tags": "jitp, eu",
@@ -32,9 +40,7 @@ def _ca_form(tenant, ca: pki.Issued, **extra):
 
 @pytest.fixture
 def recorded(tenant, device_ca):
-    services.register_ca_certificate(
-        "test", tenant.org, device_ca.cert_pem, description="", jitp_product=tenant.product
-    )
+    register_ca("test", tenant.org, device_ca, jitp_product=tenant.product)
     services.authenticate_peer_certificate(pki.sign_device(device_ca, "ADM-1").cert_pem)
     return DeviceCertificate.objects.get()
 
@@ -79,10 +85,39 @@ def test_it_shows_verification_codes_and_checks_proof_of_possession(tenant, clie
     assert AuditEvent.objects.get(action="ca_certificate.registered").details["proof_of_possession"] is True
 
 
-def _upload(name: str, data: bytes):
-    from django.core.files.uploadedfile import SimpleUploadedFile
+def test_it_refuses_a_ca_without_proof_of_possession(tenant, other_tenant, client, device_ca):
+    # given an admin of globex with acme's public CA certificate and no key
+    client.force_login(tenant.outsider)
+    form = {**_ca_form(tenant, device_ca), "org": other_tenant.org.pk, "jitp_product": ""}
+    del form["verification_file"]
+    # when
+    response = client.post(CA_ADD, form)
+    # then
+    assert response.status_code == 200
+    assert b"verification certificate" in response.content
+    assert not CACertificate.objects.exists()
 
-    return SimpleUploadedFile(name, data, content_type="application/x-pem-file")
+
+def test_it_verifies_a_ca_registered_before_proof_was_required(tenant, client, device_ca):
+    # given
+    ca = add_unverified_ca(tenant.org, device_ca, description="legacy")
+    client.force_login(tenant.admin)
+    change = reverse("admin:certificates_cacertificate_change", args=[ca.pk])
+    page = client.get(change)
+    form = {"description": "legacy", "check_expiration": "on", "jitp_tags": "[]", "jitp_description": ""}
+    # when a wrong proof, then the right one, is uploaded
+    other = pki.create_ca("Not acme's")
+    wrong = client.post(change, {**form, "verification_file": _upload("p.pem", verification_pem(other, tenant.org))})
+    right = client.post(
+        change, {**form, "verification_file": _upload("p.pem", verification_pem(device_ca, tenant.org))}
+    )
+    # then
+    assert f"Code (valid 1 h): {tenant.org.pk}:".encode() in page.content
+    assert b"not signed by this CA" in wrong.content
+    assert right.status_code == 302, right.content.decode()[-3000:]
+    ca.refresh_from_db()
+    assert ca.is_verified
+    assert AuditEvent.objects.filter(action="ca_certificate.verified").count() == 1
 
 
 def test_it_refuses_ca_registration_to_a_manager(tenant, client, device_ca):
@@ -94,7 +129,7 @@ def test_it_refuses_ca_registration_to_a_manager(tenant, client, device_ca):
 
 def test_it_lists_cas_only_to_their_org(tenant, client, device_ca):
     # given
-    services.register_ca_certificate("test", tenant.org, device_ca.cert_pem, description="acme fleet CA")
+    register_ca("test", tenant.org, device_ca, description="acme fleet CA")
     # when
     client.force_login(tenant.viewer)
     mine = client.get(CA_LIST)
@@ -107,7 +142,7 @@ def test_it_lists_cas_only_to_their_org(tenant, client, device_ca):
 
 def test_it_deletes_a_ca_through_the_service(tenant, client, device_ca):
     # given
-    ca = services.register_ca_certificate("test", tenant.org, device_ca.cert_pem, description="")
+    ca = register_ca("test", tenant.org, device_ca)
     client.force_login(tenant.admin)
     # when
     response = client.post(reverse("admin:certificates_cacertificate_delete", args=[ca.pk]), {"post": "yes"})

@@ -9,10 +9,11 @@ from urllib.parse import quote
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from certificates import pki, services
+from certificates import pki
 from certificates.auth import device_from_scope
 from devices.auth import AuthError
 from nerveshub.lib.env import envnetworks
+from tests.certificates.proof import register_ca
 
 PROXY = [ip_network("10.0.0.0/24"), ip_network("::1/128")]
 
@@ -26,9 +27,7 @@ def _scope(client: str, cert: bytes | None, *, escaped: bool = True) -> dict[str
 
 @pytest.fixture
 def known_leaf(tenant, device_ca):
-    services.register_ca_certificate(
-        tenant.admin, tenant.org, device_ca.cert_pem, description="", jitp_product=tenant.product
-    )
+    register_ca(tenant.admin, tenant.org, device_ca, jitp_product=tenant.product)
     return pki.sign_device(device_ca, "SN-AUTH")
 
 

@@ -13,6 +13,7 @@ from django.core.management import CommandError, call_command
 
 from certificates import nerves_key, pki, services, x509
 from certificates.models import DeviceCertificate
+from tests.certificates.proof import register_ca
 
 
 def _run(*args: str) -> None:
@@ -44,9 +45,8 @@ def test_it_creates_a_ca_and_signs_a_device_the_hub_accepts(tenant, tmp_path):
     assert stat.S_IMODE((tmp_path / "ca" / "ca-key.pem").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "devices" / "SN_0001-key.pem").stat().st_mode) == 0o600
     # and the hub provisions the device from them
-    services.register_ca_certificate(
-        tenant.admin, tenant.org, (tmp_path / "ca" / "ca.pem").read_bytes(), description="", jitp_product=tenant.product
-    )
+    issued = pki.load_issued((tmp_path / "ca" / "ca.pem").read_bytes(), (tmp_path / "ca" / "ca-key.pem").read_bytes())
+    register_ca(tenant.admin, tenant.org, issued, jitp_product=tenant.product)
     assert services.authenticate_peer_certificate(leaf.public_bytes(Encoding.PEM)).identifier == "SN 0001"
 
 
@@ -159,9 +159,7 @@ def test_it_authenticates_a_nerves_key_style_device_and_chain(tenant):
     # given a signer registered as the Device CA, and a device certificate whose
     # AKI is the signer's SKI (SHA-1 of its SubjectPublicKeyInfo)
     signer = pki.create_ca("Signer", days=365, nerves_key_signer=True)
-    services.register_ca_certificate(
-        tenant.admin, tenant.org, signer.cert_pem, description="NervesKey signer", jitp_product=tenant.product
-    )
+    register_ca(tenant.admin, tenant.org, signer, description="NervesKey signer", jitp_product=tenant.product)
     leaf = pki.sign_device(signer, "AAAABBBBCCCCDDDD")
     assert x509.aki(leaf.cert) == x509.ski(signer.cert)
     # when the device presents its certificate with the signer, as NervesKey does

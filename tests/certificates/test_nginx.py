@@ -36,6 +36,7 @@ from tests.certificates.nginx import (
     nginx_binary,
     start_nginx,
 )
+from tests.certificates.proof import register_ca
 from tests.conftest import REQUIRE_SERVICES, HubProcess, free_port
 
 NOW = dt.datetime.now(dt.UTC)
@@ -69,7 +70,7 @@ def front(live_hub, tmp_path: Path) -> Iterator[Front]:
 
 
 def _register(tenant, ca: pki.Issued, **kwargs):
-    return services.register_ca_certificate(tenant.admin, tenant.org, ca.cert_pem, description="fleet", **kwargs)
+    return register_ca(tenant.admin, tenant.org, ca, description="fleet", **kwargs)
 
 
 def _assert_refused_by_hub(front: Front, outcome: Outcome, reason: str) -> None:
@@ -199,7 +200,7 @@ def test_it_disconnects_and_then_refuses_a_revoked_certificate(front, tenant, de
 def test_it_refuses_a_ca_of_another_org(front, tenant, other_tenant, device_ca, other_ca):
     # given the device exists only in acme, the CA is globex's
     create_device("test", tenant.product, "NK-0006")
-    services.register_ca_certificate(tenant.outsider, other_tenant.org, other_ca.cert_pem, description="")
+    register_ca(tenant.outsider, other_tenant.org, other_ca)
     # when / then
     _assert_refused_by_hub(front, front.join(pki.sign_device(other_ca, "NK-0006")), "device not registered")
     assert not DeviceCertificate.objects.exists()

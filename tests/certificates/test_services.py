@@ -18,11 +18,13 @@ from devices.models import Device
 from devices.services import create_device, soft_delete
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import AuditEvent
+from tests.certificates.proof import register_ca, verification_pem
 
 NOW = dt.datetime.now(dt.UTC)
 
 
 def _register(tenant, ca, **kwargs):
+    kwargs.setdefault("verification_pem", verification_pem(ca, tenant.org))
     return services.register_ca_certificate(tenant.admin, tenant.org, ca.cert_pem, description="fleet CA", **kwargs)
 
 
@@ -51,7 +53,7 @@ def test_it_refuses_a_certificate_that_is_not_a_ca(tenant, device_ca):
     leaf = pki.sign_device(device_ca, "SN1")
     # when / then
     with pytest.raises(CertificateError, match="not a CA"):
-        services.register_ca_certificate(tenant.admin, tenant.org, leaf.cert_pem, description="")
+        _register(tenant, pki.Issued(cert=leaf.cert, key=device_ca.key))
     assert not CACertificate.objects.exists()
 
 
@@ -68,8 +70,12 @@ def test_it_refuses_a_ca_registered_twice_even_in_another_org(tenant, other_tena
     # given
     _register(tenant, device_ca)
     # when / then
-    with pytest.raises(CertificateError, match="already registered"):
-        services.register_ca_certificate(tenant.outsider, other_tenant.org, device_ca.cert_pem, description="")
+    with pytest.raises(CertificateError, match="already has a CA certificate"):
+        _register(tenant, device_ca)
+    # even by another org holding the key: one key, one verified owner
+    with pytest.raises(CertificateError, match="already verified by another organization"):
+        register_ca(tenant.outsider, other_tenant.org, device_ca)
+    assert CACertificate.objects.count() == 1
 
 
 def test_it_computes_the_ski_of_a_ca_that_has_none(tenant):
@@ -273,7 +279,7 @@ def test_it_refuses_a_self_signed_certificate(tenant, device_ca):
 def test_it_refuses_a_ca_of_another_org_for_a_device_of_this_org(tenant, other_tenant, device_ca, other_ca):
     # given the device exists only in acme; globex registered the CA that signed it
     create_device("test", tenant.product, "SN-12")
-    services.register_ca_certificate(tenant.outsider, other_tenant.org, other_ca.cert_pem, description="")
+    register_ca(tenant.outsider, other_tenant.org, other_ca)
     # when / then
     with pytest.raises(CertificateRefused, match="not registered"):
         services.authenticate_peer_certificate(pki.sign_device(other_ca, "SN-12").cert_pem)
@@ -368,7 +374,7 @@ def test_it_refuses_to_upload_a_ca_or_a_duplicate(tenant, device_ca):
 
 
 def test_it_refuses_an_upload_from_a_ca_of_another_org(tenant, other_tenant, other_ca):
-    services.register_ca_certificate(tenant.outsider, other_tenant.org, other_ca.cert_pem, description="")
+    register_ca(tenant.outsider, other_tenant.org, other_ca)
     device = create_device("test", tenant.product, "SN-22")
     with pytest.raises(CertificateError, match="another organization"):
         services.register_device_certificate(tenant.manager, device, pki.sign_device(other_ca, "SN-22").cert_pem)

@@ -20,6 +20,7 @@ from devices.models import Device
 from firmware.models import Firmware, FirmwareStatus
 from firmware.tasks import validate_firmware_task
 from nerveshub.tenancy.models import AuditEvent
+from tests.certificates.proof import add_unverified_ca
 from tests.deployments.conftest import make_firmware
 from tests.support.fwup import FirmwareSpec, build_firmware, generate_keypair
 
@@ -212,14 +213,43 @@ def test_an_admin_registers_a_ca_with_proof_of_possession_and_jitp(live_hub, ten
     code = admin("ca", "verification-code", "--org", "acme").stdout.strip()
     (cli.home / "proof.pem").write_bytes(pki.sign_device(ca, code).cert_pem)
     # when
-    refused = manager("ca", "add", "--file", "ca.pem", "--org", "acme")
+    without_proof = admin("ca", "add", "--file", "ca.pem", "--org", "acme")
+    refused = manager("ca", "add", "--file", "ca.pem", "--verification-file", "proof.pem", "--org", "acme")
     added = admin(
         "ca", "add", "--file", "ca.pem", "--verification-file", "proof.pem",
         "--jitp-product", "widget", "--jitp-tag", "factory", "--org", "acme", "--json",
     )  # fmt: skip
     # then
+    assert without_proof.code == 2 and "proof of possession is required" in without_proof.stderr
     assert refused.code == 1 and "HTTP 403" in refused.stderr
     assert added.code == 0, added.stderr
     assert added.json()["jitp"] == {"product": "widget", "tags": ["factory"], "description": ""}
+    assert added.json()["verified"] is True
     assert [c["ski"] for c in admin("ca", "list", "--org", "acme", "--json").json()] == [added.json()["ski"]]
     assert AuditEvent.objects.get(action="ca_certificate.registered").details["proof_of_possession"] is True
+
+
+def test_an_admin_proves_possession_with_the_ca_key_and_verifies_a_legacy_ca(live_hub, tenant, other_tenant, cli):
+    # given acme's CA and key on the admin's machine, and a CA registered before proof was required
+    hub = live_hub()
+    admin = cli.as_user(tenant.admin, hub.http_url)
+    outsider = cli.as_user(tenant.outsider, hub.http_url)
+    ca = pki.create_ca("Acme line 2 CA")
+    (cli.home / "ca.pem").write_bytes(ca.cert_pem)
+    (cli.home / "ca-key.pem").write_bytes(ca.key_pem)
+    legacy = pki.create_ca("Acme legacy CA")
+    (cli.home / "legacy-key.pem").write_bytes(legacy.key_pem)
+    legacy_ski = add_unverified_ca(tenant.org, legacy).ski
+    # when globex tries first without the key, then acme registers and verifies with its keys
+    squat = outsider("ca", "add", "--file", "ca.pem", "--verification-file", "ca.pem", "--org", "globex")
+    added = admin("ca", "add", "--file", "ca.pem", "--ca-key", "ca-key.pem", "--org", "acme", "--json")
+    wrong_key = admin("ca", "verify", legacy_ski, "--ca-key", "ca-key.pem", "--org", "acme")
+    verified = admin("ca", "verify", legacy_ski, "--ca-key", "legacy-key.pem", "--org", "acme", "--json")
+    # then
+    assert squat.code == 1 and "HTTP 422" in squat.stderr
+    assert added.code == 0, added.stderr
+    assert added.json()["verified"] is True
+    assert wrong_key.code == 2 and "does not match" in wrong_key.stderr
+    assert verified.code == 0, verified.stderr
+    assert verified.json()["verified"] is True
+    assert AuditEvent.objects.filter(action="ca_certificate.verified").count() == 1

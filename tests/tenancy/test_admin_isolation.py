@@ -26,6 +26,7 @@ from firmware.models import Firmware, FirmwareStatus, SigningKey
 from nerveshub.admin_base import OrgScopedAdmin
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import APIToken, AuditEvent
+from tests.certificates.proof import register_ca
 from tests.support.fwup import generate_keypair
 
 
@@ -59,7 +60,7 @@ def world(tenant: Any, settings: Any) -> Any:
     Device.objects.filter(pk=device.pk).update(deployment=deployment, penalty_box_until="2099-01-01T00:00:00Z")
     DeviceUpdate.objects.create(device=device, deployment=deployment, firmware=firmware)
     ca = pki.create_ca("acme device CA")
-    cert_services.register_ca_certificate("test", tenant.org, ca.cert_pem, description="main")
+    register_ca("test", tenant.org, ca, description="main")
     cert_services.register_device_certificate("test", device, pki.sign_device(ca, "d1").cert_pem)
     script = SupportScript.objects.create(org=tenant.org, product=tenant.product, name="s", text="1 + 1")
     scripts.run_script("test", device, script)

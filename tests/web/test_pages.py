@@ -17,6 +17,7 @@ from devices.models import Device
 from firmware import services as firmware_services
 from firmware.models import Firmware, SigningKey
 from nerveshub.tenancy.models import AuditEvent
+from tests.certificates.proof import add_unverified_ca, verification_pem
 from tests.deployments.conftest import make_device, make_firmware
 from tests.support.fwup import FirmwareSpec, build_firmware, generate_keypair
 from tests.web.conftest import Fleet, client_for
@@ -234,20 +235,49 @@ def test_a_manager_cannot_add_signing_keys(fleet: Fleet) -> None:
 
 def test_an_admin_registers_and_deletes_a_ca(fleet: Fleet) -> None:
     ca = pki.create_ca("Acme Device CA")
+    proof = verification_pem(ca, fleet.tenant.org).decode()
     client = client_for(fleet.tenant.admin)
+    # without proof of possession the CA is refused
+    response = client.post(f"/org/{fleet.slug}/certificates/", {"description": "factory", "pem": ca.cert_pem.decode()})
+    assert response.status_code == 200 and not CACertificate.objects.exists()
     response = client.post(
         f"/org/{fleet.slug}/certificates/",
-        {"description": "factory", "pem": ca.cert_pem.decode(), "jitp_product": fleet.tenant.product.pk},
+        {
+            "description": "factory",
+            "pem": ca.cert_pem.decode(),
+            "verification_pem": proof,
+            "jitp_product": fleet.tenant.product.pk,
+        },
     )
     assert response.status_code == 302
     row = CACertificate.objects.get(org=fleet.tenant.org)
-    assert row.jitp_product_id == fleet.tenant.product.pk
+    assert row.jitp_product_id == fleet.tenant.product.pk and row.is_verified
     # a duplicate is refused with the service's sentence
-    response = client.post(f"/org/{fleet.slug}/certificates/", {"description": "again", "pem": ca.cert_pem.decode()})
-    assert b"already registered" in response.content
+    response = client.post(
+        f"/org/{fleet.slug}/certificates/",
+        {"description": "again", "pem": ca.cert_pem.decode(), "verification_pem": proof},
+    )
+    assert b"already has a CA certificate" in response.content
     client.post(f"/org/{fleet.slug}/certificates/{row.pk}/delete/")
     assert not CACertificate.objects.exists()
     assert AuditEvent.objects.filter(action="ca_certificate.deleted").exists()
+
+
+def test_an_admin_verifies_a_ca_registered_before_proof_was_required(fleet: Fleet) -> None:
+    # given
+    ca = pki.create_ca("Legacy CA")
+    row = add_unverified_ca(fleet.tenant.org, ca)
+    client = client_for(fleet.tenant.admin)
+    url = f"/org/{fleet.slug}/certificates/{row.pk}/verify/"
+    assert b"not verified" in client.get(f"/org/{fleet.slug}/certificates/").content
+    # when
+    wrong = client.post(url, {"verification_pem": verification_pem(pki.create_ca("Other"), fleet.tenant.org).decode()})
+    right = client.post(url, {"verification_pem": verification_pem(ca, fleet.tenant.org).decode()}, follow=True)
+    # then
+    assert wrong.status_code == 302
+    assert b"CA certificate verified." in right.content
+    row.refresh_from_db()
+    assert row.is_verified
 
 
 def test_a_manager_creates_edits_previews_and_activates_a_deployment(fleet: Fleet) -> None:

@@ -11,12 +11,12 @@ import pytest
 from django.urls import URLPattern
 
 from certificates import pki
-from certificates import services as certificates
 from firmware.models import SigningKey
 from nerveshub.tenancy.models import Membership
 from nerveshub.web import services
 from nerveshub.web.access import org_slug
 from nerveshub.web.urls import org_patterns
+from tests.certificates.proof import register_ca
 from tests.support.fwup import generate_keypair
 from tests.web.conftest import Fleet, client_for
 
@@ -54,12 +54,13 @@ def _pk_for(name: str, fleet: Fleet, objects: dict[str, int]) -> int | None:
 @pytest.fixture
 def objects(fleet: Fleet) -> dict[str, int]:
     key = SigningKey.objects.create(org=fleet.tenant.org, name="k", key=generate_keypair().public)
-    ca = certificates.register_ca_certificate("test", fleet.tenant.org, pki.create_ca("CA").cert_pem, description="ca")
+    ca = register_ca("test", fleet.tenant.org, pki.create_ca("CA"), description="ca")
     member = Membership.objects.get(org=fleet.tenant.org, user=fleet.tenant.viewer)
     invitation = services.create_invitation(fleet.tenant.admin, fleet.tenant.org, "view").invitation
     return {
         "key_delete": key.pk,
         "certificate_delete": ca.pk,
+        "certificate_verify": ca.pk,
         "member_role": member.pk,
         "member_remove": member.pk,
         "invitation_revoke": invitation.pk,
@@ -129,6 +130,7 @@ REFUSALS = [
     ("manager", "post", "keys/{key}/delete/", {}),
     ("manager", "post", "certificates/", {"description": "x", "pem": "y"}),
     ("manager", "post", "certificates/{ca}/delete/", {}),
+    ("manager", "post", "certificates/{ca}/verify/", {"verification_pem": "y"}),
     ("viewer", "post", "devices/tags/", {"device": "1", "tags": "x", "operation": "add"}),
     ("viewer", "post", "devices/{device}/action/", {"action": "reboot"}),
     ("viewer", "post", "firmware/", {}),
