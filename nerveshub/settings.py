@@ -347,6 +347,14 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     "firmware": _firmware_storage,
 }
+# Largest request body outside firmware uploads (those may carry
+# FIRMWARE_MAX_SIZE); a larger declared Content-Length is refused with 413
+# before the body is read, a chunked one is cut there (nerveshub/lib/bodyguard.py).
+REQUEST_MAX_BODY_SIZE = envint("REQUEST_MAX_BODY_SIZE", 10_485_760, minimum=65_536)
+# Seconds a client has to send its request line and headers (from connecting, or
+# from the previous response on a kept-alive connection); then 408 and closed.
+# Twisted's own timeout restarts with every byte, which slow clients exploit. 0: off.
+HTTP_HEADER_TIMEOUT = envint("HTTP_HEADER_TIMEOUT", 20, minimum=0)
 # Uploads bigger than this go to a temporary file, never into memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
