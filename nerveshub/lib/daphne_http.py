@@ -57,8 +57,11 @@ def install() -> None:
     django.setup()
     from daphne.http_protocol import WebRequest
     from daphne.server import Server
-    from twisted.internet import defer, reactor
-    from twisted.web.http import HTTPChannel
+    from twisted.internet import defer
+    from twisted.web import http
+
+    # Twisted's own annotations do not cover patching it: handled as Any here.
+    HTTPChannel: Any = http.HTTPChannel
 
     from nerveshub.lib import bodyguard
 
@@ -75,7 +78,7 @@ def install() -> None:
         cancel_header_timer(channel)
         timeout = settings.HTTP_HEADER_TIMEOUT
         if timeout:
-            channel._header_timer = reactor.callLater(timeout, header_timed_out, channel)
+            channel._header_timer = _reactor().callLater(timeout, header_timed_out, channel)
 
     def cancel_header_timer(channel: Any) -> None:
         timer = getattr(channel, "_header_timer", None)
@@ -89,10 +92,14 @@ def install() -> None:
         if transport is None:
             return
         peer = transport.getPeer()
-        logger.info("closing %s: no complete request headers within %s s", getattr(peer, "host", peer), settings.HTTP_HEADER_TIMEOUT)
+        logger.info(
+            "closing %s: no complete request headers within %s s",
+            getattr(peer, "host", peer),
+            settings.HTTP_HEADER_TIMEOUT,
+        )
         transport.write(TIMED_OUT)
         transport.loseConnection()
-        reactor.callLater(LINGER_SECONDS, abort, channel)
+        _reactor().callLater(LINGER_SECONDS, abort, channel)
 
     def connection_made(self: Any) -> None:
         original_made(self)
@@ -134,9 +141,11 @@ def install() -> None:
         held: list[bytes] = []
         self.rawDataReceived = held.append
         self._networkProducer.pauseProducing()
-        headers = [(name.lower(), value) for name, values in request.requestHeaders.getAllRawHeaders() for value in values]
+        headers = [
+            (name.lower(), value) for name, values in request.requestHeaders.getAllRawHeaders() for value in values
+        ]
         future = asyncio.ensure_future(bodyguard.credentials_refusal(rule, headers))
-        checked = defer.Deferred.fromFuture(future)
+        checked: Any = defer.Deferred.fromFuture(future)
         checked.addCallback(decided, self, request, held, path)
         checked.addErrback(check_failed, self, request, path)
 
@@ -156,7 +165,9 @@ def install() -> None:
     def check_failed(failure: Any, channel: Any, request: Any, path: str) -> None:
         logger.error("checking credentials before a request body failed: %s", failure.getTraceback())
         if channel.transport is not None and not getattr(request, "_disconnected", False):
-            refuse(channel, bodyguard.Refusal(503, "the hub cannot check credentials now; try again", False), b"?", path)
+            refuse(
+                channel, bodyguard.Refusal(503, "the hub cannot check credentials now; try again", False), b"?", path
+            )
 
     def handle_content_chunk(self: Any, data: bytes) -> None:
         rule = getattr(self, "_nerveshub_rule", None)
@@ -183,10 +194,17 @@ def install() -> None:
     _installed = True
 
 
-def refuse(channel: Any, refusal: Any, method: bytes | str, path: str) -> None:
-    """Answer now, then discard what the client still sends, briefly."""
+def _reactor() -> Any:
+    # Imported when used: importing twisted.internet.reactor at module level
+    # would install the default reactor before daphne installs its asyncio one.
     from twisted.internet import reactor
 
+    return reactor
+
+
+def refuse(channel: Any, refusal: Any, method: bytes | str, path: str) -> None:
+    """Answer now, then discard what the client still sends, briefly."""
+    reactor = _reactor()
     transport = channel.transport
     if transport is None:
         return

@@ -110,7 +110,10 @@ def _record_lockout(kind: str, username: str, address: str, seconds: int) -> Non
 def password_reset_refusal(email: str, address: str) -> str | None:
     """Count a password-reset request; the refusal message when over the limit."""
     window = settings.PASSWORD_RESET_WINDOW_SECONDS
-    for kind, value, scope in (("email", email.strip().lower(), "for this address"), ("address", address, "from your network address")):
+    for kind, value, scope in (
+        ("email", email.strip().lower(), "for this address"),
+        ("address", address, "from your network address"),
+    ):
         if _count(_key(f"reset-{kind}", value), window) > settings.PASSWORD_RESET_LIMIT:
             minutes, s = _minutes(window)
             return RESET_MESSAGE.format(scope=scope, minutes=minutes, s=s)

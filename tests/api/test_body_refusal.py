@@ -176,9 +176,7 @@ def test_a_signed_in_page_upload_reaches_the_view(live_hub, tenant):
     client.force_login(User.objects.get(username="mallory-manager"))
     cookie = f"sessionid={client.cookies['sessionid'].value}"
     body = b'--xyz\r\nContent-Disposition: form-data; name="kind"\r\n\r\nfirmware\r\n--xyz--\r\n'
-    head = _head(
-        "POST", "/org/acme/firmware/", hub.port, _upload_headers(len(body), Cookie=cookie, Connection="close")
-    )
+    head = _head("POST", "/org/acme/firmware/", hub.port, _upload_headers(len(body), Cookie=cookie, Connection="close"))
     # when
     with socket.create_connection(("127.0.0.1", hub.port), timeout=10) as conn:
         conn.sendall(head + body)
@@ -248,4 +246,7 @@ def test_ordinary_requests_and_kept_alive_connections_still_work(live_hub):
             assert _status(_read_answer(conn)) == 200
         # an idle kept-alive connection is closed after the timeout as well
         conn.settimeout(10)
-        assert conn.recv(100) in (b"", b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        assert conn.recv(100) in (
+            b"",
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )

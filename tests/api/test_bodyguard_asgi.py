@@ -84,7 +84,11 @@ async def test_a_valid_token_passes_to_the_api(tenant: Any) -> None:
     token = (await sync_to_async(tenancy.create_api_token)(tenant.admin, tenant.admin, "ci")).clear
     sent, _read = await _call(
         "/api/v1/orgs/acme/keys",
-        [(b"content-length", b"65536"), (b"authorization", f"token {token}".encode()), (b"content-type", b"application/json")],
+        [
+            (b"content-length", b"65536"),
+            (b"authorization", f"token {token}".encode()),
+            (b"content-type", b"application/json"),
+        ],
         chunks=1,
     )
     # the API itself answers (the body is not JSON)
