@@ -17,6 +17,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from firmware.downloads import FirmwareDownloadApp  # noqa: E402
+from nerveshub.lib.bodyguard import BodyGuard  # noqa: E402
 from nerveshub.routing import websocket_urlpatterns  # noqa: E402
 
 http_app = django_asgi_app
@@ -28,8 +29,10 @@ if settings.SERVE_STATIC:
 application = ProtocolTypeRouter(
     {
         # /firmware/<token>/<uuid>.fw is streamed by a small ASGI app, not a
-        # Django view: see firmware/downloads.py for why.
-        "http": FirmwareDownloadApp(http_app),
+        # Django view: see firmware/downloads.py for why. BodyGuard refuses
+        # bodies that are too large or lack credentials before reading them
+        # (nerveshub/lib/bodyguard.py).
+        "http": BodyGuard(FirmwareDownloadApp(http_app)),
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )

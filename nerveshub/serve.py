@@ -11,6 +11,8 @@ HOST and PORT from the environment are the defaults. Why these daphne options:
   Protocol pings would only add a frame per socket per 20 s.
 * backlog 4096: Twisted's default listen backlog is 50, which drops SYNs during a
   reconnect herd.
+* HTTP bodies are checked on their headers and request headers have a deadline
+  (HTTP_HEADER_TIMEOUT): nerveshub/lib/daphne_http.py.
 * permessage-deflate is not offered by daphne's websocket factory (autobahn's
   default), so devices that ask for it carry on uncompressed.
 """
@@ -53,9 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     from daphne.cli import CommandLineInterface
 
     from devices.daphne_ext import install
+    from nerveshub.lib import daphne_http
 
     # 401/503 with headers on refused device upgrades (see devices/daphne_ext.py).
     install()
+    # Bodies refused on their headers, and a deadline for the headers (see nerveshub/lib/daphne_http.py).
+    daphne_http.install()
 
     CommandLineInterface().run(daphne_args(args.host, args.port, args.backlog))
 

@@ -97,6 +97,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "nerveshub.lib.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -228,6 +229,18 @@ else:
     # channel (devices.hub): room for a rollout's whole batch of pushes.
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 10000}}}
 
+# The "throttle" cache holds sign-in failure counts. With Redis every hub
+# process shares them; embedded mode runs one server process, whose memory is
+# then the right place (like its in-memory channel layer).
+CACHES: dict[str, dict[str, Any]] = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "throttle": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL, "KEY_PREFIX": "nerveshub"}
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "throttle"}
+    ),
+}
+
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = EMBEDDED
@@ -256,6 +269,17 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 if envbool("BEHIND_TLS_PROXY", PRODUCTION):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Sign-in throttling (nerveshub/web/throttle.py): this many failed sign-ins for
+# one account, or from one client address across accounts, within
+# LOGIN_LOCKOUT_SECONDS lock it for that long; even the right password is then
+# refused. Password-reset requests: at most PASSWORD_RESET_LIMIT per e-mail
+# address and per client address each PASSWORD_RESET_WINDOW_SECONDS.
+LOGIN_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+LOGIN_ADDRESS_FAILURE_LIMIT = envint("LOGIN_ADDRESS_FAILURE_LIMIT", 50, minimum=1)
+LOGIN_LOCKOUT_SECONDS = envint("LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
+PASSWORD_RESET_LIMIT = envint("PASSWORD_RESET_LIMIT", 5, minimum=1)
+PASSWORD_RESET_WINDOW_SECONDS = envint("PASSWORD_RESET_WINDOW_SECONDS", 3600, minimum=1)
 
 # --- Email (password reset links from the organization pages) ----------------
 # "console" prints mails to the hub's log, enough for embedded mode; "smtp" sends them.
@@ -331,6 +355,14 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     "firmware": _firmware_storage,
 }
+# Largest request body outside firmware uploads (those may carry
+# FIRMWARE_MAX_SIZE); a larger declared Content-Length is refused with 413
+# before the body is read, a chunked one is cut there (nerveshub/lib/bodyguard.py).
+REQUEST_MAX_BODY_SIZE = envint("REQUEST_MAX_BODY_SIZE", 10_485_760, minimum=65_536)
+# Seconds a client has to send its request line and headers (from connecting, or
+# from the previous response on a kept-alive connection); then 408 and closed.
+# Twisted's own timeout restarts with every byte, which slow clients exploit. 0: off.
+HTTP_HEADER_TIMEOUT = envint("HTTP_HEADER_TIMEOUT", 20, minimum=0)
 # Uploads bigger than this go to a temporary file, never into memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
-from nerveshub.web import views
+from nerveshub.web import signin, views
 
 app_name = "web"
 
@@ -45,13 +45,13 @@ org_patterns = [
 account_patterns = [
     path(
         "login/",
-        auth_views.LoginView.as_view(template_name="registration/login.html", next_page=reverse_lazy("web:home")),
+        signin.SignInView.as_view(template_name="registration/login.html", next_page=reverse_lazy("web:home")),
         name="login",
     ),
     path("logout/", auth_views.LogoutView.as_view(next_page=reverse_lazy("web:login")), name="logout"),
     path(
         "password/reset/",
-        auth_views.PasswordResetView.as_view(
+        signin.ThrottledPasswordResetView.as_view(
             email_template_name="registration/reset_email.txt",
             subject_template_name="registration/reset_subject.txt",
             success_url=reverse_lazy("web:password_reset_done"),

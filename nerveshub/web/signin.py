@@ -1,0 +1,77 @@
+"""Sign-in and password-reset forms and views with throttling (nerveshub.web.throttle).
+
+The org sign-in page and the Django admin's login both use these forms; a
+locked sign-in answers 429 on the org page (the admin's login view keeps its
+200) with a message that says how long to wait.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.http import HttpRequest, HttpResponse
+
+from nerveshub.lib.clientaddr import request_client_address
+from nerveshub.web import throttle
+
+THROTTLED = "throttled"
+
+
+class _ThrottledSignIn:
+    """Checks the lock before the password is, and counts a failure after."""
+
+    request: HttpRequest | None
+    cleaned_data: dict[str, Any]
+
+    def clean(self) -> dict[str, Any]:
+        username = str(self.cleaned_data.get("username") or "")
+        address = request_client_address(self.request) if self.request is not None else "unknown"
+        refusal = throttle.login_refusal(username, address)
+        if refusal:
+            raise ValidationError(refusal, code=THROTTLED)
+        try:
+            cleaned: dict[str, Any] = super().clean()  # type: ignore[misc]
+        except ValidationError:
+            refusal = throttle.record_login_failure(username, address)
+            if refusal:
+                raise ValidationError(refusal, code=THROTTLED) from None
+            raise
+        throttle.record_login_success(username)
+        return cleaned
+
+
+class SignInForm(_ThrottledSignIn, AuthenticationForm):
+    pass
+
+
+class AdminSignInForm(_ThrottledSignIn, AdminAuthenticationForm):
+    pass
+
+
+class SignInView(auth_views.LoginView):
+    authentication_form = SignInForm
+
+    def form_invalid(self, form: Any) -> HttpResponse:
+        response = super().form_invalid(form)
+        if form.has_error(NON_FIELD_ERRORS, THROTTLED):
+            response.status_code = 429
+        return response
+
+
+class ThrottledPasswordResetView(auth_views.PasswordResetView):
+    def form_valid(self, form: PasswordResetForm) -> HttpResponse:
+        refusal = throttle.password_reset_refusal(
+            str(form.cleaned_data.get("email") or ""), request_client_address(self.request)
+        )
+        if refusal:
+            # On the field: the admin's reset template (the one Django finds first)
+            # shows only the field's errors.
+            form.add_error("email", ValidationError(refusal, code=THROTTLED))
+            response = self.form_invalid(form)
+            response.status_code = 429
+            return response
+        return super().form_valid(form)
