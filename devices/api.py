@@ -16,6 +16,7 @@ from devices import services
 from devices.fields import normalise_tags
 from devices.models import IDENTIFIER_MAX_LENGTH, ConnectionStatus, Device, validate_identifier, validate_tags
 from nerveshub.api import actor, require_product
+from nerveshub.lib.params import MAX_PAGE, api_int
 from nerveshub.tenancy.models import Product, Role
 
 router = Router(tags=["devices"])
@@ -74,8 +75,8 @@ class DeviceFilters(Schema):
     online: bool | None = None
     version: str | None = None
     search: str | None = Field(None, description="Identifier prefix")
-    page: int = Field(1, ge=1)
-    page_size: int = Field(50, ge=1, le=500)
+    page: int = api_int(1, maximum=MAX_PAGE)
+    page_size: int = api_int(50, maximum=500)
 
 
 def _out(device: Device) -> DeviceOut:
