@@ -71,7 +71,7 @@ def test_a_viewer_sees_no_product_key_in_the_admin(keyed):
     # then
     assert listed.status_code == 200 and key.encode() not in listed.content
     assert searched.status_code == 200 and key.encode() not in searched.content
-    assert "0 audit events".encode() in searched.content or b"0 results" in searched.content
+    assert b"0 results" in searched.content  # the key rows are not matched at all
     for page in shown:
         assert page.status_code == 200 and key.encode() not in page.content
     assert keys_page.status_code == 403
