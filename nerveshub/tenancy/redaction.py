@@ -37,10 +37,12 @@ class EventView:
     """An AuditEvent as one reader may see it (the fields the pages show)."""
 
     pk: int
+    org_id: int | None
     created_at: datetime
     actor: str
     action: str
     subject_type: str
+    subject_id: str
     subject: str
     details: dict[str, Any]
 
@@ -67,10 +69,12 @@ def visible(event: AuditEvent, role: str | None) -> EventView:
             details[name] = mask(details[name])
     return EventView(
         pk=event.pk,
+        org_id=event.org_id,
         created_at=event.created_at,
         actor=event.actor,
         action=event.action,
         subject_type=event.subject_type,
+        subject_id=event.subject_id,
         subject=subject,
         details=details,
     )
