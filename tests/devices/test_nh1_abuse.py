@@ -296,3 +296,21 @@ def test_it_refuses_identifiers_the_rules_refuse_with_a_reason(live_hub, creds):
     assert Device.objects.count() == 0
     # the longest accepted identifier still registers
     assert run(_upgrade(hub.ws_url, nh1_headers(key, secret, "d" * 200, now)))[0] == 101
+
+
+def test_it_counts_an_ipv6_host_by_its_64_and_believes_only_trusted_proxies(settings):
+    from nerveshub.lib.clientaddr import client_address
+
+    # an attacker rotating through the addresses of its /64 is one client
+    assert client_address("2001:db8:1:2::1") == client_address("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert client_address("::ffff:198.51.100.7") == "198.51.100.7"
+    # X-Forwarded-For from an untrusted peer is ignored
+    settings.TRUSTED_PROXIES = []
+    assert client_address("198.51.100.7", "192.0.2.1") == "198.51.100.7"
+    # from a trusted proxy, the hop it appended counts, not what the client wrote
+    from ipaddress import ip_network
+
+    settings.TRUSTED_PROXIES = [ip_network("10.0.0.0/8")]
+    assert client_address("10.0.0.2", "192.0.2.1, 198.51.100.7") == "198.51.100.7"
+    assert client_address("10.0.0.2", "192.0.2.1, 198.51.100.7, 10.0.0.3") == "198.51.100.7"
+    assert client_address("unix:/run/hub.sock") is None
