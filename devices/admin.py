@@ -22,6 +22,7 @@ from devices.models import (
     validate_tags,
 )
 from nerveshub.admin_base import OrgScopedAdmin, register_org_path
+from nerveshub.lib.params import parse_int
 from nerveshub.tenancy.models import Role
 
 register_org_path(Device, "org")
@@ -300,7 +301,8 @@ class DeviceAdmin(OrgScopedAdmin[Device]):
         product_ids = set(queryset.values_list("product_id", flat=True)[:1000])
         choices = SupportScript.objects.filter(product_id__in=product_ids).select_related("product")
         if "apply" in request.POST:
-            script = choices.filter(pk=request.POST.get("script") or 0).first()
+            script_id = parse_int(request.POST.get("script"))
+            script = choices.filter(pk=script_id).first() if script_id is not None else None
             if script is None:
                 self.message_user(request, "Choose a script of the devices' product.", messages.ERROR)
                 return None
@@ -341,6 +343,8 @@ class SharedSecretAdminBase(OrgScopedAdmin[Any]):
     exclude = ["secret_sealed"]
     readonly_fields = ["key", "created_at", "last_used_at", "deactivated_at"]
     actions = ["deactivate"]
+    # Keys are not shown to the view role (docs/security.md), here as in the audit log.
+    view_role = Role.MANAGE
     change_role = Role.ADMIN
 
     def has_add_permission(self, request: HttpRequest) -> bool:

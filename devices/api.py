@@ -3,26 +3,38 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 from django.http import HttpRequest
 from ninja import Query, Router, Schema, Status
 from ninja.errors import HttpError
-from pydantic import ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field
 
 from devices import services
 from devices.fields import normalise_tags
-from devices.models import ConnectionStatus, Device, validate_tags
+from devices.models import IDENTIFIER_MAX_LENGTH, ConnectionStatus, Device, validate_identifier, validate_tags
 from nerveshub.api import actor, require_product
+from nerveshub.lib.params import MAX_PAGE, api_int
 from nerveshub.tenancy.models import Product, Role
 
 router = Router(tags=["devices"])
 BASE = "/orgs/{org}/products/{product}/devices"
 
 
+def _identifier(value: str) -> str:
+    # The model's rule (devices.models.validate_identifier), as a 422 on the field.
+    try:
+        validate_identifier(value)
+    except ValidationError as exc:
+        raise ValueError(" ".join(exc.messages)) from None
+    return value
+
+
 class DeviceIn(Schema):
     model_config = ConfigDict(extra="forbid")
-    identifier: str = Field(min_length=1, max_length=200, pattern=r"^\S+$")
+    identifier: Annotated[str, AfterValidator(_identifier)] = Field(min_length=1, max_length=IDENTIFIER_MAX_LENGTH)
     description: str = ""
     tags: list[str] = []
 
@@ -63,8 +75,8 @@ class DeviceFilters(Schema):
     online: bool | None = None
     version: str | None = None
     search: str | None = Field(None, description="Identifier prefix")
-    page: int = Field(1, ge=1)
-    page_size: int = Field(50, ge=1, le=500)
+    page: int = api_int(1, maximum=MAX_PAGE)
+    page_size: int = api_int(50, maximum=500)
 
 
 def _out(device: Device) -> DeviceOut:

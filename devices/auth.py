@@ -25,13 +25,16 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from devices import nh1
-from devices.models import Device, DeviceSharedSecret, ProductSharedSecret
+from devices.models import Device, DeviceSharedSecret, ProductSharedSecret, validate_identifier
 from devices.services import PRODUCT_KEY_PREFIX
+from nerveshub.lib import ratelimit
+from nerveshub.lib.clientaddr import client_address
 from nerveshub.lib.sealed import SealError, unseal
 from nerveshub.tenancy.services import audit
 
@@ -45,6 +48,10 @@ REASON_PLATFORM = "the platform could not be reached to authenticate this device
 REASON_INVALID = "invalid shared secret credentials"
 REASON_EXPIRED = "shared secret signature expired: check the device clock"
 REASON_FUTURE = "shared secret signature is in the future: check the device clock"
+# Not coarse: neither says anything about which keys or identifiers exist.
+REASON_ALG = "x-nh-alg refused: "
+REASON_IDENTIFIER = "identifier refused: "
+REASON_THROTTLED = "too many failed authentications; retry later"
 
 NH_HEADERS = ("x-nh-alg", "x-nh-key", "x-nh-time", "x-nh-signature")
 # Writes to last_used_at are throttled: a reconnect storm must not become a write storm.
@@ -114,6 +121,12 @@ def _secret_for_key(key: str) -> tuple[str, ProductSharedSecret | DeviceSharedSe
 
 
 def _device_for_product_key(row: ProductSharedSecret, identifier: str) -> Device:
+    # Before any query: the lookup itself fails on PostgreSQL for a NUL, and
+    # that database error would read as an outage (503) the device retries.
+    try:
+        validate_identifier(identifier)
+    except ValidationError as exc:
+        raise _refuse(REASON_IDENTIFIER + " ".join(exc.messages), "invalid identifier") from None
     product = row.product
     existing = Device.objects.filter(org_id=product.org_id, identifier=identifier).first()
     if existing is None:
@@ -141,29 +154,73 @@ def _check_age(signed_at_ms: int) -> None:
         raise _refuse(REASON_EXPIRED, "signature expired")
 
 
-def authenticate_shared_secret(headers: Mapping[str, str]) -> Device:
+def _failure_buckets(client: str | None, key: str | None) -> list[ratelimit.Bucket]:
+    buckets = []
+    if client is not None:
+        buckets.append(ratelimit.Bucket.of("nh1-address", client, settings.NH1_FAILURES_PER_ADDRESS))
+    if key is not None:
+        buckets.append(ratelimit.Bucket.of("nh1-key", key, settings.NH1_FAILURES_PER_KEY))
+    return buckets
+
+
+def _failed(buckets: list[ratelimit.Bucket]) -> None:
+    ratelimit.record(buckets, settings.NH1_FAILURE_WINDOW)
+
+
+def authenticate_shared_secret(headers: Mapping[str, str], client: str | None = None) -> Device:
     """Verify the NH1 headers (docs/device-protocol.md §2.4) and return the device,
-    registering it first when a product key signs an unknown identifier."""
+    registering it first when a product key signs an unknown identifier.
+
+    `client` names the peer (nerveshub.lib.clientaddr). What costs the hub
+    (the key lookup, the PBKDF2 derivation) comes after the cheap checks: the
+    x-nh-alg range (NH1_* settings) and the failure counters. Failures that do
+    not prove the secret (malformed headers, an unknown or deactivated key, a
+    signature that does not verify) count against the client and, for a known
+    key, the key; a signature that verifies but is too old, or a refused
+    identifier, proves the secret and is not counted (a fleet with a bad clock
+    must not lock its own key)."""
     if not settings.DEVICE_SHARED_SECRETS_ENABLED:
         raise _refuse(REASON_INVALID, "shared secrets are disabled")
     values = [headers.get(name) for name in NH_HEADERS]
     if any(not value for value in values):
         # The reference answers 503 here (a crash in its integer parse); a
         # missing header is the device's fault, so we answer 401.
+        _failed(_failure_buckets(client, None))
         raise _refuse(REASON_INVALID, "missing x-nh-* header")
     alg, key, signed_time, signature = (str(v) for v in values)
     try:
-        parsed = nh1.parse_alg(alg)
+        parsed = nh1.parse_alg(
+            alg,
+            digests=settings.NH1_ALLOWED_DIGESTS,
+            max_iterations=settings.NH1_MAX_ITERATIONS,
+            max_length=settings.NH1_MAX_KEY_LENGTH,
+        )
+    except nh1.NH1Error as exc:
+        _failed(_failure_buckets(client, None))
+        raise _refuse(REASON_ALG + str(exc), str(exc)) from None
+    try:
         nh1.parse_time(signed_time)
     except nh1.NH1Error as exc:
+        _failed(_failure_buckets(client, None))
         raise _refuse(REASON_INVALID, str(exc)) from None
-    secret, row = _secret_for_key(key)
+    buckets = _failure_buckets(client, key)
+    if ratelimit.blocked(buckets):
+        raise AuthError(429, REASON_THROTTLED, "too many failed authentications from this client or with this key")
+    try:
+        secret, row = _secret_for_key(key)
+    except AuthError as exc:
+        if exc.status == 401:
+            # Unknown keys are counted against the client only: one counter
+            # per invented key would let a guesser fill the cache.
+            _failed(_failure_buckets(client, None))
+        raise
     derived = nh1.derive_key(
         secret, nh1.build_salt(alg, key, signed_time), parsed.digest, parsed.iterations, parsed.length
     )
     try:
         claims = nh1.decode_payload(nh1.verify_token(signature, derived))
     except nh1.NH1Error as exc:
+        _failed(buckets)
         raise _refuse(REASON_INVALID, str(exc)) from None
     _check_age(claims.signed_at_ms)
 
@@ -201,10 +258,16 @@ async def authenticate_device(scope: Mapping[str, Any]) -> Device:
         headers = scope_headers(scope)
         # Like the reference: any x-* header means "shared secret was attempted".
         if any(name.startswith("x-") for name in headers):
-            shared: Device = await database_sync_to_async(authenticate_shared_secret)(headers)
+            peer = scope.get("client")
+            client = client_address(str(peer[0]) if peer else None, headers.get("x-forwarded-for"))
+            shared: Device = await database_sync_to_async(authenticate_shared_secret)(headers, client)
             return shared
     except AuthError:
         raise
+    except ValidationError as exc:
+        # A device the rules refuse to register (an identifier from a
+        # certificate's CN, say): definitive, so 401 with the rule, never 503.
+        raise AuthError(401, REASON_IDENTIFIER + " ".join(exc.messages)) from None
     except DatabaseError as exc:
         raise AuthError(503, REASON_PLATFORM, f"database error: {exc}") from None
     raise AuthError(401, REASON_NO_CREDENTIALS)

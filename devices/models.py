@@ -20,6 +20,28 @@ def validate_tags(value: object) -> None:
             raise ValidationError(f"Tag {tag!r} contains white space.")
 
 
+IDENTIFIER_MAX_LENGTH = 200
+
+
+def validate_identifier(value: object) -> None:
+    """The one rule for device identifiers (serial numbers), wherever they come
+    from: the API, the admin, a device registering itself with a product key.
+    Printable and without white space: no control characters (NUL among them,
+    which PostgreSQL cannot store), no right-to-left overrides, zero-width or
+    other format characters that make one serial display as another, no
+    unassigned code points; 1 to 200 characters (the column's size)."""
+    if not isinstance(value, str) or not value:
+        raise ValidationError("The identifier must be a non-empty string.")
+    if len(value) > IDENTIFIER_MAX_LENGTH:
+        raise ValidationError(f"The identifier is longer than {IDENTIFIER_MAX_LENGTH} characters.")
+    # isprintable() is false for the categories Cc, Cf, Cs, Co, Cn, Zl, Zp and
+    # Zs (space excepted, which isspace() catches).
+    if not value.isprintable():
+        raise ValidationError("The identifier contains a control, formatting or unassigned character.")
+    if any(c.isspace() for c in value):
+        raise ValidationError("The identifier contains white space.")
+
+
 class ConnectionStatus(models.TextChoices):
     NOT_SEEN = "not_seen", "Never connected"
     CONNECTED = "connected", "Connected"
@@ -46,7 +68,11 @@ class DeviceQuerySet(models.QuerySet["Device"]):
 class Device(models.Model):
     org = models.ForeignKey(Organization, models.CASCADE, related_name="devices")
     product = models.ForeignKey(Product, models.PROTECT, related_name="devices")
-    identifier = models.CharField(max_length=200, help_text="Serial number; unique in the organization.")
+    identifier = models.CharField(
+        max_length=IDENTIFIER_MAX_LENGTH,
+        validators=[validate_identifier],
+        help_text="Serial number; unique in the organization.",
+    )
     description = models.TextField(blank=True)
     tags = TagsField(default=list, blank=True, validators=[validate_tags])
 

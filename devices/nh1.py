@@ -16,6 +16,7 @@ import binascii
 import hashlib
 import hmac
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -26,11 +27,20 @@ EMBEDDED_MAX_AGE = 86400
 
 # The protected header chooses the MAC, independently of the PBKDF2 digest.
 _MACS = {"SFMyNTY": "sha256", "SFMzODQ": "sha384", "SFM1MTI": "sha512"}
-_PBKDF2_DIGESTS = {"sha", "sha1", "sha224", "sha256", "sha384", "sha512"}
-# Bounds on what a device may ask PBKDF2 to do: the defaults are 1000 and 32, and
-# an unbounded iteration count would let one request burn a core for minutes.
+_PBKDF2_DIGESTS = frozenset({"sha", "sha1", "sha224", "sha256", "sha384", "sha512"})
+# Absolute bounds on what a device may ask PBKDF2 to do; the hub's own, tighter
+# range comes from settings (NH1_*) through `parse_alg`'s arguments. The caller
+# picks the parameters and the hub derives before it can check anything, so an
+# unbounded iteration count would let one request burn a core for minutes.
 MAX_ITERATIONS = 100_000
 MAX_KEY_LENGTH = 128
+# The caller also picks the derived key's length, which is the HMAC key: with a
+# 1-byte key a forger tries 256 tokens and one verifies, whatever the secret.
+# 16 bytes puts guessing out of reach; nerves_hub_link derives 32.
+MIN_KEY_LENGTH = 16
+# Longer digit strings are refused before int() reads them (its cost grows
+# with the length, and past 4300 digits it raises).
+_MAX_DIGITS = 9
 
 
 class NH1Error(ValueError):
@@ -50,29 +60,50 @@ class Claims:
     signed_at_ms: int
 
 
-def parse_alg(alg: str) -> Alg:
-    """`NH1-HMAC-<digest>-<iterations>-<length>`; the digest is case-insensitive."""
+def _number(text: str) -> int | None:
+    if not (text.isascii() and text.isdigit() and len(text) <= _MAX_DIGITS):
+        return None
+    return int(text)
+
+
+def parse_alg(
+    alg: str,
+    *,
+    digests: Collection[str] = _PBKDF2_DIGESTS,
+    max_iterations: int = MAX_ITERATIONS,
+    max_length: int = MAX_KEY_LENGTH,
+) -> Alg:
+    """`NH1-HMAC-<digest>-<iterations>-<length>`; the digest is case-insensitive.
+    Refuses (NH1Error) anything outside `digests`, 1..max_iterations and
+    MIN_KEY_LENGTH..max_length: this runs before any key derivation."""
     prefix = "NH1-HMAC-"
     if not alg.startswith(prefix):
         raise NH1Error("unsupported signature algorithm")
     parts = alg[len(prefix) :].split("-")
     if len(parts) != 3:
         raise NH1Error("malformed x-nh-alg")
-    digest, iterations, length = parts[0].lower(), parts[1], parts[2]
+    digest = parts[0].lower()
     if digest not in _PBKDF2_DIGESTS:
         raise NH1Error("unknown digest")
-    if not (iterations.isascii() and iterations.isdigit() and length.isascii() and length.isdigit()):
+    iterations, length = _number(parts[1]), _number(parts[2])
+    if iterations is None or length is None:
         raise NH1Error("malformed x-nh-alg numbers")
-    parsed = Alg("sha1" if digest == "sha" else digest, int(iterations), int(length))
-    if not (1 <= parsed.iterations <= MAX_ITERATIONS and 1 <= parsed.length <= MAX_KEY_LENGTH):
-        raise NH1Error("x-nh-alg parameters out of range")
+    parsed = Alg("sha1" if digest == "sha" else digest, iterations, length)
+    if digest not in digests and parsed.digest not in digests:
+        raise NH1Error(f"digest {digest} is not accepted (accepted: {', '.join(sorted(digests))})")
+    if not 1 <= iterations <= min(max_iterations, MAX_ITERATIONS):
+        raise NH1Error(f"iterations must be 1 to {min(max_iterations, MAX_ITERATIONS)}")
+    if not MIN_KEY_LENGTH <= length <= min(max_length, MAX_KEY_LENGTH):
+        raise NH1Error(f"key length must be {MIN_KEY_LENGTH} to {min(max_length, MAX_KEY_LENGTH)}")
     return parsed
 
 
 def parse_time(value: str) -> int:
     # Erlang's String.to_integer: optional sign, digits, nothing else.
     body = value[1:] if value[:1] in "+-" else value
-    if not body or not (body.isascii() and body.isdigit()):
+    # 20 digits hold any 64-bit time; more is not a time (and int() of a long
+    # string costs, then raises past 4300 digits).
+    if not body or not (body.isascii() and body.isdigit()) or len(body) > 20:
         raise NH1Error("malformed x-nh-time")
     return int(value)
 

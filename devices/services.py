@@ -24,6 +24,7 @@ from devices.models import (
     DeviceSharedSecret,
     ProductSharedSecret,
     ValidationStatus,
+    validate_identifier,
     validate_tags,
 )
 from devices.protocol import DeviceJoin
@@ -82,6 +83,7 @@ def deactivate_secrets(actor: Actor, rows: Iterable[ProductSharedSecret | Device
 def create_device(
     actor: Actor, product: Product, identifier: str, *, description: str = "", tags: list[str] | str = ""
 ) -> Device:
+    validate_identifier(identifier)
     tag_list = normalise_tags(tags)
     validate_tags(tag_list)
     with transaction.atomic():

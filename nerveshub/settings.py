@@ -229,17 +229,25 @@ else:
     # channel (devices.hub): room for a rollout's whole batch of pushes.
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 10000}}}
 
-# The "throttle" cache holds sign-in failure counts. With Redis every hub
-# process shares them; embedded mode runs one server process, whose memory is
-# then the right place (like its in-memory channel layer).
-CACHES: dict[str, dict[str, Any]] = {
-    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-    "throttle": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL, "KEY_PREFIX": "nerveshub"}
-        if REDIS_URL
-        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "throttle"}
-    ),
-}
+# The cache holds short-lived counters: failed device authentications
+# (devices/auth.py), failed sign-ins and password resets (nerveshub/web/throttle.py).
+# They must be shared by every server process, hence Redis when there is one;
+# embedded mode has one process, whose memory is enough.
+# CACHE_KEY_PREFIX separates hubs sharing one Redis database (tests do).
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": envstr("CACHE_KEY_PREFIX", "nerveshub") or "nerveshub",
+            # A counter that cannot be read in time is skipped, not waited for.
+            "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+        }
+    }
+else:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "OPTIONS": {"MAX_ENTRIES": 100_000}}
+    }
 
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = None
@@ -375,6 +383,26 @@ DEVICE_SHARED_SECRETS_ENABLED = envbool("DEVICE_SHARED_SECRETS_ENABLED", True)
 # device clock a few seconds ahead is common (NTP not yet settled) and harmless.
 DEVICE_AUTH_MAX_AGE = envint("DEVICE_AUTH_MAX_AGE", 180, minimum=1)
 DEVICE_AUTH_FUTURE_SKEW = envint("DEVICE_AUTH_FUTURE_SKEW", 5, minimum=0)
+# What a device may ask the hub's PBKDF2 to do for its NH1 signature
+# (x-nh-alg = NH1-HMAC-<digest>-<iterations>-<length>, docs/security.md). The
+# caller chooses, and the hub derives before it can check anything, so the range
+# is bounded: nerves_hub_link sends sha256, 1000, 32 unless configured otherwise.
+# Anything else is refused with 401 before any derivation.
+NH1_ALLOWED_DIGESTS = envlist("NH1_ALLOWED_DIGESTS", ["sha256", "sha384", "sha512"])
+_nh1_unknown = sorted(set(NH1_ALLOWED_DIGESTS) - {"sha", "sha1", "sha224", "sha256", "sha384", "sha512"})
+if _nh1_unknown or not NH1_ALLOWED_DIGESTS:
+    raise ImproperlyConfigured(f"NH1_ALLOWED_DIGESTS: unknown or no digests {_nh1_unknown}")
+NH1_MAX_ITERATIONS = envint("NH1_MAX_ITERATIONS", 10_000, minimum=1000, maximum=100_000)
+NH1_MAX_KEY_LENGTH = envint("NH1_MAX_KEY_LENGTH", 64, minimum=32, maximum=128)
+# Failed NH1 authentications (bad signature, unknown key, malformed headers)
+# counted per client address (IPv6: per /64) and per key in a fixed window;
+# past the limit the next attempts get 429 before any derivation or lookup.
+# 0 turns a limit off. The key limit protects the CPU from a distributed guesser
+# and, while it holds, also refuses the key's real devices: keep it well above
+# what a fleet's failures come to (signature age failures are not counted).
+NH1_FAILURE_WINDOW = envint("NH1_FAILURE_WINDOW", 300, minimum=1)
+NH1_FAILURES_PER_ADDRESS = envint("NH1_FAILURES_PER_ADDRESS", 20, minimum=0)
+NH1_FAILURES_PER_KEY = envint("NH1_FAILURES_PER_KEY", 200, minimum=0)
 # At most one last_seen write per device per interval; heartbeats never write.
 DEVICE_LAST_SEEN_INTERVAL = envint("DEVICE_LAST_SEEN_INTERVAL", 900, minimum=1)
 # Close a device socket that sent no frame for this long (the reference uses 180 s;

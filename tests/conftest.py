@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,9 @@ class HubProcess:
 class HubFactory:
     tmp_path: Path
     started: list[HubProcess] = field(default_factory=list)
+    # The hubs of one test share their cache counters (failed authentications)
+    # with each other, not with earlier tests' hubs on the same Redis database.
+    cache_prefix: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:12]}")
 
     def __call__(self, extra_env: dict[str, str] | None = None) -> HubProcess:
         port = free_port()
@@ -156,6 +160,7 @@ class HubFactory:
             "DATA_DIR": str(settings.DATA_DIR),
             "PUBLIC_URL": f"http://127.0.0.1:{port}",
             "LOG_LEVEL": "info",
+            "CACHE_KEY_PREFIX": self.cache_prefix,
             **(extra_env or {}),
         }
         log_path = self.tmp_path / f"hub-{port}.log"

@@ -1,18 +1,29 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.models import User
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models import (
+    BooleanField,
+    Count,
+    ExpressionWrapper,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+)
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 
 from devices.models import Device
 from devices.services import create_product_secret
-from nerveshub.admin_base import CappedCountPaginator, OrgScopedAdmin
-from nerveshub.tenancy import services
+from nerveshub.admin_base import CappedCountPaginator, OrgScopedAdmin, org_ids_with_role
+from nerveshub.tenancy import redaction, services
 from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Organization, Product, Role
 
 
@@ -162,13 +173,52 @@ class APITokenAdmin(admin.ModelAdmin[APIToken]):
 class AuditEventAdmin(OrgScopedAdmin[AuditEvent]):
     """Read-only. The table grows without bound, so the changelist caps its COUNT(*)."""
 
-    list_display = ["created_at", "org", "actor", "action", "subject_type", "subject"]
+    list_display = ["created_at", "org", "actor", "action", "subject_type", "shown_subject"]
     list_select_related = ["org"]
     # No list_filter: each one costs a SELECT DISTINCT over the whole table.
     search_fields = ["=action", "=actor", "subject", "=subject_id"]
     paginator = CappedCountPaginator
     show_full_result_count = False
-    readonly_fields = [f.name for f in AuditEvent._meta.fields]
+    # subject and details through redaction (nerveshub.tenancy.redaction): a
+    # member with the view role does not see credentials.
+    readonly_fields = [
+        *(f.name for f in AuditEvent._meta.fields if f.name not in ("subject", "details")),
+        "shown_subject",
+        "shown_details",
+    ]
+    exclude = ["subject", "details"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[AuditEvent]:
+        # Whether this reader sees each row's credentials, decided with the row
+        # (the display methods below get only the row, not the request).
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset.annotate(sees_secrets=Value(True))
+        orgs = org_ids_with_role(request, redaction.SEES_SECRETS)
+        if not orgs:
+            return queryset.annotate(sees_secrets=Value(False))
+        return queryset.annotate(sees_secrets=ExpressionWrapper(Q(org_id__in=orgs), output_field=BooleanField()))
+
+    def _shown(self, event: AuditEvent) -> redaction.EventView:
+        sees = bool(getattr(event, "sees_secrets", False))
+        return redaction.visible(event, redaction.SEES_SECRETS if sees else Role.VIEW)
+
+    @admin.display(description="subject")
+    def shown_subject(self, obj: AuditEvent) -> str:
+        return self._shown(obj).subject
+
+    @admin.display(description="details")
+    def shown_details(self, obj: AuditEvent) -> str:
+        return json.dumps(self._shown(obj).details, ensure_ascii=False, sort_keys=True)
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[AuditEvent], search_term: str) -> Any:
+        # Searching the subject would tell a viewer, a character at a time,
+        # whether a key starts with what they typed.
+        queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        if search_term and not request.user.is_superuser:
+            below = set(org_ids_with_role(request, Role.VIEW)) - set(org_ids_with_role(request, redaction.SEES_SECRETS))
+            queryset = queryset.exclude(subject_type__in=redaction.SECRET_SUBJECT_TYPES, org_id__in=below)
+        return queryset, may_have_duplicates
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

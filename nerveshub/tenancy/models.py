@@ -130,7 +130,10 @@ class AuditEvent(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.actor} {self.action} {self.subject}"
+        # Not the subject's text, which may be a credential (nerveshub.tenancy.redaction):
+        # the admin puts this in the title of a page any member may read.
+        subject = f" {self.subject_type} #{self.subject_id}" if self.subject_type else ""
+        return f"{self.actor} {self.action}{subject}"
 
 
 class AuditChainHead(models.Model):

@@ -1,6 +1,6 @@
 """Sign-in and password-reset throttling, per account and per client address.
 
-Counts live in the "throttle" cache (settings.CACHES): Redis when REDIS_URL is
+Counts live in the default cache (settings.CACHES): Redis when REDIS_URL is
 set, so every hub process shares them; the process's own memory in embedded
 mode, which runs a single server process (as its in-memory channel layer does).
 A failed sign-in adds one to the account's and the address's counts; a count
@@ -33,7 +33,7 @@ RESET_MESSAGE = "Too many password reset requests {scope}. Try again in {minutes
 
 
 def _cache() -> BaseCache:
-    return caches["throttle"]
+    return caches["default"]
 
 
 def _key(kind: str, value: str) -> str:

@@ -30,9 +30,11 @@ from devices import services as devices
 from devices.models import ConnectionStatus, Device
 from firmware import services as firmware_services
 from firmware.models import Firmware, FirmwareStatus, SigningKey
+from nerveshub.lib.params import parse_int
 from nerveshub.tenancy import audit_chain as audit_chain_service
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Product, Role
+from nerveshub.tenancy.redaction import visible_events
 from nerveshub.web import services
 from nerveshub.web.access import OrgAccess, get_org_for_user, org_methods, orgs_of
 from nerveshub.web.forms import (
@@ -227,7 +229,7 @@ def dashboard(request: HttpRequest, org: str) -> HttpResponse:
         "online_more": online_more,
         "deployments": Deployment.objects.filter(org=access.org, is_active=True).select_related("product", "firmware"),
         "firmware": Firmware.objects.filter(org=access.org).select_related("product").order_by("-created_at")[:5],
-        "events": AuditEvent.objects.filter(org=access.org).order_by("-id")[:10],
+        "events": visible_events(AuditEvent.objects.filter(org=access.org).order_by("-id")[:10], access.role),
     }
     return _render(request, access, "web/dashboard.html", context)
 
@@ -243,14 +245,27 @@ def products(request: HttpRequest, org: str) -> HttpResponse:
 # --- Devices -------------------------------------------------------------------------------
 
 
-def _filtered_devices(access: OrgAccess, params: Any) -> tuple[QuerySet[Device], dict[str, str]]:
+def _ignored(request: HttpRequest, name: str) -> None:
+    messages.warning(request, f"Ignored the {name} filter: it is not a valid value.")
+
+
+def _text(request: HttpRequest, params: Any, name: str) -> str:
+    value = (params.get(name) or "").strip()
+    if "\x00" in value:
+        # PostgreSQL cannot compare with a NUL; no stored value holds one.
+        _ignored(request, name)
+        return ""
+    return str(value)
+
+
+def _filtered_devices(request: HttpRequest, access: OrgAccess, params: Any) -> tuple[QuerySet[Device], dict[str, str]]:
     queryset = Device.objects.filter(org=access.org, deleted_at__isnull=True)
     applied: dict[str, str] = {}
-    q = (params.get("q") or "").strip()
+    q = _text(request, params, "q")
     if q:
         queryset = queryset.filter(Q(identifier__icontains=q) | Q(description__icontains=q))
         applied["q"] = q
-    tag = (params.get("tag") or "").strip()
+    tag = _text(request, params, "tag")
     if tag:
         queryset = queryset.filter(tags__has_tag=tag)
         applied["tag"] = tag
@@ -259,7 +274,7 @@ def _filtered_devices(access: OrgAccess, params: Any) -> tuple[QuerySet[Device],
         connected = Q(connection_status=ConnectionStatus.CONNECTED)
         queryset = queryset.filter(connected if online == "yes" else ~connected)
         applied["online"] = online
-    version = (params.get("version") or "").strip()
+    version = _text(request, params, "version")
     if version:
         queryset = queryset.filter(firmware_version=version)
         applied["version"] = version
@@ -267,13 +282,21 @@ def _filtered_devices(access: OrgAccess, params: Any) -> tuple[QuerySet[Device],
     if deployment == "none":
         queryset = queryset.filter(deployment__isnull=True)
         applied["deployment"] = deployment
-    elif deployment.isdigit():
-        queryset = queryset.filter(deployment_id=int(deployment))
-        applied["deployment"] = deployment
+    elif deployment:
+        deployment_id = parse_int(deployment)
+        if deployment_id is None:
+            _ignored(request, "deployment")
+        else:
+            queryset = queryset.filter(deployment_id=deployment_id)
+            applied["deployment"] = deployment
     product = params.get("product") or ""
-    if product.isdigit():
-        queryset = queryset.filter(product_id=int(product))
-        applied["product"] = product
+    if product:
+        product_id = parse_int(product)
+        if product_id is None:
+            _ignored(request, "product")
+        else:
+            queryset = queryset.filter(product_id=product_id)
+            applied["product"] = product
     if params.get("penalty") == "yes":
         queryset = queryset.filter(penalty_box_until__gt=timezone.now())
         applied["penalty"] = "yes"
@@ -286,9 +309,9 @@ def device_list(request: HttpRequest, org: str) -> HttpResponse:
     """Keyset pagination on the identifier (unique in the org): a page costs the
     same at row 100 000 as at row 0, and there is no OFFSET to scan."""
     access = get_org_for_user(request, org)
-    queryset, applied = _filtered_devices(access, request.GET)
-    after = request.GET.get("after") or ""
-    before = request.GET.get("before") or ""
+    queryset, applied = _filtered_devices(request, access, request.GET)
+    after = _text(request, request.GET, "after")
+    before = _text(request, request.GET, "before")
     listed = queryset.select_related("product", "deployment")
     if before:
         rows = list(listed.filter(identifier__lt=before).order_by("-identifier")[: PAGE_SIZE + 1])
@@ -322,7 +345,7 @@ def device_list(request: HttpRequest, org: str) -> HttpResponse:
 def device_bulk_tags(request: HttpRequest, org: str) -> HttpResponse:
     access = get_org_for_user(request, org, Role.MANAGE)
     form = TagsForm(request.POST)
-    ids = [int(v) for v in request.POST.getlist("device") if v.isdigit()]
+    ids = [i for i in (parse_int(v) for v in request.POST.getlist("device")) if i is not None]
     operation = request.POST.get("operation")
     if not form.is_valid() or not ids or operation not in ("add", "remove"):
         messages.error(request, "Choose devices, tags and whether to add or remove them.")
@@ -364,7 +387,7 @@ def device_detail(request: HttpRequest, org: str, pk: int) -> HttpResponse:
         "updates": DeviceUpdate.objects.filter(device=device)
         .select_related("firmware", "deployment")
         .order_by("-created_at")[:20],
-        "events": _subject_events(access, "device", device.pk)[:20],
+        "events": visible_events(_subject_events(access, "device", device.pk)[:20], access.role),
         "console_url": _console_url(device),
         "in_penalty_box": device.in_penalty_box(),
         "tags_text": " ".join(device.tags),
@@ -622,7 +645,7 @@ def deployment_detail(request: HttpRequest, org: str, pk: int) -> HttpResponse:
         "deployment": deployment,
         "progress": _progress(access, deployment),
         "progress_url": _org_url(access, "deployment_progress", deployment.pk),
-        "events": _subject_events(access, "deployment", deployment.pk)[:10],
+        "events": visible_events(_subject_events(access, "deployment", deployment.pk)[:10], access.role),
     }
     return _render(request, access, "web/deployment.html", context)
 
@@ -716,12 +739,20 @@ def _subject_events(access: OrgAccess, subject_type: str, pk: int) -> QuerySet[A
 
 def _audit_page(request: HttpRequest, access: OrgAccess, events: QuerySet[AuditEvent], title: str) -> HttpResponse:
     before = request.GET.get("before") or ""
-    if before.isdigit():
-        events = events.filter(id__lt=int(before))
+    if before:
+        before_id = parse_int(before)
+        if before_id is None:
+            messages.warning(request, "Ignored the page position: it is not a valid value.")
+        else:
+            events = events.filter(id__lt=before_id)
     rows = list(events[: PAGE_SIZE + 1])
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
-    context = {"events": rows, "title": title, "next_before": rows[-1].pk if more and rows else None}
+    context = {
+        "events": visible_events(rows, access.role),
+        "title": title,
+        "next_before": rows[-1].pk if more and rows else None,
+    }
     return _render(request, access, "web/audit.html", context)
 
 

@@ -1,0 +1,64 @@
+"""Failure counters in Django's cache: fixed windows, checked before the work.
+
+A bucket is a name and a limit. `blocked` says whether any bucket has reached its
+limit in the current window; `record` adds one failure to each. The first
+failure of a window sets the counter with the window as its lifetime, so a
+counter never outlives the window it counts and the cache holds at most one
+small entry per bucket that failed recently.
+
+The cache is Redis when the hub has one (every process sees the same counts)
+and the process's memory in embedded mode (settings.CACHES). When the cache
+cannot be reached the counters are skipped, not the request: a limit protects
+the hub, and a cache outage must not become an authentication outage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from django.core.cache import cache
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    name: str
+    limit: int  # 0: no limit
+
+    @classmethod
+    def of(cls, kind: str, value: str, limit: int) -> Bucket:
+        # Hashed: values may be credentials (a key) or long; the cache needs neither.
+        digest = hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:32]
+        return cls(f"failures:{kind}:{digest}", limit)
+
+
+def _active(buckets: Iterable[Bucket]) -> list[Bucket]:
+    return [b for b in buckets if b.limit > 0]
+
+
+def blocked(buckets: Sequence[Bucket]) -> bool:
+    active = _active(buckets)
+    if not active:
+        return False
+    try:
+        counts = cache.get_many([b.name for b in active])
+    except Exception as exc:  # whatever the backend raises (module docstring: skip the limit)
+        logger.warning("failure counters unavailable: %r", exc)
+        return False
+    return any(int(counts.get(b.name) or 0) >= b.limit for b in active)
+
+
+def record(buckets: Sequence[Bucket], window: int) -> None:
+    for bucket in _active(buckets):
+        try:
+            if not cache.add(bucket.name, 1, timeout=window):
+                try:
+                    cache.incr(bucket.name)
+                except ValueError:  # expired between add and incr: start a new window
+                    cache.add(bucket.name, 1, timeout=window)
+        except Exception as exc:  # as in blocked()
+            logger.warning("failure counter %s not recorded: %r", bucket.name, exc)
