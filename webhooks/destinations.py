@@ -37,10 +37,7 @@ class RefusedDestination(Exception):
 
 def _embedded_ipv4(address: IPv6Address) -> list[IPv4Address]:
     """IPv4 destinations an IPv6 address leads to through a translator or relay."""
-    found = [a for a in (address.sixtofour, address.teredo[1] if address.teredo else None) if a is not None]
-    if address in _NAT64:
-        found.append(IPv4Address(int(address) & 0xFFFFFFFF))
-    return found
+    return [a for a in (address.sixtofour, address.teredo[1] if address.teredo else None) if a is not None]
 
 
 def _category(address: Address) -> str | None:
@@ -53,10 +50,10 @@ def _category(address: Address) -> str | None:
         return "a link-local address"
     if address.is_multicast:
         return "a multicast address"
-    if address.is_private:
-        return "a private address"
     if address.is_reserved or (isinstance(address, IPv6Address) and address.is_site_local):
         return "a reserved address"
+    if address.is_private:
+        return "a private address"
     if not address.is_global:
         return "an address that is not publicly routable"
     return None
@@ -70,6 +67,9 @@ def refusal(address: Address) -> str | None:
     """Why webhooks may not reach `address`, or None when they may."""
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # ::ffff:a.b.c.d is a.b.c.d
+    elif isinstance(address, IPv6Address) and address in _NAT64:
+        # What DNS64 answers for an IPv4-only name: judged as that IPv4 address.
+        address = IPv4Address(int(address) & 0xFFFFFFFF)
     candidates: list[Address] = [address]
     if isinstance(address, IPv6Address):
         candidates += _embedded_ipv4(address)

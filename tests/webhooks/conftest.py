@@ -44,6 +44,9 @@ class Receiver:
     # An answer of the receiver's choosing (an internal service's error page, a
     # redirect): (status, body, extra headers) instead of the usual one.
     answer: tuple[int, bytes, dict[str, str]] | None = None
+    delay: float = 0.0  # seconds each request takes (a slow receiver)
+    in_flight: int = 0
+    max_in_flight: int = 0
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -77,6 +80,12 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with receiver.lock:
+                receiver.in_flight += 1
+                receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
+            time.sleep(receiver.delay)
+            with receiver.lock:
+                receiver.in_flight -= 1
             # Header names are case-insensitive: keep them lower-cased.
             headers = {name.lower(): value for name, value in self.headers.items()}
             with receiver.lock:

@@ -4,8 +4,8 @@ event, signed deliveries, retries with backoff, the sweep, replay."""
 from __future__ import annotations
 
 import json
-from ipaddress import ip_network
 from datetime import timedelta
+from ipaddress import ip_network
 
 import pytest
 from django.conf import settings as django_settings
