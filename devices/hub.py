@@ -9,7 +9,8 @@ background tasks each server process runs for all its sockets together.
 * the sweeper: one timer per process (not one per socket) that closes sockets
   idle longer than DEVICE_IDLE_TIMEOUT and, every DEVICE_LAST_SEEN_INTERVAL,
   refreshes last_seen_at of all local devices with one UPDATE per 1000;
-* in embedded mode only, the rollout backstop that Celery beat runs otherwise.
+* in embedded mode only, the periodic tasks that Celery beat runs otherwise
+  (every entry of CELERY_BEAT_SCHEDULE: rollouts, firmware and webhook sweeps).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import logging
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol
 
+from celery.schedules import maybe_schedule
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.utils.module_loading import import_string
 
 from devices import dbthreads
 from devices.publish import FLEET_GROUP, socket_address
@@ -193,8 +196,8 @@ class Hub:
         ]
         if settings.EMBEDDED:
             # No Celery beat in embedded mode: this process is the whole hub, so it
-            # runs the rollout backstop itself.
-            self._tasks.append(self._spawn(self._rollout_backstop(), "rollout-backstop"))
+            # runs the beat's schedule itself.
+            self._tasks.append(self._spawn(self._embedded_beat(), "embedded-beat"))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coroutine, name=name)
@@ -270,15 +273,30 @@ class Hub:
                 last_refresh = now
                 await _refresh_last_seen(list(self.sockets))
 
-    async def _rollout_backstop(self) -> None:
-        from deployments.tasks import run_all_rollouts
+    def start(self) -> None:
+        """Start the background tasks now rather than at the first socket: in
+        embedded mode the beat must run after a restart even if no device
+        comes back (nerveshub.serve calls this once the event loop runs)."""
+        self._ensure_started()
 
-        while True:
-            await asyncio.sleep(settings.ROLLOUT_BACKSTOP_SECONDS)
-            try:
-                await database_sync_to_async(run_all_rollouts)()
-            except Exception:
-                logger.exception("rollout backstop failed")
+    async def _embedded_beat(self) -> None:
+        """Every entry of CELERY_BEAT_SCHEDULE (rollouts, firmware sweep,
+        webhook sweep), each on its own period, first one period after start,
+        as Celery beat runs them. Each run is in a thread of its own, so a long
+        firmware validation does not hold up the webhook sweep."""
+        await asyncio.gather(*(_beat_entry(name, entry) for name, entry in settings.CELERY_BEAT_SCHEDULE.items()))
+
+
+async def _beat_entry(name: str, entry: dict[str, Any]) -> None:
+    task = import_string(entry["task"])
+    schedule = maybe_schedule(entry["schedule"])
+    run = database_sync_to_async(task, thread_sensitive=False)
+    while True:
+        await asyncio.sleep(max(schedule.remaining_estimate(schedule.now()).total_seconds(), 0.0))
+        try:
+            await run(*entry.get("args", ()), **entry.get("kwargs", {}))
+        except Exception:
+            logger.exception("embedded beat: %s failed", name)
 
 
 async def _refresh_last_seen(device_ids: list[int]) -> None:

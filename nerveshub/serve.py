@@ -61,8 +61,23 @@ def main(argv: list[str] | None = None) -> None:
     install()
     # Bodies refused on their headers, and a deadline for the headers (see nerveshub/lib/daphne_http.py).
     daphne_http.install()
+    # Embedded mode has no Celery beat: the hub runs its schedule from the
+    # start, not only once a device connects (devices.hub). callLater runs it
+    # inside the event loop, after daphne has loaded the application.
+    from twisted.internet import reactor
+
+    reactor.callLater(0, _start_embedded_beat)  # type: ignore[arg-type]  # zope interface stubs count self
 
     CommandLineInterface().run(daphne_args(args.host, args.port, args.backlog))
+
+
+def _start_embedded_beat() -> None:
+    from django.conf import settings
+
+    if settings.EMBEDDED:
+        from devices.hub import hub
+
+        hub.start()
 
 
 if __name__ == "__main__":

@@ -448,15 +448,25 @@ TRUSTED_PROXIES = envnetworks("TRUSTED_PROXIES")
 
 # --- Webhooks (docs/webhooks.md) -------------------------------------------------
 # Plain http:// endpoints are refused except on loopback addresses unless this is set.
+# It relaxes the scheme only: the destination must still pass WEBHOOK_ALLOWED_NETWORKS.
 WEBHOOK_ALLOW_HTTP = envbool("WEBHOOK_ALLOW_HTTP", False)
+# Webhooks reach public addresses only: loopback, private, link-local, multicast,
+# reserved and unspecified ones are refused unless inside one of these networks
+# (comma list of IPs or CIDRs, e.g. a receiver on 10.1.0.0/16, or 127.0.0.0/8).
+WEBHOOK_ALLOWED_NETWORKS = envnetworks("WEBHOOK_ALLOWED_NETWORKS")
+# Embedded mode: how many deliveries are attempted at once (Celery's worker
+# concurrency decides it otherwise).
+WEBHOOK_DELIVERY_CONCURRENCY = envint("WEBHOOK_DELIVERY_CONCURRENCY", 4, minimum=1, maximum=64)
 WEBHOOK_TIMEOUT = envint("WEBHOOK_TIMEOUT", 10, minimum=1, maximum=60)
 # Attempts per delivery; the waits between them double from the base (30 s, 1 min, 2 min, …).
 WEBHOOK_MAX_ATTEMPTS = envint("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1, maximum=30)
 WEBHOOK_RETRY_BASE_SECONDS = envint("WEBHOOK_RETRY_BASE_SECONDS", 30, minimum=1)
-# How often Celery beat sends due retries and deliveries whose wake-up was lost.
+# How often Celery beat (the hub itself in embedded mode) sends due retries and
+# deliveries whose wake-up was lost.
 WEBHOOK_SWEEP_SECONDS = envint("WEBHOOK_SWEEP_SECONDS", 30, minimum=5)
-# How often Celery beat re-sends the validation of uploads stuck pending.
-FIRMWARE_SWEEP_SECONDS = envint("FIRMWARE_SWEEP_SECONDS", 600, minimum=60)
+# How often Celery beat (the hub itself in embedded mode) re-sends the validation
+# of uploads stuck pending.
+FIRMWARE_SWEEP_SECONDS = envint("FIRMWARE_SWEEP_SECONDS", 600, minimum=5)
 CELERY_BEAT_SCHEDULE["firmware-sweep"] = {
     "task": "firmware.tasks.sweep_pending_firmware",
     "schedule": FIRMWARE_SWEEP_SECONDS,

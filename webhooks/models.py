@@ -80,7 +80,11 @@ class WebhookDelivery(models.Model):
     # ends (so a lost worker's row is picked up again by the sweep).
     next_attempt_at = models.DateTimeField(default=timezone.now)
     last_status = models.PositiveSmallIntegerField(null=True, blank=True, help_text="HTTP status of the last attempt.")
-    last_error = models.TextField(blank=True)
+    # A class ("http_500", "timeout", "refused_destination", …), never the
+    # receiver's answer: an endpoint aimed at an internal service would read it back.
+    last_error = models.TextField(
+        blank=True, help_text="Error class of the last attempt; the receiver's answer is never kept."
+    )
     replay_of = models.ForeignKey("self", models.SET_NULL, null=True, blank=True, related_name="replays")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     delivered_at = models.DateTimeField(null=True, blank=True)

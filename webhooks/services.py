@@ -11,28 +11,32 @@ Events reach the outbox two ways, both inside the transaction of the change:
 
 `deliver` sends one row: it claims the attempt by compare-and-set, POSTs the
 signed body and records the outcome on the row (attempts, next_attempt_at with
-exponential backoff, last_status, last_error). Celery sends a row after its
-transaction commits; the periodic sweep picks up rows whose message was lost or
-whose retry is due.
+exponential backoff, last_status, and an error class in last_error, never the
+receiver's answer). Celery (or, in embedded mode, the bounded DeliveryPool)
+sends a row after its transaction commits; the periodic sweep picks up rows
+whose message was lost or whose retry is due. Where a delivery may connect is
+webhooks.destinations.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import logging
+import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from heapq import heappop, heappush
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 from uuid import uuid4
 
 from django.conf import settings
@@ -45,6 +49,7 @@ from django.utils import timezone
 from nerveshub.lib.enqueue import enqueue
 from nerveshub.tenancy.models import AuditEvent, Organization, Role
 from nerveshub.tenancy.services import Actor, audit, has_role
+from webhooks import destinations
 from webhooks.models import DeliveryStatus, EventType, WebhookDelivery, WebhookEndpoint, new_sealed_secret
 
 logger = logging.getLogger(__name__)
@@ -66,8 +71,15 @@ EVENT_ID_HEADER = "X-NervesHub-Event-Id"
 DELIVERY_HEADER = "X-NervesHub-Delivery"
 # Backoff doubles from WEBHOOK_RETRY_BASE_SECONDS per failed attempt, up to this.
 MAX_BACKOFF = timedelta(hours=6)
-# How much of a receiver's error answer is kept on the row.
-_ERROR_BODY_CHARS = 300
+# What a failed attempt records in last_error: a class, never the receiver's
+# answer (an endpoint aimed at an internal service would read it back).
+ERROR_TIMEOUT = "timeout"
+ERROR_CONNECTION = "connection_error"
+ERROR_DNS = "dns_error"
+ERROR_TLS = "tls_error"
+ERROR_REFUSED_DESTINATION = "refused_destination"
+ERROR_REDIRECT = "redirect_not_followed"
+ERROR_DISABLED = "endpoint_disabled"
 FIRST_ATTEMPT_GRACE = timedelta(seconds=30)
 # The sweep wakes at most this many rows per run; the next run takes the rest.
 SWEEP_BATCH = 500
@@ -85,16 +97,45 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def check_url(url: str) -> str:
+def _check_scheme(url: str) -> SplitResult:
     """HTTPS, or plain HTTP to a loopback address or when WEBHOOK_ALLOW_HTTP is
-    set: event payloads and their signatures must not cross networks in clear."""
+    set: event payloads and their signatures must not cross networks in clear.
+    This rule is about the scheme only: where the hub may connect at all is
+    the destination check (WEBHOOK_ALLOWED_NETWORKS), which loopback must pass too."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError("Enter an http:// or https:// address.")
     if parts.username or parts.password:
         raise ValidationError("Credentials in the address would be stored in clear; use the signature instead.")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValidationError("Enter a valid port number.") from None
     if parts.scheme == "http" and not (settings.WEBHOOK_ALLOW_HTTP or _is_loopback(parts.hostname)):
         raise ValidationError("Webhook addresses must use https:// (http:// is allowed only for loopback addresses).")
+    return parts
+
+
+def _port(parts: SplitResult) -> int:
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def check_url(url: str) -> str:
+    """The scheme rule, then the destination rule as far as it can be told
+    now: a host that is, or resolves to, an address webhooks may not reach is
+    refused with the reason. A name that does not resolve yet is accepted;
+    every delivery resolves and checks again (destinations.resolve)."""
+    parts = _check_scheme(url)
+    assert parts.hostname is not None  # checked by _check_scheme
+    try:
+        destinations.resolve(parts.hostname, _port(parts))
+    except destinations.RefusedDestination as exc:
+        raise ValidationError(
+            f"Refused: {exc.reason}. Webhooks are not sent into internal networks "
+            "unless the operator names them in WEBHOOK_ALLOWED_NETWORKS."
+        ) from None
+    except (OSError, UnicodeError):
+        pass  # not resolvable now: checked again at delivery
     return url
 
 
@@ -252,39 +293,92 @@ def devices_offline(device_ids: list[int]) -> None:
         )
 
 
-def dispatch(delivery_id: int) -> None:
-    """Hand a committed delivery to a worker."""
+def dispatch(delivery_id: int) -> bool:
+    """Hand a committed delivery to a worker. False when the broker could not
+    be reached (the sweep sends the row later)."""
     from webhooks.tasks import deliver_webhook_task
 
     if settings.CELERY_TASK_ALWAYS_EAGER:
         # Embedded mode runs tasks in the calling thread, which for device
         # events is the socket server's database thread: a slow receiver must
-        # not stall it. There is no beat either, so the thread also waits out
-        # the retries.
-        threading.Thread(target=_deliver_until_done, args=(delivery_id,), daemon=True).start()
-    else:
-        enqueue(deliver_webhook_task, delivery_id)
+        # not stall it. So a small pool sends instead (see DeliveryPool).
+        delivery_pool.submit(delivery_id)
+        return True
+    return enqueue(deliver_webhook_task, delivery_id)
 
 
-def _deliver_until_done(delivery_id: int) -> None:
-    try:
+class DeliveryPool:
+    """Embedded mode's delivery workers: at most WEBHOOK_DELIVERY_CONCURRENCY
+    attempts at once, however many deliveries are pending (a fleet coming
+    online with a slow receiver is thousands of them). A failed attempt's retry
+    waits here, as a number on a heap rather than a sleeping thread, until it
+    is due; after a restart the embedded beat's sweep finds it instead
+    (devices.hub). Threads start when there is work and nobody idle."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._ready: deque[int] = deque()
+        self._later: list[tuple[float, int]] = []  # (time.monotonic() when due, delivery id)
+        self._queued: set[int] = set()  # in _ready or _later: a second submit is a no-op
+        self._threads = 0
+        self._idle = 0
+        self._active = 0
+        self.peak = 0  # most attempts under way at once, for the logs and tests
+
+    def submit(self, delivery_id: int, delay: float = 0.0) -> None:
+        with self._cond:
+            if delivery_id in self._queued:
+                return
+            self._queued.add(delivery_id)
+            if delay > 0:
+                heappush(self._later, (time.monotonic() + delay, delivery_id))
+            else:
+                self._ready.append(delivery_id)
+            if self._idle == 0 and self._threads < settings.WEBHOOK_DELIVERY_CONCURRENCY:
+                self._threads += 1
+                threading.Thread(target=self._work, name="webhook-delivery", daemon=True).start()
+            self._cond.notify_all()
+
+    def _take(self) -> int:
+        with self._cond:
+            self._idle += 1
+            try:
+                while True:
+                    now = time.monotonic()
+                    while self._later and self._later[0][0] <= now:
+                        self._ready.append(heappop(self._later)[1])
+                    # The limit is read each time: a lowered setting takes hold
+                    # without stopping threads that were started before.
+                    if self._ready and self._active < settings.WEBHOOK_DELIVERY_CONCURRENCY:
+                        delivery_id = self._ready.popleft()
+                        self._queued.discard(delivery_id)
+                        self._active += 1
+                        self.peak = max(self.peak, self._active)
+                        return delivery_id
+                    self._cond.wait(self._later[0][0] - now if self._later else None)
+            finally:
+                self._idle -= 1
+
+    def _done(self) -> None:
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()
+
+    def _work(self) -> None:
         while True:
-            outcome = deliver(delivery_id)
-            if outcome is not None and outcome.retry_at is None:
-                return  # delivered, or given up
-            due = (
-                WebhookDelivery.objects.filter(pk=delivery_id, status=DeliveryStatus.PENDING)
-                .values_list("next_attempt_at", flat=True)
-                .first()
-            )
-            wait = (due - timezone.now()).total_seconds() if due is not None else -1.0
-            if due is None or (outcome is None and wait <= 0):
-                return  # finished elsewhere, or another thread is on it
-            time.sleep(max(wait, 0.0) + 0.05)
-    except Exception:
-        logger.exception("webhook delivery %s failed", delivery_id)
-    finally:
-        close_old_connections()
+            delivery_id = self._take()
+            try:
+                outcome = deliver(delivery_id)
+                if outcome is not None and outcome.retry_at is not None:
+                    self.submit(delivery_id, delay=(outcome.retry_at - timezone.now()).total_seconds())
+            except Exception:
+                logger.exception("webhook delivery %s failed", delivery_id)
+            finally:
+                self._done()
+                close_old_connections()
+
+
+delivery_pool = DeliveryPool()
 
 
 # --- Delivery -----------------------------------------------------------------------
@@ -312,43 +406,54 @@ class DeliveryOutcome:
     retry_at: datetime | None  # None: nothing more to do (delivered, or given up)
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    # A redirect is an answer, not an instruction: following it would send the
-    # signed payload to an address the org never registered.
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirects)
+def http_error(status: int) -> str:
+    """The error class of a non-2xx answer: redirects are answers, not
+    instructions (following one would send the signed payload, and the hub's
+    reach, to an address nobody registered or checked)."""
+    return ERROR_REDIRECT if 300 <= status < 400 else f"http_{status}"
 
 
 def _post(endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> tuple[int | None, str]:
-    check_url(endpoint.url)  # the setting may have changed since the endpoint was saved
+    """One POST. Returns the status code and the error class ("" on 2xx). The
+    body of the answer is never read."""
+    try:
+        # The settings may have changed since the endpoint was saved, and its
+        # name may resolve elsewhere now: both rules again, on this attempt.
+        parts = _check_scheme(endpoint.url)
+        assert parts.hostname is not None
+        addresses = destinations.resolve(parts.hostname, _port(parts))
+    except (ValidationError, destinations.RefusedDestination) as exc:
+        logger.warning("webhook delivery %s refused: %s", delivery.pk, getattr(exc, "reason", exc))
+        return None, ERROR_REFUSED_DESTINATION
+    except (OSError, UnicodeError):
+        return None, ERROR_DNS
     body = json.dumps(delivery.payload, sort_keys=True, separators=(",", ":")).encode()
     timestamp = int(time.time())
-    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above: http(s) only
-        endpoint.url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "NervesHub-Webhooks/1",
-            EVENT_HEADER: delivery.event_type,
-            EVENT_ID_HEADER: str(delivery.event_id),
-            DELIVERY_HEADER: str(delivery.pk),
-            TIMESTAMP_HEADER: str(timestamp),
-            SIGNATURE_HEADER: sign(endpoint.secret, timestamp, body),
-        },
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "NervesHub-Webhooks/1",
+        EVENT_HEADER: delivery.event_type,
+        EVENT_ID_HEADER: str(delivery.event_id),
+        DELIVERY_HEADER: str(delivery.pk),
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: sign(endpoint.secret, timestamp, body),
+    }
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    connection = destinations.connection(
+        parts.scheme, parts.hostname, _port(parts), addresses, settings.WEBHOOK_TIMEOUT
     )
     try:
-        with _opener.open(request, timeout=settings.WEBHOOK_TIMEOUT) as response:
-            return int(response.status), ""
-    except urllib.error.HTTPError as exc:
-        text = exc.read(_ERROR_BODY_CHARS).decode(errors="replace")
-        return exc.code, f"HTTP {exc.code}: {text}".strip()
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return None, f"{type(exc).__name__}: {reason}"[:_ERROR_BODY_CHARS]
+        connection.request("POST", target, body=body, headers=headers)
+        status = connection.getresponse().status
+    except TimeoutError:
+        return None, ERROR_TIMEOUT
+    except ssl.SSLError:
+        return None, ERROR_TLS
+    except (OSError, http.client.HTTPException, ValueError):
+        return None, ERROR_CONNECTION
+    finally:
+        connection.close()
+    return status, "" if 200 <= status < 300 else http_error(status)
 
 
 def deliver(delivery_id: int, *, now: datetime | None = None) -> DeliveryOutcome | None:
@@ -369,13 +474,19 @@ def deliver(delivery_id: int, *, now: datetime | None = None) -> DeliveryOutcome
     if delivery.endpoint.is_active:
         status_code, error = _post(delivery.endpoint, delivery)
     else:
-        status_code, error = None, "the endpoint is disabled"
+        status_code, error = None, ERROR_DISABLED
     delivered = status_code is not None and 200 <= status_code < 300
-    fields: dict[str, Any] = {"last_status": status_code, "last_error": error[:2000]}
+    fields: dict[str, Any] = {"last_status": status_code, "last_error": error}
     retry_at: datetime | None = None
     if delivered:
         fields.update(status=DeliveryStatus.SUCCEEDED, delivered_at=timezone.now(), next_attempt_at=now)
-    elif attempt >= settings.WEBHOOK_MAX_ATTEMPTS or not delivery.endpoint.is_active:
+    elif (
+        attempt >= settings.WEBHOOK_MAX_ATTEMPTS
+        or not delivery.endpoint.is_active
+        # A refused address is the endpoint's, not the network's: retrying
+        # would only knock on the same door again.
+        or error == ERROR_REFUSED_DESTINATION
+    ):
         fields.update(status=DeliveryStatus.FAILED, next_attempt_at=now)
     else:
         retry_at = now + backoff(attempt)

@@ -6,7 +6,6 @@ import logging
 
 from celery import shared_task
 
-from nerveshub.lib.enqueue import enqueue
 from webhooks import services
 
 logger = logging.getLogger(__name__)
@@ -24,7 +23,9 @@ def sweep_webhooks() -> None:
     """The periodic backstop: retries that are due and rows whose wake-up was lost."""
     due = services.due_delivery_ids()
     for delivery_id in due:
-        if not enqueue(deliver_webhook_task, delivery_id):
+        # services.dispatch: a Celery worker, or embedded mode's bounded pool
+        # (never this thread, which is the embedded beat's).
+        if not services.dispatch(delivery_id):
             return  # the broker is away: the next sweep tries again
     if due:
         logger.info("webhook sweep woke %d delivery(ies)", len(due))

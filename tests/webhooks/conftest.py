@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import ip_network
 from typing import Any
 
 import pytest
@@ -40,6 +41,12 @@ class Receiver:
     port: int = 0
     secret: str = ""
     fail_first: int = 0
+    # An answer of the receiver's choosing (an internal service's error page, a
+    # redirect): (status, body, extra headers) instead of the usual one.
+    answer: tuple[int, bytes, dict[str, str]] | None = None
+    delay: float = 0.0  # seconds each request takes (a slow receiver)
+    in_flight: int = 0
+    max_in_flight: int = 0
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -73,21 +80,42 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with receiver.lock:
+                receiver.in_flight += 1
+                receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
+            time.sleep(receiver.delay)
+            with receiver.lock:
+                receiver.in_flight -= 1
             # Header names are case-insensitive: keep them lower-cased.
             headers = {name.lower(): value for name, value in self.headers.items()}
             with receiver.lock:
                 verified = receiver.verify(headers, body)
                 failing = len(receiver.received) < receiver.fail_first
                 answer = 503 if failing else (204 if verified else 401)
+                chosen = receiver.answer
+                if chosen is not None:
+                    answer = chosen[0]
                 receiver.received.append(Received(self.path, headers, body, verified, answer))
-            self.send_response(answer)
-            self.send_header("Content-Length", "0")
+            status, content, extra = chosen or (answer, b"", {})
+            self.send_response(status)
+            for name, value in extra.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(content)))
             self.end_headers()
+            self.wfile.write(content)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
     return Handler
+
+
+@pytest.fixture(autouse=True)
+def local_receivers_allowed(settings: Any) -> None:
+    """The test receivers listen on 127.0.0.1, which webhooks may reach only
+    when the operator allows it (WEBHOOK_ALLOWED_NETWORKS); the attacker's
+    tests take the allowance away again."""
+    settings.WEBHOOK_ALLOWED_NETWORKS = [ip_network("127.0.0.0/8")]
 
 
 @pytest.fixture

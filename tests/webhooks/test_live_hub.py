@@ -9,11 +9,14 @@ from tests.devices.conftest import run, wait_until
 from webhooks import services
 from webhooks.models import DeliveryStatus, EventType, WebhookDelivery
 
+# The receiver listens on 127.0.0.1, which the operator must allow.
+LOCAL_RECEIVERS = {"WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8"}
+
 
 def test_a_device_socket_announces_online_and_offline(live_hub, creds, subscribe, receiver) -> None:
     # given
     subscribe(EventType.DEVICE_ONLINE, EventType.DEVICE_OFFLINE)
-    hub = live_hub()
+    hub = live_hub(LOCAL_RECEIVERS)
     device = creds.device(hub.ws_url, "dev-hooked")
 
     async def scenario() -> None:
