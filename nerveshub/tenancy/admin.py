@@ -11,7 +11,7 @@ from django.http import HttpRequest
 
 from devices.models import Device
 from devices.services import create_product_secret
-from nerveshub.admin_base import CappedCountPaginator, OrgScopedAdmin
+from nerveshub.admin_base import CappedCountPaginator, OrgScopedAdmin, has_org_role
 from nerveshub.tenancy import services
 from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Organization, Product, Role
 
@@ -168,7 +168,20 @@ class AuditEventAdmin(OrgScopedAdmin[AuditEvent]):
     search_fields = ["=action", "=actor", "subject", "=subject_id"]
     paginator = CappedCountPaginator
     show_full_result_count = False
-    readonly_fields = [f.name for f in AuditEvent._meta.fields]
+    # Details are shown as the reader's role may see them (services.visible_details).
+    fields = [f.name if f.name != "details" else "shown_details" for f in AuditEvent._meta.fields]
+    readonly_fields = fields
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> AuditEvent | None:
+        obj = super().get_object(request, object_id, from_field)
+        if obj is not None:
+            role = next((r for r in (Role.ADMIN, Role.MANAGE, Role.VIEW) if has_org_role(request, obj.org_id, r)), None)
+            obj._shown_details = services.visible_details(obj, role)  # type: ignore[attr-defined]
+        return obj
+
+    @admin.display(description="details")
+    def shown_details(self, obj: AuditEvent) -> dict[str, Any]:
+        return dict(getattr(obj, "_shown_details", {}))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

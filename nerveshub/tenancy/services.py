@@ -18,7 +18,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from nerveshub.tenancy import audit_chain
-from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Organization, Product, Role
+from nerveshub.tenancy.models import ROLE_RANK, APIToken, AuditEvent, Membership, Organization, Product, Role
 
 # Who did it: a user, a device (anything with .identifier), or a plain label such
 # as "system" or "orchestrator".
@@ -94,6 +94,31 @@ _audit_hooks: list[AuditHook] = []
 def register_audit_hook(hook: AuditHook) -> None:
     if hook not in _audit_hooks:
         _audit_hooks.append(hook)
+
+
+# Details some actions record that not every member may read: action -> (the
+# keys, the least role that reads them). The row keeps them (they are part of
+# the hash chain); every page that shows details reads them through
+# `visible_details`. Apps register in AppConfig.ready, like the audit hooks.
+_restricted_details: dict[str, tuple[frozenset[str], str]] = {}
+HIDDEN_DETAIL = "(hidden from your role)"
+
+
+def restrict_audit_details(action: str, keys: tuple[str, ...], role: str) -> None:
+    _restricted_details[action] = (frozenset(keys), Role(role))
+
+
+def visible_details(event: AuditEvent, role: str | None) -> dict[str, Any]:
+    """The event's details as someone with `role` in its org may see them (None:
+    no role, as for an event of no org read by a non-operator)."""
+    details = dict(event.details or {})
+    restricted = _restricted_details.get(event.action)
+    if restricted is None:
+        return details
+    keys, needed = restricted
+    if role is not None and ROLE_RANK[Role(role)] >= ROLE_RANK[Role(needed)]:
+        return details
+    return {key: HIDDEN_DETAIL if key in keys else value for key, value in details.items()}
 
 
 # --- Organizations and members -------------------------------------------------

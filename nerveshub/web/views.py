@@ -226,7 +226,7 @@ def dashboard(request: HttpRequest, org: str) -> HttpResponse:
         "online_more": online_more,
         "deployments": Deployment.objects.filter(org=access.org, is_active=True).select_related("product", "firmware"),
         "firmware": Firmware.objects.filter(org=access.org).select_related("product").order_by("-created_at")[:5],
-        "events": AuditEvent.objects.filter(org=access.org).order_by("-id")[:10],
+        "events": _with_details(access, AuditEvent.objects.filter(org=access.org).order_by("-id")[:10]),
     }
     return _render(request, access, "web/dashboard.html", context)
 
@@ -363,7 +363,7 @@ def device_detail(request: HttpRequest, org: str, pk: int) -> HttpResponse:
         "updates": DeviceUpdate.objects.filter(device=device)
         .select_related("firmware", "deployment")
         .order_by("-created_at")[:20],
-        "events": _subject_events(access, "device", device.pk)[:20],
+        "events": _with_details(access, _subject_events(access, "device", device.pk)[:20]),
         "console_url": _console_url(device),
         "in_penalty_box": device.in_penalty_box(),
         "tags_text": " ".join(device.tags),
@@ -602,7 +602,7 @@ def deployment_detail(request: HttpRequest, org: str, pk: int) -> HttpResponse:
         "deployment": deployment,
         "progress": _progress(access, deployment),
         "progress_url": _org_url(access, "deployment_progress", deployment.pk),
-        "events": _subject_events(access, "deployment", deployment.pk)[:10],
+        "events": _with_details(access, _subject_events(access, "deployment", deployment.pk)[:10]),
     }
     return _render(request, access, "web/deployment.html", context)
 
@@ -694,6 +694,15 @@ def _subject_events(access: OrgAccess, subject_type: str, pk: int) -> QuerySet[A
     return AuditEvent.objects.filter(org=access.org, subject_type=subject_type, subject_id=str(pk)).order_by("-id")
 
 
+def _with_details(access: OrgAccess, events: Any) -> list[AuditEvent]:
+    """The events with `shown_details`, what the viewer's role may read of their
+    details (typed console lines are for admins): the templates show only that."""
+    rows = list(events)
+    for event in rows:
+        event.shown_details = tenancy.visible_details(event, access.role)  # type: ignore[attr-defined]
+    return rows
+
+
 def _audit_page(request: HttpRequest, access: OrgAccess, events: QuerySet[AuditEvent], title: str) -> HttpResponse:
     before = request.GET.get("before") or ""
     if before.isdigit():
@@ -701,7 +710,7 @@ def _audit_page(request: HttpRequest, access: OrgAccess, events: QuerySet[AuditE
     rows = list(events[: PAGE_SIZE + 1])
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
-    context = {"events": rows, "title": title, "next_before": rows[-1].pk if more and rows else None}
+    context = {"events": _with_details(access, rows), "title": title, "next_before": rows[-1].pk if more and rows else None}
     return _render(request, access, "web/audit.html", context)
 
 
