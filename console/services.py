@@ -98,13 +98,13 @@ def session_user(session_key: str | None) -> AbstractBaseUser | None:
     backend_path, user_id, session_hash = (data.get(k) for k in (BACKEND_SESSION_KEY, SESSION_KEY, HASH_SESSION_KEY))
     if backend_path not in settings.AUTHENTICATION_BACKENDS or user_id is None or not session_hash:
         return None
-    user = load_backend(backend_path).get_user(get_user_model()._meta.pk.to_python(user_id))  # type: ignore[union-attr]
+    user = load_backend(backend_path).get_user(get_user_model()._meta.pk.to_python(user_id))
     if user is None:
         return None
     hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
     if not any(constant_time_compare(session_hash, known) for known in hashes):
         return None
-    return user  # type: ignore[no-any-return]
+    return user
 
 
 def recheck_console_access(session_key: str | None, user_id: int, device_id: int) -> AccessCheck:

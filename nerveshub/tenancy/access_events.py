@@ -1,4 +1,4 @@
-""""This person's access may have changed": one channel-layer message to the
+"""An "access may have changed" message: one channel-layer message to the
 person's own group, which their long-lived sockets (the remote console) join
 and answer by checking their session and role again.
 

@@ -169,8 +169,8 @@ class AuditEventAdmin(OrgScopedAdmin[AuditEvent]):
     paginator = CappedCountPaginator
     show_full_result_count = False
     # Details are shown as the reader's role may see them (services.visible_details).
-    fields = [f.name if f.name != "details" else "shown_details" for f in AuditEvent._meta.fields]
-    readonly_fields = fields
+    readonly_fields = tuple(f.name if f.name != "details" else "shown_details" for f in AuditEvent._meta.fields)
+    fields = readonly_fields
 
     def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> AuditEvent | None:
         obj = super().get_object(request, object_id, from_field)

@@ -699,7 +699,7 @@ def _with_details(access: OrgAccess, events: Any) -> list[AuditEvent]:
     details (typed console lines are for admins): the templates show only that."""
     rows = list(events)
     for event in rows:
-        event.shown_details = tenancy.visible_details(event, access.role)  # type: ignore[attr-defined]
+        event.shown_details = tenancy.visible_details(event, access.role)
     return rows
 
 
@@ -710,7 +710,11 @@ def _audit_page(request: HttpRequest, access: OrgAccess, events: QuerySet[AuditE
     rows = list(events[: PAGE_SIZE + 1])
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
-    context = {"events": _with_details(access, rows), "title": title, "next_before": rows[-1].pk if more and rows else None}
+    context = {
+        "events": _with_details(access, rows),
+        "title": title,
+        "next_before": rows[-1].pk if more and rows else None,
+    }
     return _render(request, access, "web/audit.html", context)
 
 

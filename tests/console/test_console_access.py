@@ -218,7 +218,7 @@ def test_it_ends_the_console_of_a_password_changed_where_no_event_reaches(live_h
 
     def change_password() -> None:
         # A raw update (no save(), so no event): only the session's hash tells.
-        User.objects.filter(pk=manager.pk).update(password="pbkdf2_sha256$1$salt$changed")  # noqa: S106
+        User.objects.filter(pk=manager.pk).update(password="pbkdf2_sha256$1$salt$changed")
 
     async def scenario():
         operator = await open_console(hub.ws_url, row.pk, manager)
@@ -244,7 +244,7 @@ def test_it_shows_typed_lines_to_admins_only(live_hub, creds, iex_device):
         iex.start()
         manager = await open_console(hub.ws_url, row.pk, creds.tenant.manager)
         await manager.next("status", connected=True)
-        await manager.send("dn", {"data": f"System.put_env(\"TOKEN\", \"{secret}\")\r"})
+        await manager.send("dn", {"data": f'System.put_env("TOKEN", "{secret}")\r'})
         await manager.output_until(PROMPT)
         await manager.send("restart", {})
         await manager.output_until("Restarting IEx")

@@ -6,8 +6,6 @@ daphne refuses to send."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from websockets.exceptions import InvalidStatus
 
