@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 CLOSE_IDLE = 4000
 CLOSE_ACCESS_ENDED = 4003
 GROUP_REFRESH_SECONDS = 3600
+# A check is four queries (session, user, device, membership): an upload's
+# chunks (10,240 for 10 MiB) are checked at most this often, every other
+# message always; an access event aborts an upload at once either way.
+CHUNK_CHECK_SECONDS = 1.0
 # Files the device is sending that one page counts at a time (for the audit):
 # the names come from the device, which must not grow this without bound.
 MAX_DOWNLOADS = 16
@@ -53,6 +57,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     access: ConsoleAccess | None = None
     watch: asyncio.Task[None] | None = None
     ended = False
+    checked_at = 0.0
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -135,8 +140,11 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         # Every message from the browser acts on the device: checked against the
         # session and role as they are now, not as they were at connect.
+        checked = isinstance(message, protocol.UploadChunk) and (
+            asyncio.get_running_loop().time() - self.checked_at < CHUNK_CHECK_SECONDS
+        )
         try:
-            allowed = await self._recheck()
+            allowed = checked or await self._recheck()
         except Exception:
             # Unchecked is refused: nothing goes to the device.
             logger.exception("console access check of user %s failed", self.user.pk)
@@ -261,6 +269,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if check.access is None:
             await self._end(check.reason)
             return False
+        self.checked_at = asyncio.get_running_loop().time()
         if check.access != self.access:
             was, self.access = self.access, check.access
             if was.can_write and not check.access.can_write:

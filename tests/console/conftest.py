@@ -10,11 +10,13 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 from django.test import Client
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -22,6 +24,7 @@ from tests.devices.conftest import Credentials, creds  # noqa: F401 (fixture re-
 from tests.support.nhl_client import NHLDevice
 
 PROMPT = "iex(1)> "
+T = TypeVar("T")
 
 
 @dataclass
@@ -137,6 +140,19 @@ def session_cookie(user: User) -> str:
     return client.cookies["sessionid"].value
 
 
+async def in_thread(function: Callable[..., T], *args: Any) -> T:
+    """Run ORM work off the event loop, giving the thread's database connection
+    back: with PostgreSQL's pool, each short-lived thread would keep one."""
+
+    def call() -> T:
+        try:
+            return function(*args)
+        finally:
+            connections.close_all()
+
+    return await asyncio.to_thread(call)
+
+
 async def open_console(
     base_ws_url: str, device_id: int, user: User | None, origin: str | None = None, cookie: str | None = None
 ) -> Operator:
@@ -145,7 +161,7 @@ async def open_console(
     port = base_ws_url.rsplit(":", 1)[1]
     headers = []
     if user is not None and cookie is None:
-        cookie = await asyncio.to_thread(session_cookie, user)
+        cookie = await in_thread(session_cookie, user)
     if cookie is not None:
         headers.append(("Cookie", f"sessionid={cookie}"))
     ws = await connect(

@@ -23,7 +23,7 @@ from devices import services as device_services
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import AuditEvent, Membership, Role
 from nerveshub.web import services as web_services
-from tests.console.conftest import PROMPT, HubBrowser, Operator, hub_request, open_console, session_cookie
+from tests.console.conftest import PROMPT, HubBrowser, Operator, hub_request, in_thread, open_console, session_cookie
 from tests.devices.conftest import run, wait_until
 
 NO_POLL = {"CONSOLE_ACCESS_CHECK_SECONDS": "3600"}
@@ -70,7 +70,7 @@ def test_it_refuses_the_keystrokes_of_a_member_removed_elsewhere(live_hub, creds
         await manager.output_until(PROMPT)
         # when: an admin removes the manager from another process (a shell, the
         # admin of another hub process), and the manager keeps typing
-        await asyncio.to_thread(web_services.remove_member, creds.tenant.admin, membership)
+        await in_thread(web_services.remove_member, creds.tenant.admin, membership)
         await _still_typing(manager, "halt()\r")
         closed, code = await _closed_with(manager)
         await asyncio.sleep(0.5)
@@ -97,9 +97,7 @@ def test_it_ends_the_console_of_a_member_removed_on_the_org_pages_at_once(live_h
         manager = await open_console(hub.ws_url, row.pk, creds.tenant.manager)
         await manager.next("metadata")
         # when: the admin removes the manager on the members page
-        status, _, _ = await asyncio.to_thread(
-            hub_request, hub, f"/org/acme/members/{membership.pk}/remove/", admin_cookie, {}
-        )
+        status, _, _ = await in_thread(hub_request, hub, f"/org/acme/members/{membership.pk}/remove/", admin_cookie, {})
         started = asyncio.get_running_loop().time()
         closed, code = await _closed_with(manager)
         return status, closed, code, asyncio.get_running_loop().time() - started
@@ -128,9 +126,7 @@ def test_it_lowers_a_member_made_viewer_to_watching(live_hub, creds, iex_device)
         await manager.send("dn", {"data": "1 + 1\r"})
         await manager.output_until(PROMPT)
         # when: the admin lowers the manager to the view role on the members page
-        await asyncio.to_thread(
-            hub_request, hub, f"/org/acme/members/{membership.pk}/role/", admin_cookie, {"role": "view"}
-        )
+        await in_thread(hub_request, hub, f"/org/acme/members/{membership.pk}/role/", admin_cookie, {"role": "view"})
         access = await manager.next("access", timeout=10)
         await manager.send("dn", {"data": "halt()\r"})
         refusal = await manager.next("error")
@@ -161,7 +157,7 @@ def test_it_ends_the_consoles_of_a_session_that_signs_out(live_hub, creds):
         await first.next("metadata")
         await second.next("metadata")
         # when: the first browser signs out
-        status, _, _ = await asyncio.to_thread(hub_request, hub, "/accounts/logout/", leaving, {})
+        status, _, _ = await in_thread(hub_request, hub, "/accounts/logout/", leaving, {})
         closed, code = await _closed_with(first)
         # then: the other session's console is still open and may type
         await second.send("dn", {"data": "x"})
@@ -200,7 +196,7 @@ def test_it_ends_the_console_when_the_password_is_reset(live_hub, creds):
         operator = await open_console(hub.ws_url, row.pk, manager)
         await operator.next("metadata")
         # when
-        status = await asyncio.to_thread(reset_password)
+        status = await in_thread(reset_password)
         closed, code = await _closed_with(operator)
         return status, closed, code
 
@@ -224,7 +220,7 @@ def test_it_ends_the_console_of_a_password_changed_where_no_event_reaches(live_h
         operator = await open_console(hub.ws_url, row.pk, manager)
         await operator.next("metadata")
         # when
-        await asyncio.to_thread(change_password)
+        await in_thread(change_password)
         return await _closed_with(operator)
 
     closed, code = run(scenario())
