@@ -12,6 +12,12 @@ Each page also runs one small watch task: it notices the device going away
 (the device socket clears console_available when it closes, and a crashed
 server process sends no message at all, so the row is what is checked) and
 closes the page's socket after CONSOLE_IDLE_TIMEOUT without input or output.
+
+Access is decided at connect and again before every message from the browser,
+on every "access changed" message to the user's group
+(nerveshub.tenancy.access_events: membership, sign-out, password), and every
+CONSOLE_ACCESS_CHECK_SECONDS: a member removed or signed out loses the console
+(code 4003), one lowered to the view role keeps watching without typing.
 """
 
 from __future__ import annotations
@@ -28,19 +34,30 @@ from django.conf import settings
 from pydantic import ValidationError
 
 from console import protocol, services
-from console.services import ConsoleAccess, InputRecorder, UploadRefused, UploadTracker
+from console.services import AccessCheck, ConsoleAccess, InputRecorder, UploadRefused, UploadTracker
 from devices.publish import send_to_socket
+from nerveshub.tenancy.access_events import session_digest, user_access_group
 
 logger = logging.getLogger(__name__)
 
 # Close codes the page understands (4000-4999 are the application's own).
 CLOSE_IDLE = 4000
+CLOSE_ACCESS_ENDED = 4003
 GROUP_REFRESH_SECONDS = 3600
+# A check is four queries (session, user, device, membership): an upload's
+# chunks (10,240 for 10 MiB) are checked at most this often, every other
+# message always; an access event aborts an upload at once either way.
+CHUNK_CHECK_SECONDS = 1.0
+# Files the device is sending that one page counts at a time (for the audit):
+# the names come from the device, which must not grow this without bound.
+MAX_DOWNLOADS = 16
 
 
 class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     access: ConsoleAccess | None = None
     watch: asyncio.Task[None] | None = None
+    ended = False
+    checked_at = 0.0
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -55,7 +72,10 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         self.user = user
         self.access = access
+        session = self.scope.get("session")
+        self.session_key: str | None = getattr(session, "session_key", None)
         self.group = services.console_group(device_id)
+        self.access_group = user_access_group(user.pk)
         self.uploads = UploadTracker(settings.CONSOLE_UPLOAD_MAX_SIZE)
         self.typed = InputRecorder()
         loop = asyncio.get_running_loop()
@@ -64,6 +84,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.close_reason = "closed by the browser"
         self.download_bytes: dict[str, int] = {}
         await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.channel_layer.group_add(self.access_group, self.channel_name)
         await self.accept()
         await database_sync_to_async(services.open_console_session)(user, access)
         state = await database_sync_to_async(services.device_console_state)(device_id)
@@ -93,6 +114,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if self.watch is not None:
             self.watch.cancel()
         await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self.channel_layer.group_discard(self.access_group, self.channel_name)
         await self.channel_layer.group_send(self.group, protocol.presence(self.user.get_username(), "closed"))
         line = self.typed.flush()
         if line:
@@ -116,6 +138,21 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         except ValidationError as exc:
             await self._error(f"message refused: {exc.errors()[0]['msg']}")
             return
+        # Every message from the browser acts on the device: checked against the
+        # session and role as they are now, not as they were at connect.
+        checked = isinstance(message, protocol.UploadChunk) and (
+            asyncio.get_running_loop().time() - self.checked_at < CHUNK_CHECK_SECONDS
+        )
+        try:
+            allowed = checked or await self._recheck()
+        except Exception:
+            # Unchecked is refused: nothing goes to the device.
+            logger.exception("console access check of user %s failed", self.user.pk)
+            await self._error("your access could not be checked; nothing was sent, try again")
+            return
+        if not allowed:
+            return
+        assert self.access is not None
         if not self.access.can_write:
             await self._error("read-only: your role in this organization may watch this console, not type")
             return
@@ -127,7 +164,8 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         elif isinstance(message, protocol.WindowSize):
             await self._to_device("window_size", message.payload.model_dump())
         elif isinstance(message, protocol.Restart):
-            await self._to_device("restart", {})
+            if await self._to_device("restart", {}):
+                await database_sync_to_async(services.record_restart)(self.user, self.access.device_id)
         else:
             await self._upload(message)
 
@@ -183,8 +221,13 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def console_from_device(self, message: dict[str, Any]) -> None:
         event, payload = str(message["event"]), dict(message["payload"])
         self.last_activity = asyncio.get_running_loop().time()
-        await self._to_browser(event, payload)
+        if event == "up":
+            await self._output(str(payload["data"]))
+        else:
+            await self._to_browser(event, payload)
         if event == "file-data/start":
+            if len(self.download_bytes) >= MAX_DOWNLOADS:
+                self.download_bytes.pop(next(iter(self.download_bytes)))
             self.download_bytes[payload["filename"]] = 0
         elif event == "file-data" and payload["filename"] in self.download_bytes:
             self.download_bytes[payload["filename"]] += len(base64.b64decode(payload["data"]))
@@ -195,8 +238,7 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             )
 
     async def console_scrollback(self, message: dict[str, Any]) -> None:
-        if message["data"]:
-            await self._to_browser("up", {"data": message["data"]})
+        await self._output(str(message["data"]))
 
     async def console_device_status(self, message: dict[str, Any]) -> None:
         # An explicit (re)join: the page is told even when the socket is the same
@@ -206,20 +248,75 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def console_presence(self, message: dict[str, Any]) -> None:
         await self._to_browser("presence", {"username": message["username"], "action": message["action"]})
 
+    async def access_changed(self, message: dict[str, Any]) -> None:
+        """The user's membership, session or password changed somewhere."""
+        ended = message.get("ended_session")
+        if ended and self.session_key and ended == session_digest(self.session_key):
+            await self._end("signed out")
+            return
+        await self._recheck()
+
+    # --- access ----------------------------------------------------------------------
+
+    async def _recheck(self) -> bool:
+        """Check the session and role now and apply the outcome: end the
+        console, or show a changed role. False when the console ended."""
+        if self.ended or self.access is None:
+            return False
+        check: AccessCheck = await database_sync_to_async(services.recheck_console_access)(
+            self.session_key, self.user.pk, self.access.device_id
+        )
+        if check.access is None:
+            await self._end(check.reason)
+            return False
+        self.checked_at = asyncio.get_running_loop().time()
+        if check.access != self.access:
+            was, self.access = self.access, check.access
+            if was.can_write and not check.access.can_write:
+                await self._abort_upload()
+            await self._to_browser("access", {"role": check.access.role, "can_write": check.access.can_write})
+        return True
+
+    async def _end(self, reason: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.close_reason = reason
+        await self._abort_upload()
+        await self._to_browser("closed", {"reason": reason})
+        await self.close(code=CLOSE_ACCESS_ENDED)
+
+    async def _abort_upload(self) -> None:
+        assert self.access is not None
+        aborted = self.uploads.abort()
+        if aborted is not None:
+            await database_sync_to_async(services.record_upload)(
+                self.user, self.access.device_id, aborted.filename, aborted.received, complete=False
+            )
+
     # --- the watch task --------------------------------------------------------------
 
     async def _watch(self) -> None:
         assert self.access is not None
         idle = settings.CONSOLE_IDLE_TIMEOUT
         period = max(0.2, min(settings.CONSOLE_DEVICE_CHECK_SECONDS, idle / 4))
+        period = min(period, settings.CONSOLE_ACCESS_CHECK_SECONDS)
         loop = asyncio.get_running_loop()
-        grouped_at = loop.time()
+        grouped_at = checked_at = loop.time()
         while True:
             await asyncio.sleep(period)
             if loop.time() - grouped_at > GROUP_REFRESH_SECONDS:
                 # channels_redis forgets group members after a day.
                 await self.channel_layer.group_add(self.group, self.channel_name)
+                await self.channel_layer.group_add(self.access_group, self.channel_name)
                 grouped_at = loop.time()
+            if loop.time() - checked_at >= settings.CONSOLE_ACCESS_CHECK_SECONDS:
+                checked_at = loop.time()
+                try:
+                    if not await self._recheck():
+                        return
+                except Exception:
+                    logger.exception("console access check of user %s failed", self.user.pk)
             if loop.time() - self.last_activity > idle:
                 self.close_reason = "idle"
                 await self._to_browser("closed", {"reason": f"closed after {idle} s without input or output"})
@@ -254,6 +351,11 @@ class ConsoleConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self._error("the device could not be reached; try again")
             return False
         return True
+
+    async def _output(self, data: str) -> None:
+        # In messages under daphne's limit: one over it closes the page's socket.
+        for chunk in protocol.output_chunks(data):
+            await self._to_browser("up", {"data": chunk})
 
     async def _to_browser(self, event: str, payload: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(protocol.to_browser(event, payload)))

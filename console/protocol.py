@@ -177,6 +177,18 @@ def to_browser(event: str, payload: dict[str, Any]) -> dict[str, Any]:
     return {"event": event, "payload": payload}
 
 
+# daphne refuses to send a websocket message over 1 MiB (websocket_max_message_size)
+# and closes the socket with 1011. Output reaches the browser as JSON with ASCII
+# escapes: at most 12 bytes per character (a character outside the BMP is two
+# \uXXXX escapes), so 16,384 characters are at most 192 KiB per message.
+OUTPUT_CHUNK_CHARS = 16_384
+
+
+def output_chunks(data: str) -> list[str]:
+    """Terminal output cut into `up` messages the browser's socket can take."""
+    return [data[start : start + OUTPUT_CHUNK_CHARS] for start in range(0, len(data), OUTPUT_CHUNK_CHARS)]
+
+
 # --- channel layer ------------------------------------------------------------------
 # Plain dicts (the layer serializes with msgpack); the builders keep the shapes
 # in one place.

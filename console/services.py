@@ -21,10 +21,14 @@ import base64
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
+from django.utils.crypto import constant_time_compare
 
 from console import protocol
 from devices.models import Device
@@ -74,6 +78,45 @@ def console_access(user: AbstractBaseUser | AnonymousUser, device_id: int) -> Co
         # Typing into a device's shell is acting on the device: manage or admin.
         can_write=role in (Role.MANAGE, Role.ADMIN),
     )
+
+
+@dataclass(frozen=True)
+class AccessCheck:
+    access: ConsoleAccess | None  # None: the console must end
+    reason: str  # why it ends, for the operator and the audit log
+
+
+def session_user(session_key: str | None) -> AbstractBaseUser | None:
+    """The user a session still signs in, as Django would decide on a request:
+    None once the session row is gone or expired (signed out), the password
+    changed (the session's auth hash no longer matches), or the user is
+    inactive. Unlike django.contrib.auth.get_user it never writes: a check
+    must not flush a session that a password change is about to re-hash."""
+    if not session_key:
+        return None
+    data = import_module(settings.SESSION_ENGINE).SessionStore(session_key).load()
+    backend_path, user_id, session_hash = (data.get(k) for k in (BACKEND_SESSION_KEY, SESSION_KEY, HASH_SESSION_KEY))
+    if backend_path not in settings.AUTHENTICATION_BACKENDS or user_id is None or not session_hash:
+        return None
+    user = load_backend(backend_path).get_user(get_user_model()._meta.pk.to_python(user_id))
+    if user is None:
+        return None
+    hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+    if not any(constant_time_compare(session_hash, known) for known in hashes):
+        return None
+    return user
+
+
+def recheck_console_access(session_key: str | None, user_id: int, device_id: int) -> AccessCheck:
+    """What the user of an open console may do now (before every write, on an
+    access event, and every CONSOLE_ACCESS_CHECK_SECONDS)."""
+    user = session_user(session_key)
+    if user is None or user.pk != user_id:
+        return AccessCheck(None, "signed out (session ended or password changed)")
+    access = console_access(user, device_id)
+    if access is None:
+        return AccessCheck(None, "access ended (no longer a member of the organization, or the device is gone)")
+    return AccessCheck(access, "")
 
 
 @dataclass(frozen=True)
@@ -132,6 +175,12 @@ def record_input(user: AbstractBaseUser, device_id: int, text: str) -> None:
         audit(user, "console.input", device, details={"text": text[:AUDIT_INPUT_CHARS]})
 
 
+def record_restart(user: AbstractBaseUser, device_id: int) -> None:
+    device = _device(device_id)
+    if device is not None:
+        audit(user, "console.restarted", device)
+
+
 def record_upload(user: AbstractBaseUser, device_id: int, filename: str, size: int, *, complete: bool) -> None:
     device = _device(device_id)
     if device is not None:
@@ -149,20 +198,56 @@ def record_download(user: AbstractBaseUser, device_id: int, filename: str, size:
 
 
 class Scrollback:
-    """The last SCROLLBACK_LINES lines of output plus the unfinished one, so an
-    operator who opens the console sees what the device printed before."""
+    """The last output of a device's console, so an operator who opens it sees
+    what the device printed before: at most SCROLLBACK_LINES lines and
+    CONSOLE_SCROLLBACK_BYTES bytes (oldest lines go first), plus the unfinished
+    line. An unfinished line past CONSOLE_MAX_LINE_BYTES, or any longer line, is
+    kept in pieces of that size: a device that never sends a newline costs the
+    hub a bounded amount of memory, and nothing it printed is reordered."""
 
-    def __init__(self, lines: int = SCROLLBACK_LINES) -> None:
-        self._lines: deque[str] = deque(maxlen=lines)
+    def __init__(self, lines: int = SCROLLBACK_LINES, max_bytes: int = 0, max_line_bytes: int = 0) -> None:
+        self.max_lines = lines
+        self.max_bytes = max_bytes or settings.CONSOLE_SCROLLBACK_BYTES
+        self.max_line_bytes = max_line_bytes or settings.CONSOLE_MAX_LINE_BYTES
+        self._lines: deque[tuple[str, int]] = deque()  # (text, its UTF-8 size)
+        self._size = 0
         self._partial = ""
 
     def add(self, data: str) -> None:
         parts = (self._partial + data).split("\n")
         self._partial = parts.pop()
-        self._lines.extend(part + "\n" for part in parts)
+        for part in parts:
+            self._keep(part + "\n")
+        self._partial = self._keep(self._partial, whole=False)
+
+    def _keep(self, text: str, *, whole: bool = True) -> str:
+        """Store `text` in pieces of at most max_line_bytes; with whole=False
+        the last piece, if it fits, is returned instead (the unfinished line)."""
+        encoded = text.encode()
+        while len(encoded) > self.max_line_bytes:
+            cut = self.max_line_bytes
+            while encoded[cut] & 0xC0 == 0x80:  # never inside a character
+                cut -= 1
+            self._append(encoded[:cut].decode(), cut)
+            encoded = encoded[cut:]
+        if whole and encoded:
+            self._append(encoded.decode(), len(encoded))
+            return ""
+        return encoded.decode()
+
+    def _append(self, text: str, size: int) -> None:
+        self._lines.append((text, size))
+        self._size += size
+        while self._lines and (self._size > self.max_bytes or len(self._lines) > self.max_lines):
+            self._size -= self._lines.popleft()[1]
+
+    @property
+    def size(self) -> int:
+        """Bytes held (UTF-8), the unfinished line included."""
+        return self._size + len(self._partial.encode())
 
     def text(self) -> str:
-        return "".join(self._lines) + self._partial
+        return "".join(text for text, _ in self._lines) + self._partial
 
 
 @dataclass

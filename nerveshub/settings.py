@@ -439,6 +439,18 @@ CONSOLE_IDLE_TIMEOUT = envint("CONSOLE_IDLE_TIMEOUT", 900, minimum=1)
 CONSOLE_UPLOAD_MAX_SIZE = envint("CONSOLE_UPLOAD_MAX_SIZE", 10_485_760, minimum=1)
 # How often an open console page checks that its device is still connected.
 CONSOLE_DEVICE_CHECK_SECONDS = envint("CONSOLE_DEVICE_CHECK_SECONDS", 2, minimum=1)
+# How often an open console page re-reads its user's session and role, besides
+# before every write and on every membership, sign-out or password change
+# (nerveshub.tenancy.access_events): a change made where no event reaches this
+# process (a raw database edit) ends or downgrades the console within this time.
+CONSOLE_ACCESS_CHECK_SECONDS = envint("CONSOLE_ACCESS_CHECK_SECONDS", 5, minimum=1)
+# Output a device's console keeps for operators who open it later, in bytes of
+# UTF-8 (at most 1024 lines as well). Held in the device socket's process for
+# every connected device with the console joined.
+CONSOLE_SCROLLBACK_BYTES = envint("CONSOLE_SCROLLBACK_BYTES", 131_072, minimum=1024)
+# An unfinished line (output without a newline) longer than this many bytes is
+# kept as a line of its own, so a device that never sends a newline cannot grow it.
+CONSOLE_MAX_LINE_BYTES = envint("CONSOLE_MAX_LINE_BYTES", 16_384, minimum=256)
 
 # --- Device certificates (certificates/auth.py, deploy/nginx/nerveshub.conf) ---
 # Addresses of the TLS-terminating proxies (nginx) whose X-SSL-Client-Cert header

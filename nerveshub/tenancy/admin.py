@@ -7,15 +7,15 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.models import User
 from django.db.models import (
-    BooleanField,
+    Case,
+    CharField,
     Count,
-    ExpressionWrapper,
     IntegerField,
     OuterRef,
-    Q,
     QuerySet,
     Subquery,
     Value,
+    When,
 )
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
@@ -189,19 +189,24 @@ class AuditEventAdmin(OrgScopedAdmin[AuditEvent]):
     exclude = ["subject", "details"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[AuditEvent]:
-        # Whether this reader sees each row's credentials, decided with the row
+        # The reader's role in each row's organization, decided with the row
         # (the display methods below get only the row, not the request).
         queryset = super().get_queryset(request)
         if request.user.is_superuser:
-            return queryset.annotate(sees_secrets=Value(True))
-        orgs = org_ids_with_role(request, redaction.SEES_SECRETS)
-        if not orgs:
-            return queryset.annotate(sees_secrets=Value(False))
-        return queryset.annotate(sees_secrets=ExpressionWrapper(Q(org_id__in=orgs), output_field=BooleanField()))
+            return queryset.annotate(reader_role=Value(Role.ADMIN.value))
+        admin_orgs = org_ids_with_role(request, Role.ADMIN)
+        manage_orgs = org_ids_with_role(request, Role.MANAGE)
+        return queryset.annotate(
+            reader_role=Case(
+                When(org_id__in=admin_orgs, then=Value(Role.ADMIN.value)),
+                When(org_id__in=manage_orgs, then=Value(Role.MANAGE.value)),
+                default=Value(Role.VIEW.value),
+                output_field=CharField(),
+            )
+        )
 
     def _shown(self, event: AuditEvent) -> redaction.EventView:
-        sees = bool(getattr(event, "sees_secrets", False))
-        return redaction.visible(event, redaction.SEES_SECRETS if sees else Role.VIEW)
+        return redaction.visible(event, getattr(event, "reader_role", Role.VIEW))
 
     @admin.display(description="subject")
     def shown_subject(self, obj: AuditEvent) -> str:

@@ -10,9 +10,17 @@ make the hub run its key derivation (devices/auth.py), so members below the
 ("nhp_…"). Members with `manage` or `admin` see them whole, as they may in the
 admin's key lists.
 
+Some details are for a higher role still, per action: the text of a line typed
+into a device's console (`console.input`) may be a password typed at a prompt
+that does not echo, so only the organization's admins read it. An app declares
+such keys with `restrict_details(action, keys, role)` in its AppConfig.ready;
+lower roles see HIDDEN_DETAIL in their place.
+
 The stored event never changes (the org's hash chain covers it, and the admin's
 JSON export is whole): only what is displayed differs. A new sensitive value is
-one more entry in SECRET_SUBJECT_TYPES or SECRET_DETAILS.
+one more entry in SECRET_SUBJECT_TYPES or SECRET_DETAILS, or one more
+`restrict_details` call. Every page that shows events reads them through
+`visible` / `visible_events`.
 """
 
 from __future__ import annotations
@@ -30,6 +38,14 @@ SECRET_SUBJECT_TYPES = frozenset({"productsharedsecret", "devicesharedsecret"})
 SECRET_DETAILS = frozenset({"key"})
 # The lowest role that sees them whole.
 SEES_SECRETS = Role.MANAGE
+HIDDEN_DETAIL = "(hidden from your role)"
+
+# action -> (detail keys, the least role that reads them); see restrict_details.
+_restricted: dict[str, tuple[frozenset[str], Role]] = {}
+
+
+def restrict_details(action: str, keys: tuple[str, ...], role: str) -> None:
+    _restricted[action] = (frozenset(keys), Role(role))
 
 
 @dataclass(frozen=True)
@@ -53,8 +69,12 @@ def mask(value: object) -> str:
     return f"{prefix}_…" if sep and len(prefix) <= 4 else "…"
 
 
+def _at_least(role: str | None, needed: Role) -> bool:
+    return role is not None and ROLE_RANK[Role(role)] >= ROLE_RANK[needed]
+
+
 def sees_secrets(role: str | None) -> bool:
-    return role is not None and ROLE_RANK[Role(role)] >= ROLE_RANK[SEES_SECRETS]
+    return _at_least(role, SEES_SECRETS)
 
 
 def visible(event: AuditEvent, role: str | None) -> EventView:
@@ -67,6 +87,9 @@ def visible(event: AuditEvent, role: str | None) -> EventView:
             subject = mask(subject)
         for name in SECRET_DETAILS & details.keys():
             details[name] = mask(details[name])
+    restricted = _restricted.get(event.action)
+    if restricted is not None and not _at_least(role, restricted[1]):
+        details = {key: HIDDEN_DETAIL if key in restricted[0] else value for key, value in details.items()}
     return EventView(
         pk=event.pk,
         org_id=event.org_id,

@@ -18,7 +18,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from nerveshub.tenancy import audit_chain
-from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Organization, Product, Role
+from nerveshub.tenancy.models import ROLE_RANK, APIToken, AuditEvent, Membership, Organization, Product, Role
 
 # Who did it: a user, a device (anything with .identifier), or a plain label such
 # as "system" or "orchestrator".
@@ -132,7 +132,6 @@ def role_in(user: AbstractBaseUser | AnonymousUser, org: Organization | int) -> 
 
 
 def has_role(user: AbstractBaseUser | AnonymousUser, org: Organization | int, role: str) -> bool:
-    from nerveshub.tenancy.models import ROLE_RANK
 
     current = role_in(user, org)
     return current is not None and ROLE_RANK[Role(current)] >= ROLE_RANK[Role(role)]

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.cookiejar
 import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 from django.test import Client
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -18,6 +24,7 @@ from tests.devices.conftest import Credentials, creds  # noqa: F401 (fixture re-
 from tests.support.nhl_client import NHLDevice
 
 PROMPT = "iex(1)> "
+T = TypeVar("T")
 
 
 @dataclass
@@ -133,12 +140,29 @@ def session_cookie(user: User) -> str:
     return client.cookies["sessionid"].value
 
 
-async def open_console(base_ws_url: str, device_id: int, user: User | None, origin: str | None = None) -> Operator:
-    """Raises websockets' InvalidStatus when the handshake is refused."""
+async def in_thread(function: Callable[..., T], *args: Any) -> T:
+    """Run ORM work off the event loop, giving the thread's database connection
+    back: with PostgreSQL's pool, each short-lived thread would keep one."""
+
+    def call() -> T:
+        try:
+            return function(*args)
+        finally:
+            connections.close_all()
+
+    return await asyncio.to_thread(call)
+
+
+async def open_console(
+    base_ws_url: str, device_id: int, user: User | None, origin: str | None = None, cookie: str | None = None
+) -> Operator:
+    """Raises websockets' InvalidStatus when the handshake is refused. `cookie`:
+    a session cookie to reuse (session_cookie), instead of a new session."""
     port = base_ws_url.rsplit(":", 1)[1]
     headers = []
-    if user is not None:
-        cookie = await asyncio.to_thread(session_cookie, user)
+    if user is not None and cookie is None:
+        cookie = await in_thread(session_cookie, user)
+    if cookie is not None:
         headers.append(("Cookie", f"sessionid={cookie}"))
     ws = await connect(
         f"{base_ws_url}/console/{device_id}/socket",
@@ -156,3 +180,46 @@ def iex_device(creds: Credentials) -> Any:  # noqa: F811
         return device, FakeIEx(device)
 
     return make
+
+
+# A CSRF secret of the unmasked form Django accepts both as the cookie and as
+# the form field: pages can be posted to without reading a form first.
+CSRF = "a" * 32
+
+
+class HubBrowser:
+    """A browser on the pages of a live hub process: its cookies (the session
+    `cookie` given, and whatever the hub sets) kept across requests."""
+
+    def __init__(self, hub: Any, cookie: str | None = None) -> None:
+        self.hub = hub
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+        for name, value in (("sessionid", cookie), ("csrftoken", CSRF)):
+            if value is not None:
+                self.jar.set_cookie(_cookie(name, value))
+
+    def request(self, path: str, data: dict[str, str] | None = None) -> tuple[int, str, str]:
+        """GET `path` (or POST `data`), redirects followed: (status, body, final path)."""
+        body = None
+        if data is not None:
+            body = urllib.parse.urlencode({**data, "csrfmiddlewaretoken": CSRF}).encode()
+        url = path if path.startswith("http") else self.hub.http_url + path
+        request = urllib.request.Request(url, data=body, headers={"Origin": self.hub.http_url})
+        try:
+            with self.opener.open(request, timeout=30) as response:
+                return response.status, response.read().decode(), response.url.removeprefix(self.hub.http_url)
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace"), url
+
+
+def hub_request(
+    hub: Any, path: str, cookie: str | None = None, data: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    return HubBrowser(hub, cookie).request(path, data)
+
+
+def _cookie(name: str, value: str) -> http.cookiejar.Cookie:
+    return http.cookiejar.Cookie(
+        0, name, value, None, False, "127.0.0.1", False, False, "/", True, False, None, False, None, None, {}
+    )

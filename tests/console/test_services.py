@@ -80,3 +80,19 @@ def test_it_attributes_typed_lines_as_a_person_would_read_them():
     # then: backspaces applied, control characters escaped, long input cut into lines
     assert lines == ["ls la", "\\x1b[A", "x" * AUDIT_INPUT_CHARS]
     assert recorder.add("pending") == [] and recorder.flush() == "pending"
+
+
+def test_it_bounds_the_scrollback_in_bytes_and_never_cuts_a_character():
+    # given: 4 KiB kept, lines of at most 1000 bytes
+    scrollback = Scrollback(max_bytes=4096, max_line_bytes=1000)
+    # when: a device prints 1 MB of two- and four-byte characters without a newline
+    for _ in range(250):
+        scrollback.add("é😀" * 666)
+    # then: a bounded tail, every piece whole UTF-8, the newest output kept
+    assert scrollback.size <= 4096 + 1000
+    assert len(scrollback.text().encode()) == scrollback.size
+    assert scrollback.text().endswith("é😀" * 100)
+    # when: ordinary lines follow
+    scrollback.add("done\niex> ")
+    # then
+    assert scrollback.text().endswith("é😀done\niex> ")

@@ -4,7 +4,9 @@
   "use strict";
 
   const script = document.getElementById("console-script");
-  const canWrite = script.dataset.canWrite === "true";
+  // Lowered by the hub's "access" message when the role changes (never raised
+  // here: the typing controls exist only on a page opened with write access).
+  let canWrite = script.dataset.canWrite === "true";
   const CHUNK = 1024; // bytes per file-data chunk, as nerves_hub_link uses
   const WINDOW = 32; // upload chunks in flight before waiting for the hub's progress
   const RESIZE_DEBOUNCE_MS = 500;
@@ -94,7 +96,7 @@
     const button = $("upload-button");
     if (!button) return;
     const files = state.metadata && state.metadata.files;
-    button.disabled = !(state.connected && files && !state.upload && $("upload-input").files.length);
+    button.disabled = !(canWrite && state.connected && files && !state.upload && $("upload-input").files.length);
     if (state.metadata && !files) $("upload-status").textContent = "This device's console does not take files.";
   }
 
@@ -157,6 +159,14 @@
       case "metadata":
         state.metadata = payload;
         break;
+      case "access":
+        if (!payload.can_write && canWrite) {
+          canWrite = false;
+          term.options.disableStdin = true;
+          ["upload-button", "restart-button", "upload-input"].forEach((id) => { if ($(id)) $(id).disabled = true; });
+          notice("Your role is now " + payload.role + ": you may watch this console, not type.");
+        }
+        break;
       case "status":
         setConnected(payload.connected, payload.files);
         break;
@@ -195,7 +205,7 @@
   });
 
   if (canWrite) {
-    term.onData((data) => send("dn", { data: data }));
+    term.onData((data) => { if (canWrite) send("dn", { data: data }); });
     $("upload-input").addEventListener("change", updateUploadButton);
     $("upload-button").addEventListener("click", startUpload);
     $("restart-button").addEventListener("click", () => send("restart", {}));
