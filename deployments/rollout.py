@@ -855,10 +855,11 @@ def resume(actor: Actor, deployment: Deployment) -> bool:
 
 def retry_failed(actor: Actor, deployment: Deployment) -> int:
     """Let devices whose last attempt in this deployment failed try again: clear
-    their penalty box and any hold."""
+    their penalty box, their failure count and any hold."""
     with transaction.atomic():
         device_ids = list(
             DeviceUpdate.objects.filter(deployment=deployment, status__in=(*FAILED_STATUSES, UpdateStatus.IGNORED))
+            .order_by()  # the default ordering would make DISTINCT count rows, not devices
             .values_list("device_id", flat=True)
             .distinct()
         )
@@ -866,6 +867,7 @@ def retry_failed(actor: Actor, deployment: Deployment) -> int:
         DeviceUpdate.objects.filter(deployment=deployment, device_id__in=device_ids, retry_after__isnull=False).update(
             retry_after=None
         )
+        forgive_failures(device_ids)
         audit(actor, "deployment.retry_failed", deployment, details={"devices": len(device_ids)})
         wake(deployment.pk)
     return len(device_ids)
@@ -888,10 +890,11 @@ def forgive_failures(device_ids: list[int]) -> None:
     DeviceUpdate.objects.filter(device_id__in=device_ids, retry_after__gt=now).update(retry_after=None)
     deployment_ids = (
         Device.objects.filter(pk__in=device_ids, deployment__isnull=False)
+        .order_by()
         .values_list("deployment_id", flat=True)
         .distinct()
     )
-    for deployment_id in sorted(d for d in deployment_ids if d is not None):
+    for deployment_id in sorted({d for d in deployment_ids if d is not None}):
         wake(deployment_id)
 
 

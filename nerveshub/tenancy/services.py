@@ -181,7 +181,8 @@ def set_product_extensions(actor: Actor, product: Product, extensions: list[str]
         if list(current.extensions or []) == names:
             return False
         Product.objects.filter(pk=product.pk).update(extensions=names)
-        audit(actor, "product.extensions_changed", product, details={"from": current.extensions, "to": names})
+        details = {"extensions": names, "previous_extensions": current.extensions}
+        audit(actor, "product.changed", product, details=details)
         online = Device.objects.filter(
             product_id=product.pk, deleted_at__isnull=True, connection_status=ConnectionStatus.CONNECTED
         ).values_list("pk", flat=True)

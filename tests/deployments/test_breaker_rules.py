@@ -14,13 +14,16 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.test import Client
 from django.utils import timezone
+from django.utils.text import slugify
 
 from deployments import rollout
 from deployments.models import Deployment, DeviceUpdate, UpdateStatus
 from devices import services as device_services
 from devices.models import Device
 from devices.protocol import DeviceJoin
+from nerveshub.tenancy import services as tenancy
 from tests.deployments.conftest import make_device
 
 pytestmark = pytest.mark.django_db
@@ -263,6 +266,18 @@ def test_the_headline_counts_devices_that_left_the_deployment_by_updating(tenant
     counts = rollout.progress(deployment)
     assert counts["succeeded"] == 4
     assert (counts["on_target"], counts["members"]) == (4, 4)
+    # the org's rollout page and the API say the same
+    client = Client()
+    client.force_login(tenant.viewer)
+    page = client.get(f"/org/{slugify(tenant.org.name)}/deployments/{deployment.pk}/").content.decode()
+    assert '<span id="rollout-on-target">4</span> of <span id="rollout-members">4</span>' in page
+    assert '<span id="rollout-percent">100</span>%' in page
+    token = tenancy.create_api_token("test", tenant.viewer, "tests").clear
+    status = client.get(
+        f"/api/v1/orgs/{tenant.org.name}/products/{tenant.product.name}/deployments/{deployment.name}/status",
+        HTTP_AUTHORIZATION=f"token {token}",
+    ).json()
+    assert (status["counts"]["on_target"], status["counts"]["members"]) == (4, 4)
 
 
 # --- 3. Clearing the penalty box clears it --------------------------------------------------
@@ -279,7 +294,7 @@ def _boxed_after_three_failures(tenant, deployment) -> Device:
     return device
 
 
-@pytest.mark.parametrize("relief", ["clear_penalty_box", "enable_updates"])
+@pytest.mark.parametrize("relief", ["clear_penalty_box", "enable_updates", "retry_failed"])
 def test_clearing_the_penalty_box_resets_the_failure_count(tenant, deployment, relief):
     # given
     device = _boxed_after_three_failures(tenant, deployment)
@@ -287,6 +302,8 @@ def test_clearing_the_penalty_box_resets_the_failure_count(tenant, deployment, r
     # when
     if relief == "clear_penalty_box":
         assert device_services.clear_penalty_box("operator", one) == 1
+    elif relief == "retry_failed":
+        assert rollout.retry_failed("operator", deployment) == 1
     else:
         device_services.set_updates_enabled("operator", one, False)
         device_services.set_updates_enabled("operator", one, True)
