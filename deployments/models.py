@@ -63,8 +63,9 @@ class Deployment(models.Model):
     penalty_rate_attempts = models.PositiveIntegerField(default=5, validators=[MinValueValidator(1)])
     penalty_rate_seconds = models.PositiveIntegerField(default=180, validators=[MinValueValidator(1)])
     penalty_minutes = models.PositiveIntegerField(default=1440, validators=[MinValueValidator(1)])
-    # Circuit breaker: pause the deployment when failures reach this share of at
-    # least breaker_min_attempts finished attempts.
+    # Circuit breaker: pause the deployment when failed devices reach this share
+    # of at least breaker_min_attempts devices whose attempts finished (each
+    # device counts once, however often it tried).
     breaker_failure_percent = models.PositiveIntegerField(
         default=20, validators=[MinValueValidator(1), MaxValueValidator(100)]
     )
@@ -110,7 +111,10 @@ class DeploymentStage(models.Model):
         null=True,
         blank=True,
         validators=[MinValueValidator(1), MaxValueValidator(100)],
-        help_text="Pause when this share of the stage's finished attempts failed. Default: the deployment's breaker.",
+        help_text=(
+            "Pause when this share of the stage's devices that finished their update failed. "
+            "Default: the deployment's breaker."
+        ),
     )
     soak_minutes = models.PositiveIntegerField(default=0, help_text="Wait after the previous stage completed.")
     requires_approval = models.BooleanField(default=False, help_text="Start only after an operator approves it.")
@@ -168,6 +172,10 @@ class UpdateStatus(models.TextChoices):
     IGNORED = "ignored", "Ignored"
     RESCHEDULED = "rescheduled", "Rescheduled"
     EXPIRED = "expired", "Expired"
+    # Cut short by the hub, not by the device (a push that never reached it, a
+    # socket the hub lost): not a failure, and the device is offered the
+    # update again (docs/architecture.md, "Rollout outcomes and the breaker").
+    INTERRUPTED = "interrupted", "Interrupted by the hub"
 
 
 # An update in one of these states holds one of its deployment's concurrency slots.
@@ -212,6 +220,10 @@ class DeviceUpdate(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # A failed attempt an operator forgave by clearing the device's penalty box
+    # or enabling its updates again: it no longer counts toward the penalty box
+    # (the record of the failure stays).
+    forgiven_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     objects: ClassVar[DeviceUpdateQuerySet] = DeviceUpdateQuerySet.as_manager()  # type: ignore[assignment]
 

@@ -401,6 +401,12 @@ def expire_stale_updates(deployment: Deployment, now: datetime) -> int:
             "reason": "no progress within the in-flight timeout",
             "finished_at": now,
         }
+        if status == UpdateStatus.REQUESTED:
+            # The device never acknowledged the push (it was lost with a hub
+            # process, or the device was gone before it arrived): the hub's
+            # failure to deliver, not the firmware's. Not a failure, and the
+            # device is offered the update again when it is eligible.
+            fields.update(status=UpdateStatus.INTERRUPTED, reason="the device never acknowledged the update")
         with transaction.atomic():
             changed = DeviceUpdate.objects.filter(pk=update_id, status=status).update(**fields)
             if changed:
@@ -641,6 +647,8 @@ def _penalise(update: DeviceUpdate) -> None:
     )
     if last_success is not None:
         failures = failures.filter(finished_at__gt=last_success)
+    # What an operator forgave (forgive_failures) no longer counts.
+    failures = failures.filter(forgiven_at__isnull=True)
     total = failures.count()
     recent = failures.filter(finished_at__gte=now - timedelta(seconds=deployment.penalty_rate_seconds)).count()
     if total >= deployment.penalty_attempts or recent >= deployment.penalty_rate_attempts:
@@ -672,8 +680,8 @@ def check_breaker(deployment_id: int) -> bool:
         failed, finished, inflight, deployment.breaker_failure_percent
     ):
         reason = (
-            f"{failed} of {finished} finished attempts failed, {inflight} in flight "
-            f"(threshold {deployment.breaker_failure_percent}% of at least {deployment.breaker_min_attempts})"
+            f"{failed} of {finished} devices that finished their update failed, {inflight} in flight "
+            f"(threshold {deployment.breaker_failure_percent}% of at least {deployment.breaker_min_attempts} devices)"
         )
     else:
         reason = _stage_breach(deployment, finished_attempts, attempts)
@@ -689,13 +697,19 @@ def check_breaker(deployment_id: int) -> bool:
 
 
 def _tally(finished_attempts: QuerySet[DeviceUpdate], attempts: QuerySet[DeviceUpdate]) -> tuple[int, int, int]:
-    """(finished, failed, in flight) of the attempts the breaker judges."""
+    """(finished, failed, in flight) devices the breaker judges. A device counts
+    once however often it tried: it finished when one of its attempts did, it
+    failed when none of them succeeded, and it is in flight when it has an
+    attempt under way and none finished yet. Attempts the hub cut short
+    (interrupted) are not finished (docs/architecture.md, "Rollout outcomes
+    and the breaker")."""
     counts = finished_attempts.aggregate(
-        finished=Count("pk", filter=Q(status__in=FINISHED_STATUSES)),
-        failed=Count("pk", filter=Q(status__in=FAILED_STATUSES)),
+        finished=Count("device_id", distinct=True, filter=Q(status__in=FINISHED_STATUSES)),
+        succeeded=Count("device_id", distinct=True, filter=Q(status=UpdateStatus.SUCCEEDED)),
     )
-    inflight = attempts.filter(status__in=INFLIGHT_STATUSES).count()
-    return counts["finished"], counts["failed"], inflight
+    done = finished_attempts.filter(status__in=FINISHED_STATUSES).values("device_id")
+    inflight = attempts.filter(status__in=INFLIGHT_STATUSES).exclude(device_id__in=done).count()
+    return counts["finished"], counts["finished"] - counts["succeeded"], inflight
 
 
 def _breached(failed: int, finished: int, inflight: int, percent: int) -> bool:
@@ -731,8 +745,8 @@ def _stage_breach(
     sample = min(deployment.breaker_min_attempts, members.count())
     if finished and finished >= sample and _breached(failed, finished, inflight, stage.failure_percent):
         return (
-            f"stage {stage.name}: {failed} of {finished} finished attempts failed, {inflight} in flight "
-            f"(tolerance {stage.failure_percent}%)"
+            f"stage {stage.name}: {failed} of {finished} devices that finished their update failed, "
+            f"{inflight} in flight (tolerance {stage.failure_percent}%)"
         )
     return ""
 
@@ -841,10 +855,11 @@ def resume(actor: Actor, deployment: Deployment) -> bool:
 
 def retry_failed(actor: Actor, deployment: Deployment) -> int:
     """Let devices whose last attempt in this deployment failed try again: clear
-    their penalty box and any hold."""
+    their penalty box, their failure count and any hold."""
     with transaction.atomic():
         device_ids = list(
             DeviceUpdate.objects.filter(deployment=deployment, status__in=(*FAILED_STATUSES, UpdateStatus.IGNORED))
+            .order_by()  # the default ordering would make DISTINCT count rows, not devices
             .values_list("device_id", flat=True)
             .distinct()
         )
@@ -852,26 +867,57 @@ def retry_failed(actor: Actor, deployment: Deployment) -> int:
         DeviceUpdate.objects.filter(deployment=deployment, device_id__in=device_ids, retry_after__isnull=False).update(
             retry_after=None
         )
+        forgive_failures(device_ids)
         audit(actor, "deployment.retry_failed", deployment, details={"devices": len(device_ids)})
         wake(deployment.pk)
     return len(device_ids)
 
 
-def progress(deployment: Deployment) -> dict[str, int]:
-    """Counts of this deployment's updates of its current firmware, by status."""
-    rows = (
-        DeviceUpdate.objects.filter(deployment=deployment, firmware_id=deployment.firmware_id)
-        .values("status")
-        .annotate(n=Count("pk"))
-        .order_by()
+def forgive_failures(device_ids: list[int]) -> None:
+    """An operator cleared these devices' penalty box or enabled their updates
+    again (devices.services): their failed attempts no longer count toward the
+    penalty box, any hold (ignored, rescheduled) is lifted, and their
+    deployments' orchestrators are woken on commit, so a connected, eligible
+    device is offered the update at once rather than at the next backstop run.
+    Without the reset one more failure would box it again straight away.
+    Called inside the caller's transaction."""
+    if not device_ids:
+        return
+    now = timezone.now()
+    DeviceUpdate.objects.filter(device_id__in=device_ids, status__in=FAILED_STATUSES, forgiven_at__isnull=True).update(
+        forgiven_at=now
     )
+    DeviceUpdate.objects.filter(device_id__in=device_ids, retry_after__gt=now).update(retry_after=None)
+    deployment_ids = (
+        Device.objects.filter(pk__in=device_ids, deployment__isnull=False)
+        .order_by()
+        .values_list("deployment_id", flat=True)
+        .distinct()
+    )
+    for deployment_id in sorted({d for d in deployment_ids if d is not None}):
+        wake(deployment_id)
+
+
+def progress(deployment: Deployment) -> dict[str, int]:
+    """Counts of this deployment's updates of its current firmware, by status,
+    and the headline: `members`, every device the deployment matches now or
+    attempted to update to its firmware, and `on_target`, those of them that
+    run it. A device that an update took out of the deployment (its version
+    no longer meets a condition such as "< 1.1.0") still counts: a finished
+    rollout reads 100 %, not 0 of the devices still waiting."""
+    attempts = DeviceUpdate.objects.filter(deployment=deployment, firmware_id=deployment.firmware_id)
+    rows = attempts.values("status").annotate(n=Count("pk")).order_by()
     counts = {status.value: 0 for status in UpdateStatus}
     for row in rows:
         counts[row["status"]] = row["n"]
-    counts["members"] = Device.objects.filter(deployment=deployment, deleted_at__isnull=True).count()
-    counts["on_target"] = Device.objects.filter(
-        deployment=deployment, deleted_at__isnull=True, firmware_uuid=deployment.firmware.uuid
-    ).count()
+    reached = Device.objects.filter(deleted_at__isnull=True).filter(
+        Q(deployment=deployment) | Q(pk__in=attempts.values("device_id"))
+    )
+    headline = reached.aggregate(
+        members=Count("pk"), on_target=Count("pk", filter=Q(firmware_uuid=deployment.firmware.uuid))
+    )
+    counts["members"] = headline["members"]
+    counts["on_target"] = headline["on_target"]
     return counts
 
 
@@ -903,9 +949,10 @@ def on_device_joined(device_id: int, join: DeviceJoin | None = None, *, seen: De
     target_uuid = target.first()
     inflight = target_uuid is not None
     if join is not None and inflight:
-        running = seen.firmware_uuid if seen is not None else None
-        if running is None:
-            running = Device.objects.filter(pk=device_id).values_list("firmware_uuid", flat=True).first() or ""
+        row = seen
+        if row is None:
+            row = Device.objects.only("firmware_uuid", "socket_channel", "disconnected_at").get(pk=device_id)
+        running = row.firmware_uuid
         with transaction.atomic():
             if running != target_uuid or join.meta.firmware_auto_revert_detected:
                 # The join may end the attempt as a failure: like a failing
@@ -920,6 +967,8 @@ def on_device_joined(device_id: int, join: DeviceJoin | None = None, *, seen: De
                 validated=join.meta.firmware_validated,
                 auto_reverted=join.meta.firmware_auto_revert_detected,
                 downloading_uuid=join.currently_downloading_uuid,
+                channel=row.socket_channel,
+                closed_at=row.disconnected_at,
             )
             if finished is not None:
                 attempt_finished(finished.pk)

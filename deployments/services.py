@@ -8,7 +8,7 @@ when another writer got there first.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
@@ -125,33 +125,56 @@ def reconcile_update_on_join(
     validated: bool | None = None,
     auto_reverted: bool = False,
     downloading_uuid: str | None = None,
+    channel: str = "",
+    closed_at: datetime | None = None,
 ) -> DeviceUpdate | None:
     """What a device's join says about its in-flight update. Returns the row when
     this call ended the attempt (so the caller runs the penalty box, breaker and
-    wake-up), else None.
+    wake-up), else None. `channel` is the socket the join came on, `closed_at`
+    the last close of one of the device's sockets that the hub recorded
+    (Device.disconnected_at). The rules (docs/architecture.md, "Rollout outcomes
+    and the breaker"):
 
     * it runs the update's firmware and has validated it (or does not report
       validation) → succeeded; running it unvalidated → completed, and the
       `firmware_validated` event finishes it (see finish_validated_update);
-    * it is still downloading the update's firmware → keep the row and the slot;
-    * the update was only requested, never received → keep it (it is re-sent);
-    * it came back on another firmware after an auto-revert → failed;
-    * otherwise the attempt ended without an outcome (completed but rebooted into
-      the old slot, power loss mid-download) → expired. Both count as failures.
+    * a join on the very socket the update was pushed to is a topic rejoin after
+      the hub's side of it crashed: the device has not reconnected, so not
+      rebooted, and repeats what it said at connect → nothing changes;
+    * it is still downloading the update's firmware → the attempt resumes: kept
+      with its slot, not pushed again (a `requested` row becomes `received`:
+      the device has it);
+    * the update was only requested, never acknowledged → keep it (it is re-sent);
+    * it came back on another firmware after an auto-revert, or on its old
+      firmware after completing the update → failed / expired (failures);
+    * it acknowledged the update and came back without it, and the hub never
+      recorded the close of the socket it was last heard on (that socket's
+      process died, or the hub lost it) → cut short by the hub: the attempt
+      goes back to `requested` and is offered again on this socket, no failure;
+    * otherwise (the hub saw the device's socket close and the device returned
+      without the update: a power cut, a crash mid-download) → expired, a failure.
     """
     # A status report of the device's previous socket may still be on its way
     # (that socket is slower to drain than the device is to reboot): when it
     # moves the row first, the compare-and-set below misses and the join decides
     # again on what the row says now.
     for _ in range(5):
-        settled, finished = _reconcile_once(device_id, firmware_uuid, validated, auto_reverted, downloading_uuid)
+        settled, finished = _reconcile_once(
+            device_id, firmware_uuid, validated, auto_reverted, downloading_uuid, channel, closed_at
+        )
         if settled:
             return finished
     return None
 
 
 def _reconcile_once(
-    device_id: int, firmware_uuid: str, validated: bool | None, auto_reverted: bool, downloading_uuid: str | None
+    device_id: int,
+    firmware_uuid: str,
+    validated: bool | None,
+    auto_reverted: bool,
+    downloading_uuid: str | None,
+    channel: str,
+    closed_at: datetime | None,
 ) -> tuple[bool, DeviceUpdate | None]:
     """(False, None) when the row moved under the compare-and-set; else (True,
     the row if this call ended the attempt)."""
@@ -168,19 +191,36 @@ def _reconcile_once(
             fields = {"status": UpdateStatus.COMPLETED, "progress": 100, "reason": "awaiting firmware validation"}
         else:
             fields = {"status": UpdateStatus.SUCCEEDED, "progress": 100, "finished_at": now, "reason": ""}
-    elif downloading_uuid and downloading_uuid == target:
+    elif channel and current.pushed_channel == channel:
+        # A topic rejoin: the params are the ones of the socket's connect, older
+        # than the push (device-protocol §1.7). Only a reboot changes the
+        # firmware, and that takes a new connection.
         return True, None
+    elif downloading_uuid and downloading_uuid == target:
+        # Alive: the in-flight timeout and the lost-socket rule count from now.
+        fields = {}
+        if current.status == UpdateStatus.REQUESTED:
+            fields = {"status": UpdateStatus.RECEIVED}
+        if current.attempted_at is None:
+            fields["attempted_at"] = now
     elif current.status == UpdateStatus.REQUESTED:
         return True, None
     elif auto_reverted:
         fields = {"status": UpdateStatus.FAILED, "finished_at": now, "reason": "the new firmware was auto-reverted"}
+    elif current.status == UpdateStatus.COMPLETED:
+        fields = {
+            "status": UpdateStatus.EXPIRED,
+            "finished_at": now,
+            "reason": "device came back on its old firmware after completing the update",
+        }
+    elif closed_at is None or closed_at < current.updated_at:
+        fields = {
+            "status": UpdateStatus.REQUESTED,
+            "progress": 0,
+            "reason": "interrupted: the hub lost the device's socket; offered again",
+        }
     else:
-        reason = (
-            "device came back on its old firmware after completing the update"
-            if current.status == UpdateStatus.COMPLETED
-            else "device rejoined without the update"
-        )
-        fields = {"status": UpdateStatus.EXPIRED, "finished_at": now, "reason": reason}
+        fields = {"status": UpdateStatus.EXPIRED, "finished_at": now, "reason": "device rejoined without the update"}
     with transaction.atomic():
         changed = DeviceUpdate.objects.filter(pk=current.pk, status=current.status).update(updated_at=now, **fields)
         if changed:

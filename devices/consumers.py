@@ -398,6 +398,11 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def on_extensions_event(self, frame: Frame) -> None:
         name, _, action = frame.event.partition(":")
+        if action in ("detached", "error") and name in self.extensions_offered:
+            # Also for a name the product no longer allows: the device's answer
+            # to our `detach` (_extensions_changed) is not replied to.
+            self.extensions_attached.discard(name)
+            return
         if name not in self.extensions_allowed:
             if frame.ref is not None:
                 await self._send(protocol.reply(frame.join_ref, frame.ref, "extensions", "error", protocol.DETACH))
@@ -406,8 +411,6 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             self.extensions_attached.add(name)
             if name in ON_ATTACH:
                 await self._push("extensions", ON_ATTACH[name], {})
-        elif action in ("detached", "error"):
-            self.extensions_attached.discard(name)
         elif frame.event == "health:report":
             report = protocol.HealthReport.model_validate(frame.payload)
             await database_sync_to_async(services.record_health)(self.device_id, report.value)
@@ -464,8 +467,27 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
         await self._close(1000)
 
     async def push_fleet(self, event: str, message: dict[str, Any]) -> None:
-        if "device" in self.joined and not self.closing:
+        if event == publish.EXTENSIONS_CHANGED:
+            await self._extensions_changed(message["payload"])
+        elif "device" in self.joined and not self.closing:
             await self._push("device", event, message["payload"])
+
+    async def _extensions_changed(self, payload: dict[str, Any]) -> None:
+        """The product's extensions changed (publish.broadcast_extensions): on a
+        joined `extensions` topic, attach what the device offered and is now
+        allowed, and detach what no longer is (device-protocol §8.2). A socket
+        that joins the topic later answers with the new set."""
+        self.product_extensions = frozenset(str(name) for name in payload.get("extensions", []))
+        if "extensions" not in self.joined or self.closing:
+            return
+        allowed = frozenset(name for name in self.extensions_offered if name in self.product_extensions)
+        attach, detach = sorted(allowed - self.extensions_allowed), sorted(self.extensions_allowed - allowed)
+        self.extensions_allowed = allowed
+        self.extensions_attached -= set(detach)
+        if detach:
+            await self._push("extensions", "detach", {"extensions": detach})
+        if attach:
+            await self._push("extensions", "attach", {"extensions": attach})
 
 
 Handler = Callable[[DeviceSocketConsumer, Frame], Awaitable[None]]

@@ -28,6 +28,8 @@ from devices.models import Device
 logger = logging.getLogger(__name__)
 
 FLEET_GROUP = "devices.fleet"
+# A fleet event the sockets act on themselves rather than push on `device`.
+EXTENSIONS_CHANGED = "nerveshub:extensions_changed"
 
 
 # Between a server process's channel and a socket's number in a socket address.
@@ -142,3 +144,10 @@ def broadcast_to_deployment(deployment_id: int, event: str, payload: dict[str, A
         "payload": payload,
     }
     transaction.on_commit(lambda: _group_send_now(message))
+
+
+def broadcast_extensions(device_ids: Iterable[int], extensions: Iterable[str]) -> None:
+    """Tell these devices' sockets the extensions their product now allows: a
+    socket attaches what became allowed and detaches what no longer is, without
+    waiting for the device to reconnect (one message per server process)."""
+    broadcast_to_devices(device_ids, EXTENSIONS_CHANGED, {"extensions": sorted(set(extensions))})

@@ -16,6 +16,7 @@ from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from deployments import rollout
 from devices import publish
 from devices.fields import normalise_tags
 from devices.models import (
@@ -127,17 +128,26 @@ def remove_tags(actor: Actor, devices: QuerySet[Device], tags: list[str] | str) 
 
 
 def set_updates_enabled(actor: Actor, devices: QuerySet[Device], enabled: bool) -> int:
+    """Enabling updates again also takes the device out of the penalty box and
+    resets its failure count (as NervesHub does), and offers it the update at
+    once (deployments.rollout.forgive_failures)."""
     with transaction.atomic():
         targets = list(devices.select_related(None).exclude(updates_enabled=enabled).only("pk", "org_id", "identifier"))
-        Device.objects.filter(pk__in=[d.pk for d in targets], updates_enabled=not enabled).update(
-            updates_enabled=enabled, updated_at=timezone.now()
-        )
+        fields: dict[str, object] = {"updates_enabled": enabled, "updated_at": timezone.now()}
+        if enabled:
+            fields["penalty_box_until"] = None
+        Device.objects.filter(pk__in=[d.pk for d in targets], updates_enabled=not enabled).update(**fields)
         for device in targets:
             audit(actor, "device.updates_enabled" if enabled else "device.updates_disabled", device)
+        if enabled:
+            rollout.forgive_failures([d.pk for d in targets])
     return len(targets)
 
 
 def clear_penalty_box(actor: Actor, devices: QuerySet[Device]) -> int:
+    """Take the devices out of the penalty box, reset their failure count (one
+    more failure must not box them again at once), and offer them the update
+    now if they are connected and eligible (deployments.rollout.forgive_failures)."""
     with transaction.atomic():
         targets = list(
             devices.select_related(None).filter(penalty_box_until__isnull=False).only("pk", "org_id", "identifier")
@@ -145,6 +155,7 @@ def clear_penalty_box(actor: Actor, devices: QuerySet[Device]) -> int:
         Device.objects.filter(pk__in=[d.pk for d in targets]).update(penalty_box_until=None, updated_at=timezone.now())
         for device in targets:
             audit(actor, "device.penalty_box_cleared", device)
+        rollout.forgive_failures([d.pk for d in targets])
     return len(targets)
 
 

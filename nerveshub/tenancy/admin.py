@@ -68,8 +68,26 @@ class MembershipAdmin(OrgScopedAdmin[Membership]):
     readonly_fields = ["created_at"]
 
 
+class ProductForm(forms.ModelForm):  # type: ignore[type-arg]
+    class Meta:
+        model = Product
+        fields = ["org", "name", "description", "extensions"]
+
+    def clean_extensions(self) -> list[str]:
+        value = self.cleaned_data.get("extensions") or []
+        if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+            raise forms.ValidationError("A list of extension names.")
+        unknown = sorted(set(value) - set(Product.KNOWN_EXTENSIONS))
+        if unknown:
+            raise forms.ValidationError(
+                f"Unknown extensions: {', '.join(unknown)} (known: {', '.join(Product.KNOWN_EXTENSIONS)})."
+            )
+        return value
+
+
 @admin.register(Product)
 class ProductAdmin(OrgScopedAdmin[Product]):
+    form = ProductForm
     add_role = Role.MANAGE
     change_role = Role.MANAGE
     delete_role = Role.ADMIN
@@ -82,6 +100,16 @@ class ProductAdmin(OrgScopedAdmin[Product]):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Product]:
         return super().get_queryset(request).annotate(device_count=_count_devices("product"))
+
+    def save_model(self, request: HttpRequest, obj: Product, form: Any, change: bool) -> None:
+        if not (change and "extensions" in form.changed_data):
+            super().save_model(request, obj, form, change)
+            return
+        # The extensions go through the service, which tells connected devices.
+        extensions = list(obj.extensions or [])
+        obj.extensions = form.initial.get("extensions") or []
+        super().save_model(request, obj, form, change)
+        services.set_product_extensions(request.user, obj, extensions)
 
     @admin.display(description="devices", ordering="device_count")
     def device_count(self, obj: Product) -> int:

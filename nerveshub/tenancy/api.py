@@ -145,14 +145,19 @@ def get_product(request: HttpRequest, org: str, product: str) -> ProductOut:
 def update_product(request: HttpRequest, org: str, product: str, payload: ProductPatch) -> ProductOut:
     found = require_product(request, org, product, Role.MANAGE)
     changes = payload.model_dump(exclude_none=True)
-    unknown = set(changes.get("extensions", [])) - set(Product.KNOWN_EXTENSIONS)
+    extensions = changes.pop("extensions", None)
+    unknown = set(extensions or []) - set(Product.KNOWN_EXTENSIONS)
     if unknown:
         raise HttpError(422, f"unknown extensions: {', '.join(sorted(unknown))}")
     with transaction.atomic():
-        for name, value in changes.items():
-            setattr(found, name, value)
-        found.save(update_fields=list(changes) or None)
-        services.audit(actor(request), "product.changed", found, details={"via": "api", **changes})
+        if changes:
+            for name, value in changes.items():
+                setattr(found, name, value)
+            found.save(update_fields=list(changes))
+            services.audit(actor(request), "product.changed", found, details={"via": "api", **changes})
+        if extensions is not None:
+            # Connected devices attach or detach at once (on commit).
+            services.set_product_extensions(actor(request), found, extensions)
     return _product_out(found)
 
 

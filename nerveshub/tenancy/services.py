@@ -17,6 +17,8 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db import models, transaction
 from django.utils import timezone
 
+from devices import publish
+from devices.models import ConnectionStatus, Device
 from nerveshub.tenancy import audit_chain
 from nerveshub.tenancy.models import ROLE_RANK, APIToken, AuditEvent, Membership, Organization, Product, Role
 
@@ -156,6 +158,35 @@ def get_or_create_product(actor: Actor, org: Organization, name: str) -> tuple[P
         if created:
             audit(actor, "product.created", product)
     return product, created
+
+
+class UnknownExtension(ValueError):
+    pass
+
+
+def set_product_extensions(actor: Actor, product: Product, extensions: list[str]) -> bool:
+    """Set the extensions the product's devices may attach (device-protocol §8).
+    The product's connected devices learn the new set on commit, without waiting
+    for their next reconnect: their sockets attach what became allowed and
+    detach what no longer is (devices.publish.broadcast_extensions). Returns
+    whether the set changed."""
+    names = list(dict.fromkeys(str(name) for name in extensions))
+    unknown = sorted(set(names) - set(Product.KNOWN_EXTENSIONS))
+    if unknown:
+        raise UnknownExtension(f"unknown extensions: {', '.join(unknown)}")
+    with transaction.atomic():
+        current = Product.objects.select_for_update().get(pk=product.pk)
+        product.extensions = names
+        if list(current.extensions or []) == names:
+            return False
+        Product.objects.filter(pk=product.pk).update(extensions=names)
+        details = {"extensions": names, "previous_extensions": current.extensions}
+        audit(actor, "product.changed", product, details=details)
+        online = Device.objects.filter(
+            product_id=product.pk, deleted_at__isnull=True, connection_status=ConnectionStatus.CONNECTED
+        ).values_list("pk", flat=True)
+        publish.broadcast_extensions(list(online), names)
+    return True
 
 
 # --- API tokens -------------------------------------------------------------------

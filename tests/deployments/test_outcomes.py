@@ -87,8 +87,8 @@ def test_it_counts_a_return_on_the_old_firmware_as_a_failed_attempt(tenant, depl
     # given
     device = make_device(tenant.product, "d1", deployment=deployment)
     update = _inflight_update(deployment, device, status)
-    # when
-    Device.objects.filter(pk=device.pk).update(firmware_uuid="uuid-1.0.0")
+    # when: the hub saw its socket close, and it came back on its old firmware
+    Device.objects.filter(pk=device.pk).update(firmware_uuid="uuid-1.0.0", disconnected_at=timezone.now())
     rollout.on_device_joined(device.pk, DeviceJoin.model_validate({"nerves_fw_uuid": "uuid-1.0.0", **join}))
     # then
     update.refresh_from_db()

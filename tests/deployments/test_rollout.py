@@ -122,7 +122,10 @@ def test_it_expires_stale_updates_and_frees_their_slots(tenant, deployment):
     # given
     devices = [make_device(tenant.product, f"d{i}", deployment=deployment) for i in range(4)]
     rollout.run_rollout(deployment.pk)
-    DeviceUpdate.objects.update(updated_at=timezone.now() - timedelta(hours=1))
+    # the devices acknowledged their updates, then went quiet
+    DeviceUpdate.objects.update(
+        status=UpdateStatus.DOWNLOADING, attempted_at=timezone.now(), updated_at=timezone.now() - timedelta(hours=1)
+    )
     # when
     run = rollout.run_rollout(deployment.pk)
     # then: the device that never tried goes first, then expired ones retry
@@ -166,7 +169,7 @@ def test_it_trips_the_breaker_and_resumes_only_on_request(tenant, deployment):
     # then
     deployment.refresh_from_db()
     assert tripped and deployment.paused_at is not None
-    assert "2 of 10 finished attempts failed, 0 in flight" in deployment.paused_reason
+    assert "2 of 10 devices that finished their update failed, 0 in flight" in deployment.paused_reason
     assert len(devices) == 10
     assert rollout.run_rollout(deployment.pk).skipped == "paused"
     rollout.resume("test", deployment)
@@ -199,7 +202,7 @@ def test_the_breaker_counts_attempts_still_in_flight(tenant, deployment):
     # then
     assert rollout.check_breaker(deployment.pk) is True
     deployment.refresh_from_db()
-    assert "10 of 17 finished attempts failed, 33 in flight" in deployment.paused_reason
+    assert "10 of 17 devices that finished their update failed, 33 in flight" in deployment.paused_reason
 
 
 @pytest.mark.django_db

@@ -93,7 +93,7 @@ def test_failures_trip_the_breaker_and_nothing_is_claimed_after_it(
     # after the pause and no push to a penalty-boxed device
     assert result.problems == [], result.summary()
     assert result.breaker_tripped, result.summary()
-    assert "finished attempts failed" in result.paused_reason
+    assert "devices that finished their update failed" in result.paused_reason
     assert result.claimed_after_pause == 0
     assert result.claimed < config.devices
     assert result.penalty_boxed == result.failed_attempts > 0

@@ -9,6 +9,7 @@ import json
 
 import msgpack
 import websockets
+from django.db import connection
 from websockets.asyncio.client import connect
 
 from deployments.models import DeviceUpdate, UpdateStatus
@@ -296,6 +297,13 @@ def test_it_moves_the_inflight_update_and_marks_success_on_rejoin(live_hub, cred
     device.assert_no_violations()
 
 
+def _close_recorded() -> bool:
+    try:
+        return Device.objects.filter(identifier="dev-dl", socket_channel="").exists()
+    finally:
+        connection.close()  # this thread's: the test database can be dropped
+
+
 def test_it_keeps_the_inflight_update_while_the_device_is_downloading(live_hub, creds):
     # given
     tenant = creds.tenant
@@ -308,6 +316,8 @@ def test_it_keeps_the_inflight_update_while_the_device_is_downloading(live_hub, 
     async def scenario():
         await device.connect()
         await device.close()
+        # it reboots: the hub records the close before the device is back
+        await asyncio.to_thread(wait_until, _close_recorded)
         device.currently_downloading_uuid = None
         await device.connect()
         await device.close()
