@@ -115,7 +115,7 @@ def assign_deployment(device_id: int, actor: Actor = "orchestrator", *, seen: De
         if current is None and best_deployment_for(seen) is None:
             return None
     with transaction.atomic():
-        device = Device.objects.select_for_update().get(pk=device_id)
+        device = Device.objects.select_for_update(no_key=True).get(pk=device_id)
         current = (
             Deployment.objects.select_related("firmware").filter(pk=device.deployment_id).first()
             if device.deployment_id
@@ -384,7 +384,7 @@ def push_updates(updates: list[tuple[int, int]], payload: dict[str, Any]) -> Non
 
 
 def _lock_deployment(deployment_id: int) -> Deployment | None:
-    return Deployment.objects.select_for_update().select_related("firmware").filter(pk=deployment_id).first()
+    return Deployment.objects.select_for_update(no_key=True).select_related("firmware").filter(pk=deployment_id).first()
 
 
 def expire_stale_updates(deployment: Deployment, now: datetime) -> int:
@@ -1019,7 +1019,7 @@ def _lock_inflight_deployment(device_id: int) -> None:
     """Take the row lock of the deployment whose update is in flight on the
     device, if any (the lock the orchestrator claims under)."""
     deployment_id = DeviceUpdate.objects.inflight().filter(device_id=device_id).values_list("deployment_id", flat=True)
-    list(Deployment.objects.select_for_update().filter(pk__in=deployment_id).values_list("pk", flat=True))
+    list(Deployment.objects.select_for_update(no_key=True).filter(pk__in=deployment_id).values_list("pk", flat=True))
 
 
 def on_firmware_validated(device_id: int) -> None:

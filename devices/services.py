@@ -97,7 +97,17 @@ def create_device(
 
 def _each_locked(devices: QuerySet[Device]) -> Iterable[Device]:
     # Ordered by pk so two bulk actions over overlapping sets cannot deadlock.
-    return devices.select_related(None).select_for_update().order_by("pk").only("pk", "org_id", "identifier", "tags")
+    # Device rows are locked FOR NO KEY UPDATE everywhere (no_key=True): we never
+    # change a key, and a plain FOR UPDATE also blocks the key-share lock that
+    # inserting a row referencing the device takes, which deadlocked a join
+    # (device row, then the org's audit chain) against the orchestrator's claim
+    # (audit chain, then a DeviceUpdate insert referencing the device).
+    return (
+        devices.select_related(None)
+        .select_for_update(no_key=True)
+        .order_by("pk")
+        .only("pk", "org_id", "identifier", "tags")
+    )
 
 
 def add_tags(actor: Actor, devices: QuerySet[Device], tags: list[str] | str) -> int:
@@ -201,7 +211,9 @@ def open_device_connection(device: Device, channel_name: str) -> ConnectionInfo:
         # connect of the same device makes it miss, and then the row is locked.
         previous = device.socket_channel
         if not Device.objects.filter(pk=device.pk, socket_channel=previous).update(**fields):
-            previous = Device.objects.select_for_update().values_list("socket_channel", flat=True).get(pk=device.pk)
+            previous = (
+                Device.objects.select_for_update(no_key=True).values_list("socket_channel", flat=True).get(pk=device.pk)
+            )
             Device.objects.filter(pk=device.pk).update(**fields)
         webhooks.device_online(device)
     return ConnectionInfo(
@@ -219,7 +231,7 @@ def close_device_connections(closed: Iterable[tuple[int, str]]) -> list[int]:
     with transaction.atomic():
         # Locked in id order, as every bulk device change is: no deadlocks.
         current = (
-            Device.objects.select_for_update()
+            Device.objects.select_for_update(no_key=True)
             .filter(pk__in=list(channel_of))
             .order_by("pk")
             .values_list("pk", "socket_channel")
@@ -303,7 +315,9 @@ def join_device(device_id: int, params: DeviceJoin) -> JoinOutcome:
         with transaction.atomic():
             # The uuid under the row lock decides the audit event, so two racing
             # joins of one device record one firmware change, not two.
-            previous_uuid = Device.objects.select_for_update().values_list("firmware_uuid", flat=True).get(pk=device_id)
+            previous_uuid = (
+                Device.objects.select_for_update(no_key=True).values_list("firmware_uuid", flat=True).get(pk=device_id)
+            )
             Device.objects.filter(pk=device_id).update(**changed, updated_at=timezone.now())
             for name, value in changed.items():
                 setattr(device, name, value)
@@ -415,7 +429,9 @@ def set_tags(actor: Actor, device: Device, tags: list[str] | str) -> bool:
     new = normalise_tags(tags)
     validate_tags(new)
     with transaction.atomic():
-        current = Device.objects.select_for_update().only("pk", "org_id", "identifier", "tags").get(pk=device.pk)
+        current = (
+            Device.objects.select_for_update(no_key=True).only("pk", "org_id", "identifier", "tags").get(pk=device.pk)
+        )
         if current.tags == new:
             return False
         Device.objects.filter(pk=device.pk).update(tags=new, updated_at=timezone.now())
