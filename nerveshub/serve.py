@@ -56,8 +56,24 @@ def main(argv: list[str] | None = None) -> None:
 
     # 401/503 with headers on refused device upgrades (see devices/daphne_ext.py).
     install()
+    # The hub's background tasks start with the process, not at its first
+    # device socket: a process restarted after a crash records at once the
+    # disconnects its predecessor could not (docs/architecture.md, "Presence").
+    from twisted.internet import reactor
+
+    reactor.callWhenRunning(_start_hub)
 
     CommandLineInterface().run(daphne_args(args.host, args.port, args.backlog))
+
+
+def _start_hub() -> None:
+    from daphne.server import twisted_loop
+
+    from devices.hub import hub
+
+    # Called as the reactor starts, maybe before its asyncio loop runs: the
+    # hub's tasks belong to that loop, so start them from it.
+    twisted_loop.call_soon(hub.start)
 
 
 if __name__ == "__main__":
