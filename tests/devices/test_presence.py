@@ -178,16 +178,18 @@ def test_an_embedded_hub_killed_and_restarted_shows_its_device_offline(
     restarted_at = time.monotonic()
     hub = live_hub(env)
     # then: it records the disconnect its predecessor left at once, with the webhook
-    poll(lambda: Device.objects.get(pk=row.pk).connection_status == ConnectionStatus.DISCONNECTED, SLACK)
-    recorded = time.monotonic() - restarted_at
+    started = time.monotonic() - restarted_at
+    recorded = started + poll(
+        lambda: Device.objects.get(pk=row.pk).connection_status == ConnectionStatus.DISCONNECTED, SLACK
+    )
     recorded_after_kill = time.monotonic() - killed
     assert offline_webhooks(row.pk) == 1
     stored = Device.objects.get(pk=row.pk)
     assert (stored.socket_channel, stored.hub_lease_id) == ("", None)
     print(
         f"\nembedded: offline in queries {shown_offline:.1f} s after kill -9 (lease {LEASE} s); "
-        f"recorded {recorded:.1f} s after the restart began, process start included ({recorded_after_kill:.1f} s "
-        "after the kill)"
+        f"recorded {recorded:.1f} s after the restart began, of which {started:.1f} s for the process to listen "
+        f"({recorded_after_kill:.1f} s after the kill)"
     )
     assert recorded < SLACK + 30  # the restart itself included
 
