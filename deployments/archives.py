@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from deployments.models import Deployment
 from devices import publish
-from devices.models import ConnectionStatus, Device
+from devices.models import Device, online_q
 from devices.protocol import parse_semver
 from firmware.models import FirmwareStatus
 from firmware.services import archive_payload
@@ -60,9 +60,9 @@ def push_archive_to_members(actor: Actor, deployment: Deployment) -> int:
     now = timezone.now()
     rows = (
         Device.objects.filter(
+            online_q(now),
             deployment=deployment,
             deleted_at__isnull=True,
-            connection_status=ConnectionStatus.CONNECTED,
             updates_enabled=True,
         )
         .filter(Q(penalty_box_until__isnull=True) | Q(penalty_box_until__lte=now))

@@ -23,7 +23,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from deployments import archives, services
@@ -37,7 +37,7 @@ from deployments.models import (
 )
 from deployments.versions import InvalidRequirement, Requirement, parse_version
 from devices import publish
-from devices.models import ConnectionStatus, Device, ValidationStatus
+from devices.models import Device, ValidationStatus, online_q
 from devices.protocol import DeviceJoin
 from firmware.models import FirmwareStatus
 from nerveshub.lib.enqueue import enqueue
@@ -176,9 +176,9 @@ def eligible_devices(deployment: Deployment, now: datetime | None = None) -> Que
     )
     return (
         Device.objects.filter(
+            online_q(now),
             deployment=deployment,
             deleted_at__isnull=True,
-            connection_status=ConnectionStatus.CONNECTED,
             updates_enabled=True,
         )
         .exclude(firmware_uuid=deployment.firmware.uuid)
@@ -197,7 +197,7 @@ def update_problems(deployment: Deployment, device: Device, now: datetime | None
     problems = membership_problems(deployment, device)
     if device.deleted_at is not None:
         problems.append("deleted")
-    if device.connection_status != ConnectionStatus.CONNECTED:
+    if not device.online:
         problems.append("offline")
     if not device.updates_enabled:
         problems.append("updates disabled")
@@ -227,9 +227,11 @@ class PreviewRow:
 def preview(deployment: Deployment, limit: int = 500) -> list[PreviewRow]:
     """Devices of the product, whether they would be targeted now and why not."""
     now = timezone.now()
-    devices = Device.objects.filter(product_id=deployment.product_id, deleted_at__isnull=True).order_by("identifier")[
-        :limit
-    ]
+    devices = (
+        Device.objects.filter(product_id=deployment.product_id, deleted_at__isnull=True)
+        .select_related("hub_lease")
+        .order_by("identifier")[:limit]
+    )
     rows = []
     for device in devices:
         problems = update_problems(deployment, device, now)
@@ -292,8 +294,8 @@ def _resend_unacknowledged(deployment: Deployment, now: datetime) -> list[tuple[
             firmware_id=deployment.firmware_id,
             status=UpdateStatus.REQUESTED,
             updated_at__lt=cutoff,
-            device__connection_status=ConnectionStatus.CONNECTED,
         )
+        .filter(online_q(now, prefix="device__"))
         .filter(~reached_socket | Q(updated_at__lt=lost))
         .values_list("pk", "device_id", "pushes")
     )
@@ -528,7 +530,8 @@ def _start_stage(deployment: Deployment, stage: DeploymentStage, now: datetime) 
         Device.objects.filter(deployment=deployment, deleted_at__isnull=True)
         .exclude(pk__in=taken)
         .exclude(firmware_uuid=deployment.firmware.uuid)
-        .order_by("-connection_status", "connected_at", "pk")
+        .annotate(is_online=ExpressionWrapper(online_q(now), BooleanField()))
+        .order_by("-is_online", "connected_at", "pk")
         .values_list("pk", flat=True)[: max(wanted, 0)]
     )
     StageMember.objects.bulk_create(

@@ -91,14 +91,14 @@ class DeviceAdmin(OrgScopedAdmin[Device]):
         "product",
         "org",
         "firmware_version",
-        "connection_status",
+        "presence",
         "last_seen_at",
         "tag_list",
         "updates_enabled",
         "penalty_box_until",
         "deployment",
     ]
-    list_select_related = ["product", "org", "deployment"]
+    list_select_related = ["product", "org", "deployment", "hub_lease"]
     list_filter = [
         DeletedFilter,
         "connection_status",
@@ -210,6 +210,11 @@ class DeviceAdmin(OrgScopedAdmin[Device]):
         # and shared secrets are bound to them.
         extra = ["org", "identifier"] if obj is not None else []
         return [*self.readonly_fields, *extra]
+
+    @admin.display(description="connection status", ordering="connection_status")
+    def presence(self, obj: Device) -> str:
+        # What the row says, unless its hub process lost its lease (models.online_q).
+        return obj.get_presence_display()
 
     @admin.display(description="tags")
     def tag_list(self, obj: Device) -> str:

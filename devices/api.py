@@ -14,7 +14,7 @@ from pydantic import AfterValidator, ConfigDict, Field
 
 from devices import services
 from devices.fields import normalise_tags
-from devices.models import IDENTIFIER_MAX_LENGTH, ConnectionStatus, Device, validate_identifier, validate_tags
+from devices.models import IDENTIFIER_MAX_LENGTH, Device, validate_identifier, validate_tags
 from nerveshub.api import actor, require_product
 from nerveshub.lib.params import MAX_PAGE, api_int
 from nerveshub.tenancy.models import Product, Role
@@ -85,7 +85,7 @@ def _out(device: Device) -> DeviceOut:
         description=device.description,
         tags=list(device.tags),
         online=device.online,
-        connection_status=device.connection_status,
+        connection_status=device.presence,
         last_seen_at=device.last_seen_at,
         firmware_uuid=device.firmware_uuid,
         firmware_version=device.firmware_version,
@@ -101,7 +101,7 @@ def _out(device: Device) -> DeviceOut:
 def _device(request: HttpRequest, org: str, product: str, identifier: str, role: str = Role.VIEW) -> Device:
     found_product = require_product(request, org, product, role)
     device = (
-        Device.objects.select_related("deployment")
+        Device.objects.select_related("deployment", "hub_lease")
         .filter(product=found_product, identifier=identifier, deleted_at__isnull=True)
         .first()
     )
@@ -122,14 +122,11 @@ def _tags(value: list[str]) -> list[str]:
 @router.get(BASE, response=DevicePage)
 def list_devices(request: HttpRequest, org: str, product: str, filters: Query[DeviceFilters]) -> DevicePage:
     found: Product = require_product(request, org, product)
-    devices = Device.objects.filter(product=found, deleted_at__isnull=True).select_related("deployment")
+    devices = Device.objects.filter(product=found, deleted_at__isnull=True).select_related("deployment", "hub_lease")
     if filters.tag:
         devices = devices.filter(tags__has_tag=filters.tag)
     if filters.online is not None:
-        online = ConnectionStatus.CONNECTED
-        devices = (
-            devices.filter(connection_status=online) if filters.online else devices.exclude(connection_status=online)
-        )
+        devices = devices.online() if filters.online else devices.offline()
     if filters.version:
         devices = devices.filter(firmware_version=filters.version)
     if filters.search:

@@ -174,8 +174,10 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             await self._deny(exc.status, exc.reason)
             return None
         try:
+            # The process's lease: taken once, a no-op on every later connect.
+            lease_id = await hub.lease()
             info: services.ConnectionInfo = await database_sync_to_async(services.open_device_connection)(
-                device, self.channel_name
+                device, self.channel_name, lease_id
             )
         except Exception:
             logger.exception("could not record the connection of device %s", device.pk)

@@ -9,6 +9,9 @@ background tasks each server process runs for all its sockets together.
 * the sweeper: one timer per process (not one per socket) that closes sockets
   idle longer than DEVICE_IDLE_TIMEOUT and, every DEVICE_LAST_SEEN_INTERVAL,
   refreshes last_seen_at of all local devices with one UPDATE per 1000;
+* the lease: the process's claim, renewed every HUB_LEASE_RENEW_SECONDS, that
+  the sockets it recorded are alive; the same task records the disconnects of
+  processes whose lease expired (docs/architecture.md, "Presence");
 * in embedded mode only, the periodic tasks that Celery beat runs otherwise
   (every entry of CELERY_BEAT_SCHEDULE: rollouts, firmware and webhook sweeps).
 """
@@ -28,6 +31,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from devices import dbthreads
+from devices.dbthreads import database_sync_to_async as device_db
 from devices.publish import FLEET_GROUP, socket_address
 
 logger = logging.getLogger(__name__)
@@ -89,6 +93,9 @@ class Hub:
         self._channel = ""  # this process's dispatcher channel (per event loop)
         self._addressed: dict[int, LocalSocket] = {}  # socket number -> socket
         self._numbers = 0
+        self._lease_id: int | None = None  # this process's lease (per event loop)
+        self._leasing: asyncio.Lock | None = None
+        self._fresh_process = False  # set by start(): no lease of this process before
 
     def admit_connect(self) -> bool:
         """The connect rate limit, the database backlog and the connects and
@@ -127,6 +134,30 @@ class Hub:
         self._addressed[self._numbers] = socket
         return socket_address(self._channel, self._numbers), self._numbers
 
+    async def lease(self) -> int:
+        """This process's lease, taken on first use (one INSERT per process):
+        every connection it records names it."""
+        if self._lease_id is not None:
+            return self._lease_id
+        if self._leasing is None:
+            self._leasing = asyncio.Lock()
+        async with self._leasing:
+            if self._lease_id is None:
+                from devices.services import take_lease
+
+                layer = get_channel_layer()
+                channel = await self._own_channel(layer) if layer is not None else ""
+                self._lease_id = await device_db(take_lease)(channel)
+        return self._lease_id
+
+    def start(self) -> None:
+        """Start the background tasks when the server process starts, not at
+        its first socket: a process restarted after a crash records the
+        disconnects its predecessor left (its lease) before any device is back,
+        and in embedded mode runs the beat even if no device comes back."""
+        self._fresh_process = True
+        self._ensure_started()
+
     def detach(self, number: int) -> None:
         self._addressed.pop(number, None)
 
@@ -157,7 +188,6 @@ class Hub:
             self._recorder = self._spawn(self._record_closed(), "device-disconnects")
 
     async def _record_closed(self) -> None:
-        from devices.dbthreads import database_sync_to_async as device_db
         from devices.services import close_device_connections
 
         await asyncio.sleep(DISCONNECT_BATCH_SECONDS)
@@ -189,10 +219,12 @@ class Hub:
             # dispatcher channel are gone with it.
             self._channel = ""
             self._addressed.clear()
+            self._lease_id, self._leasing = None, None
         self._loop = loop
         self._tasks = [
             self._spawn(self._dispatch(), "device-dispatcher"),
             self._spawn(self._sweep(), "device-socket-sweeper"),
+            self._spawn(self._hold_lease(), "hub-lease"),
         ]
         if settings.EMBEDDED:
             # No Celery beat in embedded mode: this process is the whole hub, so it
@@ -273,11 +305,57 @@ class Hub:
                 last_refresh = now
                 await _refresh_last_seen(list(self.sockets))
 
-    def start(self) -> None:
-        """Start the background tasks now rather than at the first socket: in
-        embedded mode the beat must run after a restart even if no device
-        comes back (nerveshub.serve calls this once the event loop runs)."""
-        self._ensure_started()
+    async def _hold_lease(self) -> None:
+        """Renew this process's lease and close out the expired leases of
+        others, every HUB_LEASE_RENEW_SECONDS: one UPDATE and one indexed
+        SELECT per period, whatever the number of sockets."""
+        from devices.services import close_out_expired_leases, renew_lease
+
+        period = settings.HUB_LEASE_RENEW_SECONDS
+        # An embedded hub is the only process there is: a lease left by anyone
+        # else is its own predecessor's, dead by definition (a kill -9 or an
+        # OOM leaves no time to record anything). With several processes one
+        # cannot tell, so the others' leases are left to expire.
+        everyone_else = settings.EMBEDDED and self._fresh_process
+        while True:
+            try:
+                lease_id = await self.lease()
+                gone = await device_db(close_out_expired_leases)(lease_id, all_others=everyone_else)
+            except Exception:
+                logger.exception("hub lease: could not take or sweep; retrying in %d s", period)
+            else:
+                everyone_else = False
+                if gone:
+                    logger.warning("recorded %d devices offline: their hub process stopped renewing", len(gone))
+            await asyncio.sleep(period)
+            if self._lease_id is None:
+                continue
+            try:
+                renewed = await device_db(renew_lease)(self._lease_id)
+            except Exception:
+                # The database may be restarting: the lease runs on; if it
+                # expires meanwhile, this process's devices show offline until
+                # a renewal goes through.
+                logger.exception("hub lease %s: could not renew", self._lease_id)
+                continue
+            if not renewed:
+                await self._lost_lease()
+
+    async def _lost_lease(self) -> None:
+        """Another process closed out this one's lease (it stalled past its
+        lease, or its database was unreachable that long): its devices are
+        recorded offline. Take a new lease and close the sockets, so that
+        each device reconnects and is recorded afresh rather than being
+        connected here and offline in the database."""
+        logger.warning(
+            "hub lease %s was closed out by another process; closing %d sockets so they reconnect",
+            self._lease_id,
+            len(self.sockets),
+        )
+        self._lease_id = None
+        await self.lease()
+        for socket in list(self.sockets.values()):
+            await socket.close_replaced()
 
     async def _embedded_beat(self) -> None:
         """Every entry of CELERY_BEAT_SCHEDULE (rollouts, firmware sweep,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import ClassVar
 
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 from devices.fields import TagsField
@@ -54,6 +56,46 @@ class ValidationStatus(models.TextChoices):
     UNKNOWN = "unknown", "Unknown"
 
 
+class HubLease(models.Model):
+    """A hub server process's claim that the device sockets it records are
+    alive. The process renews it every HUB_LEASE_RENEW_SECONDS (one UPDATE);
+    a process that dies (kill -9, OOM, a lost machine) stops renewing, and its
+    devices stop counting as online when `expires_at` passes, before anything
+    has written their rows. The first live process to see the lease expired
+    closes it out (`closed_at`, compare-and-set) and records its devices'
+    disconnects (devices.services.close_out_expired_leases)."""
+
+    # The process's dispatcher channel: its sockets' addresses start with it.
+    channel = models.CharField(max_length=200, blank=True)
+    host = models.CharField(max_length=200, blank=True)
+    pid = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(default=timezone.now)
+    renewed_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [
+            # Each live process looks for expired leases not closed out yet.
+            models.Index(fields=["expires_at"], name="hublease_open_expiry_idx", condition=Q(closed_at__isnull=True)),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid} ({self.channel})"
+
+
+def online_q(now: datetime | None = None, prefix: str = "") -> Q:
+    """Devices that count as online: marked connected, by a hub process whose
+    lease is live. A row marked connected without a lease was not written by a
+    hub process (fixtures, imports) and is taken at its word. `prefix` is the
+    path to the device from another model ("device__")."""
+    moment = now or timezone.now()
+    return Q(**{prefix + "connection_status": ConnectionStatus.CONNECTED}) & (
+        Q(**{prefix + "hub_lease__isnull": True}) | Q(**{prefix + "hub_lease__expires_at__gt": moment})
+    )
+
+
 class DeviceQuerySet(models.QuerySet["Device"]):
     def alive(self) -> DeviceQuerySet:
         return self.filter(deleted_at__isnull=True)
@@ -61,8 +103,11 @@ class DeviceQuerySet(models.QuerySet["Device"]):
     def for_org(self, org: Organization | int) -> DeviceQuerySet:
         return self.filter(org=org)
 
-    def online(self) -> DeviceQuerySet:
-        return self.filter(connection_status=ConnectionStatus.CONNECTED)
+    def online(self, now: datetime | None = None) -> DeviceQuerySet:
+        return self.filter(online_q(now))
+
+    def offline(self, now: datetime | None = None) -> DeviceQuerySet:
+        return self.exclude(online_q(now))
 
 
 class Device(models.Model):
@@ -108,6 +153,9 @@ class Device(models.Model):
     # Channel-layer address of the socket serving this device, so a command reaches
     # it on whichever server process holds it.
     socket_channel = models.CharField(max_length=200, blank=True)
+    # The lease of the hub process holding that socket, set while connected:
+    # presence is believed only while the lease is live (online_q).
+    hub_lease = models.ForeignKey(HubLease, models.PROTECT, null=True, blank=True, related_name="devices")
     console_available = models.BooleanField(default=False)
 
     # Extension reports (docs/device-protocol.md §8.2).
@@ -158,7 +206,21 @@ class Device(models.Model):
 
     @property
     def online(self) -> bool:
-        return self.connection_status == ConnectionStatus.CONNECTED
+        """online_q for one row (select_related("hub_lease") in lists)."""
+        if self.connection_status != ConnectionStatus.CONNECTED:
+            return False
+        return self.hub_lease_id is None or self.hub_lease.expires_at > timezone.now()  # type: ignore[union-attr]
+
+    @property
+    def presence(self) -> str:
+        """connection_status as the pages and the API show it: a device whose
+        hub process lost its lease is disconnected, whatever its row says."""
+        if self.connection_status == ConnectionStatus.CONNECTED and not self.online:
+            return ConnectionStatus.DISCONNECTED
+        return self.connection_status
+
+    def get_presence_display(self) -> str:
+        return str(ConnectionStatus(self.presence).label)
 
     def in_penalty_box(self, now: object = None) -> bool:
         moment = now or timezone.now()

@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from devices import publish
-from devices.models import ConnectionStatus, Device, ScriptRun, ScriptRunStatus, SupportScript
+from devices.models import Device, ScriptRun, ScriptRunStatus, SupportScript
 from devices.protocol import parse_semver
 from nerveshub.tenancy.services import Actor, audit
 
@@ -54,7 +54,7 @@ def run_script(actor: Actor, device: Device, script: SupportScript) -> ScriptRun
             f"{device.identifier} reports device API {device.device_api_version}; support scripts need "
             "2.1.0 or later (nerves_hub_link 2.5.0+)."
         )
-    if device.connection_status != ConnectionStatus.CONNECTED:
+    if not device.online:
         raise ScriptRefused(f"{device.identifier} is offline; scripts are not queued.")
     for _ in range(3):
         try:

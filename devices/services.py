@@ -7,10 +7,15 @@ the rule allows, writing one audit event per device changed.
 from __future__ import annotations
 
 import base64
+import os
 import secrets
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
@@ -23,6 +28,7 @@ from devices.models import (
     ConnectionStatus,
     Device,
     DeviceSharedSecret,
+    HubLease,
     ProductSharedSecret,
     ValidationStatus,
     validate_identifier,
@@ -193,13 +199,14 @@ class ConnectionInfo:
     deployment_id: int | None
 
 
-def open_device_connection(device: Device, channel_name: str) -> ConnectionInfo:
+def open_device_connection(device: Device, channel_name: str, lease_id: int | None = None) -> ConnectionInfo:
     """Record that `channel_name` now serves the device (as authentication just
-    read it, with its product). Last connection wins: the caller closes
-    `previous_channel`."""
+    read it, with its product), in the hub process holding lease `lease_id`.
+    Last connection wins: the caller closes `previous_channel`."""
     now = timezone.now()
     fields = {
         "socket_channel": channel_name,
+        "hub_lease_id": lease_id,
         "connection_status": ConnectionStatus.CONNECTED,
         "connected_at": now,
         "last_seen_at": now,
@@ -238,13 +245,113 @@ def close_device_connections(closed: Iterable[tuple[int, str]]) -> list[int]:
         )
         gone = [pk for pk, channel in current if channel and channel == channel_of[pk]]
         if gone:
-            Device.objects.filter(pk__in=gone).update(
-                socket_channel="",
-                connection_status=ConnectionStatus.DISCONNECTED,
-                disconnected_at=timezone.now(),
-                console_available=False,
-            )
-            webhooks.devices_offline(gone)
+            _mark_offline(gone, timezone.now())
+    return gone
+
+
+def _mark_offline(device_ids: list[int], at: datetime | None) -> None:
+    """What every recorded disconnect does (in the caller's transaction, with
+    the rows locked): the device is offline, reachable nowhere, and the
+    organization's device.offline webhooks fire. `at` is when the hub saw the
+    socket close; None when it did not (the socket's process died), which
+    leaves `disconnected_at` as it was: the rollout reads a close the hub did
+    not see as an attempt the hub cut short, not a device failure
+    (deployments.services.reconcile_update_on_join)."""
+    fields: dict[str, Any] = {
+        "socket_channel": "",
+        "hub_lease": None,
+        "connection_status": ConnectionStatus.DISCONNECTED,
+        "console_available": False,
+    }
+    if at is not None:
+        fields["disconnected_at"] = at
+    Device.objects.filter(pk__in=device_ids).update(**fields)
+    webhooks.devices_offline(device_ids)
+
+
+# --- Hub process leases ---------------------------------------------------------
+# docs/architecture.md, "Presence": a device counts as online only while the
+# lease of the process holding its socket is live; a process that died stops
+# renewing, and the first live process to see the lease expired records the
+# disconnects of its devices, once.
+
+# Devices recorded offline per statement when a lease is closed out.
+CLOSE_OUT_CHUNK = 1000
+# Closed-out leases are kept this long for the operators, then deleted.
+LEASE_KEEP = timedelta(days=1)
+
+
+def take_lease(channel: str) -> int:
+    """A new lease for this hub process (its dispatcher channel `channel`)."""
+    now = timezone.now()
+    lease = HubLease.objects.create(
+        channel=channel[:200],
+        host=socket.gethostname()[:200],
+        pid=os.getpid(),
+        started_at=now,
+        renewed_at=now,
+        expires_at=now + timedelta(seconds=settings.HUB_LEASE_SECONDS),
+    )
+    return lease.pk
+
+
+def renew_lease(lease_id: int) -> bool:
+    """Extend the lease by HUB_LEASE_SECONDS: one UPDATE, the only write a
+    hub process makes for its presence while nothing connects or closes.
+    False when another process closed it out meanwhile (this one stalled past
+    its lease): its devices were recorded offline, and the caller must take a
+    new lease and close its sockets so that they reconnect and are recorded
+    again."""
+    now = timezone.now()
+    expires = now + timedelta(seconds=settings.HUB_LEASE_SECONDS)
+    return bool(HubLease.objects.filter(pk=lease_id, closed_at__isnull=True).update(renewed_at=now, expires_at=expires))
+
+
+def close_out_expired_leases(own_lease_id: int | None, *, all_others: bool = False) -> list[int]:
+    """Record the disconnects of the devices of every hub process whose lease
+    expired (with `all_others`, of every process but this one: an embedded
+    hub that starts is the only process there is, so whatever held a lease
+    before it is dead). Each lease is closed out by compare-and-set, so of two
+    processes that see it expired one does the work, and a lease its owner
+    renewed meanwhile is left alone. Returns the devices marked offline."""
+    now = timezone.now()
+    leases = HubLease.objects.filter(closed_at__isnull=True)
+    if own_lease_id is not None:
+        leases = leases.exclude(pk=own_lease_id)
+    if not all_others:
+        leases = leases.filter(expires_at__lte=now)
+    gone: list[int] = []
+    closed = 0
+    for lease_id in list(leases.values_list("pk", flat=True)):
+        with transaction.atomic():
+            claim = HubLease.objects.filter(pk=lease_id, closed_at__isnull=True)
+            if not all_others:
+                claim = claim.filter(expires_at__lte=now)
+            if not claim.update(closed_at=now):
+                continue
+            closed += 1
+            while True:
+                # Locked in id order, as every bulk device change is. A device
+                # that reconnected elsewhere names another lease: left alone.
+                chunk = list(
+                    Device.objects.select_for_update(no_key=True)
+                    .filter(hub_lease_id=lease_id)
+                    .order_by("pk")
+                    .values_list("pk", flat=True)[:CLOSE_OUT_CHUNK]
+                )
+                if not chunk:
+                    break
+                offline = list(
+                    Device.objects.filter(pk__in=chunk, connection_status=ConnectionStatus.CONNECTED).values_list(
+                        "pk", flat=True
+                    )
+                )
+                Device.objects.filter(pk__in=chunk).exclude(pk__in=offline).update(hub_lease=None)
+                if offline:
+                    _mark_offline(offline, None)
+                    gone += offline
+    if closed:
+        HubLease.objects.filter(closed_at__lt=now - LEASE_KEEP, devices__isnull=True).delete()
     return gone
 
 

@@ -61,23 +61,24 @@ def main(argv: list[str] | None = None) -> None:
     install()
     # Bodies refused on their headers, and a deadline for the headers (see nerveshub/lib/daphne_http.py).
     daphne_http.install()
-    # Embedded mode has no Celery beat: the hub runs its schedule from the
-    # start, not only once a device connects (devices.hub). callLater runs it
-    # inside the event loop, after daphne has loaded the application.
+    # The hub's background tasks start with the process, not at its first
+    # device socket: a process restarted after a crash records at once the
+    # disconnects its predecessor could not (docs/architecture.md, "Presence").
     from twisted.internet import reactor
 
-    reactor.callLater(0, _start_embedded_beat)  # type: ignore[arg-type]  # zope interface stubs count self
+    reactor.callWhenRunning(_start_hub)
 
     CommandLineInterface().run(daphne_args(args.host, args.port, args.backlog))
 
 
-def _start_embedded_beat() -> None:
-    from django.conf import settings
+def _start_hub() -> None:
+    from daphne.server import twisted_loop
 
-    if settings.EMBEDDED:
-        from devices.hub import hub
+    from devices.hub import hub
 
-        hub.start()
+    # Called as the reactor starts, maybe before its asyncio loop runs: the
+    # hub's tasks belong to that loop, so start them from it.
+    twisted_loop.call_soon(hub.start)
 
 
 if __name__ == "__main__":

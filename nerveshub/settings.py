@@ -430,6 +430,14 @@ DEVICE_CONNECT_BACKLOG = envint("DEVICE_CONNECT_BACKLOG", 100, minimum=0)
 DEVICE_CONNECT_CONCURRENCY = envint("DEVICE_CONNECT_CONCURRENCY", 64, minimum=0)
 # A larger frame closes the socket: the biggest legitimate frame is a health report.
 DEVICE_MAX_FRAME_BYTES = envint("DEVICE_MAX_FRAME_BYTES", 262_144, minimum=1024)
+# Presence through crashes (docs/architecture.md, "Presence"): each hub process
+# renews a lease every HUB_LEASE_RENEW_SECONDS; its devices stop counting as
+# online HUB_LEASE_SECONDS after its last renewal, and another process records
+# their disconnects within one more renewal period. Defaults: offline in the
+# pages and the API at most 45 s after a kill -9, recorded (device.offline
+# webhooks) at most 60 s after; at once when an embedded hub restarts.
+HUB_LEASE_SECONDS = envint("HUB_LEASE_SECONDS", 45, minimum=2)
+HUB_LEASE_RENEW_SECONDS = envint("HUB_LEASE_RENEW_SECONDS", 15, minimum=1, maximum=HUB_LEASE_SECONDS - 1)
 
 # --- Remote console (console/) -------------------------------------------------
 # An operator's console page is closed after this many seconds without input or

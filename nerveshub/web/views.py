@@ -27,7 +27,7 @@ from deployments import rollout
 from deployments.models import Deployment, DeviceUpdate, UpdateStatus
 from deployments.rollout import FAILED_STATUSES
 from devices import services as devices
-from devices.models import ConnectionStatus, Device
+from devices.models import Device, online_q
 from firmware import services as firmware_services
 from firmware.models import Firmware, FirmwareStatus, SigningKey
 from nerveshub.lib.params import parse_int
@@ -221,7 +221,7 @@ def dashboard(request: HttpRequest, org: str) -> HttpResponse:
     access = get_org_for_user(request, org)
     alive = Device.objects.filter(org=access.org, deleted_at__isnull=True)
     total, total_more = _capped_count(alive)
-    online, online_more = _capped_count(alive.filter(connection_status=ConnectionStatus.CONNECTED))
+    online, online_more = _capped_count(alive.online())
     context = {
         "total": total,
         "total_more": total_more,
@@ -271,7 +271,7 @@ def _filtered_devices(request: HttpRequest, access: OrgAccess, params: Any) -> t
         applied["tag"] = tag
     online = params.get("online") or ""
     if online in ("yes", "no"):
-        connected = Q(connection_status=ConnectionStatus.CONNECTED)
+        connected = online_q()
         queryset = queryset.filter(connected if online == "yes" else ~connected)
         applied["online"] = online
     version = _text(request, params, "version")
@@ -312,7 +312,7 @@ def device_list(request: HttpRequest, org: str) -> HttpResponse:
     queryset, applied = _filtered_devices(request, access, request.GET)
     after = _text(request, request.GET, "after")
     before = _text(request, request.GET, "before")
-    listed = queryset.select_related("product", "deployment")
+    listed = queryset.select_related("product", "deployment", "hub_lease")
     if before:
         rows = list(listed.filter(identifier__lt=before).order_by("-identifier")[: PAGE_SIZE + 1])
         has_prev = len(rows) > PAGE_SIZE
@@ -366,7 +366,10 @@ def device_bulk_tags(request: HttpRequest, org: str) -> HttpResponse:
 
 def _device(access: OrgAccess, pk: int) -> Device:
     return get_object_or_404(
-        Device.objects.select_related("product", "deployment"), pk=pk, org=access.org, deleted_at__isnull=True
+        Device.objects.select_related("product", "deployment", "hub_lease"),
+        pk=pk,
+        org=access.org,
+        deleted_at__isnull=True,
     )
 
 

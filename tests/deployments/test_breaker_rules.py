@@ -197,6 +197,32 @@ def test_an_attempt_cut_short_by_the_hub_is_offered_again_on_the_new_socket(
     assert device.penalty_box_until is None
 
 
+def test_an_attempt_whose_hub_process_died_and_was_closed_out_is_offered_again(
+    tenant, deployment, django_capture_on_commit_callbacks, receiving_loop
+):
+    # given: the device acknowledged its update on a process that then died,
+    # and a live process recorded it offline when that process's lease expired
+    from devices.models import HubLease
+
+    lease = HubLease.objects.create(channel="specific.doomed", expires_at=timezone.now() + timedelta(seconds=60))
+    device = make_device(tenant.product, "d1", deployment=deployment, socket_channel=_open_socket())
+    Device.objects.filter(pk=device.pk).update(hub_lease=lease)
+    with django_capture_on_commit_callbacks(execute=True):
+        update = _claim(deployment, device)
+    _report(device, "received")
+    HubLease.objects.filter(pk=lease.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert device_services.close_out_expired_leases(None) == [device.pk]
+    # when: the device comes back, without the update, on a new socket
+    Device.objects.filter(pk=device.pk).update(socket_channel=(socket := _open_socket()))
+    with django_capture_on_commit_callbacks(execute=True):
+        _rejoin(device)
+    # then: the hub never saw the socket close, so the attempt was cut short by
+    # the hub: offered again, not a failure
+    update.refresh_from_db()
+    assert update.status == UpdateStatus.REQUESTED, (update.status, update.reason)
+    assert _received(socket, receiving_loop)[-1:] == ["device/update"]
+
+
 def test_a_device_still_downloading_resumes_and_is_not_pushed_again(
     tenant, deployment, target, django_capture_on_commit_callbacks, receiving_loop
 ):
