@@ -26,6 +26,22 @@ _CAS_ATTEMPTS = 3
 # Statuses that end an attempt without success (what follows, a hold, the penalty
 # box or the circuit breaker, is decided in deployments.rollout).
 _FINISHING = {UpdateStatus.FAILED, UpdateStatus.IGNORED, UpdateStatus.RESCHEDULED}
+# What a device may report in `status_update` (docs/device-protocol.md §6): the
+# outcomes the hub decides itself (succeeded, expired, interrupted, requested)
+# are never taken from a device, which could otherwise free its slot and be
+# audited as updated without running the firmware.
+DEVICE_REPORTED = frozenset(
+    {
+        UpdateStatus.RECEIVED,
+        UpdateStatus.STARTED,
+        UpdateStatus.DOWNLOADING,
+        UpdateStatus.UPDATING,
+        UpdateStatus.COMPLETED,
+        UpdateStatus.FAILED,
+        UpdateStatus.IGNORED,
+        UpdateStatus.RESCHEDULED,
+    }
+)
 # The outcomes that are audited (and announced to webhooks) as update.succeeded / update.failed.
 _OUTCOME_ACTIONS: dict[str, str] = {
     UpdateStatus.SUCCEEDED: "update.succeeded",
@@ -68,7 +84,9 @@ def _target(payload: dict[str, Any], current: DeviceUpdate) -> dict[str, Any] | 
         try:
             new = UpdateStatus(status)
         except ValueError:
-            logger.info("update %s: unknown status %r ignored", current.pk, status)
+            new = None
+        if new not in DEVICE_REPORTED:
+            logger.info("update %s: status %r is not one a device reports; ignored", current.pk, status)
             return None
         fields: dict[str, Any] = {"status": new}
         if new in _FINISHING:

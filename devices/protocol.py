@@ -124,6 +124,19 @@ class JoinMeta(BaseModel):
     firmware_validated: bool | None = None
     firmware_auto_revert_detected: bool = False
 
+    # Lenient like the rest of the join: a value of another type is read as
+    # "not reported" rather than failing the join, which the device would
+    # repeat unchanged every 5 s for ever (docs/device-protocol.md §1.7).
+    @field_validator("firmware_validated", mode="before")
+    @classmethod
+    def _bool_or_unknown(cls, value: object) -> bool | None:
+        return value if isinstance(value, bool) else None
+
+    @field_validator("firmware_auto_revert_detected", mode="before")
+    @classmethod
+    def _bool_or_false(cls, value: object) -> bool:
+        return value if isinstance(value, bool) else False
+
 
 class DeviceJoin(BaseModel):
     """`phx_join` on `device` (§4). Unknown keys are ignored on purpose: the
@@ -212,7 +225,8 @@ class StatusUpdate(BaseModel):
 
     status: str = Field(max_length=200)
     reason: str | None = None
-    delay_for: int | None = None
+    # Minutes; a year at most (a larger value is a malformed report, dropped).
+    delay_for: int | None = Field(default=None, ge=0, le=525_600)
     downloader_network_interface: str | None = None
 
 

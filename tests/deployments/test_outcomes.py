@@ -145,3 +145,37 @@ def test_it_frees_the_slot_when_a_device_reports_failure(tenant, deployment):
     first.refresh_from_db()
     assert first.status == UpdateStatus.FAILED and "bad signature" in first.reason
     assert run.claimed == [devices[3].pk]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("claimed", ["succeeded", "expired", "interrupted", "requested"])
+def test_a_device_cannot_report_an_outcome_only_the_hub_decides(tenant, deployment, target, claimed):
+    # given: a device downloading its update
+    device = make_device(tenant.product, "d1", deployment=deployment)
+    update = _inflight_update(deployment, device, UpdateStatus.DOWNLOADING)
+    # when: it claims an outcome the hub decides (success comes only from a join
+    # on the target firmware)
+    rollout.on_status_report(device.pk, {"status": claimed})
+    # then: nothing changed, and the slot stays taken
+    update.refresh_from_db()
+    assert update.status == UpdateStatus.DOWNLOADING and update.finished_at is None
+
+
+@pytest.mark.django_db
+def test_a_reschedule_with_an_absurd_delay_is_dropped_not_a_crash(tenant, deployment):
+    # given
+    from pydantic import ValidationError
+
+    from devices.protocol import StatusUpdate
+
+    # when / then: the socket's schema refuses it before the rollout sees it
+    with pytest.raises(ValidationError):
+        StatusUpdate.model_validate({"status": "rescheduled", "delay_for": 10**30})
+    assert StatusUpdate.model_validate({"status": "rescheduled", "delay_for": 60}).delay_for == 60
+
+
+def test_a_join_with_odd_meta_values_is_read_as_not_reported():
+    # a device whose meta holds other types still joins (its rejoin would repeat
+    # the same params every 5 s for ever)
+    join = DeviceJoin.model_validate({"meta": {"firmware_validated": {"x": 1}, "firmware_auto_revert_detected": "yes"}})
+    assert (join.meta.firmware_validated, join.meta.firmware_auto_revert_detected) == (None, False)
