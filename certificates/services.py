@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from cryptography import x509 as cx509
 from django.core import signing
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -40,7 +41,7 @@ from django.utils import timezone
 from certificates import x509
 from certificates.models import CACertificate, DeviceCertificate
 from devices import publish
-from devices.models import Device
+from devices.models import Device, validate_identifier
 from devices.services import create_device
 from nerveshub.tenancy.models import Organization, Product
 from nerveshub.tenancy.services import Actor, audit
@@ -486,6 +487,13 @@ def authenticate_peer_certificate(chain: bytes | str | Sequence[cx509.Certificat
     identifier = x509.common_name(leaf).strip()
     if not identifier:
         raise CertificateRefused("certificate has no subject CN to name the device")
+    try:
+        # The rule every identifier follows (API, admin, NH1), checked before
+        # any query: a NUL in a CN must not reach the database.
+        validate_identifier(identifier)
+    except ValidationError as exc:
+        reason = "the certificate's CN is not a valid device identifier: " + " ".join(exc.messages)
+        raise CertificateRefused(reason) from None
     ca = _issuing_ca(leaf)
     now = timezone.now()
     _check_validity(leaf, ca, now)

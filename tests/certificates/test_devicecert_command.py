@@ -30,7 +30,7 @@ def test_it_creates_a_ca_and_signs_a_device_the_hub_accepts(tenant, tmp_path):
         "--ca-key",
         str(tmp_path / "ca" / "ca-key.pem"),
         "--serial",
-        "SN 0001",
+        "SN/0001",
         "--out",
         str(tmp_path / "devices"),
     )
@@ -39,7 +39,7 @@ def test_it_creates_a_ca_and_signs_a_device_the_hub_accepts(tenant, tmp_path):
     # then the files have the promised shape
     assert x509.is_ca(ca) and x509.ski(ca) is not None
     assert (ca.not_valid_after_utc - ca.not_valid_before_utc).days == 30
-    assert x509.common_name(leaf) == "SN 0001"
+    assert x509.common_name(leaf) == "SN/0001"
     assert x509.aki(leaf) == x509.ski(ca)
     assert x509.signed_by(leaf, ca)
     assert stat.S_IMODE((tmp_path / "ca" / "ca-key.pem").stat().st_mode) == 0o600
@@ -47,7 +47,7 @@ def test_it_creates_a_ca_and_signs_a_device_the_hub_accepts(tenant, tmp_path):
     # and the hub provisions the device from them
     issued = pki.load_issued((tmp_path / "ca" / "ca.pem").read_bytes(), (tmp_path / "ca" / "ca-key.pem").read_bytes())
     register_ca(tenant.admin, tenant.org, issued, jitp_product=tenant.product)
-    assert services.authenticate_peer_certificate(leaf.public_bytes(Encoding.PEM)).identifier == "SN 0001"
+    assert services.authenticate_peer_certificate(leaf.public_bytes(Encoding.PEM)).identifier == "SN/0001"
 
 
 def test_it_refuses_to_overwrite_without_force(tmp_path):

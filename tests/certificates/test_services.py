@@ -183,6 +183,17 @@ def test_it_provisions_an_unknown_device_just_in_time(tenant, device_ca):
     assert CACertificate.objects.get().last_used_at is not None
 
 
+@pytest.mark.parametrize("cn", ["SN 0001", "SN\x000001", "SN\u202e1000", "SN\t1"])
+def test_it_refuses_a_cn_that_is_not_a_valid_identifier_before_any_lookup(tenant, device_ca, cn):
+    # given: a JITP CA and a certificate whose CN breaks the identifier rule
+    _register(tenant, device_ca, jitp_product=tenant.product)
+    leaf = pki.sign_device(device_ca, cn)
+    # when / then: a refusal with the rule, not a database or validation error
+    with pytest.raises(CertificateRefused, match="not a valid device identifier"):
+        services.authenticate_peer_certificate(leaf.cert_pem)
+    assert not Device.objects.exists()
+
+
 def test_it_recognises_the_recorded_certificate_on_the_next_connection(tenant, device_ca):
     # given
     _register(tenant, device_ca, jitp_product=tenant.product)
