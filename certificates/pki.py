@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certificates import nerves_key
+from certificates.x509 import ca_builder
 
 
 @dataclass(frozen=True)
@@ -57,35 +58,14 @@ def create_ca(
     if nerves_key_signer:
         return nerves_key.create_signer(cn, key=key, days=days, not_before=not_before)
     start = not_before or _now() - dt.timedelta(minutes=5)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ski, critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    cert = ca_builder(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]),
+        key.public_key(),
+        serial=x509.random_serial_number(),
+        not_before=start,
+        not_after=start + dt.timedelta(days=days),
+        key_id=x509.SubjectKeyIdentifier.from_public_key(key.public_key()).digest,
+    ).sign(key, hashes.SHA256())
     return Issued(cert=cert, key=key)
 
 

@@ -8,6 +8,12 @@ that lock, so `concurrent_updates` cannot be exceeded; a worker that dies
 mid-claim rolls back and claims nothing. The partial unique index on in-flight
 rows per device makes a second push to a busy device impossible. Pushes go out
 after the claim commits.
+
+This module is the deployments service in fact: every write to a deployment
+(save_deployment, set_active, pause, resume, retry_failed, approve_stage) lives
+here, because each must then recompute membership or wake the orchestrator.
+`deployments.services` holds the device-report rules this module builds on and
+imports nothing from it (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +29,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
@@ -39,8 +47,9 @@ from deployments.versions import InvalidRequirement, Requirement, parse_version
 from devices import publish
 from devices.models import ConnectionStatus, Device, ValidationStatus
 from devices.protocol import DeviceJoin
-from firmware.models import FirmwareStatus
+from firmware.models import Firmware, FirmwareKind, FirmwareStatus
 from nerveshub.lib.enqueue import enqueue
+from nerveshub.tenancy.models import Product
 from nerveshub.tenancy.services import Actor, audit
 
 logger = logging.getLogger(__name__)
@@ -885,6 +894,95 @@ def deployment_changed(actor: Actor, deployment: Deployment, *, archive_changed:
     with transaction.atomic():
         wake(deployment.pk)
     return moved
+
+
+# --- Deployment writes -----------------------------------------------------------------
+# The one way a deployment is created or changed: the admin, the organization
+# pages and the API are adapters over save_deployment and map its
+# ValidationError (field -> messages) onto their own form errors or 422. It
+# lives here rather than in deployments.services because a write must then
+# recompute membership (deployment_changed), and services sits below rollout.
+
+# The rollout settings an operator tunes, in the order the forms show them.
+SETTINGS_FIELDS = (
+    "concurrent_updates",
+    "inflight_timeout_minutes",
+    "penalty_attempts",
+    "penalty_rate_attempts",
+    "penalty_rate_seconds",
+    "penalty_minutes",
+    "breaker_failure_percent",
+    "breaker_min_attempts",
+)
+
+
+def deployment_errors(
+    org_id: int | None, product: Product | None, firmware: Firmware | None, archive: Firmware | None
+) -> dict[str, list[str]]:
+    """What is wrong with a deployment's product, firmware and archive, by field
+    (empty: nothing). The forms run it on their cleaned data; the other rules
+    (conditions, settings, a unique name) are the model's and run in full_clean."""
+    errors: dict[str, list[str]] = {}
+    if product is None:
+        return errors
+    if org_id is not None and product.org_id != org_id:
+        errors["product"] = ["The product belongs to another organization."]
+    if firmware is not None:
+        if firmware.product_id != product.pk:
+            errors["firmware"] = ["The firmware belongs to another product."]
+        elif firmware.kind != FirmwareKind.FIRMWARE:
+            errors["firmware"] = ["This is an archive; choose it as the archive."]
+        elif firmware.status != FirmwareStatus.VALID:
+            errors["firmware"] = ["Only validated firmware can be deployed."]
+    if archive is not None:
+        if archive.product_id != product.pk:
+            errors["archive"] = ["The archive belongs to another product."]
+        elif archive.status != FirmwareStatus.VALID or archive.kind != FirmwareKind.ARCHIVE:
+            errors["archive"] = ["Choose a validated archive."]
+    return errors
+
+
+def check_deployment(deployment: Deployment) -> None:
+    """Raise ValidationError (field -> messages) unless the deployment may be saved."""
+    errors = deployment_errors(
+        deployment.org_id,
+        deployment.product if deployment.product_id else None,
+        deployment.firmware if deployment.firmware_id else None,
+        deployment.archive if deployment.archive_id else None,
+    )
+    try:
+        deployment.full_clean()
+    except ValidationError as exc:
+        for name, messages in exc.message_dict.items():
+            errors.setdefault(name, []).extend(messages)
+    if errors:
+        raise ValidationError(errors)
+
+
+def save_deployment(actor: Actor, deployment: Deployment, fields: Iterable[str], *, via: str) -> int:
+    """Create (unsaved instance) or change a deployment whose `fields` were set
+    by the caller: check it, save it and audit it in one transaction, then
+    recompute membership and wake the orchestrator. Returns how many devices
+    changed deployment. Raises ValidationError and writes nothing when the
+    deployment may not be saved."""
+    check_deployment(deployment)
+    created = deployment._state.adding
+    with transaction.atomic():
+        previous_archive = (
+            None
+            if created
+            else Deployment.objects.filter(pk=deployment.pk).values_list("archive_id", flat=True).first()
+        )
+        deployment.save()
+        audit(
+            actor,
+            "deployment.created" if created else "deployment.changed",
+            deployment,
+            details={"via": via, "fields": sorted(set(fields))},
+        )
+    if created and not deployment.is_active:
+        return 0  # no device can belong to it yet
+    return deployment_changed(actor, deployment, archive_changed=deployment.archive_id != previous_archive)
 
 
 # --- Device events -------------------------------------------------------------------

@@ -57,8 +57,24 @@ class MembershipAdmin(OrgScopedAdmin[Membership]):
     readonly_fields = ["created_at"]
 
 
+class ProductForm(forms.ModelForm):  # type: ignore[type-arg]
+    class Meta:
+        model = Product
+        fields = ["org", "name", "description", "extensions"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned: dict[str, Any] = super().clean() or {}
+        if "extensions" in cleaned:
+            for name, messages in services.product_errors(cleaned["extensions"]).items():
+                self.add_error(name, messages)
+        return cleaned
+
+
 @admin.register(Product)
 class ProductAdmin(OrgScopedAdmin[Product]):
+    form = ProductForm
+    saved_by_service = True
+    deleted_by_service = True
     add_role = Role.MANAGE
     change_role = Role.MANAGE
     delete_role = Role.ADMIN
@@ -75,6 +91,18 @@ class ProductAdmin(OrgScopedAdmin[Product]):
     @admin.display(description="devices", ordering="device_count")
     def device_count(self, obj: Product) -> int:
         return int(obj.device_count)  # type: ignore[attr-defined]
+
+    def save_model(self, request: HttpRequest, obj: Product, form: Any, change: bool) -> None:
+        self.check_save_allowed(request, obj)
+        # The form ran the same rule (ProductForm.clean): the service refuses nothing here.
+        services.save_product(request.user, obj, form.changed_data, via="admin")
+
+    def delete_model(self, request: HttpRequest, obj: Product) -> None:
+        services.delete_product(request.user, obj, via="admin")
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Product]) -> None:
+        for product in queryset:
+            services.delete_product(request.user, product, via="admin")
 
     def has_issue_shared_secret_permission(self, request: HttpRequest) -> bool:
         return self._allowed(request, Role.ADMIN, None)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser, User
+from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.utils import timezone
 
@@ -157,6 +158,60 @@ def get_or_create_product(actor: Actor, org: Organization, name: str) -> tuple[P
         if created:
             audit(actor, "product.created", product)
     return product, created
+
+
+# The one way a product is created, changed or deleted: the admin and the API
+# are adapters over these and map ValidationError (field -> messages) onto their
+# own form errors or 422.
+
+
+class ProductInUse(Exception):
+    """The product still has devices or firmware, which keep it."""
+
+
+def product_errors(extensions: object) -> dict[str, list[str]]:
+    """What is wrong with the product's extensions, by field (empty: nothing).
+    The admin's form runs it on its cleaned data; save_product runs it too."""
+    if not isinstance(extensions, list) or not all(isinstance(name, str) for name in extensions):
+        return {"extensions": ["Extensions are a list of names."]}
+    unknown = set(extensions) - set(Product.KNOWN_EXTENSIONS)
+    if unknown:
+        return {"extensions": [f"unknown extensions: {', '.join(sorted(unknown))}"]}
+    return {}
+
+
+def save_product(actor: Actor, product: Product, fields: Iterable[str], *, via: str) -> Product:
+    """Create (unsaved instance) or change a product whose `fields` the caller
+    set: check, save and audit it in one transaction. Raises ValidationError
+    and writes nothing when it may not be saved."""
+    errors = product_errors(product.extensions)
+    try:
+        product.full_clean()
+    except ValidationError as exc:
+        for name, messages in exc.message_dict.items():
+            errors.setdefault(name, []).extend(messages)
+    if errors:
+        raise ValidationError(errors)
+    created = product._state.adding
+    with transaction.atomic():
+        product.save()
+        audit(
+            actor,
+            "product.created" if created else "product.changed",
+            product,
+            details={"via": via, "fields": sorted(set(fields))},
+        )
+    return product
+
+
+def delete_product(actor: Actor, product: Product, *, via: str) -> None:
+    """Delete the product and audit it; ProductInUse while devices or firmware keep it."""
+    try:
+        with transaction.atomic():
+            audit(actor, "product.deleted", product, details={"via": via})
+            product.delete()
+    except models.ProtectedError:
+        raise ProductInUse("the product still has devices or firmware") from None
 
 
 # --- API tokens -------------------------------------------------------------------
