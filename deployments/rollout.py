@@ -29,7 +29,6 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
@@ -49,8 +48,9 @@ from devices.models import ConnectionStatus, Device, ValidationStatus
 from devices.protocol import DeviceJoin
 from firmware.models import Firmware, FirmwareKind, FirmwareStatus
 from nerveshub.lib.enqueue import enqueue
+from nerveshub.lib.validation import refuse_unless_valid
 from nerveshub.tenancy.models import Product
-from nerveshub.tenancy.services import Actor, audit
+from nerveshub.tenancy.services import Actor, audit, save_audited
 
 logger = logging.getLogger(__name__)
 
@@ -950,13 +950,7 @@ def check_deployment(deployment: Deployment) -> None:
         deployment.firmware if deployment.firmware_id else None,
         deployment.archive if deployment.archive_id else None,
     )
-    try:
-        deployment.full_clean()
-    except ValidationError as exc:
-        for name, messages in exc.message_dict.items():
-            errors.setdefault(name, []).extend(messages)
-    if errors:
-        raise ValidationError(errors)
+    refuse_unless_valid(deployment, errors)
 
 
 def save_deployment(actor: Actor, deployment: Deployment, fields: Iterable[str], *, via: str) -> int:
@@ -966,20 +960,12 @@ def save_deployment(actor: Actor, deployment: Deployment, fields: Iterable[str],
     changed deployment. Raises ValidationError and writes nothing when the
     deployment may not be saved."""
     check_deployment(deployment)
-    created = deployment._state.adding
-    with transaction.atomic():
-        previous_archive = (
-            None
-            if created
-            else Deployment.objects.filter(pk=deployment.pk).values_list("archive_id", flat=True).first()
-        )
-        deployment.save()
-        audit(
-            actor,
-            "deployment.created" if created else "deployment.changed",
-            deployment,
-            details={"via": via, "fields": sorted(set(fields))},
-        )
+    previous_archive = (
+        None
+        if deployment._state.adding
+        else Deployment.objects.filter(pk=deployment.pk).values_list("archive_id", flat=True).first()
+    )
+    created = save_audited(actor, deployment, fields, via=via)
     if created and not deployment.is_active:
         return 0  # no device can belong to it yet
     return deployment_changed(actor, deployment, archive_changed=deployment.archive_id != previous_archive)

@@ -14,10 +14,10 @@ from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser, User
-from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.utils import timezone
 
+from nerveshub.lib.validation import refuse_unless_valid
 from nerveshub.tenancy import audit_chain
 from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Organization, Product, Role
 
@@ -81,6 +81,17 @@ def audit(
         for finish in then:
             finish(event)
     return event
+
+
+def save_audited(actor: Actor, obj: models.Model, fields: Iterable[str], *, via: str) -> bool:
+    """Save a checked row and audit `<model>.created` or `<model>.changed` (with
+    the adapter and the fields it set) in one transaction. True if it was new."""
+    created = obj._state.adding
+    with transaction.atomic():
+        obj.save()
+        action = "created" if created else "changed"
+        audit(actor, f"{obj._meta.model_name}.{action}", obj, details={"via": via, "fields": sorted(set(fields))})
+    return created
 
 
 # Called with every new event inside the auditing transaction, before it is
@@ -184,23 +195,8 @@ def save_product(actor: Actor, product: Product, fields: Iterable[str], *, via: 
     """Create (unsaved instance) or change a product whose `fields` the caller
     set: check, save and audit it in one transaction. Raises ValidationError
     and writes nothing when it may not be saved."""
-    errors = product_errors(product.extensions)
-    try:
-        product.full_clean()
-    except ValidationError as exc:
-        for name, messages in exc.message_dict.items():
-            errors.setdefault(name, []).extend(messages)
-    if errors:
-        raise ValidationError(errors)
-    created = product._state.adding
-    with transaction.atomic():
-        product.save()
-        audit(
-            actor,
-            "product.created" if created else "product.changed",
-            product,
-            details={"via": via, "fields": sorted(set(fields))},
-        )
+    refuse_unless_valid(product, product_errors(product.extensions))
+    save_audited(actor, product, fields, via=via)
     return product
 
 
