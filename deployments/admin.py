@@ -126,19 +126,19 @@ class DeploymentAdmin(OrgScopedAdmin[Deployment]):
 
     @admin.action(description="Activate", permissions=["manage"])
     def activate(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
-        self._each(request, queryset, "Activated", lambda u, d: rollout.set_active(u, d, True))
+        self._each(request, queryset, "Activated", rollout.SWITCHES["activate"])
 
     @admin.action(description="Deactivate (stops new pushes at once)", permissions=["manage"])
     def deactivate(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
-        self._each(request, queryset, "Deactivated", lambda u, d: rollout.set_active(u, d, False))
+        self._each(request, queryset, "Deactivated", rollout.SWITCHES["deactivate"])
 
     @admin.action(description="Pause", permissions=["manage"])
     def pause(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
-        self._each(request, queryset, "Paused", rollout.pause)
+        self._each(request, queryset, "Paused", rollout.SWITCHES["pause"])
 
     @admin.action(description="Resume", permissions=["manage"])
     def resume(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
-        self._each(request, queryset, "Resumed", rollout.resume)
+        self._each(request, queryset, "Resumed", rollout.SWITCHES["resume"])
 
     @admin.action(description="Retry failed devices", permissions=["manage"])
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:

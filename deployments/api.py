@@ -165,15 +165,7 @@ def update_deployment(
 
 def _toggle(request: HttpRequest, org: str, product: str, name: str, verb: str) -> DeploymentOut:
     deployment = _deployment(request, org, product, name, Role.MANAGE)
-    user = actor(request)
-    if verb == "activate":
-        rollout.set_active(user, deployment, True)
-    elif verb == "deactivate":
-        rollout.set_active(user, deployment, False)
-    elif verb == "pause":
-        rollout.pause(user, deployment)
-    else:
-        rollout.resume(user, deployment)
+    rollout.SWITCHES[verb](actor(request), deployment)
     deployment.refresh_from_db()
     return _out(deployment)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -914,6 +914,16 @@ SETTINGS_FIELDS = (
     "breaker_failure_percent",
     "breaker_min_attempts",
 )
+
+
+# The operator's switches, by the name the API path, the page's button and the
+# admin action use: each is a compare-and-set that audits and wakes on its own.
+SWITCHES: dict[str, Callable[[Actor, Deployment], bool]] = {
+    "activate": lambda actor, deployment: set_active(actor, deployment, True),
+    "deactivate": lambda actor, deployment: set_active(actor, deployment, False),
+    "pause": lambda actor, deployment: pause(actor, deployment),
+    "resume": resume,
+}
 
 
 def deployment_errors(

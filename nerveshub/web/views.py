@@ -756,14 +756,8 @@ def deployment_action(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     deployment = _deployment(access, pk)
     user = _user(request)
     action = request.POST.get("action", "")
-    if action == "activate":
-        rollout.set_active(user, deployment, True)
-    elif action == "deactivate":
-        rollout.set_active(user, deployment, False)
-    elif action == "pause":
-        rollout.pause(user, deployment)
-    elif action == "resume":
-        rollout.resume(user, deployment)
+    if action in rollout.SWITCHES:
+        rollout.SWITCHES[action](user, deployment)
     elif action == "retry_failed":
         count = rollout.retry_failed(user, deployment)
         messages.success(request, f"{count} device(s) may try again.")
