@@ -102,8 +102,8 @@ class CACertificateChangeForm(forms.ModelForm):  # type: ignore[type-arg]
 
     def clean_jitp_product(self) -> Any:
         product = self.cleaned_data.get("jitp_product")
-        if product is not None and product.org_id != self.instance.org_id:
-            raise ValidationError("The JITP product must belong to the CA's organization.")
+        for messages in services.ca_errors(self.instance.org_id, product).values():
+            raise ValidationError(messages)
         return product
 
     def clean_verification_file(self) -> Any:
@@ -137,6 +137,8 @@ class CACertificateAdmin(OrgScopedAdmin[CACertificate]):
     # Who may add Device CAs decides who may add devices: admins only (as the reference).
     change_role = Role.ADMIN
     delete_role = Role.ADMIN
+    saved_by_service = True
+    deleted_by_service = True
     list_display = ["__str__", "org", "subject", "verified", "not_before", "not_after", "jitp_product", "last_used_at"]
     list_select_related = ["org", "jitp_product"]
     list_filter = [VerifiedFilter, "check_expiration", ("org", admin.RelatedOnlyFieldListFilter), "not_after"]
@@ -202,15 +204,13 @@ class CACertificateAdmin(OrgScopedAdmin[CACertificate]):
         return Organization.objects.filter(pk__in=org_ids_with_role(request, Role.ADMIN))
 
     def save_model(self, request: HttpRequest, obj: CACertificate, form: Any, change: bool) -> None:
-        if change:
-            super().save_model(request, obj, form, change)
         # On add, register_ca_certificate saved it (and audited it) in form.clean().
-
-    def log_addition(self, request: HttpRequest, obj: CACertificate, message: Any) -> Any:
-        return admin.ModelAdmin.log_addition(self, request, obj, message)
-
-    def log_deletions(self, request: HttpRequest, queryset: Any) -> Any:
-        return admin.ModelAdmin.log_deletions(self, request, queryset)
+        if change:
+            self.check_save_allowed(request, obj)
+            fields = [name for name in form.changed_data if name in CACertificateChangeForm.Meta.fields]
+            changes = {name: getattr(obj, name) for name in fields}
+            # The form ran the same rule (clean_jitp_product): the service refuses nothing here.
+            services.update_ca_certificate(request.user, obj, changes, via="admin")
 
     def delete_model(self, request: HttpRequest, obj: CACertificate) -> None:
         services.delete_ca_certificates(request.user, [obj])

@@ -12,7 +12,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.http import HttpRequest
 from ninja import Router, Schema, Status
 from ninja.errors import HttpError
@@ -24,7 +23,6 @@ from devices.fields import normalise_tags
 from devices.models import Device, validate_tags
 from nerveshub.api import actor, require_org, require_product
 from nerveshub.tenancy.models import Organization, Product, Role
-from nerveshub.tenancy.services import audit
 
 router = Router(tags=["certificates"])
 CAS = "/orgs/{org}/ca_certificates"
@@ -261,13 +259,7 @@ def update_ca(request: HttpRequest, org: str, ski: str, payload: CAPatch) -> CAO
         changes["jitp_description"] = payload.jitp.description
     if payload.clear_jitp:
         changes.update(jitp_product=None, jitp_tags=[], jitp_description="")
-    with transaction.atomic():
-        for field, value in changes.items():
-            setattr(ca, field, value)
-        ca.full_clean(exclude=["der"])
-        ca.save(update_fields=list(changes) or None)
-        details = {k: (v.name if isinstance(v, Product) else v) for k, v in changes.items()}
-        audit(actor(request), "ca_certificate.changed", ca, details={"via": "api", **details})
+    services.update_ca_certificate(actor(request), ca, changes, via="api")
     return _ca_out(ca)
 
 

@@ -45,6 +45,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from certificates.x509 import ca_builder
+
 if TYPE_CHECKING:
     from certificates.pki import Issued
 
@@ -121,40 +123,14 @@ def key_identifier(public_key: ec.EllipticCurvePublicKey) -> bytes:
 def _signer_builder(
     public_key: ec.EllipticCurvePublicKey, not_before: dt.datetime, not_after: dt.datetime, years: int
 ) -> x509.CertificateBuilder:
-    key_id = key_identifier(public_key)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(signer_name())
-        .issuer_name(signer_name())
-        .public_key(public_key)
-        .serial_number(serial_from_public_key(public_key, encode_dates(not_before, years)))
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-        )
-        .add_extension(x509.SubjectKeyIdentifier(key_id), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier(
-                key_identifier=key_id, authority_cert_issuer=None, authority_cert_serial_number=None
-            ),
-            critical=False,
-        )
+    return ca_builder(
+        signer_name(),
+        public_key,
+        serial=serial_from_public_key(public_key, encode_dates(not_before, years)),
+        not_before=not_before,
+        not_after=not_after,
+        key_id=key_identifier(public_key),
+        extended_key_usage=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
     )
 
 

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certificates import nerves_key
+from certificates.x509 import ca_builder, key_usage
 
 
 @dataclass(frozen=True)
@@ -57,35 +58,14 @@ def create_ca(
     if nerves_key_signer:
         return nerves_key.create_signer(cn, key=key, days=days, not_before=not_before)
     start = not_before or _now() - dt.timedelta(minutes=5)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ski, critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    cert = ca_builder(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]),
+        key.public_key(),
+        serial=x509.random_serial_number(),
+        not_before=start,
+        not_after=start + dt.timedelta(days=days),
+        key_id=x509.SubjectKeyIdentifier.from_public_key(key.public_key()).digest,
+    ).sign(key, hashes.SHA256())
     return Issued(cert=cert, key=key)
 
 
@@ -97,6 +77,23 @@ def _authority_key_id(ca: Issued) -> x509.AuthorityKeyIdentifier:
     except x509.ExtensionNotFound:
         return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key())
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def _leaf_builder(
+    cn: str, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, start: dt.datetime, end: dt.datetime
+) -> x509.CertificateBuilder:
+    """What every end-entity certificate here starts with: CN, issuer, a random
+    serial, validity, and basicConstraints CA:false (critical)."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    )
 
 
 def sign_device(
@@ -115,28 +112,8 @@ def sign_device(
     start = not_before or _now() - dt.timedelta(minutes=5)
     end = not_after or start + dt.timedelta(days=days)
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, serial)]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        _leaf_builder(serial, ca.cert.subject, key, start, end)
+        .add_extension(key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(_authority_key_id(ca), critical=False)
@@ -155,14 +132,7 @@ def sign_verification(ca: Issued, code: str, *, days: int = 1) -> Issued:
     key = new_key()
     start = _now() - dt.timedelta(minutes=5)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, code)]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        _leaf_builder(code, ca.cert.subject, key, start, start + dt.timedelta(days=days))
         .add_extension(_authority_key_id(ca), critical=False)
         .sign(ca.key, hashes.SHA256())
     )
@@ -180,14 +150,7 @@ def sign_server(ca: Issued, hostnames: list[str], *, days: int = 365) -> Issued:
         except ValueError:
             names.append(x509.DNSName(host))
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        _leaf_builder(hostnames[0], ca.cert.subject, key, start, start + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(_authority_key_id(ca), critical=False)
@@ -202,14 +165,7 @@ def self_signed_device(serial: str, *, days: int = 365) -> Issued:
     start = _now() - dt.timedelta(minutes=5)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, serial)])
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        _leaf_builder(serial, name, key, start, start + dt.timedelta(days=days))
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )

@@ -30,6 +30,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509 as cx509
 from django.core import signing
@@ -43,6 +44,7 @@ from certificates.models import CACertificate, DeviceCertificate
 from devices import publish
 from devices.models import Device, validate_identifier
 from devices.services import create_device
+from nerveshub.lib.validation import refuse_unless_valid
 from nerveshub.tenancy.models import Organization, Product
 from nerveshub.tenancy.services import Actor, audit
 
@@ -227,6 +229,29 @@ def verify_ca_certificate(actor: Actor, ca: CACertificate, verification_pem: str
         if changed:
             audit(actor, "ca_certificate.verified", ca, details={"subject": ca.subject, "ski": ca.ski})
     ca.refresh_from_db(fields=["verified_at"])
+    return ca
+
+
+def ca_errors(org_id: int, jitp_product: Product | None) -> dict[str, list[str]]:
+    """What is wrong with a CA's settings, by field (empty: nothing). The admin's
+    change form runs it on its cleaned data; update_ca_certificate runs it too."""
+    if jitp_product is not None and jitp_product.org_id != org_id:
+        return {"jitp_product": ["The JITP product must belong to the CA's organization."]}
+    return {}
+
+
+def update_ca_certificate(actor: Actor, ca: CACertificate, changes: dict[str, Any], *, via: str) -> CACertificate:
+    """Change a CA's description, expiry check or just-in-time provisioning
+    settings: check, save and audit in one transaction. Raises ValidationError
+    (field -> messages) and writes nothing when the CA may not be saved so."""
+    for name, value in changes.items():
+        setattr(ca, name, value)
+    # The certificate itself never changes here (and full_clean would re-read it).
+    refuse_unless_valid(ca, ca_errors(ca.org_id, ca.jitp_product), exclude=["der"])
+    details = {k: (v.name if isinstance(v, Product) else v) for k, v in changes.items()}
+    with transaction.atomic():
+        ca.save(update_fields=list(changes) or None)
+        audit(actor, "ca_certificate.changed", ca, details={"via": via, **details})
     return ca
 
 

@@ -16,7 +16,8 @@ from urllib.parse import unquote
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
@@ -138,3 +139,55 @@ def not_before(cert: x509.Certificate) -> dt.datetime:
 
 def not_after(cert: x509.Certificate) -> dt.datetime:
     return cert.not_valid_after_utc
+
+
+def key_usage(*, ca: bool) -> x509.KeyUsage:
+    """digitalSignature, plus keyCertSign and cRLSign for a CA."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def ca_builder(
+    name: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    serial: int,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    key_id: bytes,
+    extended_key_usage: list[ObjectIdentifier] | None = None,
+) -> x509.CertificateBuilder:
+    """A self-signed Device CA, unsigned: basicConstraints CA with path length 0
+    and keyUsage digitalSignature+keyCertSign+cRLSign (both critical), the
+    extended key usages if any, then subjectKeyIdentifier and
+    authorityKeyIdentifier (key id only), both `key_id`. The order is fixed: a
+    NervesKey rebuilds its signer certificate with the extensions in this order
+    (certificates/nerves_key.py)."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(key_usage(ca=True), critical=True)
+    )
+    if extended_key_usage:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(extended_key_usage), critical=False)
+    return builder.add_extension(x509.SubjectKeyIdentifier(key_id), critical=False).add_extension(
+        x509.AuthorityKeyIdentifier(
+            key_identifier=key_id, authority_cert_issuer=None, authority_cert_serial_number=None
+        ),
+        critical=False,
+    )

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
@@ -14,15 +13,15 @@ from django.urls import URLPattern, path
 from django.utils.html import format_html, format_html_join
 
 from deployments import rollout
+from deployments.forms import DeploymentRulesForm
 from deployments.models import INFLIGHT_STATUSES, Deployment, DeploymentStage, DeviceUpdate
-from firmware.models import FirmwareKind, FirmwareStatus
 from nerveshub.admin_base import CappedCountPaginator, OrgScopedAdmin, org_ids_with_role, register_org_path
 from nerveshub.tenancy.models import Role
 
 register_org_path(Deployment, "org")
 
 
-class DeploymentForm(forms.ModelForm):  # type: ignore[type-arg]
+class DeploymentForm(DeploymentRulesForm):
     class Meta:
         model = Deployment
         fields = [
@@ -35,36 +34,8 @@ class DeploymentForm(forms.ModelForm):  # type: ignore[type-arg]
             "conditions_tags",
             "conditions_version",
             "is_active",
-            "concurrent_updates",
-            "inflight_timeout_minutes",
-            "penalty_attempts",
-            "penalty_rate_attempts",
-            "penalty_rate_seconds",
-            "penalty_minutes",
-            "breaker_failure_percent",
-            "breaker_min_attempts",
+            *rollout.SETTINGS_FIELDS,
         ]
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean() or {}
-        firmware, product = data.get("firmware"), data.get("product")
-        if firmware is not None and product is not None:
-            if firmware.product_id != product.pk:
-                raise ValidationError({"firmware": "The firmware belongs to another product."})
-            if firmware.status != FirmwareStatus.VALID:
-                raise ValidationError({"firmware": "Only validated firmware can be deployed."})
-            if firmware.kind != FirmwareKind.FIRMWARE:
-                raise ValidationError({"firmware": "This is an archive; choose it as the archive."})
-        archive = data.get("archive")
-        if archive is not None and product is not None:
-            if archive.product_id != product.pk:
-                raise ValidationError({"archive": "The archive belongs to another product."})
-            if archive.status != FirmwareStatus.VALID or archive.kind != FirmwareKind.ARCHIVE:
-                raise ValidationError({"archive": "Choose a validated archive."})
-        org = data.get("org")
-        if org is not None and product is not None and product.org_id != org.pk:
-            raise ValidationError({"product": "The product belongs to another organization."})
-        return data
 
 
 class StageInline(admin.TabularInline):  # type: ignore[type-arg]
@@ -89,6 +60,7 @@ class StageInline(admin.TabularInline):  # type: ignore[type-arg]
 @admin.register(Deployment)
 class DeploymentAdmin(OrgScopedAdmin[Deployment]):
     form = DeploymentForm
+    saved_by_service = True
     inlines = [StageInline]
     list_display = ["name", "product", "firmware", "is_active", "state", "inflight", "concurrent_updates", "updated_at"]
     list_select_related = ["product", "firmware", "firmware__product"]
@@ -132,8 +104,9 @@ class DeploymentAdmin(OrgScopedAdmin[Deployment]):
         return format_html("<table>{}</table>", format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", shown))
 
     def save_model(self, request: HttpRequest, obj: Deployment, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        moved = rollout.deployment_changed(request.user, obj, archive_changed="archive" in form.changed_data)
+        self.check_save_allowed(request, obj)
+        # The form ran the same rules (DeploymentRulesForm.clean): the service refuses nothing here.
+        moved = rollout.save_deployment(request.user, obj, form.changed_data, via="admin")
         if moved:
             self.message_user(request, f"{moved} device(s) changed deployment.")
 
@@ -153,19 +126,19 @@ class DeploymentAdmin(OrgScopedAdmin[Deployment]):
 
     @admin.action(description="Activate", permissions=["manage"])
     def activate(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
-        self._each(request, queryset, "Activated", lambda u, d: rollout.set_active(u, d, True))
+        self._each(request, queryset, "Activated", rollout.SWITCHES["activate"])
 
     @admin.action(description="Deactivate (stops new pushes at once)", permissions=["manage"])
     def deactivate(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
-        self._each(request, queryset, "Deactivated", lambda u, d: rollout.set_active(u, d, False))
+        self._each(request, queryset, "Deactivated", rollout.SWITCHES["deactivate"])
 
     @admin.action(description="Pause", permissions=["manage"])
     def pause(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
-        self._each(request, queryset, "Paused", rollout.pause)
+        self._each(request, queryset, "Paused", rollout.SWITCHES["pause"])
 
     @admin.action(description="Resume", permissions=["manage"])
     def resume(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
-        self._each(request, queryset, "Resumed", rollout.resume)
+        self._each(request, queryset, "Resumed", rollout.SWITCHES["resume"])
 
     @admin.action(description="Retry failed devices", permissions=["manage"])
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db import transaction
 from django.http import HttpRequest
 from ninja import Router, Schema, Status
 from ninja.errors import HttpError
@@ -12,12 +11,10 @@ from pydantic import ConfigDict, Field
 
 from deployments import rollout
 from deployments.models import Deployment
-from deployments.versions import InvalidRequirement, Requirement
 from devices.fields import normalise_tags
-from firmware.models import Firmware, FirmwareKind, FirmwareStatus
+from firmware.models import Firmware, FirmwareKind
 from nerveshub.api import actor, require_product
 from nerveshub.tenancy.models import Product, Role
-from nerveshub.tenancy.services import audit
 
 router = Router(tags=["deployments"])
 BASE = "/orgs/{org}/products/{product}/deployments"
@@ -103,24 +100,16 @@ def _deployment(request: HttpRequest, org: str, product: str, name: str, role: s
 
 
 def _firmware(product: Product, uuid: str, kind: str = FirmwareKind.FIRMWARE) -> Firmware:
-    firmware = Firmware.objects.filter(product=product, uuid=uuid, kind=kind).first()
+    """The product's file with that uuid (404 when it has none); whether it may
+    be deployed is the service's rule (rollout.check_deployment)."""
+    firmware = Firmware.objects.select_related("product").filter(product=product, uuid=uuid, kind=kind).first()
     if firmware is None:
         raise HttpError(404, f"{kind} {uuid!r} not found in {product.name}")
-    if firmware.status != FirmwareStatus.VALID:
-        raise HttpError(422, f"firmware {uuid!r} is {firmware.status}, not valid")
     return firmware
 
 
 def _conditions(conditions: Conditions) -> dict[str, object]:
-    if conditions.version.strip():
-        try:
-            Requirement.parse(conditions.version)
-        except InvalidRequirement as exc:
-            raise HttpError(422, f"conditions.version: {exc}") from None
-    tags = normalise_tags(conditions.tags)
-    if any(any(c.isspace() for c in t) for t in tags):
-        raise HttpError(422, "conditions.tags: tags may not contain white space")
-    return {"conditions_version": conditions.version.strip(), "conditions_tags": tags}
+    return {"conditions_version": conditions.version.strip(), "conditions_tags": normalise_tags(conditions.tags)}
 
 
 @router.get(BASE, response=list[DeploymentOut])
@@ -136,19 +125,16 @@ def create_deployment(request: HttpRequest, org: str, product: str, payload: Dep
     if Deployment.objects.filter(product=found, name=payload.name).exists():
         raise HttpError(409, f"deployment {payload.name!r} already exists")
     settings = payload.model_dump(exclude={"name", "firmware", "archive", "conditions"}, exclude_none=True)
-    with transaction.atomic():
-        deployment = Deployment(
-            org=found.org,
-            product=found,
-            name=payload.name,
-            firmware=_firmware(found, payload.firmware),
-            archive=_firmware(found, payload.archive, FirmwareKind.ARCHIVE) if payload.archive else None,
-            **_conditions(payload.conditions),
-            **settings,
-        )
-        deployment.full_clean()
-        deployment.save()
-        audit(actor(request), "deployment.created", deployment, details={"via": "api"})
+    deployment = Deployment(
+        org=found.org,
+        product=found,
+        name=payload.name,
+        firmware=_firmware(found, payload.firmware),
+        archive=_firmware(found, payload.archive, FirmwareKind.ARCHIVE) if payload.archive else None,
+        **_conditions(payload.conditions),
+        **settings,
+    )
+    rollout.save_deployment(actor(request), deployment, ["name", "firmware", "archive", *settings], via="api")
     return Status(201, _out(deployment))
 
 
@@ -165,34 +151,21 @@ def update_deployment(
     changes: dict[str, object] = payload.model_dump(exclude={"firmware", "archive", "conditions"}, exclude_none=True)
     if payload.firmware is not None:
         changes["firmware"] = _firmware(deployment.product, payload.firmware)
-    archive_changed = False
     if payload.archive is not None:
-        archive = _firmware(deployment.product, payload.archive, FirmwareKind.ARCHIVE) if payload.archive else None
-        archive_changed = archive != deployment.archive
-        changes["archive"] = archive
+        changes["archive"] = (
+            _firmware(deployment.product, payload.archive, FirmwareKind.ARCHIVE) if payload.archive else None
+        )
     if payload.conditions is not None:
         changes.update(_conditions(payload.conditions))
-    with transaction.atomic():
-        for field, value in changes.items():
-            setattr(deployment, field, value)
-        deployment.full_clean()
-        deployment.save()
-        audit(actor(request), "deployment.changed", deployment, details={"via": "api", "fields": sorted(changes)})
-    rollout.deployment_changed(actor(request), deployment, archive_changed=archive_changed)
+    for field, value in changes.items():
+        setattr(deployment, field, value)
+    rollout.save_deployment(actor(request), deployment, changes, via="api")
     return _out(deployment)
 
 
 def _toggle(request: HttpRequest, org: str, product: str, name: str, verb: str) -> DeploymentOut:
     deployment = _deployment(request, org, product, name, Role.MANAGE)
-    user = actor(request)
-    if verb == "activate":
-        rollout.set_active(user, deployment, True)
-    elif verb == "deactivate":
-        rollout.set_active(user, deployment, False)
-    elif verb == "pause":
-        rollout.pause(user, deployment)
-    else:
-        rollout.resume(user, deployment)
+    rollout.SWITCHES[verb](actor(request), deployment)
     deployment.refresh_from_db()
     return _out(deployment)
 

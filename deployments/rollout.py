@@ -8,6 +8,12 @@ that lock, so `concurrent_updates` cannot be exceeded; a worker that dies
 mid-claim rolls back and claims nothing. The partial unique index on in-flight
 rows per device makes a second push to a busy device impossible. Pushes go out
 after the claim commits.
+
+This module is the deployments service in fact: every write to a deployment
+(save_deployment, set_active, pause, resume, retry_failed, approve_stage) lives
+here, because each must then recompute membership or wake the orchestrator.
+`deployments.services` holds the device-report rules this module builds on and
+imports nothing from it (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,9 +46,11 @@ from deployments.versions import InvalidRequirement, Requirement, parse_version
 from devices import publish
 from devices.models import Device, ValidationStatus, online_q
 from devices.protocol import DeviceJoin
-from firmware.models import FirmwareStatus
+from firmware.models import Firmware, FirmwareKind, FirmwareStatus
 from nerveshub.lib.enqueue import enqueue
-from nerveshub.tenancy.services import Actor, audit
+from nerveshub.lib.validation import refuse_unless_valid
+from nerveshub.tenancy.models import Product
+from nerveshub.tenancy.services import Actor, audit, save_audited
 
 logger = logging.getLogger(__name__)
 
@@ -934,6 +943,91 @@ def deployment_changed(actor: Actor, deployment: Deployment, *, archive_changed:
     with transaction.atomic():
         wake(deployment.pk)
     return moved
+
+
+# --- Deployment writes -----------------------------------------------------------------
+# The one way a deployment is created or changed: the admin, the organization
+# pages and the API are adapters over save_deployment and map its
+# ValidationError (field -> messages) onto their own form errors or 422. It
+# lives here rather than in deployments.services because a write must then
+# recompute membership (deployment_changed), and services sits below rollout.
+
+# The rollout settings an operator tunes, in the order the forms show them.
+SETTINGS_FIELDS = (
+    "concurrent_updates",
+    "inflight_timeout_minutes",
+    "penalty_attempts",
+    "penalty_rate_attempts",
+    "penalty_rate_seconds",
+    "penalty_minutes",
+    "breaker_failure_percent",
+    "breaker_min_attempts",
+)
+
+
+# The operator's switches, by the name the API path, the page's button and the
+# admin action use: each is a compare-and-set that audits and wakes on its own.
+SWITCHES: dict[str, Callable[[Actor, Deployment], bool]] = {
+    "activate": lambda actor, deployment: set_active(actor, deployment, True),
+    "deactivate": lambda actor, deployment: set_active(actor, deployment, False),
+    "pause": lambda actor, deployment: pause(actor, deployment),
+    "resume": resume,
+}
+
+
+def deployment_errors(
+    org_id: int | None, product: Product | None, firmware: Firmware | None, archive: Firmware | None
+) -> dict[str, list[str]]:
+    """What is wrong with a deployment's product, firmware and archive, by field
+    (empty: nothing). The forms run it on their cleaned data; the other rules
+    (conditions, settings, a unique name) are the model's and run in full_clean."""
+    errors: dict[str, list[str]] = {}
+    if product is None:
+        return errors
+    if org_id is not None and product.org_id != org_id:
+        errors["product"] = ["The product belongs to another organization."]
+    if firmware is not None:
+        if firmware.product_id != product.pk:
+            errors["firmware"] = ["The firmware belongs to another product."]
+        elif firmware.kind != FirmwareKind.FIRMWARE:
+            errors["firmware"] = ["This is an archive; choose it as the archive."]
+        elif firmware.status != FirmwareStatus.VALID:
+            errors["firmware"] = ["Only validated firmware can be deployed."]
+    if archive is not None:
+        if archive.product_id != product.pk:
+            errors["archive"] = ["The archive belongs to another product."]
+        elif archive.status != FirmwareStatus.VALID or archive.kind != FirmwareKind.ARCHIVE:
+            errors["archive"] = ["Choose a validated archive."]
+    return errors
+
+
+def check_deployment(deployment: Deployment) -> None:
+    """Raise ValidationError (field -> messages) unless the deployment may be saved."""
+    errors = deployment_errors(
+        deployment.org_id,
+        deployment.product if deployment.product_id else None,
+        deployment.firmware if deployment.firmware_id else None,
+        deployment.archive if deployment.archive_id else None,
+    )
+    refuse_unless_valid(deployment, errors)
+
+
+def save_deployment(actor: Actor, deployment: Deployment, fields: Iterable[str], *, via: str) -> int:
+    """Create (unsaved instance) or change a deployment whose `fields` were set
+    by the caller: check it, save it and audit it in one transaction, then
+    recompute membership and wake the orchestrator. Returns how many devices
+    changed deployment. Raises ValidationError and writes nothing when the
+    deployment may not be saved."""
+    check_deployment(deployment)
+    previous_archive = (
+        None
+        if deployment._state.adding
+        else Deployment.objects.filter(pk=deployment.pk).values_list("archive_id", flat=True).first()
+    )
+    created = save_audited(actor, deployment, fields, via=via)
+    if created and not deployment.is_active:
+        return 0  # no device can belong to it yet
+    return deployment_changed(actor, deployment, archive_changed=deployment.archive_id != previous_archive)
 
 
 # --- Device events -------------------------------------------------------------------

@@ -47,9 +47,18 @@ class SigningKeyAdmin(OrgScopedAdmin[SigningKey]):
         return int(getattr(obj, "firmware_total", 0))
 
     def save_model(self, request: HttpRequest, obj: SigningKey, form: Any, change: bool) -> None:
-        if not change and request.user.is_authenticated:
-            obj.created_by = request.user
-        super().save_model(request, obj, form, change)
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        # Added as the org pages and the API add one: through the service, which audits it.
+        self.check_save_allowed(request, obj)
+        row = services.create_signing_key(request.user, obj.org, obj.name, obj.key)
+        obj.pk = row.pk
+        obj.refresh_from_db()
+
+    def log_addition(self, request: HttpRequest, obj: SigningKey, message: Any) -> Any:
+        # create_signing_key wrote the audit event; keep only Django's own LogEntry.
+        return admin.ModelAdmin.log_addition(self, request, obj, message)
 
     def delete_view(self, request: HttpRequest, object_id: str, extra_context: Any = None) -> HttpResponse:
         key = self.get_object(request, object_id)

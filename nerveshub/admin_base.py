@@ -9,7 +9,10 @@ Two things it adds to Django's admin:
   kind of access needs on a model. Foreign-key choices are cut down the same way,
   so a form cannot point at another tenant's product.
 * Audit. Every add, change and delete made through a form writes an audit event;
-  admin actions call services, which write their own.
+  admin actions call services, which write their own. A model whose writes have
+  a service (deployments, products) saves or deletes through it and sets
+  `saved_by_service` / `deleted_by_service`, so each write is audited once, by
+  the service.
 """
 
 from __future__ import annotations
@@ -86,6 +89,11 @@ class OrgScopedAdmin(admin.ModelAdmin[M], Generic[M]):
     add_role: str | None = None  # defaults to change_role
     delete_role: str = Role.MANAGE
     operator_only: bool = False  # e.g. organizations themselves
+    # True where save_model calls the app's service, which audits the add or
+    # change itself: the admin then records only Django's LogEntry for it.
+    saved_by_service: bool = False
+    # Likewise where delete_model / delete_queryset call the app's service.
+    deleted_by_service: bool = False
 
     # --- tenancy -------------------------------------------------------------
 
@@ -147,10 +155,13 @@ class OrgScopedAdmin(admin.ModelAdmin[M], Generic[M]):
             field.queryset = field.queryset.filter(**{lookup: org_ids})  # type: ignore[union-attr]
         return field
 
-    def save_model(self, request: HttpRequest, obj: M, form: Any, change: bool) -> None:
+    def check_save_allowed(self, request: HttpRequest, obj: M) -> None:
         # Re-check against the org the row ends up in: the form may have moved it.
         if not _is_operator(request) and not has_org_role(request, self.obj_org_id(obj), self.change_role):
             raise PermissionDenied
+
+    def save_model(self, request: HttpRequest, obj: M, form: Any, change: bool) -> None:
+        self.check_save_allowed(request, obj)
         super().save_model(request, obj, form, change)
 
     # --- audit ---------------------------------------------------------------
@@ -159,17 +170,19 @@ class OrgScopedAdmin(admin.ModelAdmin[M], Generic[M]):
         tenancy.audit(request.user, action, obj, org=self.obj_org_id(obj), details=details)
 
     def log_addition(self, request: HttpRequest, obj: M, message: Any) -> Any:
-        self._audit(request, f"{obj._meta.model_name}.created", obj, {"via": "admin"})
+        if not self.saved_by_service:
+            self._audit(request, f"{obj._meta.model_name}.created", obj, {"via": "admin"})
         return super().log_addition(request, obj, message)
 
     def log_change(self, request: HttpRequest, obj: M, message: Any) -> Any:
         changed: list[str] = []
         for entry in message if isinstance(message, list) else []:
             changed += entry.get("changed", {}).get("fields", [])
-        self._audit(request, f"{obj._meta.model_name}.changed", obj, {"via": "admin", "fields": changed})
+        if not self.saved_by_service:
+            self._audit(request, f"{obj._meta.model_name}.changed", obj, {"via": "admin", "fields": changed})
         return super().log_change(request, obj, message)
 
     def log_deletions(self, request: HttpRequest, queryset: QuerySet[M]) -> Any:
-        for obj in queryset:
+        for obj in queryset if not self.deleted_by_service else []:
             self._audit(request, f"{obj._meta.model_name}.deleted", obj, {"via": "admin"})
         return super().log_deletions(request, queryset)

@@ -73,21 +73,19 @@ class ProductForm(forms.ModelForm):  # type: ignore[type-arg]
         model = Product
         fields = ["org", "name", "description", "extensions"]
 
-    def clean_extensions(self) -> list[str]:
-        value = self.cleaned_data.get("extensions") or []
-        if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
-            raise forms.ValidationError("A list of extension names.")
-        unknown = sorted(set(value) - set(Product.KNOWN_EXTENSIONS))
-        if unknown:
-            raise forms.ValidationError(
-                f"Unknown extensions: {', '.join(unknown)} (known: {', '.join(Product.KNOWN_EXTENSIONS)})."
-            )
-        return value
+    def clean(self) -> dict[str, Any]:
+        cleaned: dict[str, Any] = super().clean() or {}
+        if "extensions" in cleaned:
+            for name, messages in services.product_errors(cleaned["extensions"]).items():
+                self.add_error(name, messages)
+        return cleaned
 
 
 @admin.register(Product)
 class ProductAdmin(OrgScopedAdmin[Product]):
     form = ProductForm
+    saved_by_service = True
+    deleted_by_service = True
     add_role = Role.MANAGE
     change_role = Role.MANAGE
     delete_role = Role.ADMIN
@@ -101,19 +99,21 @@ class ProductAdmin(OrgScopedAdmin[Product]):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Product]:
         return super().get_queryset(request).annotate(device_count=_count_devices("product"))
 
-    def save_model(self, request: HttpRequest, obj: Product, form: Any, change: bool) -> None:
-        if not (change and "extensions" in form.changed_data):
-            super().save_model(request, obj, form, change)
-            return
-        # The extensions go through the service, which tells connected devices.
-        extensions = list(obj.extensions or [])
-        obj.extensions = form.initial.get("extensions") or []
-        super().save_model(request, obj, form, change)
-        services.set_product_extensions(request.user, obj, extensions)
-
     @admin.display(description="devices", ordering="device_count")
     def device_count(self, obj: Product) -> int:
         return int(obj.device_count)  # type: ignore[attr-defined]
+
+    def save_model(self, request: HttpRequest, obj: Product, form: Any, change: bool) -> None:
+        self.check_save_allowed(request, obj)
+        # The form ran the same rule (ProductForm.clean): the service refuses nothing here.
+        services.save_product(request.user, obj, form.changed_data, via="admin")
+
+    def delete_model(self, request: HttpRequest, obj: Product) -> None:
+        services.delete_product(request.user, obj, via="admin")
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Product]) -> None:
+        for product in queryset:
+            services.delete_product(request.user, product, via="admin")
 
     def has_issue_shared_secret_permission(self, request: HttpRequest) -> bool:
         return self._allowed(request, Role.ADMIN, None)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db import transaction
-from django.db.models import ProtectedError
 from django.http import HttpRequest
 from ninja import Router, Schema, Status
 from ninja.errors import HttpError
@@ -129,10 +127,8 @@ def create_product(request: HttpRequest, org: str, payload: ProductIn) -> Status
     organization = require_org(request, org, Role.MANAGE)
     if Product.objects.filter(org=organization, name=payload.name).exists():
         raise HttpError(409, f"product {payload.name!r} already exists")
-    product, _ = services.get_or_create_product(actor(request), organization, payload.name)
-    if payload.description:
-        Product.objects.filter(pk=product.pk).update(description=payload.description)
-        product.description = payload.description
+    product = Product(org=organization, name=payload.name, description=payload.description, extensions=["health"])
+    services.save_product(actor(request), product, ["name", "description"], via="api")
     return Status(201, _product_out(product))
 
 
@@ -145,19 +141,9 @@ def get_product(request: HttpRequest, org: str, product: str) -> ProductOut:
 def update_product(request: HttpRequest, org: str, product: str, payload: ProductPatch) -> ProductOut:
     found = require_product(request, org, product, Role.MANAGE)
     changes = payload.model_dump(exclude_none=True)
-    extensions = changes.pop("extensions", None)
-    unknown = set(extensions or []) - set(Product.KNOWN_EXTENSIONS)
-    if unknown:
-        raise HttpError(422, f"unknown extensions: {', '.join(sorted(unknown))}")
-    with transaction.atomic():
-        if changes:
-            for name, value in changes.items():
-                setattr(found, name, value)
-            found.save(update_fields=list(changes))
-            services.audit(actor(request), "product.changed", found, details={"via": "api", **changes})
-        if extensions is not None:
-            # Connected devices attach or detach at once (on commit).
-            services.set_product_extensions(actor(request), found, extensions)
+    for name, value in changes.items():
+        setattr(found, name, value)
+    services.save_product(actor(request), found, changes, via="api")
     return _product_out(found)
 
 
@@ -165,9 +151,7 @@ def update_product(request: HttpRequest, org: str, product: str, payload: Produc
 def delete_product(request: HttpRequest, org: str, product: str) -> Status[None]:
     found = require_product(request, org, product, Role.ADMIN)
     try:
-        with transaction.atomic():
-            services.audit(actor(request), "product.deleted", found, details={"via": "api"})
-            found.delete()
-    except ProtectedError:
-        raise HttpError(409, "the product still has devices or firmware") from None
+        services.delete_product(actor(request), found, via="api")
+    except services.ProductInUse as exc:
+        raise HttpError(409, str(exc)) from None
     return Status(204, None)

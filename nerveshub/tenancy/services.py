@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from devices import publish
 from devices.models import ConnectionStatus, Device
+from nerveshub.lib.validation import refuse_unless_valid
 from nerveshub.tenancy import audit_chain
 from nerveshub.tenancy.models import ROLE_RANK, APIToken, AuditEvent, Membership, Organization, Product, Role
 
@@ -82,6 +83,17 @@ def audit(
         for finish in then:
             finish(event)
     return event
+
+
+def save_audited(actor: Actor, obj: models.Model, fields: Iterable[str], *, via: str) -> bool:
+    """Save a checked row and audit `<model>.created` or `<model>.changed` (with
+    the adapter and the fields it set) in one transaction. True if it was new."""
+    created = obj._state.adding
+    with transaction.atomic():
+        obj.save()
+        action = "created" if created else "changed"
+        audit(actor, f"{obj._meta.model_name}.{action}", obj, details={"via": via, "fields": sorted(set(fields))})
+    return created
 
 
 # Called with every new event inside the auditing transaction, before it is
@@ -160,33 +172,58 @@ def get_or_create_product(actor: Actor, org: Organization, name: str) -> tuple[P
     return product, created
 
 
-class UnknownExtension(ValueError):
-    pass
+# The one way a product is created, changed or deleted: the admin and the API
+# are adapters over these and map ValidationError (field -> messages) onto their
+# own form errors or 422.
 
 
-def set_product_extensions(actor: Actor, product: Product, extensions: list[str]) -> bool:
-    """Set the extensions the product's devices may attach (device-protocol §8).
-    The product's connected devices learn the new set on commit, without waiting
-    for their next reconnect: their sockets attach what became allowed and
-    detach what no longer is (devices.publish.broadcast_extensions). Returns
-    whether the set changed."""
-    names = list(dict.fromkeys(str(name) for name in extensions))
-    unknown = sorted(set(names) - set(Product.KNOWN_EXTENSIONS))
+class ProductInUse(Exception):
+    """The product still has devices or firmware, which keep it."""
+
+
+def product_errors(extensions: object) -> dict[str, list[str]]:
+    """What is wrong with the product's extensions, by field (empty: nothing).
+    The admin's form runs it on its cleaned data; save_product runs it too."""
+    if not isinstance(extensions, list) or not all(isinstance(name, str) for name in extensions):
+        return {"extensions": ["Extensions are a list of names."]}
+    unknown = set(extensions) - set(Product.KNOWN_EXTENSIONS)
     if unknown:
-        raise UnknownExtension(f"unknown extensions: {', '.join(unknown)}")
+        return {"extensions": [f"unknown extensions: {', '.join(sorted(unknown))}"]}
+    return {}
+
+
+def save_product(actor: Actor, product: Product, fields: Iterable[str], *, via: str) -> Product:
+    """Create (unsaved instance) or change a product whose `fields` the caller
+    set: check, save and audit it in one transaction. Raises ValidationError
+    and writes nothing when it may not be saved.
+
+    Changed extensions (docs/device-protocol.md §8) reach the product's
+    connected devices on commit, without waiting for their next reconnect:
+    their sockets attach what became allowed and detach what no longer is
+    (devices.publish.broadcast_extensions)."""
+    product.extensions = list(dict.fromkeys(product.extensions or [])) if isinstance(product.extensions, list) else []
+    refuse_unless_valid(product, product_errors(product.extensions))
     with transaction.atomic():
-        current = Product.objects.select_for_update().get(pk=product.pk)
-        product.extensions = names
-        if list(current.extensions or []) == names:
-            return False
-        Product.objects.filter(pk=product.pk).update(extensions=names)
-        details = {"extensions": names, "previous_extensions": current.extensions}
-        audit(actor, "product.changed", product, details=details)
-        online = Device.objects.filter(
-            product_id=product.pk, deleted_at__isnull=True, connection_status=ConnectionStatus.CONNECTED
-        ).values_list("pk", flat=True)
-        publish.broadcast_extensions(list(online), names)
-    return True
+        previous = None
+        if not product._state.adding and "extensions" in set(fields):
+            previous = Product.objects.select_for_update().values_list("extensions", flat=True).get(pk=product.pk)
+        save_audited(actor, product, fields, via=via)
+        if previous is not None and list(previous or []) != product.extensions:
+            online = Device.objects.filter(
+                product_id=product.pk, deleted_at__isnull=True, connection_status=ConnectionStatus.CONNECTED
+            ).values_list("pk", flat=True)
+            publish.broadcast_extensions(list(online), product.extensions)
+    return product
+
+
+def delete_product(actor: Actor, product: Product, *, via: str) -> None:
+    """Delete the product and audit it; ProductInUse while devices or firmware keep it."""
+    try:
+        with transaction.atomic():
+            audit(actor, "product.deleted", product, details={"via": via})
+            product.delete()
+    except models.ProtectedError:
+        raise ProductInUse("the product still has devices or firmware") from None
 
 
 # --- API tokens -------------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from deployments.models import Deployment
+from deployments.forms import DeploymentRulesForm
 from devices.fields import normalise_tags
 from devices.models import validate_tags
 from firmware.models import Firmware, FirmwareKind, FirmwareStatus
@@ -70,34 +70,25 @@ class UploadForm(forms.Form):
         self.fields["product"].queryset = Product.objects.filter(org=org)  # type: ignore[attr-defined]
 
 
+def add_service_errors(form: forms.BaseForm, exc: ValidationError) -> None:
+    """Show a service's refusal (field -> messages) on the form: on the field
+    where the form has it, above the form where it does not."""
+    if not hasattr(exc, "error_dict"):
+        form.add_error(None, exc)
+        return
+    for name, messages in exc.message_dict.items():
+        form.add_error(name if name in form.fields else None, messages)
+
+
 def split_tags(value: str) -> list[str]:
     """Tags never contain white space, so both commas and spaces separate them."""
     return normalise_tags(re.split(r"[,\s]+", value))
 
 
-class DeploymentForm(forms.ModelForm):  # type: ignore[type-arg]
+class DeploymentForm(DeploymentRulesForm):
     conditions_tags = forms.CharField(
         required=False, label="Tags", help_text="A device must have all of these tags (space- or comma-separated)."
     )
-
-    class Meta:
-        model = Deployment
-        fields = [
-            "product",
-            "name",
-            "firmware",
-            "archive",
-            "conditions_tags",
-            "conditions_version",
-            "concurrent_updates",
-            "inflight_timeout_minutes",
-            "penalty_attempts",
-            "penalty_rate_attempts",
-            "penalty_rate_seconds",
-            "penalty_minutes",
-            "breaker_failure_percent",
-            "breaker_min_attempts",
-        ]
 
     def __init__(self, *args: Any, org: Organization, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -121,15 +112,6 @@ class DeploymentForm(forms.ModelForm):  # type: ignore[type-arg]
         except ValidationError as exc:
             raise forms.ValidationError(exc.messages) from None
         return tags
-
-    def clean(self) -> dict[str, Any]:
-        cleaned: dict[str, Any] = super().clean() or {}
-        product = cleaned.get("product")
-        for name in ("firmware", "archive"):
-            firmware = cleaned.get(name)
-            if product is not None and firmware is not None and firmware.product_id != product.pk:
-                self.add_error(name, f"This file belongs to product {firmware.product.name}, not {product.name}.")
-        return cleaned
 
 
 def _firmware_label(firmware: Firmware) -> str:

@@ -5,7 +5,7 @@ changes state only through the domain apps' services."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from django.contrib import messages
 from django.contrib.auth import login
@@ -14,7 +14,8 @@ from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Model, Q, QuerySet
+from django.forms import BaseForm
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
@@ -47,6 +48,7 @@ from nerveshub.web.forms import (
     TagsForm,
     TokenForm,
     UploadForm,
+    add_service_errors,
     split_tags,
 )
 from nerveshub.web.models import Invitation
@@ -79,6 +81,65 @@ def _capped_count(queryset: QuerySet[Any]) -> tuple[int, bool]:
 
 def _org_url(access: OrgAccess, name: str, *args: object) -> str:
     return reverse(f"web:{name}", args=[access.slug, *args])
+
+
+M = TypeVar("M", bound=Model)
+F = TypeVar("F", bound=BaseForm)
+
+
+def _delete_row(
+    request: HttpRequest,
+    org: str,
+    role: str,
+    rows: QuerySet[M],
+    pk: int,
+    delete: Callable[[User, M], object],
+    refused: type[Exception] | tuple[type[Exception], ...],
+    done: str,
+    back: str,
+) -> HttpResponse:
+    """The shape of every delete button: load the org's row, call the service,
+    say what happened (or why the service refused), go back to the list."""
+    access = get_org_for_user(request, org, role)
+    row = get_object_or_404(rows, pk=pk, org=access.org)
+    try:
+        delete(_user(request), row)
+        messages.success(request, done)
+    except refused as exc:
+        messages.error(request, str(exc))
+    return redirect(back, access.slug)
+
+
+def _create_from_form(
+    request: HttpRequest,
+    org: str,
+    role: str,
+    make_form: Callable[[OrgAccess, Any], F],
+    create: Callable[[User, OrgAccess, dict[str, Any]], object],
+    refused: tuple[type[Exception], ...],
+    done: str,
+    back: str,
+) -> tuple[OrgAccess, F, HttpResponse | None]:
+    """The shape of a list page with an add form: anyone in the org reads it, a
+    POST needs `role` and goes to the service; the service's refusal shows on
+    the form. Returns the access, the form to show, and the redirect after a
+    successful add (None: render the page)."""
+    access = get_org_for_user(request, org)
+    if request.method != "POST":
+        return access, make_form(access, None), None
+    access = get_org_for_user(request, org, role)
+    form = make_form(access, request.POST)
+    if form.is_valid():
+        try:
+            create(_user(request), access, form.cleaned_data)
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        except refused as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, done)
+            return access, form, redirect(back, access.slug)
+    return access, form, None
 
 
 # --- Accounts ---------------------------------------------------------------------------
@@ -496,32 +557,33 @@ def firmware_status(request: HttpRequest, org: str, pk: int) -> JsonResponse:
 @page
 @org_methods("POST")
 def firmware_delete(request: HttpRequest, org: str, pk: int) -> HttpResponse:
-    access = get_org_for_user(request, org, Role.MANAGE)
-    row = get_object_or_404(Firmware, pk=pk, org=access.org)
-    try:
-        firmware_services.delete_firmware(_user(request), row)
-        messages.success(request, "Firmware deleted.")
-    except firmware_services.FirmwareInUse as exc:
-        messages.error(request, str(exc))
-    return redirect("web:firmware", access.slug)
+    return _delete_row(
+        request,
+        org,
+        Role.MANAGE,
+        Firmware.objects.all(),
+        pk,
+        firmware_services.delete_firmware,
+        firmware_services.FirmwareInUse,
+        "Firmware deleted.",
+        "web:firmware",
+    )
 
 
 @page
 def signing_keys(request: HttpRequest, org: str) -> HttpResponse:
-    access = get_org_for_user(request, org)
-    form = SigningKeyForm()
-    if request.method == "POST":
-        access = get_org_for_user(request, org, Role.ADMIN)
-        form = SigningKeyForm(request.POST)
-        if form.is_valid():
-            try:
-                firmware_services.create_signing_key(
-                    _user(request), access.org, form.cleaned_data["name"], form.cleaned_data["key"]
-                )
-                messages.success(request, "Signing key added.")
-                return redirect("web:keys", access.slug)
-            except ValidationError as exc:
-                form.add_error(None, exc)
+    access, form, done = _create_from_form(
+        request,
+        org,
+        Role.ADMIN,
+        lambda access, data: SigningKeyForm(data),
+        lambda user, access, data: firmware_services.create_signing_key(user, access.org, data["name"], data["key"]),
+        (),
+        "Signing key added.",
+        "web:keys",
+    )
+    if done is not None:
+        return done
     rows = SigningKey.objects.filter(org=access.org).order_by("name")
     return _render(request, access, "web/keys.html", {"keys": rows, "form": form})
 
@@ -529,38 +591,40 @@ def signing_keys(request: HttpRequest, org: str) -> HttpResponse:
 @page
 @org_methods("POST")
 def signing_key_delete(request: HttpRequest, org: str, pk: int) -> HttpResponse:
-    access = get_org_for_user(request, org, Role.ADMIN)
-    key = get_object_or_404(SigningKey, pk=pk, org=access.org)
-    try:
-        firmware_services.delete_signing_key(_user(request), key)
-        messages.success(request, "Signing key deleted.")
-    except firmware_services.SigningKeyInUse as exc:
-        messages.error(request, str(exc))
-    return redirect("web:keys", access.slug)
+    return _delete_row(
+        request,
+        org,
+        Role.ADMIN,
+        SigningKey.objects.all(),
+        pk,
+        firmware_services.delete_signing_key,
+        firmware_services.SigningKeyInUse,
+        "Signing key deleted.",
+        "web:keys",
+    )
 
 
 @page
 def ca_certificates(request: HttpRequest, org: str) -> HttpResponse:
-    access = get_org_for_user(request, org)
-    form = CACertificateForm(org=access.org)
-    if request.method == "POST":
-        access = get_org_for_user(request, org, Role.ADMIN)
-        form = CACertificateForm(request.POST, org=access.org)
-        if form.is_valid():
-            data = form.cleaned_data
-            try:
-                certificates.register_ca_certificate(
-                    _user(request),
-                    access.org,
-                    data["pem"],
-                    description=data["description"],
-                    jitp_product=data["jitp_product"],
-                    verification_pem=data["verification_pem"],
-                )
-                messages.success(request, "CA certificate registered.")
-                return redirect("web:certificates", access.slug)
-            except (certificates.CertificateError, ValidationError) as exc:
-                form.add_error(None, str(exc) if isinstance(exc, certificates.CertificateError) else exc)
+    access, form, done = _create_from_form(
+        request,
+        org,
+        Role.ADMIN,
+        lambda access, data: CACertificateForm(data, org=access.org),
+        lambda user, access, data: certificates.register_ca_certificate(
+            user,
+            access.org,
+            data["pem"],
+            description=data["description"],
+            jitp_product=data["jitp_product"],
+            verification_pem=data["verification_pem"],
+        ),
+        (certificates.CertificateError,),
+        "CA certificate registered.",
+        "web:certificates",
+    )
+    if done is not None:
+        return done
     rows = CACertificate.objects.filter(org=access.org).select_related("jitp_product").order_by("-created_at")
     context = {
         "cas": rows,
@@ -592,11 +656,17 @@ def ca_certificate_verify(request: HttpRequest, org: str, pk: int) -> HttpRespon
 @page
 @org_methods("POST")
 def ca_certificate_delete(request: HttpRequest, org: str, pk: int) -> HttpResponse:
-    access = get_org_for_user(request, org, Role.ADMIN)
-    ca = get_object_or_404(CACertificate, pk=pk, org=access.org)
-    certificates.delete_ca_certificates(_user(request), [ca])
-    messages.success(request, "CA certificate deleted.")
-    return redirect("web:certificates", access.slug)
+    return _delete_row(
+        request,
+        org,
+        Role.ADMIN,
+        CACertificate.objects.all(),
+        pk,
+        lambda user, ca: certificates.delete_ca_certificates(user, [ca]),
+        (),
+        "CA certificate deleted.",
+        "web:certificates",
+    )
 
 
 # --- Deployments -------------------------------------------------------------------------------
@@ -624,18 +694,14 @@ def deployment_form(request: HttpRequest, org: str, pk: int | None = None) -> Ht
     instance = _deployment(access, pk) if pk is not None else Deployment(org=access.org)
     form = DeploymentForm(request.POST or None, instance=instance, org=access.org)
     if request.method == "POST" and form.is_valid():
-        created = instance.pk is None
-        with transaction.atomic():
-            deployment = form.save()
-            tenancy.audit(
-                _user(request),
-                "deployment.created" if created else "deployment.changed",
-                deployment,
-                details={"via": "web", "fields": sorted(form.changed_data)},
-            )
-        moved = rollout.deployment_changed(_user(request), deployment, archive_changed="archive" in form.changed_data)
-        messages.success(request, f"Deployment saved; {moved} device(s) changed deployment.")
-        return redirect("web:deployment", access.slug, deployment.pk)
+        deployment = form.save(commit=False)
+        try:
+            moved = rollout.save_deployment(_user(request), deployment, form.changed_data, via="web")
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, f"Deployment saved; {moved} device(s) changed deployment.")
+            return redirect("web:deployment", access.slug, deployment.pk)
     return _render(request, access, "web/deployment_form.html", {"form": form, "deployment": instance if pk else None})
 
 
@@ -716,14 +782,8 @@ def deployment_action(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     deployment = _deployment(access, pk)
     user = _user(request)
     action = request.POST.get("action", "")
-    if action == "activate":
-        rollout.set_active(user, deployment, True)
-    elif action == "deactivate":
-        rollout.set_active(user, deployment, False)
-    elif action == "pause":
-        rollout.pause(user, deployment)
-    elif action == "resume":
-        rollout.resume(user, deployment)
+    if action in rollout.SWITCHES:
+        rollout.SWITCHES[action](user, deployment)
     elif action == "retry_failed":
         count = rollout.retry_failed(user, deployment)
         messages.success(request, f"{count} device(s) may try again.")
