@@ -37,7 +37,8 @@ from tests.certificates.nginx import (
     start_nginx,
 )
 from tests.certificates.proof import register_ca
-from tests.conftest import REQUIRE_SERVICES, HubProcess, free_port
+from tests.conftest import REQUIRE_SERVICES
+from tests.support.hub import HubProcess, free_port
 
 NOW = dt.datetime.now(dt.UTC)
 OK = {"status": "ok", "response": {}}

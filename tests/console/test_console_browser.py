@@ -22,9 +22,10 @@ from django.contrib.staticfiles import finders
 from console.views import VENDOR_ASSETS
 from devices import services as device_services
 from nerveshub.tenancy.models import AuditEvent
-from tests.conftest import REQUIRE_SERVICES, ROOT
+from tests.conftest import REQUIRE_SERVICES
 from tests.console.conftest import PROMPT, eventually
 from tests.devices.conftest import run, wait_until
+from tests.support.hub import ROOT
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -1,6 +1,6 @@
 """Malformed frames against a live hub while well-behaved devices stay connected:
 the hub stays up, each fuzzing socket is closed or answered as the wire rules
-say (tests/devices/fuzzing.py has the oracle), and the bystanders' heartbeats
+say (tests/support/fuzzing.py has the oracle), and the bystanders' heartbeats
 and joins keep working. bench/fuzz_frames.py runs the same at 10,000+ frames."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from devices.models import Device
-from tests.devices.fuzzing import Bystanders, FuzzSocket, Outcome, frames
+from tests.support.fuzzing import Bystanders, FuzzSocket, Outcome, frames
 
 MAX_FRAME = 4096
 

@@ -20,8 +20,9 @@ import pytest
 
 from devices.models import ConnectionStatus, Device
 from firmware.models import SigningKey
-from tests.conftest import REQUIRE_SERVICES, ROOT
+from tests.conftest import REQUIRE_SERVICES
 from tests.devices.conftest import wait_until
+from tests.support.hub import ROOT
 
 JS_DIR = ROOT / "tests" / "js"
 KEY = base64.b64encode(bytes(range(32))).decode()

@@ -16,8 +16,8 @@ import pytest
 from firmware import services
 from firmware.models import FirmwareStatus
 from firmware.tasks import validate_firmware_task
-from tests.conftest import free_port
 from tests.support.fwup import build_firmware
+from tests.support.hub import free_port
 
 pytestmark = pytest.mark.django_db
 

@@ -23,8 +23,9 @@ from devices import services as device_services
 from devices.services import IssuedSecret
 from firmware import services as firmware_services
 from nerveshub.web.access import org_slug
-from tests.conftest import REQUIRE_SERVICES, ROOT, HubProcess, _database_url_for_children, services_available
+from tests.conftest import REQUIRE_SERVICES, services_available
 from tests.support.fwup import FirmwareSpec, KeyPair, build_firmware, generate_keypair
+from tests.support.hub import ROOT, HubProcess, database_url_for_children
 from tests.support.nhl_client import NHLDevice
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -75,7 +76,7 @@ def worker(live_hub: Any, tmp_path: Path) -> Iterator[None]:
     if not services_available():
         yield None
         return
-    env = {**os.environ, "DATABASE_URL": _database_url_for_children(), "DATA_DIR": str(settings.DATA_DIR)}
+    env = {**os.environ, "DATABASE_URL": database_url_for_children(), "DATA_DIR": str(settings.DATA_DIR)}
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
