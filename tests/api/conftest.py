@@ -6,6 +6,7 @@ import pytest
 from django.test import Client
 
 from nerveshub.tenancy import services as tenancy
+from tests.conftest import Tenant
 
 
 @dataclass
@@ -34,20 +35,20 @@ def api_for(user) -> ApiClient:
 
 
 @pytest.fixture
-def as_admin(tenant):
+def as_admin(tenant: Tenant):
     return api_for(tenant.admin)
 
 
 @pytest.fixture
-def as_manager(tenant):
+def as_manager(tenant: Tenant):
     return api_for(tenant.manager)
 
 
 @pytest.fixture
-def as_viewer(tenant):
+def as_viewer(tenant: Tenant):
     return api_for(tenant.viewer)
 
 
 @pytest.fixture
-def as_outsider(tenant):
+def as_outsider(tenant: Tenant):
     return api_for(tenant.outsider)

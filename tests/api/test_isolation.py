@@ -12,6 +12,7 @@ from django.test import Client
 
 from deployments.models import Deployment
 from tests.api.conftest import api_for
+from tests.conftest import Tenant
 from tests.deployments.conftest import make_device, make_firmware
 
 SAMPLE = {"org": "acme", "product": "widget", "identifier": "dev-1", "name": "main"}
@@ -49,19 +50,19 @@ def _body(client: Client, method: str, path: str) -> str:
     return json.dumps(_example(schema, document) if schema else {})
 
 
-def _url(path: str, tenant) -> str:
+def _url(path: str, tenant: Tenant) -> str:
     values = {**SAMPLE, "uuid": Deployment.objects.get(name="main").firmware.uuid}
     return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), "x"), path)
 
 
-def _call(client: Client, method: str, path: str, tenant, token: str | None):
+def _call(client: Client, method: str, path: str, tenant: Tenant, token: str | None):
     headers = {"HTTP_AUTHORIZATION": f"token {token}"} if token else {}
     body = _body(client, method, path)
     return client.generic(method, _url(path, tenant), body, content_type="application/json", **headers)
 
 
 @pytest.fixture
-def world(tenant):
+def world(tenant: Tenant):
     firmware = make_firmware(tenant.product, "2.0.0")
     Deployment.objects.create(org=tenant.org, product=tenant.product, name="main", firmware=firmware)
     make_device(tenant.product, "dev-1")
@@ -69,7 +70,7 @@ def world(tenant):
 
 
 @pytest.mark.django_db
-def test_it_requires_a_token_everywhere(world, client):
+def test_it_requires_a_token_everywhere(world: Tenant, client: Client) -> None:
     for method, path in _operations(client):
         if path in PUBLIC:
             continue
@@ -78,7 +79,7 @@ def test_it_requires_a_token_everywhere(world, client):
 
 
 @pytest.mark.django_db
-def test_it_hides_this_organization_from_an_outsider(world, client):
+def test_it_hides_this_organization_from_an_outsider(world: Tenant, client: Client) -> None:
     token = api_for(world.outsider).token
     scoped = [(m, p) for m, p in _operations(client) if "{org}" in p]
     assert len(scoped) > 10
@@ -88,7 +89,7 @@ def test_it_hides_this_organization_from_an_outsider(world, client):
 
 
 @pytest.mark.django_db
-def test_it_refuses_every_write_to_a_viewer(world, client):
+def test_it_refuses_every_write_to_a_viewer(world: Tenant, client: Client) -> None:
     token = api_for(world.viewer).token
     writes = [(m, p) for m, p in _operations(client) if "{org}" in p and m != "GET"]
     for method, path in writes:

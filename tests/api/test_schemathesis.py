@@ -23,6 +23,7 @@ from collections.abc import Callable
 import pytest
 import schemathesis
 from django.core.wsgi import get_wsgi_application
+from django.test import Client
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -32,6 +33,7 @@ from certificates import services as certificates
 from deployments.models import Deployment
 from tests.api.conftest import api_for
 from tests.certificates.proof import register_ca
+from tests.conftest import Tenant
 from tests.deployments.conftest import make_device, make_firmware
 
 PINNED = {
@@ -47,7 +49,7 @@ ORDER = {"get": 0, "post": 1, "patch": 2, "put": 2, "delete": 3}
 
 
 @pytest.fixture
-def world(tenant, other_tenant):
+def world(tenant: Tenant, other_tenant: Tenant):
     firmware = make_firmware(tenant.product, "2.0.0")
     Deployment.objects.create(org=tenant.org, product=tenant.product, name="main", firmware=firmware)
     device = make_device(tenant.product, "dev-1", tags=["beta"])
@@ -114,7 +116,7 @@ def _run(document: dict, app, new_token: Callable[[], str], examples: int) -> tu
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_no_generated_request_gets_a_server_error(world, client):
+def test_no_generated_request_gets_a_server_error(world: Tenant, client: Client) -> None:
     # given
     document = client.get("/api/v1/openapi.json").json()
 

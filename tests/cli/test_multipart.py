@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 from django.http.multipartparser import MultiPartParser
@@ -11,7 +12,7 @@ from django.http.multipartparser import MultiPartParser
 from nerveshub.cli import CHUNK, Multipart
 
 
-def test_it_streams_the_file_in_bounded_chunks_that_parse_back(tmp_path):
+def test_it_streams_the_file_in_bounded_chunks_that_parse_back(tmp_path: Path) -> None:
     # given
     path = tmp_path / 'odd "name".fw'
     data = os.urandom(3 * CHUNK + 123)

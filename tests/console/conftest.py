@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,8 +150,12 @@ async def open_console(base_ws_url: str, device_id: int, user: User | None, orig
     return Operator(ws)
 
 
+# The `iex_device` fixture: (url, identifier, **device options) -> a device and its IEx.
+IExDevice = Callable[..., tuple[NHLDevice, FakeIEx]]
+
+
 @pytest.fixture
-def iex_device(creds: Credentials) -> Any:  # noqa: F811
+def iex_device(creds: Credentials) -> IExDevice:  # noqa: F811
     def make(url: str, identifier: str = "dev-console", **kwargs: Any) -> tuple[NHLDevice, FakeIEx]:
         device = creds.device(url, identifier, remote_iex=True, **kwargs)
         return device, FakeIEx(device)

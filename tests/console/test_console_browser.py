@@ -23,9 +23,9 @@ from console.views import VENDOR_ASSETS
 from devices import services as device_services
 from nerveshub.tenancy.models import AuditEvent
 from tests.conftest import REQUIRE_SERVICES
-from tests.console.conftest import PROMPT, eventually
-from tests.devices.conftest import run, wait_until
-from tests.support.hub import ROOT
+from tests.console.conftest import PROMPT, IExDevice, eventually
+from tests.devices.conftest import Credentials, run, wait_until
+from tests.support.hub import ROOT, HubLauncher
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -69,7 +69,9 @@ def browser_ready() -> None:
 
 
 @pytest.mark.slow
-def test_it_runs_a_console_session_in_chromium(browser_ready, live_hub, creds, iex_device, tmp_path):
+def test_it_runs_a_console_session_in_chromium(
+    browser_ready, live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice, tmp_path: Path
+) -> None:
     from playwright.async_api import async_playwright
 
     # given: a connected device with remote IEx, and the manager's login

@@ -11,8 +11,9 @@ import pytest
 
 from devices import services as device_services
 from devices.models import Device
-from tests.console.conftest import PROMPT, open_console
-from tests.devices.conftest import run, wait_until
+from tests.console.conftest import PROMPT, IExDevice, open_console
+from tests.devices.conftest import Credentials, run, wait_until
+from tests.support.hub import HubLauncher
 
 
 def _kill(hub) -> None:  # type: ignore[no-untyped-def]
@@ -21,7 +22,9 @@ def _kill(hub) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.services
-def test_the_operator_reopens_on_another_process_when_theirs_dies(live_hub, creds, iex_device):
+def test_the_operator_reopens_on_another_process_when_theirs_dies(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given: the device on one process, the operator's console on another
     device_hub, operator_hub = live_hub(), live_hub()
     row = device_services.create_device("test", creds.tenant.product, "dev-kept")
@@ -59,7 +62,9 @@ def test_the_operator_reopens_on_another_process_when_theirs_dies(live_hub, cred
 
 
 @pytest.mark.services
-def test_the_console_resumes_when_the_device_comes_back_through_another_process(live_hub, creds, iex_device):
+def test_the_console_resumes_when_the_device_comes_back_through_another_process(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given: the device on one process, the operator's console on another
     device_hub, operator_hub = live_hub(), live_hub({"CONSOLE_DEVICE_CHECK_SECONDS": "1"})
     row = device_services.create_device("test", creds.tenant.product, "dev-moved")

@@ -12,15 +12,19 @@ from websockets.exceptions import InvalidStatus
 
 from devices import services as device_services
 from nerveshub.tenancy.models import AuditEvent
-from tests.console.conftest import PROMPT, eventually, open_console
-from tests.devices.conftest import run, wait_until
+from tests.conftest import Tenant
+from tests.console.conftest import PROMPT, IExDevice, eventually, open_console
+from tests.devices.conftest import Credentials, run, wait_until
+from tests.support.hub import HubLauncher
 
 
 def _audit(action: str, device_id: int) -> list[AuditEvent]:
     return list(AuditEvent.objects.filter(action=action, subject_id=str(device_id)).order_by("id"))
 
 
-def test_it_relays_keystrokes_output_and_window_size_between_operators_and_the_device(live_hub, creds, iex_device):
+def test_it_relays_keystrokes_output_and_window_size_between_operators_and_the_device(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given
     hub = live_hub()
     row = device_services.create_device("test", creds.tenant.product, "dev-console")
@@ -82,7 +86,7 @@ def test_it_relays_keystrokes_output_and_window_size_between_operators_and_the_d
     wait_until(lambda: len(_audit("console.closed", row.pk)) == 2)
 
 
-def test_it_refuses_the_outsider_the_anonymous_and_another_site(live_hub, creds):
+def test_it_refuses_the_outsider_the_anonymous_and_another_site(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     hub = live_hub()
     row = device_services.create_device("test", creds.tenant.product, "dev-private")
@@ -97,7 +101,7 @@ def test_it_refuses_the_outsider_the_anonymous_and_another_site(live_hub, creds)
     assert run(refused(None)) == 403
     assert run(refused(creds.tenant.admin, origin="http://evil.example")) == 403
 
-    async def missing():
+    async def missing() -> None:
         with pytest.raises(InvalidStatus):
             await open_console(hub.ws_url, row.pk + 1000, creds.tenant.admin)
 
@@ -105,7 +109,9 @@ def test_it_refuses_the_outsider_the_anonymous_and_another_site(live_hub, creds)
     assert not _audit("console.opened", row.pk)
 
 
-def test_it_refuses_an_admin_the_device_of_another_organization(live_hub, creds, other_tenant):
+def test_it_refuses_an_admin_the_device_of_another_organization(
+    live_hub: HubLauncher, creds: Credentials, other_tenant: Tenant
+) -> None:
     # given: a device of globex; alice is admin of acme only
     hub = live_hub()
     foreign = device_services.create_device("test", other_tenant.product, "globex-1")
@@ -123,7 +129,9 @@ def test_it_refuses_an_admin_the_device_of_another_organization(live_hub, creds,
     assert metadata["identifier"] == "globex-1" and metadata["can_write"] is True
 
 
-def test_it_uploads_a_file_in_order_and_passes_device_files_to_the_browser(live_hub, creds, iex_device):
+def test_it_uploads_a_file_in_order_and_passes_device_files_to_the_browser(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given
     hub = live_hub()
     row = device_services.create_device("test", creds.tenant.product, "dev-files")
@@ -192,7 +200,9 @@ def test_it_uploads_a_file_in_order_and_passes_device_files_to_the_browser(live_
     assert [e.details["filename"] for e in _audit("console.file_upload_aborted", row.pk)] == ["bad.bin"]
 
 
-def test_it_refuses_uploads_to_a_console_older_than_2_0_0(live_hub, creds, iex_device):
+def test_it_refuses_uploads_to_a_console_older_than_2_0_0(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given: a device whose console cannot take files
     hub = live_hub()
     row = device_services.create_device("test", creds.tenant.product, "dev-old")
@@ -218,7 +228,9 @@ def test_it_refuses_uploads_to_a_console_older_than_2_0_0(live_hub, creds, iex_d
     assert not [m for m in iex.pushed if m[3].startswith("file-data")]
 
 
-def test_it_shows_a_device_disconnect_and_resumes_when_it_comes_back(live_hub, creds, iex_device):
+def test_it_shows_a_device_disconnect_and_resumes_when_it_comes_back(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given: a late joiner gets the scrollback
     hub = live_hub({"CONSOLE_DEVICE_CHECK_SECONDS": "1"})
     row = device_services.create_device("test", creds.tenant.product, "dev-flaky")
@@ -256,7 +268,7 @@ def test_it_shows_a_device_disconnect_and_resumes_when_it_comes_back(live_hub, c
     assert '""' in after
 
 
-def test_it_closes_an_idle_console(live_hub, creds):
+def test_it_closes_an_idle_console(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     hub = live_hub({"CONSOLE_IDLE_TIMEOUT": "1"})
     row = device_services.create_device("test", creds.tenant.product, "dev-idle")
@@ -276,7 +288,9 @@ def test_it_closes_an_idle_console(live_hub, creds):
 
 
 @pytest.mark.services
-def test_it_relays_between_two_server_processes_through_redis(live_hub, creds, iex_device):
+def test_it_relays_between_two_server_processes_through_redis(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given: the device on one hub process, the operator on another
     device_hub, operator_hub = live_hub(), live_hub()
     row = device_services.create_device("test", creds.tenant.product, "dev-remote")

@@ -9,6 +9,7 @@ from deployments.models import Deployment
 from devices import services as device_services
 from devices.models import ConnectionStatus, Device
 from firmware.models import Firmware, FirmwareStatus
+from tests.conftest import Tenant
 from tests.support.faults import db_cut, private_redis  # noqa: F401 - fixtures
 
 
@@ -45,12 +46,12 @@ def make_device(product, identifier: str, *, version: str = "1.0.0", online: boo
 
 
 @pytest.fixture
-def target(tenant):
+def target(tenant: Tenant):
     return make_firmware(tenant.product, "2.0.0")
 
 
 @pytest.fixture
-def deployment(tenant, target):
+def deployment(tenant: Tenant, target: Firmware):
     return Deployment.objects.create(
         org=tenant.org, product=tenant.product, name="stable", firmware=target, is_active=True, concurrent_updates=3
     )

@@ -12,14 +12,18 @@ from django.conf import settings
 
 from devices.auth import REASON_PLATFORM
 from devices.models import Device
-from tests.devices.conftest import run, wait_until
+from tests.devices.conftest import Credentials, run, wait_until
 from tests.devices.test_device_auth import _upgrade
-from tests.support.faults import url_through
+from tests.support.faults import PrivateRedis, url_through
+from tests.support.hub import HubLauncher
 from tests.support.nhl_client import nh1_headers
+from tests.support.tcp_cut import TcpCut
 
 
 @pytest.mark.services
-def test_it_keeps_devices_connected_through_a_database_outage_and_recovers(live_hub, creds, db_cut):
+def test_it_keeps_devices_connected_through_a_database_outage_and_recovers(
+    live_hub: HubLauncher, creds: Credentials, db_cut: TcpCut
+) -> None:
     # given: a hub whose database connections go through a forwarder we can cut
     hub = live_hub({"DATABASE_URL": url_through(db_cut)})
     # Rejoins well after a crash (the pool waits DATABASE_POOL_TIMEOUT, 3 s, for a
@@ -76,7 +80,9 @@ def test_it_keeps_devices_connected_through_a_database_outage_and_recovers(live_
 
 
 @pytest.mark.services
-def test_it_keeps_device_sockets_through_a_redis_restart_and_reaches_them_again(live_hub, creds, private_redis):
+def test_it_keeps_device_sockets_through_a_redis_restart_and_reaches_them_again(
+    live_hub: HubLauncher, creds: Credentials, private_redis: PrivateRedis
+) -> None:
     # given: two hub processes on a Redis of our own, a device on each
     env = {"REDIS_URL": private_redis.url}
     hubs = [live_hub(env), live_hub(env)]

@@ -10,10 +10,12 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from pytest_django.fixtures import DjangoAssertNumQueries
 
 from devices import services as device_services
 from devices.models import Device
 from nerveshub.tenancy import services as tenancy
+from tests.conftest import Tenant
 
 
 def _changelist_url(model: type) -> str:
@@ -27,7 +29,7 @@ def _queries(client: Client, url: str) -> int:
     return len(ctx.captured_queries)
 
 
-def _make_devices(tenant, count: int, start: int = 0) -> None:
+def _make_devices(tenant: Tenant, count: int, start: int = 0) -> None:
     for i in range(start, start + count):
         device = device_services.create_device("test", tenant.product, f"dev-{i:04d}", tags=["a", "b"])
         device_services.create_device_secret("test", device)
@@ -37,7 +39,7 @@ def _make_devices(tenant, count: int, start: int = 0) -> None:
 
 
 @pytest.mark.django_db
-def test_it_renders_every_registered_changelist_for_an_operator(tenant, client):
+def test_it_renders_every_registered_changelist_for_an_operator(tenant: Tenant, client: Client) -> None:
     # given
     root = User.objects.create_superuser("root", "root@example.com", "pw")
     _make_devices(tenant, 3)
@@ -51,7 +53,7 @@ def test_it_renders_every_registered_changelist_for_an_operator(tenant, client):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("persona", ["operator", "viewer"])
-def test_it_keeps_changelist_query_counts_flat_as_rows_grow(tenant, client, persona):
+def test_it_keeps_changelist_query_counts_flat_as_rows_grow(tenant: Tenant, client: Client, persona) -> None:
     # given
     user = User.objects.create_superuser("root", "root@example.com", "pw") if persona == "operator" else tenant.viewer
     client.force_login(user)
@@ -75,7 +77,9 @@ def _req(user):
 
 
 @pytest.mark.django_db
-def test_it_pins_the_device_changelist_query_count(tenant, client, django_assert_num_queries):
+def test_it_pins_the_device_changelist_query_count(
+    tenant: Tenant, client: Client, django_assert_num_queries: DjangoAssertNumQueries
+) -> None:
     # given
     _make_devices(tenant, 30)
     client.force_login(tenant.viewer)
@@ -89,7 +93,7 @@ def test_it_pins_the_device_changelist_query_count(tenant, client, django_assert
 
 
 @pytest.mark.django_db
-def test_it_hides_other_organizations_rows_from_members(tenant, other_tenant, client):
+def test_it_hides_other_organizations_rows_from_members(tenant: Tenant, other_tenant: Tenant, client: Client) -> None:
     # given
     _make_devices(tenant, 2)
     device_services.create_device("test", other_tenant.product, "foreign-1")
@@ -108,7 +112,7 @@ def test_it_hides_other_organizations_rows_from_members(tenant, other_tenant, cl
 
 
 @pytest.mark.django_db
-def test_it_refuses_the_admin_to_a_user_without_membership(client):
+def test_it_refuses_the_admin_to_a_user_without_membership(client: Client) -> None:
     # given
     loner = User.objects.create_user("loner", password="pw", is_staff=True)
     client.force_login(loner)

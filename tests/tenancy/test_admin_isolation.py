@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth.models import User
 from django.db import models
 from django.test import Client, RequestFactory
 from django.urls import NoReverseMatch, reverse
@@ -27,6 +28,7 @@ from nerveshub.admin_base import OrgScopedAdmin
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import APIToken, AuditEvent
 from tests.certificates.proof import register_ca
+from tests.conftest import Tenant
 from tests.support.fwup import generate_keypair
 
 
@@ -119,7 +121,9 @@ def _urls(model: type[models.Model], pk: Any) -> dict[str, str]:
 
 
 @pytest.mark.django_db
-def test_every_admin_model_and_action_refuses_an_outsider_and_a_viewer(world, django_user_model):
+def test_every_admin_model_and_action_refuses_an_outsider_and_a_viewer(
+    world: Tenant, django_user_model: type[User]
+) -> None:
     # given
     superuser = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
     before = _snapshot()
@@ -163,7 +167,7 @@ def test_every_admin_model_and_action_refuses_an_outsider_and_a_viewer(world, dj
 
 
 @pytest.mark.django_db
-def test_the_isolation_harness_sees_a_change_made_by_a_member_with_the_role(world):
+def test_the_isolation_harness_sees_a_change_made_by_a_member_with_the_role(world: Tenant) -> None:
     # given
     before = _snapshot()
     client = Client()

@@ -19,7 +19,7 @@ def _bootstrap(*args: str) -> dict[str, str]:
 
 
 @pytest.mark.django_db
-def test_it_creates_everything_and_prints_one_json_object():
+def test_it_creates_everything_and_prints_one_json_object() -> None:
     # when
     result = _bootstrap("--org", "acme", "--product", "widget")
     # then
@@ -34,7 +34,7 @@ def test_it_creates_everything_and_prints_one_json_object():
 
 
 @pytest.mark.django_db
-def test_it_reuses_what_exists_and_omits_the_password():
+def test_it_reuses_what_exists_and_omits_the_password() -> None:
     first = _bootstrap("--org", "acme", "--product", "widget")
     second = _bootstrap("--org", "acme", "--product", "widget")
     assert "admin_password" not in second

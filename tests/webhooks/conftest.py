@@ -11,11 +11,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
 from nerveshub.tenancy.models import Organization
+from tests.conftest import Tenant
 from webhooks import services
 from webhooks.models import WebhookEndpoint
 
@@ -102,8 +103,14 @@ def receiver() -> Iterator[Receiver]:
     server.server_close()
 
 
+class Subscribe(Protocol):
+    """The `subscribe` fixture."""
+
+    def __call__(self, *event_types: str, org: Organization | None = None) -> WebhookEndpoint: ...
+
+
 @pytest.fixture
-def subscribe(tenant: Any, receiver: Receiver) -> Any:
+def subscribe(tenant: Tenant, receiver: Receiver) -> Subscribe:
     """Register the receiver as an endpoint of the tenant's org (or another org)."""
 
     def make(*event_types: str, org: Organization | None = None) -> WebhookEndpoint:
