@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import Client
 
@@ -13,7 +15,7 @@ from tests.conftest import Tenant
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("scheme", ["token", "Token", "Bearer", "bearer"])
-def test_it_accepts_token_and_bearer_schemes(tenant: Tenant, scheme) -> None:
+def test_it_accepts_token_and_bearer_schemes(tenant: Tenant, scheme: str) -> None:
     token = tenancy.create_api_token("test", tenant.viewer).clear
     response = Client().get("/api/v1/users/me", HTTP_AUTHORIZATION=f"{scheme} {token}")
     assert response.status_code == 200
@@ -22,8 +24,8 @@ def test_it_accepts_token_and_bearer_schemes(tenant: Tenant, scheme) -> None:
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("header", [None, "token", "token nhu_wrong", "Basic dXNlcjpwYXNz", "nhu_bare"])
-def test_it_refuses_missing_or_wrong_tokens(tenant: Tenant, header) -> None:
-    kwargs = {"HTTP_AUTHORIZATION": header} if header else {}
+def test_it_refuses_missing_or_wrong_tokens(tenant: Tenant, header: str | None) -> None:
+    kwargs: dict[str, Any] = {"HTTP_AUTHORIZATION": header} if header else {}
     response = Client().get("/api/v1/orgs", **kwargs)
     assert response.status_code == 401
     assert response.json() == {"errors": {"detail": "missing or invalid API token"}}

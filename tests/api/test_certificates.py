@@ -23,7 +23,7 @@ def _pem(issued: pki.Issued) -> str:
     return issued.cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _proof(client: Client, ca: pki.Issued, org: str = "acme") -> str:
+def _proof(client: ApiClient, ca: pki.Issued, org: str = "acme") -> str:
     """What the CA's owner sends: a certificate signed by the CA, CN = the org's code."""
     code = client.get(f"/orgs/{org}/ca_certificates/verification_code").json()["code"]
     return _pem(pki.sign_verification(ca, code))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
@@ -12,11 +14,15 @@ from tests.api.conftest import ApiClient
 from tests.conftest import Tenant
 from tests.support.fwup import FirmwareSpec, build_firmware, generate_keypair
 
+if TYPE_CHECKING:
+    # django-stubs' name for what the test client returns (no runtime class).
+    from django.test.client import _MonkeyPatchedWSGIResponse as TestResponse
+
 KEYS = "/orgs/acme/keys"
 FIRMWARE = "/orgs/acme/products/widget/firmwares"
 
 
-def _upload(api, data: bytes, name: str = "fw.fw"):
+def _upload(api: ApiClient, data: bytes, name: str = "fw.fw") -> TestResponse:
     response = Client().post(
         "/api/v1" + FIRMWARE,
         {"firmware": SimpleUploadedFile(name, data, content_type="application/octet-stream")},

@@ -44,7 +44,7 @@ def _alive(port: int) -> int:
 
 
 @pytest.mark.parametrize("path", ["/api/v1/users/me", "/device-socket/websocket?vsn=2.0.0"])
-def test_an_oversized_header_block_is_refused(live_hub: HubLauncher, path) -> None:
+def test_an_oversized_header_block_is_refused(live_hub: HubLauncher, path: str) -> None:
     # given: the same request without credentials, with a little and with 100 KB
     # of extra headers
     hub = live_hub()

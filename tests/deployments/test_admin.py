@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -9,14 +11,20 @@ from pytest_django.fixtures import DjangoCaptureOnCommitCallbacks
 
 from deployments import rollout
 from deployments.models import Deployment, DeviceUpdate
+from firmware.models import Firmware
 from nerveshub.tenancy.models import AuditEvent
 from tests.conftest import Tenant
 from tests.deployments.conftest import make_device, make_firmware
 
+if TYPE_CHECKING:
+    # django-stubs' name for what the test client returns (no runtime class).
+    from django.test.client import _MonkeyPatchedWSGIResponse as TestResponse
+
+
 CHANGELIST = reverse("admin:deployments_deployment_changelist")
 
 
-def _act(client: Client, action, deployment: Deployment):
+def _act(client: Client, action: str, deployment: Deployment) -> TestResponse:
     return client.post(CHANGELIST, {"action": action, "_selected_action": [deployment.pk]})
 
 
@@ -144,7 +152,7 @@ def test_it_assigns_devices_when_a_deployment_is_created(
     assert DeviceUpdate.objects.filter(device=device).count() == 1
 
 
-def _add_main(client: Client, tenant: Tenant, firmware):
+def _add_main(client: Client, tenant: Tenant, firmware: Firmware) -> TestResponse:
     return client.post(
         reverse("admin:deployments_deployment_add"),
         {

@@ -4,6 +4,8 @@ failures that feed the penalty box, and slots that are kept or freed."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.utils import timezone
 
@@ -16,7 +18,7 @@ from tests.conftest import Tenant
 from tests.deployments.conftest import make_device
 
 
-def _join(device: Device, *, uuid: str, validated: bool | None = None, **fields: object) -> None:
+def _join(device: Device, *, uuid: str | None, validated: bool | None = None, **fields: object) -> None:
     """Store what the join reports about the firmware, then run the rollout's
     part, as the device consumer does."""
     Device.objects.filter(pk=device.pk).update(firmware_uuid=uuid)
@@ -24,7 +26,7 @@ def _join(device: Device, *, uuid: str, validated: bool | None = None, **fields:
     rollout.on_device_joined(device.pk, DeviceJoin.model_validate({"nerves_fw_uuid": uuid, "meta": meta, **fields}))
 
 
-def _inflight_update(deployment: Deployment, device, status: UpdateStatus) -> DeviceUpdate:
+def _inflight_update(deployment: Deployment, device: Device, status: UpdateStatus) -> DeviceUpdate:
     rollout.run_rollout(deployment.pk)
     update = DeviceUpdate.objects.filter(device=device).latest("pk")
     DeviceUpdate.objects.filter(pk=update.pk).update(status=status, attempted_at=timezone.now())
@@ -92,7 +94,12 @@ def test_it_keeps_the_slot_of_a_device_still_downloading_the_target(
     ],
 )
 def test_it_counts_a_return_on_the_old_firmware_as_a_failed_attempt(
-    tenant: Tenant, deployment: Deployment, status, join, expected, reason
+    tenant: Tenant,
+    deployment: Deployment,
+    status: UpdateStatus,
+    join: dict[str, Any],
+    expected: UpdateStatus,
+    reason: str,
 ) -> None:
     # given
     device = make_device(tenant.product, "d1", deployment=deployment)

@@ -42,7 +42,7 @@ def _received(channel: str, loop: asyncio.AbstractEventLoop) -> list[str]:
     layer = get_channel_layer()
 
     async def drain() -> list[str]:
-        events = []
+        events: list[str] = []
         while True:
             try:
                 message = await asyncio.wait_for(layer.receive(channel), 0.3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -83,7 +84,7 @@ def test_it_never_claims_more_than_the_concurrency_limit(tenant: Tenant, deploym
 def test_it_skips_devices_that_must_not_update(tenant: Tenant, deployment: Deployment, target: Firmware) -> None:
     # given
     now = timezone.now()
-    cases = {
+    cases: dict[str, dict[str, Any]] = {
         "offline": {"online": False},
         "disabled": {"updates_enabled": False},
         "boxed": {"penalty_box_until": now + timedelta(hours=1)},
@@ -256,7 +257,9 @@ operations = st.lists(
 @pytest.mark.django_db
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=operations)
-def test_it_keeps_in_flight_updates_within_the_limit_whatever_happens(tenant: Tenant, ops) -> None:
+def test_it_keeps_in_flight_updates_within_the_limit_whatever_happens(
+    tenant: Tenant, ops: list[tuple[str, int]]
+) -> None:
     # given: a fresh deployment and 12 devices per example
     firmware = make_firmware(tenant.product, "3.0.0")
     deployment = Deployment.objects.create(

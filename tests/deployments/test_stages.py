@@ -22,7 +22,7 @@ def _succeed_all_inflight(deployment: Deployment) -> int:
 
 
 @pytest.fixture
-def fleet(tenant: Tenant, deployment: Deployment):
+def fleet(tenant: Tenant, deployment: Deployment) -> list[Device]:
     from tests.deployments.conftest import make_device
 
     deployment.concurrent_updates = 100
