@@ -45,7 +45,7 @@ from tests.support.hub import HubProcess as HubProcess  # noqa: E402 (after the 
 from tests.support.hub import free_port as free_port  # noqa: E402
 from tests.support.hub import start_hub  # noqa: E402
 
-JOIN_PARAMS = {
+JOIN_PARAMS: dict[str, Any] = {
     "nerves_fw_uuid": "d9492bdb-94de-5288-425e-2de6928ef99c",
     "nerves_fw_product": "bench",
     "nerves_fw_version": "0.1.0",
@@ -194,7 +194,7 @@ class Stack:
         import psycopg
 
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)
 
     def start_hub(self, extra: dict[str, str] | None = None, *, port: int | None = None) -> HubProcess:
         try:
@@ -318,6 +318,7 @@ class Clients:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.sockets: list[Any] = []
+        self.readers: list[asyncio.Task[None]] = []  # held, so that no reader is collected mid-run
         self.join_latencies: list[float] = []
         self.heartbeat_latencies: list[float] = []
         self.failed = 0
@@ -372,7 +373,7 @@ class Clients:
         self.join_latencies.append(time.perf_counter() - start)
         slot = len(self.sockets)
         self.sockets.append(ws)
-        asyncio.get_running_loop().create_task(self.read(slot, ws))
+        self.readers.append(asyncio.get_running_loop().create_task(self.read(slot, ws)))
 
     async def read(self, slot: int, ws: Any) -> None:
         import websockets

@@ -3,6 +3,8 @@ audit event each), and lesser roles and other organizations are refused."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
@@ -17,7 +19,7 @@ from tests.certificates.proof import add_unverified_ca, register_ca, verificatio
 from tests.conftest import Tenant
 
 
-def _upload(name: str, data: bytes):
+def _upload(name: str, data: bytes) -> SimpleUploadedFile:
     return SimpleUploadedFile(name, data, content_type="application/x-pem-file")
 
 
@@ -27,7 +29,7 @@ CERT_ADD = reverse("admin:certificates_devicecertificate_add")
 CERT_LIST = reverse("admin:certificates_devicecertificate_changelist")
 
 
-def _ca_form(tenant: Tenant, ca: pki.Issued, **extra):
+def _ca_form(tenant: Tenant, ca: pki.Issued, **extra: Any) -> dict[str, Any]:
     return {
         "org": tenant.org.pk,
         "description": "factory CA",
@@ -42,7 +44,7 @@ def _ca_form(tenant: Tenant, ca: pki.Issued, **extra):
 
 
 @pytest.fixture
-def recorded(tenant: Tenant, device_ca: Issued):
+def recorded(tenant: Tenant, device_ca: Issued) -> DeviceCertificate:
     register_ca("test", tenant.org, device_ca, jitp_product=tenant.product)
     services.authenticate_peer_certificate(pki.sign_device(device_ca, "ADM-1").cert_pem)
     return DeviceCertificate.objects.get()

@@ -3,7 +3,7 @@ and the TRUSTED_PROXIES setting it relies on."""
 
 from __future__ import annotations
 
-from ipaddress import ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from urllib.parse import quote
 
 import pytest
@@ -29,7 +29,7 @@ def _scope(client: str, cert: bytes | None, *, escaped: bool = True) -> dict[str
 
 
 @pytest.fixture
-def known_leaf(tenant: Tenant, device_ca: Issued):
+def known_leaf(tenant: Tenant, device_ca: Issued) -> Issued:
     register_ca(tenant.admin, tenant.org, device_ca, jitp_product=tenant.product)
     return pki.sign_device(device_ca, "SN-AUTH")
 
@@ -57,7 +57,9 @@ def test_it_accepts_an_ipv6_proxy_and_a_plain_pem_header(known_leaf: Issued, set
 
 
 @pytest.mark.parametrize("proxies", [[], PROXY], ids=["no-trusted-proxies", "outside-the-list"])
-def test_it_refuses_the_header_from_an_untrusted_peer(known_leaf: Issued, settings: Settings, proxies) -> None:
+def test_it_refuses_the_header_from_an_untrusted_peer(
+    known_leaf: Issued, settings: Settings, proxies: list[IPv4Network | IPv6Network]
+) -> None:
     # given
     settings.TRUSTED_PROXIES = proxies
     # when / then

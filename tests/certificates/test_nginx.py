@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -23,7 +24,7 @@ import websockets
 from django.db import connection
 
 from certificates import pki, services, x509
-from certificates.models import DeviceCertificate
+from certificates.models import CACertificate, DeviceCertificate
 from certificates.pki import Issued
 from devices.models import Device
 from devices.services import create_device
@@ -71,7 +72,7 @@ def front(live_hub: HubLauncher, tmp_path: Path) -> Iterator[Front]:
     nginx.stop()
 
 
-def _register(tenant: Tenant, ca: pki.Issued, **kwargs):
+def _register(tenant: Tenant, ca: pki.Issued, **kwargs: Any) -> CACertificate:
     return register_ca(tenant.admin, tenant.org, ca, description="fleet", **kwargs)
 
 
@@ -163,7 +164,7 @@ def test_it_refuses_a_certificate_from_an_unknown_ca(
     ids=["expired", "not-yet-valid"],
 )
 def test_it_refuses_a_certificate_outside_its_validity(
-    front: Front, tenant: Tenant, device_ca: Issued, start, end
+    front: Front, tenant: Tenant, device_ca: Issued, start: dt.datetime, end: dt.datetime
 ) -> None:
     _register(tenant, device_ca, jitp_product=tenant.product)
     _assert_refused_by_nginx(front.join(pki.sign_device(device_ca, "NK-0004", not_before=start, not_after=end)))
@@ -309,7 +310,9 @@ def test_it_fails_the_handshake_when_the_key_does_not_match_the_certificate(
             try:
                 connection.handshakeClientCert(chain, key, settings=settings)
                 connection.write(b"GET /status/alive HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                return connection.read(max=4096).decode(errors="replace").split("\r\n", 1)[0]
+                # tlslite is untyped: read() gives bytes.
+                answer: bytes = connection.read(max=4096)
+                return answer.decode(errors="replace").split("\r\n", 1)[0]
             except (tlslite.TLSError, OSError) as exc:
                 return f"handshake failed: {exc!r}"
 

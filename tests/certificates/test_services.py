@@ -4,6 +4,7 @@ certificate upload, revocation, and authentication of a presented chain."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 from cryptography import x509 as cx509
@@ -25,12 +26,12 @@ from tests.conftest import Tenant
 NOW = dt.datetime.now(dt.UTC)
 
 
-def _register(tenant: Tenant, ca, **kwargs):
+def _register(tenant: Tenant, ca: Issued, **kwargs: Any) -> CACertificate:
     kwargs.setdefault("verification_pem", verification_pem(ca, tenant.org))
     return services.register_ca_certificate(tenant.admin, tenant.org, ca.cert_pem, description="fleet CA", **kwargs)
 
 
-def _actions():
+def _actions() -> list[str]:
     return list(AuditEvent.objects.order_by("id").values_list("action", flat=True))
 
 
@@ -235,7 +236,7 @@ def test_it_refuses_a_certificate_of_an_unknown_ca(tenant: Tenant, device_ca: Is
     ],
 )
 def test_it_refuses_a_new_certificate_outside_its_validity(
-    tenant: Tenant, device_ca: Issued, start, end, reason
+    tenant: Tenant, device_ca: Issued, start: dt.datetime, end: dt.datetime, reason: str
 ) -> None:
     _register(tenant, device_ca, jitp_product=tenant.product)
     leaf = pki.sign_device(device_ca, "SN-6", not_before=start, not_after=end)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from tests.support.hub import HubLauncher
 SCOPE = ("--org", "acme", "--product", "widget")
 
 
-def _run_validation_while(process) -> None:
+def _run_validation_while(process: subprocess.Popen[str]) -> None:
     """The worker's part: with REDIS_URL the hub queues validation for a Celery
     worker, which the tests do not run (embedded hubs have validated already)."""
     deadline = time.monotonic() + 60
@@ -206,7 +207,7 @@ def test_a_viewer_cannot_register_a_certificate_and_nothing_is_written(
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["device", "cert", "create", "--help"]])
-def test_help_exits_0(cli: Cli, argv) -> None:
+def test_help_exits_0(cli: Cli, argv: list[str]) -> None:
     assert cli(*argv).code == 0
 
 

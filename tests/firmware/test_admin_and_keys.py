@@ -25,7 +25,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def operator(client: Client):
+def operator(client: Client) -> User:
     user = User.objects.create_superuser("root", "root@example.com", "pw")
     client.force_login(user)
     return user
@@ -122,7 +122,7 @@ def test_it_uploads_through_the_admin_add_view(
     firmware.refresh_from_db()
     assert firmware.status == FirmwareStatus.VALID
     change = client.get(reverse("admin:firmware_firmware_change", args=[firmware.pk]))
-    assert change.status_code == 200 and firmware.uuid in change.content.decode()
+    assert change.status_code == 200 and str(firmware.uuid) in change.content.decode()
 
 
 def test_it_offers_only_products_of_orgs_the_user_manages(client: Client, tenant: Tenant, other_tenant: Tenant) -> None:

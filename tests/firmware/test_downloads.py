@@ -9,6 +9,7 @@ import http.client
 import io
 import random
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,7 +49,7 @@ def call(path: str, headers: dict[str, str] | None = None, method: str = "GET") 
         "path": path,
         "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
     }
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def run() -> None:
         requested = False
@@ -62,7 +63,7 @@ def call(path: str, headers: dict[str, str] | None = None, method: str = "GET") 
             await forever.wait()
             return {"type": "http.disconnect"}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message)
 
         await FirmwareDownloadApp(_inner)(scope, receive, send)
@@ -99,7 +100,7 @@ def test_it_serves_the_whole_file_with_accept_ranges(stored: tuple[str, str]) ->
         ("bytes=10-19, 30-39", 10, 19),  # only the first range is served
     ],
 )
-def test_it_answers_ranges_with_206(stored: tuple[str, str], header, first, last) -> None:
+def test_it_answers_ranges_with_206(stored: tuple[str, str], header: str, first: int, last: int) -> None:
     # given
     name, uuid = stored
     # when
@@ -112,7 +113,7 @@ def test_it_answers_ranges_with_206(stored: tuple[str, str], header, first, last
 
 
 @pytest.mark.parametrize("header", [f"bytes={len(PAYLOAD)}-", "bytes=50-10", "bytes=-0", "items=0-1", "bytes=x-y"])
-def test_it_answers_unsatisfiable_ranges_with_416(stored: tuple[str, str], header) -> None:
+def test_it_answers_unsatisfiable_ranges_with_416(stored: tuple[str, str], header: str) -> None:
     # given
     name, uuid = stored
     # when

@@ -108,7 +108,7 @@ def assert_rejected(firmware: Firmware, root: Path, fragment: str) -> None:
 @pytest.mark.django_db
 @pytest.mark.parametrize("case", HOSTILE, ids=list(HOSTILE))
 def test_it_rejects_a_hostile_file_through_the_service(
-    case, keypair: KeyPair, upload: Uploader, firmware_root: Path
+    case: str, keypair: KeyPair, upload: Uploader, firmware_root: Path
 ) -> None:
     # given
     data = HOSTILE[case].build(keypair)
@@ -193,7 +193,7 @@ def _only_row() -> Firmware:
 # in embedded mode, so a crash there is the request's 500; to the broker otherwise).
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("case", HOSTILE, ids=list(HOSTILE))
-def test_it_answers_a_hostile_api_upload_without_a_500(case, tenant: Tenant, firmware_root: Path) -> None:
+def test_it_answers_a_hostile_api_upload_without_a_500(case: str, tenant: Tenant, firmware_root: Path) -> None:
     # given
     data = HOSTILE[case].build(_org_key(tenant))
     client = Client(raise_request_exception=False)
@@ -217,7 +217,7 @@ def test_it_answers_a_hostile_api_upload_without_a_500(case, tenant: Tenant, fir
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("case", HOSTILE, ids=list(HOSTILE))
-def test_it_answers_a_hostile_page_upload_without_a_500(case, tenant: Tenant, firmware_root: Path) -> None:
+def test_it_answers_a_hostile_page_upload_without_a_500(case: str, tenant: Tenant, firmware_root: Path) -> None:
     # given
     data = HOSTILE[case].build(_org_key(tenant))
     client = Client(raise_request_exception=False)

@@ -114,7 +114,7 @@ def test_it_keeps_unknown_keys_for_the_caller_to_ignore() -> None:
         ("a 1 2\n", 1),
     ],
 )
-def test_it_reports_syntax_errors_with_a_line(text, line) -> None:
+def test_it_reports_syntax_errors_with_a_line(text: str, line: int) -> None:
     # when
     with pytest.raises(MetaConfError) as error:
         parse(text)

@@ -158,7 +158,7 @@ def test_it_refuses_an_oversized_upload_to_s3_without_leaving_an_object(
 ) -> None:
     # given: bigger than the cap and bigger than one multipart part (8 MiB)
     settings.FIRMWARE_MAX_SIZE = 9 * 1024 * 1024
-    stream = io.BufferedReader(io.BytesIO(bytes(10 * 1024 * 1024)))  # type: ignore[arg-type]
+    stream = io.BufferedReader(io.BytesIO(bytes(10 * 1024 * 1024)))
     # when
     with pytest.raises(services.UploadRefused):
         services.upload_firmware(tenant.admin, tenant.product, stream, "big.fw")

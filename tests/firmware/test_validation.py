@@ -8,6 +8,7 @@ import io
 import random
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from pytest_django.fixtures import DjangoCaptureOnCommitCallbacks, Settings
@@ -19,10 +20,14 @@ from tests.conftest import Tenant
 from tests.firmware.conftest import Uploader, stored_files
 from tests.support.fwup import FirmwareSpec, KeyPair, Tamper, build_firmware, generate_keypair
 
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+
 pytestmark = pytest.mark.django_db
 
 
-def assert_rejected(firmware: Firmware, root, fragment: str) -> None:
+def assert_rejected(firmware: Firmware, root: Path, fragment: str) -> None:
     assert firmware.status == FirmwareStatus.REJECTED, firmware.rejected_reason
     assert fragment.lower() in firmware.rejected_reason.lower(), firmware.rejected_reason
     assert firmware.storage_name == ""
@@ -194,7 +199,7 @@ def test_it_rejects_an_archive_without_meta_conf(upload: Uploader, firmware_root
     ],
 )
 def test_it_rejects_meta_conf_syntax_errors(
-    spec: FirmwareSpec, upload: Uploader, firmware_root: Path, extra, message
+    spec: FirmwareSpec, upload: Uploader, firmware_root: Path, extra: str, message: str
 ) -> None:
     # given
     spec.extra_meta = extra
@@ -223,7 +228,7 @@ def test_it_rejects_a_version_that_is_not_semver(spec: FirmwareSpec, upload: Upl
     ],
 )
 def test_it_rejects_unsafe_entry_names(
-    spec: FirmwareSpec, upload: Uploader, firmware_root: Path, name, message
+    spec: FirmwareSpec, upload: Uploader, firmware_root: Path, name: str, message: str
 ) -> None:
     # given
     tamper = Tamper(extra_entries=[(name, b"#!/bin/sh\n", zipfile.ZIP_DEFLATED)])
@@ -277,9 +282,10 @@ def test_it_refuses_a_file_over_the_size_cap_while_streaming(
         def readable(self) -> bool:
             return True
 
-        def readinto(self, buffer) -> int:  # type: ignore[override]
-            n = min(len(buffer), self.left, 4096)
-            buffer[:n] = b"x" * n
+        def readinto(self, buffer: WriteableBuffer) -> int:
+            view = memoryview(buffer)
+            n = min(len(view), self.left, 4096)
+            view[:n] = b"x" * n
             self.left -= n
             return n
 

@@ -7,6 +7,8 @@ import pytest
 from django.contrib import admin
 from django.contrib.auth.models import User
 from django.db import connection
+from django.db.models import Model
+from django.http import HttpRequest
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -18,7 +20,7 @@ from nerveshub.tenancy import services as tenancy
 from tests.conftest import Tenant
 
 
-def _changelist_url(model: type) -> str:
+def _changelist_url(model: type[Model]) -> str:
     return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
 
 
@@ -53,7 +55,7 @@ def test_it_renders_every_registered_changelist_for_an_operator(tenant: Tenant, 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("persona", ["operator", "viewer"])
-def test_it_keeps_changelist_query_counts_flat_as_rows_grow(tenant: Tenant, client: Client, persona) -> None:
+def test_it_keeps_changelist_query_counts_flat_as_rows_grow(tenant: Tenant, client: Client, persona: str) -> None:
     # given
     user = User.objects.create_superuser("root", "root@example.com", "pw") if persona == "operator" else tenant.viewer
     client.force_login(user)
@@ -68,7 +70,7 @@ def test_it_keeps_changelist_query_counts_flat_as_rows_grow(tenant: Tenant, clie
     assert max(after.values()) <= 15, after
 
 
-def _req(user):
+def _req(user: User) -> HttpRequest:
     from django.test import RequestFactory
 
     request = RequestFactory().get("/")

@@ -13,6 +13,7 @@ from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import User
 from django.db import models
+from django.db.models import Model
 from django.test import Client, RequestFactory
 from django.urls import NoReverseMatch, reverse
 
@@ -73,7 +74,8 @@ def world(tenant: Any, settings: Any) -> Any:
 def _snapshot() -> dict[str, list[dict[str, Any]]]:
     """Every row of every admin-registered model, plus the audit log."""
     rows = {}
-    for model in [*admin.site._registry, AuditEvent]:
+    models: list[type[Model]] = [*admin.site._registry, AuditEvent]
+    for model in models:
         values = list(model._default_manager.order_by("pk").values())
         for row in values:
             row.pop("last_login", None)  # logging the personas in is not a change

@@ -15,7 +15,8 @@ from nerveshub.tenancy.models import AuditEvent, Membership, Role
 def _bootstrap(*args: str) -> dict[str, str]:
     out = StringIO()
     call_command("bootstrap", *args, stdout=out)
-    return json.loads(out.getvalue())
+    answer: dict[str, str] = json.loads(out.getvalue())
+    return answer
 
 
 @pytest.mark.django_db

@@ -53,7 +53,7 @@ def _load_settings(tmp_path: Path, **overrides: str) -> subprocess.CompletedProc
         ),
     ],
 )
-def test_it_refuses_bad_environment_values(tmp_path: Path, overrides, message) -> None:
+def test_it_refuses_bad_environment_values(tmp_path: Path, overrides: dict[str, str], message: str) -> None:
     result = _load_settings(tmp_path, **overrides)
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
@@ -91,5 +91,5 @@ def test_it_reads_secrets_from_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("true", True), ("0", False), ("Yes", True), ("off", False)])
-def test_it_parses_booleans_strictly(raw, expected) -> None:
+def test_it_parses_booleans_strictly(raw: str, expected: bool) -> None:
     assert env.envbool("X", not expected, {"X": raw}) is expected

@@ -8,7 +8,7 @@ from django.test import Client
 from django.urls import reverse
 from pytest_django.fixtures import DjangoAssertNumQueries
 
-from nerveshub.tenancy.models import AuditEvent
+from nerveshub.tenancy.models import AuditEvent, Organization
 from nerveshub.tenancy.services import audit
 from tests.conftest import Tenant
 from tests.webhooks.conftest import Subscribe
@@ -22,13 +22,13 @@ ADD = reverse("admin:webhooks_webhookendpoint_add")
 
 
 @pytest.fixture
-def delivered(tenant: Tenant, subscribe: Subscribe):
+def delivered(tenant: Tenant, subscribe: Subscribe) -> WebhookDelivery:
     subscribe(EventType.FIRMWARE_VALIDATED)
     audit("system", "firmware.validated", tenant.product)
     return WebhookDelivery.objects.get()
 
 
-def _add_form(org, url: str) -> dict[str, object]:
+def _add_form(org: Organization, url: str) -> dict[str, object]:
     return {"org": org.pk, "url": url, "description": "ops", "event_types": ["device.online"], "is_active": "on"}
 
 
@@ -65,7 +65,7 @@ def test_an_admin_cannot_add_an_endpoint_to_another_org(tenant: Tenant, other_te
 
 
 @pytest.mark.parametrize("who", ["manager", "viewer"])
-def test_lesser_roles_are_refused(tenant: Tenant, client: Client, delivered: WebhookDelivery, who) -> None:
+def test_lesser_roles_are_refused(tenant: Tenant, client: Client, delivered: WebhookDelivery, who: str) -> None:
     # given
     client.force_login(getattr(tenant, who))
     endpoint = delivered.endpoint

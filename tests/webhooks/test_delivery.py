@@ -42,7 +42,9 @@ def _deliver_all() -> None:
 
 
 @pytest.mark.parametrize(("action", "event_type"), sorted(services.AUDIT_EVENT_TYPES.items()))
-def test_each_mapped_audit_action_writes_its_event(tenant: Tenant, subscribe: Subscribe, action, event_type) -> None:
+def test_each_mapped_audit_action_writes_its_event(
+    tenant: Tenant, subscribe: Subscribe, action: str, event_type: str
+) -> None:
     # given
     subscribe(*EventType.values)
 
@@ -328,7 +330,7 @@ def test_replay_sends_the_event_again_under_the_same_event_id(
 
 
 @pytest.mark.parametrize("who", ["manager", "viewer", "outsider"])
-def test_only_the_orgs_admins_may_replay_or_manage_endpoints(tenant: Tenant, subscribe: Subscribe, who) -> None:
+def test_only_the_orgs_admins_may_replay_or_manage_endpoints(tenant: Tenant, subscribe: Subscribe, who: str) -> None:
     # given
     endpoint = subscribe(EventType.FIRMWARE_VALIDATED)
     audit("system", "firmware.validated", tenant.product)
