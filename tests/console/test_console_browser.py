@@ -15,6 +15,7 @@ import asyncio
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.staticfiles import finders
@@ -70,9 +71,9 @@ def browser_ready() -> None:
 
 @pytest.mark.slow
 def test_it_runs_a_console_session_in_chromium(
-    browser_ready, live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice, tmp_path: Path
+    browser_ready: None, live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice, tmp_path: Path
 ) -> None:
-    from playwright.async_api import async_playwright
+    from playwright.async_api import FilePayload, async_playwright
 
     # given: a connected device with remote IEx, and the manager's login
     hub = live_hub({"CONSOLE_DEVICE_CHECK_SECONDS": "1"})
@@ -83,7 +84,7 @@ def test_it_runs_a_console_session_in_chromium(
     if not screenshot.is_absolute():
         screenshot = ROOT / screenshot
 
-    async def scenario():
+    async def scenario() -> tuple[Any, bytes]:
         await device.connect()
         iex.start()
         await iex.up("Interactive Elixir (1.18.0) - press Ctrl+C to exit\r\n" + PROMPT)
@@ -106,9 +107,8 @@ def test_it_runs_a_console_session_in_chromium(
                 await page.keyboard.press("Enter")
                 await page.wait_for_function(f"() => ({READ_TERMINAL})().includes('|> length()\"')")
                 # when: a file is uploaded from the page
-                await page.set_input_files(
-                    "#upload-input", files=[{"name": "app.conf", "mimeType": "text/plain", "buffer": upload}]
-                )
+                payload: FilePayload = {"name": "app.conf", "mimeType": "text/plain", "buffer": upload}
+                await page.set_input_files("#upload-input", files=[payload])
                 await page.click("#upload-button")
                 await page.wait_for_function(
                     "() => document.getElementById('upload-status').textContent.includes('sent to the device')"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.shortcuts import resolve_url
 from django.test import Client
 
@@ -14,11 +15,11 @@ from tests.conftest import Tenant
 
 
 @pytest.fixture
-def device(tenant: Tenant):
+def device(tenant: Tenant) -> Device:
     return device_services.create_device("test", tenant.product, "dev-page")
 
 
-def _client(user) -> Client:
+def _client(user: User) -> Client:
     client = Client()
     client.force_login(user)
     return client

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from websockets.exceptions import InvalidStatus
 
 from devices import services as device_services
@@ -30,7 +32,7 @@ def test_it_relays_keystrokes_output_and_window_size_between_operators_and_the_d
     row = device_services.create_device("test", creds.tenant.product, "dev-console")
     device, iex = iex_device(hub.ws_url)
 
-    async def scenario():
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], str, str, dict[str, Any], str, dict[str, Any]]:
         await device.connect()
         iex.start()
         manager = await open_console(hub.ws_url, row.pk, creds.tenant.manager)
@@ -91,7 +93,7 @@ def test_it_refuses_the_outsider_the_anonymous_and_another_site(live_hub: HubLau
     hub = live_hub()
     row = device_services.create_device("test", creds.tenant.product, "dev-private")
 
-    async def refused(user, origin=None):
+    async def refused(user: User | None, origin: str | None = None) -> int:
         with pytest.raises(InvalidStatus) as excinfo:
             await open_console(hub.ws_url, row.pk, user, origin=origin)
         return excinfo.value.response.status_code
@@ -116,7 +118,7 @@ def test_it_refuses_an_admin_the_device_of_another_organization(
     hub = live_hub()
     foreign = device_services.create_device("test", other_tenant.product, "globex-1")
 
-    async def scenario():
+    async def scenario() -> dict[str, Any]:
         with pytest.raises(InvalidStatus):
             await open_console(hub.ws_url, foreign.pk, creds.tenant.admin)
         # and globex's own admin gets in
@@ -138,7 +140,13 @@ def test_it_uploads_a_file_in_order_and_passes_device_files_to_the_browser(
     device, iex = iex_device(hub.ws_url, "dev-files")
     content = bytes(range(256)) * 9  # 2304 bytes: three chunks, the last one short
 
-    async def scenario():
+    async def scenario() -> tuple[
+        dict[str, Any],
+        dict[str, Any],
+        dict[str, Any],
+        dict[str, Any],
+        tuple[dict[str, Any], dict[str, Any], dict[str, Any]],
+    ]:
         await device.connect()
         iex.start()
         operator = await open_console(hub.ws_url, row.pk, creds.tenant.admin)
@@ -208,7 +216,7 @@ def test_it_refuses_uploads_to_a_console_older_than_2_0_0(
     row = device_services.create_device("test", creds.tenant.product, "dev-old")
     device, iex = iex_device(hub.ws_url, "dev-old", console_version="1.0.0")
 
-    async def scenario():
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
         await device.connect()
         iex.start()
         operator = await open_console(hub.ws_url, row.pk, creds.tenant.admin)
@@ -236,7 +244,7 @@ def test_it_shows_a_device_disconnect_and_resumes_when_it_comes_back(
     row = device_services.create_device("test", creds.tenant.product, "dev-flaky")
     device, iex = iex_device(hub.ws_url, "dev-flaky")
 
-    async def scenario():
+    async def scenario() -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any], str]:
         await device.connect()
         iex.start()
         await iex.up("Interactive Elixir (1.18.0)\r\n" + PROMPT)
@@ -273,7 +281,7 @@ def test_it_closes_an_idle_console(live_hub: HubLauncher, creds: Credentials) ->
     hub = live_hub({"CONSOLE_IDLE_TIMEOUT": "1"})
     row = device_services.create_device("test", creds.tenant.product, "dev-idle")
 
-    async def scenario():
+    async def scenario() -> tuple[dict[str, Any], int | None]:
         operator = await open_console(hub.ws_url, row.pk, creds.tenant.manager)
         # when: nothing happens
         closed = await operator.next("closed", timeout=10)
@@ -296,7 +304,7 @@ def test_it_relays_between_two_server_processes_through_redis(
     row = device_services.create_device("test", creds.tenant.product, "dev-remote")
     device, iex = iex_device(device_hub.ws_url, "dev-remote")
 
-    async def scenario():
+    async def scenario() -> str:
         await device.connect()
         iex.start()
         operator = await open_console(operator_hub.ws_url, row.pk, creds.tenant.admin)

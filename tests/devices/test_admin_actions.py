@@ -4,6 +4,7 @@ lesser roles and other organizations' rows."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.test import Client
@@ -15,16 +16,21 @@ from devices.models import Device, DeviceSharedSecret, ProductSharedSecret
 from nerveshub.tenancy.models import AuditEvent
 from tests.conftest import Tenant
 
+if TYPE_CHECKING:
+    # django-stubs' name for what the test client returns (no runtime class).
+    from django.test.client import _MonkeyPatchedWSGIResponse as TestResponse
+
+
 URL = reverse("admin:devices_device_changelist")
 
 
-def _post_action(client: Client, action, devices: list[Device], **extra):
+def _post_action(client: Client, action: str, devices: list[Device], **extra: Any) -> TestResponse:
     data = {"action": action, "_selected_action": [d.pk for d in devices], **extra}
     return client.post(URL, data)
 
 
 @pytest.fixture
-def devices(tenant: Tenant):
+def devices(tenant: Tenant) -> list[Device]:
     return [services.create_device("test", tenant.product, f"d{i}", tags=["base"]) for i in range(3)]
 
 

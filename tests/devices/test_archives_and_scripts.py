@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import io
 import urllib.request
+from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
@@ -22,11 +23,11 @@ from firmware.tasks import validate_firmware_task
 from nerveshub.tenancy.models import AuditEvent
 from tests.conftest import Tenant
 from tests.devices.conftest import Credentials, run, wait_until
-from tests.support.fwup import FirmwareSpec, build_firmware, generate_keypair
+from tests.support.fwup import FirmwareSpec, KeyPair, build_firmware, generate_keypair
 from tests.support.hub import HubLauncher
 
 
-def _publish(tenant: Tenant, version: str, kind: str, keys) -> Firmware:
+def _publish(tenant: Tenant, version: str, kind: str, keys: KeyPair) -> Firmware:
     data = build_firmware(FirmwareSpec(product="widget", version=version, architecture="aarch64", key=keys))
     row = firmware_services.upload_firmware(tenant.admin, tenant.product, io.BytesIO(data), "f.fw", kind=kind)
     validate_firmware_task(row.pk)  # the worker's part (a no-op if embedded mode already ran it)
@@ -51,7 +52,7 @@ def test_it_offers_the_deployment_archive_to_devices_that_know_archives(
     current = creds.device(hub.ws_url, "dev-new")
     old = creds.device(hub.ws_url, "dev-old", device_api_version="1.0.0")
 
-    async def scenario():
+    async def scenario() -> list[Any]:
         await current.connect()
         offered = await current.next_event("archive")
         await old.connect()
@@ -127,7 +128,7 @@ def test_it_runs_a_support_script_and_stores_the_answer(live_hub: HubLauncher, c
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-scripts")
 
-    async def scenario():
+    async def scenario() -> tuple[Any, list[Any]]:
         await device.connect()
         # database_sync_to_async closes the worker thread's connection afterwards.
         row = await database_sync_to_async(Device.objects.get)(identifier="dev-scripts")
@@ -239,7 +240,7 @@ def test_it_runs_the_connecting_code_on_every_join(live_hub: HubLauncher, creds:
     current = creds.device(hub.ws_url, "dev-code")
     old = creds.device(hub.ws_url, "dev-code-old", device_api_version="2.0.0")
 
-    async def scenario():
+    async def scenario() -> list[Any]:
         await current.connect()
         pushed = await current.next_event("scripts/run")
         await current.push("device", "scripts/run", {"ref": "connecting_code", "result": "completed", "return": ":ok"})

@@ -22,7 +22,7 @@ def test_it_sheds_connects_over_the_rate_with_503_and_lets_them_in_later(
     hub = live_hub({"DEVICE_CONNECT_RATE": "5", "DEVICE_CONNECT_BURST": "5"})
     now = int(time.time())
 
-    async def herd():
+    async def herd() -> list[tuple[int, dict[str, str]]]:
         attempts = [
             _upgrade(hub.ws_url, nh1_headers(creds.product_key, creds.product_secret, f"herd-{i}", now))
             for i in range(20)
@@ -51,7 +51,7 @@ def test_it_sheds_connects_while_the_database_backlog_is_deep(live_hub: HubLaunc
     hub = live_hub({"DEVICE_DB_THREADS": "2", "DEVICE_CONNECT_BACKLOG": "1", "DEVICE_CONNECT_RATE": "0"})
     now = int(time.time())
 
-    async def burst():
+    async def burst() -> list[tuple[int, dict[str, str]]]:
         attempts = [
             _upgrade(hub.ws_url, nh1_headers(creds.product_key, creds.product_secret, f"burst-{i}", now))
             for i in range(40)
@@ -82,7 +82,7 @@ def test_it_sheds_connects_while_too_many_are_under_way(live_hub: HubLauncher, c
     )
     now = int(time.time())
 
-    async def burst():
+    async def burst() -> list[tuple[int, dict[str, str]]]:
         attempts = [
             _upgrade(hub.ws_url, nh1_headers(creds.product_key, creds.product_secret, f"many-{i}", now))
             for i in range(40)

@@ -4,8 +4,9 @@ HTTP 401 (or 503) before the websocket exists, with a Date header and a reason."
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 import pytest
 import websockets
@@ -13,7 +14,7 @@ from websockets.asyncio.client import connect
 
 from devices import services
 from devices.auth import REASON_EXPIRED, REASON_FUTURE, REASON_INVALID, REASON_NO_CREDENTIALS, REASON_PLATFORM
-from devices.models import Device
+from devices.models import Device, DeviceSharedSecret
 from tests.devices.conftest import Credentials, run
 from tests.support.hub import HubLauncher
 from tests.support.nhl_client import nh1_headers
@@ -37,7 +38,7 @@ def test_it_refuses_bad_credentials_with_401_and_a_reason(
     key, secret = creds.product_key, creds.product_secret
     _, dkey, dsecret = device_key("dev-keyed")
     _, dead_key, dead_secret = device_key("dev-deactivated")
-    services.deactivate_secrets("test", list(services.DeviceSharedSecret.objects.filter(key=dead_key)))
+    services.deactivate_secrets("test", list(DeviceSharedSecret.objects.filter(key=dead_key)))
     deleted, del_key, del_secret = device_key("dev-deleted")
     services.soft_delete("test", Device.objects.filter(pk=deleted.pk))
     good = nh1_headers(key, secret, "dev-new", now)
@@ -61,7 +62,7 @@ def test_it_refuses_bad_credentials_with_401_and_a_reason(
     }
     expected_reason = {"expired": REASON_EXPIRED, "future": REASON_FUTURE}
 
-    async def scenario():
+    async def scenario() -> dict[str, tuple[int, dict[str, str]]]:
         return {name: await _upgrade(hub.ws_url, headers) for name, headers in cases.items()}
 
     # when
@@ -103,7 +104,10 @@ def test_it_accepts_a_device_key_and_a_little_clock_skew(
     assert [status for status, _ in results] == [101, 101, 101]
 
 
-async def _gather(*coroutines):
+T = TypeVar("T")
+
+
+async def _gather(*coroutines: Awaitable[T]) -> list[T]:
     return [await c for c in coroutines]
 
 

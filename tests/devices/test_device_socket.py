@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from typing import Any
 
 import msgpack
 import websockets
@@ -28,7 +29,7 @@ def test_it_runs_a_full_device_session(live_hub: HubLauncher, creds: Credentials
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-full", remote_iex=True)
 
-    async def scenario():
+    async def scenario() -> tuple[list[Any], list[Any], list[Any], list[Any], list[Any], list[Any]]:
         # when: connect and join device + console as handle_connect/1 does
         reply = await device.connect()
         fwup_keys = await device.next_event("fwup_public_keys")
@@ -145,7 +146,7 @@ def test_it_answers_phoenix_style_on_topics_and_refs(live_hub: HubLauncher, cred
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-topics")
 
-    async def scenario():
+    async def scenario() -> tuple[list[Any], Any, Any, list[Any]]:
         await device.connect()
         # when: join an unknown topic, push with join_ref null on a joined topic,
         # push on a topic not joined, leave and rejoin
@@ -181,7 +182,7 @@ def test_it_refuses_a_missing_or_unknown_vsn_with_403(live_hub: HubLauncher, cre
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-vsn")
 
-    async def scenario(vsn):
+    async def scenario(vsn: str) -> int:
         try:
             await device.open(vsn=vsn)
         except websockets.InvalidStatus as exc:
@@ -200,7 +201,7 @@ def test_it_speaks_msgpack_on_vsn_3(live_hub: HubLauncher, creds: Credentials) -
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-msgpack")
 
-    async def scenario():
+    async def scenario() -> tuple[Any, list[Any]]:
         async with connect(
             f"{hub.ws_url}/device-socket/websocket?vsn=3.0.0", additional_headers=device.headers()
         ) as ws:
@@ -349,14 +350,15 @@ def test_it_accepts_the_bare_progress_payload_of_old_clients(live_hub: HubLaunch
     device.assert_no_violations()
 
 
-async def _status(pk):
+async def _status(pk: int) -> tuple[str, int]:
     from channels.db import database_sync_to_async
 
-    def read():
+    def read() -> tuple[str, int]:
         row = DeviceUpdate.objects.get(pk=pk)
         return row.status, row.progress
 
-    return await database_sync_to_async(read)()
+    status: tuple[str, int] = await database_sync_to_async(read)()  # channels is untyped
+    return status
 
 
 def test_it_serves_the_certificate_path_too(live_hub: HubLauncher, creds: Credentials) -> None:
@@ -365,7 +367,7 @@ def test_it_serves_the_certificate_path_too(live_hub: HubLauncher, creds: Creden
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-cert-path", path="/socket/websocket")
 
-    async def scenario():
+    async def scenario() -> list[Any]:
         reply = await device.connect()
         await device.close()
         return reply
@@ -416,7 +418,7 @@ def test_an_update_waiting_for_the_device_comes_after_its_join_reply(live_hub: H
 
     seen_before = len(device.received)
 
-    async def second_visit():
+    async def second_visit() -> tuple[list[Any], list[Any]]:
         # when: it comes back; the join sends the update from inside the join
         reply = await device.connect()
         update = await device.next_event("update")
@@ -440,7 +442,7 @@ def test_a_connect_survives_failing_to_close_the_older_socket(live_hub: HubLaunc
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-older")
 
-    async def visit():
+    async def visit() -> list[Any]:
         reply = await device.connect()
         await device.heartbeat()
         await device.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any, cast
 
 import pytest
 from channels.db import database_sync_to_async
@@ -30,7 +31,7 @@ def test_it_keeps_devices_connected_through_a_database_outage_and_recovers(
     # connection first), so the test sees the topic down before the client rejoins.
     connected = creds.device(hub.ws_url, "dev-steady", rejoin_after=8)
 
-    async def scenario():
+    async def scenario() -> tuple[list[Any], tuple[int, dict[str, str]], list[Any], int, list[Any]]:
         await connected.connect()
         # when: the database disappears
         db_cut.interrupt()
@@ -88,7 +89,7 @@ def test_it_keeps_device_sockets_through_a_redis_restart_and_reaches_them_again(
     hubs = [live_hub(env), live_hub(env)]
     devices = [creds.device(hub.ws_url, f"dev-redis-{i}") for i, hub in enumerate(hubs)]
 
-    async def scenario():
+    async def scenario() -> tuple[list[list[Any]], list[list[Any]], list[list[Any]]]:
         for device in devices:
             await device.connect()
         # when: Redis dies, and comes back
@@ -132,6 +133,8 @@ def _identify_through(device: Device, redis_url: str) -> None:
     from devices.publish import send_to_socket
 
     channel = Device.objects.filter(pk=device.pk).values_list("socket_channel", flat=True).get()
-    layer = RedisChannelLayer(hosts=[redis_url], prefix=settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"])
+    layer = RedisChannelLayer(
+        hosts=[redis_url], prefix=cast(dict[str, str], settings.CHANNEL_LAYERS["default"]["CONFIG"])["prefix"]
+    )
     message = {"type": "device.push", "topic": "device", "event": "identify", "payload": {}}
     async_to_sync(send_to_socket)(layer, channel, message)

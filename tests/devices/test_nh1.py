@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from devices import nh1
 from tests.support.nhl_client import nh1_headers
 
-VECTOR_1 = {
+VECTOR_1: dict[str, Any] = {
     "key": "nhp_example_product_key",
     "secret": "example-product-secret",
     "identifier": "nh-test-0001",
@@ -16,7 +18,7 @@ VECTOR_1 = {
     "payload": "8368036d0000000c6e682d746573742d303030316e06000068e5cf8b016200015180",
     "signature": "SFMyNTY.g2gDbQAAAAxuaC10ZXN0LTAwMDFuBgAAaOXPiwFiAAFRgA.uzFxm6qPFi2YdBITwPhWFHbRiVIg5COb5mIBMhkyGF0",
 }
-VECTOR_2 = {
+VECTOR_2: dict[str, Any] = {
     "key": "nhp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789+/abcde",
     "secret": "s3cr3t-Example-Secret-Value-For-Docs-000000",
     "identifier": "abc123",
@@ -28,7 +30,7 @@ VECTOR_2 = {
 
 
 @pytest.mark.parametrize("vector", [VECTOR_1, VECTOR_2], ids=["device-protocol", "server-behaviour"])
-def test_it_verifies_the_reference_vectors(vector) -> None:
+def test_it_verifies_the_reference_vectors(vector: dict[str, Any]) -> None:
     # given
     alg = nh1.parse_alg("NH1-HMAC-sha256-1000-32")
     salt = nh1.build_salt("NH1-HMAC-sha256-1000-32", vector["key"], str(vector["time"]))
@@ -43,7 +45,7 @@ def test_it_verifies_the_reference_vectors(vector) -> None:
 
 
 @pytest.mark.parametrize("vector", [VECTOR_1, VECTOR_2], ids=["device-protocol", "server-behaviour"])
-def test_it_signs_like_plug_crypto(vector) -> None:
+def test_it_signs_like_plug_crypto(vector: dict[str, Any]) -> None:
     # when
     ours = nh1.sign_headers(vector["key"], vector["secret"], vector["identifier"], vector["time"])
     clients = nh1_headers(vector["key"], vector["secret"], vector["identifier"], vector["time"])
@@ -90,7 +92,7 @@ def test_it_decodes_the_legacy_shapes() -> None:
         b"\x83\x68\x02\x6d\xff\xff\xff\xffa\x61\x01",  # absurd length
     ],
 )
-def test_it_refuses_malformed_payloads(payload) -> None:
+def test_it_refuses_malformed_payloads(payload: bytes) -> None:
     with pytest.raises(nh1.NH1Error):
         nh1.decode_payload(payload)
 
@@ -106,7 +108,7 @@ def test_it_refuses_malformed_payloads(payload) -> None:
         "NH1-HMAC-sha256-1000-0",
     ],
 )
-def test_it_refuses_bad_algorithms(alg) -> None:
+def test_it_refuses_bad_algorithms(alg: str) -> None:
     with pytest.raises(nh1.NH1Error):
         nh1.parse_alg(alg)
 
