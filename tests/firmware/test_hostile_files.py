@@ -177,7 +177,7 @@ def test_it_rejects_a_zip_of_thousands_of_entries_before_zipfile_reads_them(
 # --- The upload requests: the REST API and the organization page ---------------------
 
 
-def _org_key(tenant: Any) -> KeyPair:
+def _org_key(tenant: Tenant) -> KeyPair:
     pair = generate_keypair()
     SigningKey.objects.create(org=tenant.org, name="release", key=pair.public)
     return pair

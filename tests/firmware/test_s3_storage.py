@@ -39,7 +39,7 @@ def moto_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def s3(moto_endpoint: str, settings: Any) -> Any:
+def s3(moto_endpoint: str, settings: Settings) -> Any:
     client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", **CREDENTIALS)
     client.create_bucket(Bucket=BUCKET)
     settings.STORAGES = {
@@ -72,7 +72,7 @@ def keys(client: Any) -> list[str]:
     return [obj["Key"] for obj in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
 
 
-def upload_and_validate(tenant: Any, data: bytes, capture: Any) -> Any:
+def upload_and_validate(tenant: Tenant, data: bytes, capture: Any) -> Any:
     with capture(execute=False):
         firmware = services.upload_firmware(tenant.admin, tenant.product, io.BytesIO(data), "s3.fw")
     with capture(execute=True):

@@ -16,6 +16,7 @@ from django.db import models
 from django.db.models import Model
 from django.test import Client, RequestFactory
 from django.urls import NoReverseMatch, reverse
+from pytest_django.fixtures import Settings
 
 from certificates import pki
 from certificates import services as cert_services
@@ -34,7 +35,7 @@ from tests.support.fwup import generate_keypair
 
 
 @pytest.fixture
-def world(tenant: Any, settings: Any) -> Any:
+def world(tenant: Tenant, settings: Settings) -> Any:
     """One of everything in the tenant's organization."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     device = device_services.create_device("test", tenant.product, "d1", tags=["eu"])
@@ -83,7 +84,7 @@ def _snapshot() -> dict[str, list[dict[str, Any]]]:
     return rows
 
 
-def _tenant_rows(model: type[models.Model], model_admin: Any, tenant: Any) -> list[Any]:
+def _tenant_rows(model: type[models.Model], model_admin: Any, tenant: Tenant) -> list[Any]:
     if isinstance(model_admin, OrgScopedAdmin):
         lookup = "pk" if model_admin.org_path == "pk" else model_admin.org_path
         return list(model._default_manager.filter(**{lookup: tenant.org.pk}).values_list("pk", flat=True))
