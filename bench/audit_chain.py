@@ -68,7 +68,7 @@ def main() -> None:
     from webhooks.models import EventType, WebhookEndpoint
 
     # Sending happens after commit in a worker; this measures the write path only.
-    webhooks.dispatch = lambda delivery_id: None  # type: ignore[assignment]
+    webhooks.dispatch = lambda delivery_id: None
     stamp = str(time.time_ns())
     org = Organization.objects.create(name=f"bench-{stamp}")
     baseline_org = Organization.objects.create(name=f"bench-base-{stamp}")

@@ -40,7 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 KEEPALIVE_SECONDS = 30.0
 sys.path.insert(0, str(ROOT))
 
-JOIN_PARAMS = {
+# One hub launcher for tests and benchmarks (re-exported for the bench scripts).
+from tests.support.hub import HubProcess as HubProcess  # noqa: E402 (after the path setup above)
+from tests.support.hub import free_port as free_port  # noqa: E402
+from tests.support.hub import start_hub  # noqa: E402
+
+JOIN_PARAMS: dict[str, Any] = {
     "nerves_fw_uuid": "d9492bdb-94de-5288-425e-2de6928ef99c",
     "nerves_fw_product": "bench",
     "nerves_fw_version": "0.1.0",
@@ -60,12 +65,6 @@ def raise_nofile() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
@@ -138,7 +137,7 @@ class Stack:
     name: str
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="nh-bench-")))
     env: dict[str, str] = field(default_factory=dict)
-    servers: list[Server] = field(default_factory=list)
+    servers: list[Server | HubProcess] = field(default_factory=list)
     key: str = ""
     secret: str = ""
     product_id: int = 0
@@ -195,23 +194,15 @@ class Stack:
         import psycopg
 
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)
 
-    def start_hub(self, extra: dict[str, str] | None = None) -> Server:
-        port = free_port()
-        env = {**self.env, "PUBLIC_URL": f"http://127.0.0.1:{port}", **(extra or {})}
-        log = (self.work / f"hub-{port}.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "nerveshub.serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        server = Server(port, process)
-        self.servers.append(server)
-        wait_listening(port, process, "hub")
-        return server
+    def start_hub(self, extra: dict[str, str] | None = None, *, port: int | None = None) -> HubProcess:
+        try:
+            hub = start_hub(self.env, self.work, extra, port=port, timeout=60, grace_seconds=15)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from exc
+        self.servers.append(hub)
+        return hub
 
     def start_baseline(self) -> Server:
         port = free_port()
@@ -221,7 +212,7 @@ class Stack:
         wait_listening(port, process, "baseline server")
         return server
 
-    def hub_log(self, server: Server) -> str:
+    def hub_log(self, server: Server | HubProcess) -> str:
         return (self.work / f"hub-{server.port}.log").read_text(errors="replace")
 
     def __exit__(self, *exc: object) -> None:
@@ -327,6 +318,7 @@ class Clients:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.sockets: list[Any] = []
+        self.readers: list[asyncio.Task[None]] = []  # held, so that no reader is collected mid-run
         self.join_latencies: list[float] = []
         self.heartbeat_latencies: list[float] = []
         self.failed = 0
@@ -381,7 +373,7 @@ class Clients:
         self.join_latencies.append(time.perf_counter() - start)
         slot = len(self.sockets)
         self.sockets.append(ws)
-        asyncio.get_running_loop().create_task(self.read(slot, ws))
+        self.readers.append(asyncio.get_running_loop().create_task(self.read(slot, ws)))
 
     async def read(self, slot: int, ws: Any) -> None:
         import websockets

@@ -4,7 +4,7 @@
 
 One hub process (`python -m nerveshub.serve`, DEVICE_MAX_FRAME_BYTES=4096) with
 three well-behaved devices heartbeating every 100 ms from a thread of their own.
-Fuzzing sockets send frames drawn by hypothesis (tests/devices/fuzzing.py: not
+Fuzzing sockets send frames drawn by hypothesis (tests/support/fuzzing.py: not
 JSON, binary, wrong arity and types, huge refs, odd topics, oversized, joins
 and events with garbage payloads), each followed by a heartbeat probe, and the
 oracle there judges every answer and close. Prints the counts: frames, closes
@@ -40,7 +40,7 @@ def main() -> None:
     examples = max(1, -(-frames_wanted // BATCH))
 
     with Stack("fuzz") as stack:
-        from tests.devices.fuzzing import Bystanders, FuzzSocket, Outcome, frames
+        from tests.support.fuzzing import Bystanders, FuzzSocket, Outcome, frames
         from tests.support.nhl_client import NHLDevice
 
         hub = stack.start_hub({"DEVICE_MAX_FRAME_BYTES": str(MAX_FRAME)})

@@ -37,14 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     JOIN_PARAMS,
     ROOT,
-    Server,
+    HubProcess,
     Stack,
     chunks,
     free_port,
     machine,
     proc_rss,
     raise_nofile,
-    wait_listening,
 )
 
 BACKOFF_MS = [1000, 2000, 4000, 8000, 16000, 32000, 60000]
@@ -218,22 +217,14 @@ class Herd:
                 p.kill()
 
 
-def start_hub_on(stack: Stack, port: int) -> Server:
-    env = {**stack.env, "PUBLIC_URL": f"http://127.0.0.1:{port}"}
-    env["DEVICE_CONNECT_RATE"] = os.environ.get("DEVICE_CONNECT_RATE", "2000")
-    env["DEVICE_CONNECT_BURST"] = os.environ.get("DEVICE_CONNECT_BURST", "4000")
-    log = (stack.work / f"hub-{port}.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nerveshub.serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def start_hub_on(stack: Stack, port: int) -> HubProcess:
+    return stack.start_hub(
+        {
+            "DEVICE_CONNECT_RATE": os.environ.get("DEVICE_CONNECT_RATE", "2000"),
+            "DEVICE_CONNECT_BURST": os.environ.get("DEVICE_CONNECT_BURST", "4000"),
+        },
+        port=port,
     )
-    server = Server(port, process)
-    stack.servers.append(server)
-    wait_listening(port, process, "hub")
-    return server
 
 
 def _seed_state(stack: Stack, prefix: str, devices: int) -> dict[str, Any]:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from common import Fleet, Stack, describe, machine, merged, summed
 
 
-def hold(ports: list[int], args: argparse.Namespace, devices: int, key: str, secret: str) -> dict[str, object]:
+def hold(ports: list[int], args: argparse.Namespace, devices: int, key: str, secret: str) -> dict[str, Any]:
     fleet = Fleet.start(ports, devices, args.workers, key=key, secret=secret, concurrency=args.concurrency)
     try:
         start = time.perf_counter()

@@ -29,18 +29,17 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncGenerator
 from pathlib import Path
+from typing import cast
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from tests.support.hub import free_port, start_hub  # noqa: E402 (after the path setup above)
+
 MB = 1_000_000
 SECRET = "bench-secret-key-" + "x" * 40
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -212,7 +211,8 @@ def measure_fileresponse(path: Path) -> tuple[float, float]:
         reset_peak()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            iterator = response.__aiter__()
+            # An async generator underneath (the stubs say AsyncIterator): it has aclose().
+            iterator = cast(AsyncGenerator[bytes, None], response.__aiter__())
             await iterator.__anext__()
         read = handle.tell() if not handle.closed else size
         growth = status("VmHWM") - before
@@ -274,12 +274,9 @@ def main() -> None:
 
     try:
         # --- the hub streaming the bytes itself -----------------------------------
-        hub_port = free_port()
-        hub = start(
-            [sys.executable, "-m", "nerveshub.serve", "--port", str(hub_port)],
-            hub_port,
-            {"PUBLIC_URL": f"http://127.0.0.1:{hub_port}"},
-        )
+        hub = start_hub(env, work)
+        processes.append(hub.process)
+        hub_port = hub.port
         # Warm up (imports, first request) before taking the RSS baseline.
         status, got = get(hub_port, path, bytearray(1024 * 1024), "range: bytes=0-1023\r\n")
         assert (status, got) == (206, 1024), (status, got)
@@ -291,12 +288,9 @@ def main() -> None:
         sf_rate, _ = run_clients(sf_port, "/", args.clients, size, None)
 
         # --- production answer: X-Accel-Redirect behind nginx ------------------------
-        xa_port = free_port()
-        xa_hub = start(
-            [sys.executable, "-m", "nerveshub.serve", "--port", str(xa_port)],
-            xa_port,
-            {"FIRMWARE_X_ACCEL_REDIRECT": "/protected-firmware/", "PUBLIC_URL": f"http://127.0.0.1:{xa_port}"},
-        )
+        xa_hub = start_hub(env, work, {"FIRMWARE_X_ACCEL_REDIRECT": "/protected-firmware/"})
+        processes.append(xa_hub.process)
+        xa_port = xa_hub.port
         get(xa_port, path, bytearray(1024))
         count = 300
         t0 = time.perf_counter()

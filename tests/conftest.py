@@ -9,15 +9,10 @@ a missing service fails the run instead.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.conf import settings
@@ -25,8 +20,15 @@ from django.contrib.auth.models import User
 
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import Organization, Product, Role
+from tests.support.hub import ROOT as ROOT
+from tests.support.hub import HubLauncher as HubLauncher
+from tests.support.hub import HubProcess as HubProcess
+from tests.support.hub import database_url_for_children, start_hub
+from tests.support.hub import free_port as free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+# The launcher lives in tests/support/hub.py (benchmarks use it too); the names
+# above stay importable from here for test modules written against this file.
+_database_url_for_children = database_url_for_children
 REQUIRE_SERVICES = os.environ.get("NERVESHUB_REQUIRE_SERVICES") == "1"
 
 
@@ -50,7 +52,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_report_header(config: pytest.Config) -> str:
     engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
-    layer = settings.CHANNEL_LAYERS["default"]["BACKEND"].rsplit(".", 1)[-1]
+    layer = str(settings.CHANNEL_LAYERS["default"]["BACKEND"]).rsplit(".", 1)[-1]
     return f"nerveshub: database={engine} channel_layer={layer} services={'yes' if services_available() else 'no'}"
 
 
@@ -101,51 +103,10 @@ def other_tenant(tenant: Tenant) -> Tenant:
 # --- Live server processes --------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _database_url_for_children() -> str:
-    db = settings.DATABASES["default"]
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or ""
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    auth = f"{user}{password}@" if user else ""
-    return f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-
-
-@dataclass
-class HubProcess:
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-
 @dataclass
 class HubFactory:
+    """The `live_hub` fixture: hubs on the test database, stopped after the test."""
+
     tmp_path: Path
     started: list[HubProcess] = field(default_factory=list)
     # The hubs of one test share their cache counters (failed authentications)
@@ -153,42 +114,16 @@ class HubFactory:
     cache_prefix: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:12]}")
 
     def __call__(self, extra_env: dict[str, str] | None = None) -> HubProcess:
-        port = free_port()
-        env = {
-            **os.environ,
-            "DATABASE_URL": _database_url_for_children(),
-            "DATA_DIR": str(settings.DATA_DIR),
-            "PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "LOG_LEVEL": "info",
-            "CACHE_KEY_PREFIX": self.cache_prefix,
-            **(extra_env or {}),
-        }
-        log_path = self.tmp_path / f"hub-{port}.log"
-        log = log_path.open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "nerveshub.serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        env = {**os.environ, "DATABASE_URL": database_url_for_children(), "DATA_DIR": str(settings.DATA_DIR)}
+        hub = start_hub(
+            env, self.tmp_path, {"LOG_LEVEL": "info", "CACHE_KEY_PREFIX": self.cache_prefix, **(extra_env or {})}
         )
-        hub = HubProcess(port=port, process=process, log_path=log_path)
         self.started.append(hub)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"hub process exited early:\n{hub.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return hub
-            except OSError:
-                time.sleep(0.1)
-        hub.stop()
-        raise RuntimeError(f"hub process did not listen within 30 s:\n{hub.log()}")
+        return hub
 
 
 @pytest.fixture
-def live_hub(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..., HubProcess]]:
+def live_hub(transactional_db: None, tmp_path: Path) -> Iterator[HubLauncher]:
     """Start real hub server processes (daphne, the production entry point) on
     the test database. Tests that use it must commit their data, hence
     transactional_db."""
@@ -201,5 +136,5 @@ def live_hub(transactional_db: None, tmp_path: Path) -> Iterator[Callable[..., H
 
 
 @pytest.fixture
-def anyio_backend() -> Any:
+def anyio_backend() -> str:
     return "asyncio"

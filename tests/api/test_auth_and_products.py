@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import Client
 
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import APIToken, AuditEvent, Product
+from tests.api.conftest import ApiClient
+from tests.conftest import Tenant
 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("scheme", ["token", "Token", "Bearer", "bearer"])
-def test_it_accepts_token_and_bearer_schemes(tenant, scheme):
+def test_it_accepts_token_and_bearer_schemes(tenant: Tenant, scheme: str) -> None:
     token = tenancy.create_api_token("test", tenant.viewer).clear
     response = Client().get("/api/v1/users/me", HTTP_AUTHORIZATION=f"{scheme} {token}")
     assert response.status_code == 200
@@ -20,15 +24,15 @@ def test_it_accepts_token_and_bearer_schemes(tenant, scheme):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("header", [None, "token", "token nhu_wrong", "Basic dXNlcjpwYXNz", "nhu_bare"])
-def test_it_refuses_missing_or_wrong_tokens(tenant, header):
-    kwargs = {"HTTP_AUTHORIZATION": header} if header else {}
+def test_it_refuses_missing_or_wrong_tokens(tenant: Tenant, header: str | None) -> None:
+    kwargs: dict[str, Any] = {"HTTP_AUTHORIZATION": header} if header else {}
     response = Client().get("/api/v1/orgs", **kwargs)
     assert response.status_code == 401
     assert response.json() == {"errors": {"detail": "missing or invalid API token"}}
 
 
 @pytest.mark.django_db
-def test_it_refuses_a_revoked_token_and_records_last_use(tenant):
+def test_it_refuses_a_revoked_token_and_records_last_use(tenant: Tenant) -> None:
     issued = tenancy.create_api_token("test", tenant.viewer)
     assert Client().get("/api/v1/orgs", HTTP_AUTHORIZATION=f"token {issued.clear}").status_code == 200
     assert APIToken.objects.get(pk=issued.token.pk).last_used_at is not None
@@ -37,13 +41,13 @@ def test_it_refuses_a_revoked_token_and_records_last_use(tenant):
 
 
 @pytest.mark.django_db
-def test_it_lists_only_the_users_organizations(as_viewer, as_outsider):
+def test_it_lists_only_the_users_organizations(as_viewer: ApiClient, as_outsider: ApiClient) -> None:
     assert as_viewer.get("/orgs").json() == [{"name": "acme", "role": "view"}]
     assert as_outsider.get("/orgs").json() == [{"name": "globex", "role": "admin"}]
 
 
 @pytest.mark.django_db
-def test_it_creates_updates_and_deletes_products(tenant, as_manager, as_admin):
+def test_it_creates_updates_and_deletes_products(tenant: Tenant, as_manager: ApiClient, as_admin: ApiClient) -> None:
     # when
     created = as_manager.post("/orgs/acme/products", {"name": "gizmo", "description": "a gizmo"})
     patched = as_manager.patch("/orgs/acme/products/gizmo", {"extensions": ["health", "geo"]})
@@ -59,7 +63,7 @@ def test_it_creates_updates_and_deletes_products(tenant, as_manager, as_admin):
 
 
 @pytest.mark.django_db
-def test_it_explains_invalid_input(as_manager):
+def test_it_explains_invalid_input(as_manager: ApiClient) -> None:
     response = as_manager.post("/orgs/acme/products", {"name": "", "colour": "red"})
     assert response.status_code == 422
     errors = response.json()["errors"]
@@ -69,7 +73,7 @@ def test_it_explains_invalid_input(as_manager):
 
 
 @pytest.mark.django_db
-def test_it_refuses_writes_to_a_viewer_and_hides_other_orgs(as_viewer, as_outsider):
+def test_it_refuses_writes_to_a_viewer_and_hides_other_orgs(as_viewer: ApiClient, as_outsider: ApiClient) -> None:
     assert as_viewer.post("/orgs/acme/products", {"name": "x"}).status_code == 403
     response = as_outsider.get("/orgs/acme/products")
     assert response.status_code == 404
@@ -77,7 +81,7 @@ def test_it_refuses_writes_to_a_viewer_and_hides_other_orgs(as_viewer, as_outsid
 
 
 @pytest.mark.django_db
-def test_it_serves_an_openapi_document(client):
+def test_it_serves_an_openapi_document(client: Client) -> None:
     document = client.get("/api/v1/openapi.json").json()
     assert document["info"]["title"] == "NervesHub API"
     assert "/api/v1/orgs/{org}/products/{product}/devices" in document["paths"]

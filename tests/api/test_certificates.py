@@ -10,8 +10,9 @@ from certificates import pki, x509
 from certificates.models import CACertificate, DeviceCertificate
 from devices.models import Device
 from nerveshub.tenancy.models import APIToken, AuditEvent
-from tests.api.conftest import api_for
+from tests.api.conftest import ApiClient, api_for
 from tests.certificates.proof import add_unverified_ca
+from tests.conftest import Tenant
 from tests.deployments.conftest import make_device
 
 CAS = "/orgs/acme/ca_certificates"
@@ -22,14 +23,16 @@ def _pem(issued: pki.Issued) -> str:
     return issued.cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _proof(client, ca: pki.Issued, org: str = "acme") -> str:
+def _proof(client: ApiClient, ca: pki.Issued, org: str = "acme") -> str:
     """What the CA's owner sends: a certificate signed by the CA, CN = the org's code."""
     code = client.get(f"/orgs/{org}/ca_certificates/verification_code").json()["code"]
     return _pem(pki.sign_verification(ca, code))
 
 
 @pytest.mark.django_db
-def test_it_registers_a_ca_with_proof_of_possession_and_jitp_settings(tenant, as_admin, as_viewer):
+def test_it_registers_a_ca_with_proof_of_possession_and_jitp_settings(
+    tenant: Tenant, as_admin: ApiClient, as_viewer: ApiClient
+) -> None:
     # given
     ca = pki.create_ca("Acme Device CA")
     code = as_admin.get(CAS + "/verification_code").json()["code"]
@@ -57,7 +60,7 @@ def test_it_registers_a_ca_with_proof_of_possession_and_jitp_settings(tenant, as
 
 
 @pytest.mark.django_db
-def test_it_refuses_bad_cas_with_the_reason(tenant, as_admin):
+def test_it_refuses_bad_cas_with_the_reason(tenant: Tenant, as_admin: ApiClient) -> None:
     leaf = pki.self_signed_device("not-a-ca")
     ca = pki.create_ca("Acme CA")
     wrong_signer = pki.sign_device(pki.create_ca("Someone else"), "whatever")
@@ -76,7 +79,7 @@ def test_it_refuses_bad_cas_with_the_reason(tenant, as_admin):
 
 
 @pytest.mark.django_db
-def test_it_changes_jitp_settings_and_deletes_a_ca(tenant, as_admin, as_manager):
+def test_it_changes_jitp_settings_and_deletes_a_ca(tenant: Tenant, as_admin: ApiClient, as_manager: ApiClient) -> None:
     ca = pki.create_ca("Acme CA")
     ski = as_admin.post(CAS, {"pem": _pem(ca), "verification_pem": _proof(as_admin, ca)}).json()["ski"]
     assert as_manager.patch(f"{CAS}/{ski}", {"jitp": {"product": "widget"}}).status_code == 403
@@ -92,7 +95,7 @@ def test_it_changes_jitp_settings_and_deletes_a_ca(tenant, as_admin, as_manager)
 
 
 @pytest.mark.django_db
-def test_it_hides_a_ca_from_another_organization(tenant, other_tenant, as_admin):
+def test_it_hides_a_ca_from_another_organization(tenant: Tenant, other_tenant: Tenant, as_admin: ApiClient) -> None:
     ca = pki.create_ca("Globex CA")
     theirs = api_for(other_tenant.admin)
     proof = _proof(theirs, ca, "globex")
@@ -104,7 +107,9 @@ def test_it_hides_a_ca_from_another_organization(tenant, other_tenant, as_admin)
 
 
 @pytest.mark.django_db
-def test_an_outsider_cannot_register_acmes_ca_without_its_key(tenant, other_tenant, as_admin):
+def test_an_outsider_cannot_register_acmes_ca_without_its_key(
+    tenant: Tenant, other_tenant: Tenant, as_admin: ApiClient
+) -> None:
     # given acme's CA certificate, which anybody may read, and acme's proof for it
     ca = pki.create_ca("Acme Device CA")
     acme_proof = _proof(as_admin, ca)
@@ -125,7 +130,9 @@ def test_an_outsider_cannot_register_acmes_ca_without_its_key(tenant, other_tena
 
 
 @pytest.mark.django_db
-def test_it_verifies_a_ca_registered_before_proof_was_required(tenant, other_tenant, as_admin, as_manager):
+def test_it_verifies_a_ca_registered_before_proof_was_required(
+    tenant: Tenant, other_tenant: Tenant, as_admin: ApiClient, as_manager: ApiClient
+) -> None:
     # given
     ca = pki.create_ca("Legacy CA")
     ski = add_unverified_ca(tenant.org, ca).ski
@@ -144,7 +151,9 @@ def test_it_verifies_a_ca_registered_before_proof_was_required(tenant, other_ten
 
 
 @pytest.mark.django_db
-def test_it_registers_revokes_and_deletes_device_certificates(tenant, as_manager, as_viewer):
+def test_it_registers_revokes_and_deletes_device_certificates(
+    tenant: Tenant, as_manager: ApiClient, as_viewer: ApiClient
+) -> None:
     # given
     make_device(tenant.product, "dev-1")
     ca = pki.create_ca("Acme CA")
@@ -169,7 +178,9 @@ def test_it_registers_revokes_and_deletes_device_certificates(tenant, as_manager
 
 
 @pytest.mark.django_db
-def test_it_refuses_device_certificates_across_organizations(tenant, other_tenant, as_manager):
+def test_it_refuses_device_certificates_across_organizations(
+    tenant: Tenant, other_tenant: Tenant, as_manager: ApiClient
+) -> None:
     make_device(tenant.product, "dev-1")
     make_device(other_tenant.product, "dev-1")
     theirs = api_for(other_tenant.admin)
@@ -187,7 +198,9 @@ def test_it_refuses_device_certificates_across_organizations(tenant, other_tenan
 
 
 @pytest.mark.django_db
-def test_a_user_creates_lists_and_revokes_own_tokens(tenant, as_viewer, as_outsider):
+def test_a_user_creates_lists_and_revokes_own_tokens(
+    tenant: Tenant, as_viewer: ApiClient, as_outsider: ApiClient
+) -> None:
     # when
     created = as_viewer.post("/users/me/tokens", {"note": "ci"})
     token = created.json()["token"]

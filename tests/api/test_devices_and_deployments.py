@@ -6,6 +6,8 @@ import pytest
 
 from deployments.models import Deployment
 from devices.models import Device
+from tests.api.conftest import ApiClient
+from tests.conftest import Tenant
 from tests.deployments.conftest import make_device, make_firmware
 
 DEVICES = "/orgs/acme/products/widget/devices"
@@ -13,7 +15,9 @@ DEPLOYMENTS = "/orgs/acme/products/widget/deployments"
 
 
 @pytest.mark.django_db
-def test_it_creates_lists_filters_and_deletes_devices(tenant, as_manager, as_viewer):
+def test_it_creates_lists_filters_and_deletes_devices(
+    tenant: Tenant, as_manager: ApiClient, as_viewer: ApiClient
+) -> None:
     # given
     assert as_manager.post(DEVICES, {"identifier": "dev-1", "tags": ["eu", "beta"]}).status_code == 201
     assert as_manager.post(DEVICES, {"identifier": "dev-2", "tags": ["us"]}).status_code == 201
@@ -32,7 +36,7 @@ def test_it_creates_lists_filters_and_deletes_devices(tenant, as_manager, as_vie
 
 
 @pytest.mark.django_db
-def test_it_updates_tags_description_and_updates_flag(tenant, as_manager):
+def test_it_updates_tags_description_and_updates_flag(tenant: Tenant, as_manager: ApiClient) -> None:
     as_manager.post(DEVICES, {"identifier": "dev-1", "tags": ["a"]})
     body = as_manager.patch(DEVICES + "/dev-1", {"tags": ["b", "c"], "description": "roof", "updates_enabled": False})
     assert body.status_code == 200
@@ -43,7 +47,7 @@ def test_it_updates_tags_description_and_updates_flag(tenant, as_manager):
 
 
 @pytest.mark.django_db
-def test_it_refuses_device_writes_to_a_viewer(tenant, as_manager, as_viewer):
+def test_it_refuses_device_writes_to_a_viewer(tenant: Tenant, as_manager: ApiClient, as_viewer: ApiClient) -> None:
     as_manager.post(DEVICES, {"identifier": "dev-1"})
     assert as_viewer.post(DEVICES, {"identifier": "dev-2"}).status_code == 403
     assert as_viewer.patch(DEVICES + "/dev-1", {"tags": ["x"]}).status_code == 403
@@ -52,7 +56,7 @@ def test_it_refuses_device_writes_to_a_viewer(tenant, as_manager, as_viewer):
 
 
 @pytest.mark.django_db
-def test_it_manages_a_deployment_lifecycle(tenant, as_manager, as_viewer):
+def test_it_manages_a_deployment_lifecycle(tenant: Tenant, as_manager: ApiClient, as_viewer: ApiClient) -> None:
     # given
     firmware = make_firmware(tenant.product, "2.0.0")
     make_device(tenant.product, "d1", version="1.0.0")
@@ -74,7 +78,9 @@ def test_it_manages_a_deployment_lifecycle(tenant, as_manager, as_viewer):
 
 
 @pytest.mark.django_db
-def test_it_refuses_firmware_that_is_not_valid_or_not_in_the_product(tenant, other_tenant, as_manager):
+def test_it_refuses_firmware_that_is_not_valid_or_not_in_the_product(
+    tenant: Tenant, other_tenant: Tenant, as_manager: ApiClient
+) -> None:
     foreign = make_firmware(other_tenant.product, "2.0.0")
     response = as_manager.post(DEPLOYMENTS, {"name": "x", "firmware": foreign.uuid})
     assert response.status_code == 404

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from firmware.models import Firmware, SigningKey
 from firmware.tasks import validate_firmware_task
+from tests.api.conftest import ApiClient
+from tests.conftest import Tenant
 from tests.support.fwup import FirmwareSpec, build_firmware, generate_keypair
+
+if TYPE_CHECKING:
+    # django-stubs' name for what the test client returns (no runtime class).
+    from django.test.client import _MonkeyPatchedWSGIResponse as TestResponse
 
 KEYS = "/orgs/acme/keys"
 FIRMWARE = "/orgs/acme/products/widget/firmwares"
 
 
-def _upload(api, data: bytes, name: str = "fw.fw"):
+def _upload(api: ApiClient, data: bytes, name: str = "fw.fw") -> TestResponse:
     response = Client().post(
         "/api/v1" + FIRMWARE,
         {"firmware": SimpleUploadedFile(name, data, content_type="application/octet-stream")},
@@ -27,7 +35,9 @@ def _upload(api, data: bytes, name: str = "fw.fw"):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_registers_a_key_and_publishes_signed_firmware(tenant, as_admin, as_manager, as_viewer):
+def test_it_registers_a_key_and_publishes_signed_firmware(
+    tenant: Tenant, as_admin: ApiClient, as_manager: ApiClient, as_viewer: ApiClient
+) -> None:
     # given
     keys = generate_keypair(padded=False)
     # when
@@ -45,7 +55,7 @@ def test_it_registers_a_key_and_publishes_signed_firmware(tenant, as_admin, as_m
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_rejects_unsigned_firmware_with_a_reason(tenant, as_admin, as_manager):
+def test_it_rejects_unsigned_firmware_with_a_reason(tenant: Tenant, as_admin: ApiClient, as_manager: ApiClient) -> None:
     as_admin.post(KEYS, {"name": "release", "key": generate_keypair().public})
     uploaded = _upload(as_manager, build_firmware(FirmwareSpec(product="widget", key=None)))
     body = as_manager.get(f"{FIRMWARE}/{uploaded.json()['id']}").json()
@@ -54,7 +64,9 @@ def test_it_rejects_unsigned_firmware_with_a_reason(tenant, as_admin, as_manager
 
 
 @pytest.mark.django_db
-def test_it_refuses_malformed_keys_and_key_writes_below_admin(tenant, as_admin, as_manager):
+def test_it_refuses_malformed_keys_and_key_writes_below_admin(
+    tenant: Tenant, as_admin: ApiClient, as_manager: ApiClient
+) -> None:
     bad = as_admin.post(KEYS, {"name": "bad", "key": "not-base64!"})
     assert bad.status_code == 422 and "key" in bad.json()["errors"]
     assert as_manager.post(KEYS, {"name": "k", "key": generate_keypair().public}).status_code == 403
@@ -62,7 +74,9 @@ def test_it_refuses_malformed_keys_and_key_writes_below_admin(tenant, as_admin, 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_refuses_to_delete_a_key_that_signed_firmware(tenant, as_admin, as_manager):
+def test_it_refuses_to_delete_a_key_that_signed_firmware(
+    tenant: Tenant, as_admin: ApiClient, as_manager: ApiClient
+) -> None:
     keys = generate_keypair()
     as_admin.post(KEYS, {"name": "release", "key": keys.public})
     _upload(as_manager, build_firmware(FirmwareSpec(product="widget", key=keys)))
@@ -75,13 +89,15 @@ def test_it_refuses_to_delete_a_key_that_signed_firmware(tenant, as_admin, as_ma
 
 
 @pytest.mark.django_db
-def test_it_refuses_uploads_to_a_viewer(tenant, as_viewer):
+def test_it_refuses_uploads_to_a_viewer(tenant: Tenant, as_viewer: ApiClient) -> None:
     assert _upload(as_viewer, b"PK\x03\x04whatever").status_code == 403
     assert not Firmware.objects.exists()
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_publishes_an_archive_and_attaches_it_to_a_deployment(tenant, as_admin, as_manager):
+def test_it_publishes_an_archive_and_attaches_it_to_a_deployment(
+    tenant: Tenant, as_admin: ApiClient, as_manager: ApiClient
+) -> None:
     # given
     keys = generate_keypair()
     as_admin.post(KEYS, {"name": "release", "key": keys.public})

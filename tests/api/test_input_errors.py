@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 
 from devices.models import Device
+from tests.api.conftest import ApiClient
+from tests.conftest import Tenant
 from tests.deployments.conftest import make_device
 
 
 @pytest.mark.django_db(transaction=True)
-def test_nul_characters_are_refused_in_bodies_queries_and_paths(tenant, as_admin):
+def test_nul_characters_are_refused_in_bodies_queries_and_paths(tenant: Tenant, as_admin: ApiClient) -> None:
     make_device(tenant.product, "dev-1")
     created = as_admin.post("/orgs/acme/products/widget/devices", {"identifier": "ok", "description": "a\x00b"})
     patched = as_admin.patch("/orgs/acme/products/widget/devices/dev-1", {"tags": ["a\x00"]})
@@ -24,7 +26,7 @@ def test_nul_characters_are_refused_in_bodies_queries_and_paths(tenant, as_admin
 
 
 @pytest.mark.django_db
-def test_ids_out_of_range_or_in_other_scripts_are_not_found(tenant, as_admin):
+def test_ids_out_of_range_or_in_other_scripts_are_not_found(tenant: Tenant, as_admin: ApiClient) -> None:
     assert as_admin.get("/orgs/acme/products/widget/firmwares/%C2%B2").status_code == 404
     assert as_admin.get("/orgs/acme/products/widget/firmwares/" + "9" * 30).status_code == 404
     assert as_admin.delete("/users/me/tokens/" + "9" * 30).status_code == 404

@@ -6,27 +6,34 @@ from __future__ import annotations
 
 import json
 import re
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.test import Client
 
 from deployments.models import Deployment
 from tests.api.conftest import api_for
+from tests.conftest import Tenant
 from tests.deployments.conftest import make_device, make_firmware
+
+if TYPE_CHECKING:
+    # django-stubs' name for what the test client returns (no runtime class).
+    from django.test.client import _MonkeyPatchedWSGIResponse as TestResponse
 
 SAMPLE = {"org": "acme", "product": "widget", "identifier": "dev-1", "name": "main"}
 PUBLIC = {"/api/v1/openapi.json", "/api/v1/docs"}
 
 
-def _document(client: Client) -> dict:
-    return client.get("/api/v1/openapi.json").json()
+def _document(client: Client) -> dict[str, Any]:
+    document: dict[str, Any] = client.get("/api/v1/openapi.json").json()
+    return document
 
 
 def _operations(client: Client) -> list[tuple[str, str]]:
     return [(method.upper(), path) for path, item in _document(client)["paths"].items() for method in item]
 
 
-def _example(schema: dict, document: dict):
+def _example(schema: dict[str, Any], document: dict[str, Any]) -> Any:
     """A minimal valid value for a JSON schema: enough to get past input
     validation, so that what answers is the access check."""
     if "$ref" in schema:
@@ -34,7 +41,7 @@ def _example(schema: dict, document: dict):
         return _example(document["components"]["schemas"][name], document)
     if "anyOf" in schema:
         return _example(schema["anyOf"][0], document)
-    kind = schema.get("type")
+    kind: Any = schema.get("type")
     if kind == "object":
         return {
             k: _example(v, document) for k, v in schema.get("properties", {}).items() if k in schema.get("required", [])
@@ -49,19 +56,19 @@ def _body(client: Client, method: str, path: str) -> str:
     return json.dumps(_example(schema, document) if schema else {})
 
 
-def _url(path: str, tenant) -> str:
+def _url(path: str, tenant: Tenant) -> str:
     values = {**SAMPLE, "uuid": Deployment.objects.get(name="main").firmware.uuid}
-    return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), "x"), path)
+    return re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), "x")), path)
 
 
-def _call(client: Client, method: str, path: str, tenant, token: str | None):
-    headers = {"HTTP_AUTHORIZATION": f"token {token}"} if token else {}
+def _call(client: Client, method: str, path: str, tenant: Tenant, token: str | None) -> TestResponse:
+    headers: dict[str, Any] = {"HTTP_AUTHORIZATION": f"token {token}"} if token else {}
     body = _body(client, method, path)
     return client.generic(method, _url(path, tenant), body, content_type="application/json", **headers)
 
 
 @pytest.fixture
-def world(tenant):
+def world(tenant: Tenant) -> Tenant:
     firmware = make_firmware(tenant.product, "2.0.0")
     Deployment.objects.create(org=tenant.org, product=tenant.product, name="main", firmware=firmware)
     make_device(tenant.product, "dev-1")
@@ -69,7 +76,7 @@ def world(tenant):
 
 
 @pytest.mark.django_db
-def test_it_requires_a_token_everywhere(world, client):
+def test_it_requires_a_token_everywhere(world: Tenant, client: Client) -> None:
     for method, path in _operations(client):
         if path in PUBLIC:
             continue
@@ -78,7 +85,7 @@ def test_it_requires_a_token_everywhere(world, client):
 
 
 @pytest.mark.django_db
-def test_it_hides_this_organization_from_an_outsider(world, client):
+def test_it_hides_this_organization_from_an_outsider(world: Tenant, client: Client) -> None:
     token = api_for(world.outsider).token
     scoped = [(m, p) for m, p in _operations(client) if "{org}" in p]
     assert len(scoped) > 10
@@ -88,7 +95,7 @@ def test_it_hides_this_organization_from_an_outsider(world, client):
 
 
 @pytest.mark.django_db
-def test_it_refuses_every_write_to_a_viewer(world, client):
+def test_it_refuses_every_write_to_a_viewer(world: Tenant, client: Client) -> None:
     token = api_for(world.viewer).token
     writes = [(m, p) for m, p in _operations(client) if "{org}" in p and m != "GET"]
     for method, path in writes:

@@ -11,6 +11,8 @@ import pytest
 
 from devices.models import Device
 from nerveshub.tenancy import services as tenancy
+from tests.conftest import Tenant
+from tests.support.hub import HubLauncher
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,7 +44,7 @@ def _alive(port: int) -> int:
 
 
 @pytest.mark.parametrize("path", ["/api/v1/users/me", "/device-socket/websocket?vsn=2.0.0"])
-def test_an_oversized_header_block_is_refused(live_hub, path):
+def test_an_oversized_header_block_is_refused(live_hub: HubLauncher, path: str) -> None:
     # given: the same request without credentials, with a little and with 100 KB
     # of extra headers
     hub = live_hub()
@@ -65,7 +67,7 @@ def test_an_oversized_header_block_is_refused(live_hub, path):
     assert hub.process.poll() is None
 
 
-def test_an_oversized_api_body_gets_a_json_413_and_changes_nothing(live_hub, tenant):
+def test_an_oversized_api_body_gets_a_json_413_and_changes_nothing(live_hub: HubLauncher, tenant: Tenant) -> None:
     # given
     hub = live_hub()
     token = tenancy.create_api_token(tenant.admin, tenant.admin, "ci").clear

@@ -3,18 +3,23 @@ audit event each), and lesser roles and other organizations are refused."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 from django.urls import reverse
 
 from certificates import pki, services
 from certificates.models import CACertificate, DeviceCertificate
+from certificates.pki import Issued
 from devices.services import create_device
 from nerveshub.tenancy.models import AuditEvent
 from tests.certificates.proof import add_unverified_ca, register_ca, verification_pem
+from tests.conftest import Tenant
 
 
-def _upload(name: str, data: bytes):
+def _upload(name: str, data: bytes) -> SimpleUploadedFile:
     return SimpleUploadedFile(name, data, content_type="application/x-pem-file")
 
 
@@ -24,7 +29,7 @@ CERT_ADD = reverse("admin:certificates_devicecertificate_add")
 CERT_LIST = reverse("admin:certificates_devicecertificate_changelist")
 
 
-def _ca_form(tenant, ca: pki.Issued, **extra):
+def _ca_form(tenant: Tenant, ca: pki.Issued, **extra: Any) -> dict[str, Any]:
     return {
         "org": tenant.org.pk,
         "description": "factory CA",
@@ -39,13 +44,13 @@ def _ca_form(tenant, ca: pki.Issued, **extra):
 
 
 @pytest.fixture
-def recorded(tenant, device_ca):
+def recorded(tenant: Tenant, device_ca: Issued) -> DeviceCertificate:
     register_ca("test", tenant.org, device_ca, jitp_product=tenant.product)
     services.authenticate_peer_certificate(pki.sign_device(device_ca, "ADM-1").cert_pem)
     return DeviceCertificate.objects.get()
 
 
-def test_it_registers_a_ca_from_the_add_page(tenant, client, device_ca):
+def test_it_registers_a_ca_from_the_add_page(tenant: Tenant, client: Client, device_ca: Issued) -> None:
     # given
     client.force_login(tenant.admin)
     # when
@@ -58,7 +63,7 @@ def test_it_registers_a_ca_from_the_add_page(tenant, client, device_ca):
     assert actions == ["ca_certificate.registered"]
 
 
-def test_it_shows_why_a_ca_is_refused(tenant, client, device_ca):
+def test_it_shows_why_a_ca_is_refused(tenant: Tenant, client: Client, device_ca: Issued) -> None:
     # given
     client.force_login(tenant.admin)
     leaf = pki.sign_device(device_ca, "not-a-ca")
@@ -70,7 +75,9 @@ def test_it_shows_why_a_ca_is_refused(tenant, client, device_ca):
     assert not CACertificate.objects.exists()
 
 
-def test_it_shows_verification_codes_and_checks_proof_of_possession(tenant, client, device_ca):
+def test_it_shows_verification_codes_and_checks_proof_of_possession(
+    tenant: Tenant, client: Client, device_ca: Issued
+) -> None:
     # given
     client.force_login(tenant.admin)
     page = client.get(CA_ADD)
@@ -85,7 +92,9 @@ def test_it_shows_verification_codes_and_checks_proof_of_possession(tenant, clie
     assert AuditEvent.objects.get(action="ca_certificate.registered").details["proof_of_possession"] is True
 
 
-def test_it_refuses_a_ca_without_proof_of_possession(tenant, other_tenant, client, device_ca):
+def test_it_refuses_a_ca_without_proof_of_possession(
+    tenant: Tenant, other_tenant: Tenant, client: Client, device_ca: Issued
+) -> None:
     # given an admin of globex with acme's public CA certificate and no key
     client.force_login(tenant.outsider)
     form = {**_ca_form(tenant, device_ca), "org": other_tenant.org.pk, "jitp_product": ""}
@@ -98,7 +107,9 @@ def test_it_refuses_a_ca_without_proof_of_possession(tenant, other_tenant, clien
     assert not CACertificate.objects.exists()
 
 
-def test_it_verifies_a_ca_registered_before_proof_was_required(tenant, client, device_ca):
+def test_it_verifies_a_ca_registered_before_proof_was_required(
+    tenant: Tenant, client: Client, device_ca: Issued
+) -> None:
     # given
     ca = add_unverified_ca(tenant.org, device_ca, description="legacy")
     client.force_login(tenant.admin)
@@ -120,14 +131,14 @@ def test_it_verifies_a_ca_registered_before_proof_was_required(tenant, client, d
     assert AuditEvent.objects.filter(action="ca_certificate.verified").count() == 1
 
 
-def test_it_refuses_ca_registration_to_a_manager(tenant, client, device_ca):
+def test_it_refuses_ca_registration_to_a_manager(tenant: Tenant, client: Client, device_ca: Issued) -> None:
     client.force_login(tenant.manager)
     assert client.get(CA_ADD).status_code == 403
     assert client.post(CA_ADD, _ca_form(tenant, device_ca)).status_code == 403
     assert not CACertificate.objects.exists()
 
 
-def test_it_lists_cas_only_to_their_org(tenant, client, device_ca):
+def test_it_lists_cas_only_to_their_org(tenant: Tenant, client: Client, device_ca: Issued) -> None:
     # given
     register_ca("test", tenant.org, device_ca, description="acme fleet CA")
     # when
@@ -140,7 +151,7 @@ def test_it_lists_cas_only_to_their_org(tenant, client, device_ca):
     assert b"acme fleet CA" not in theirs.content
 
 
-def test_it_deletes_a_ca_through_the_service(tenant, client, device_ca):
+def test_it_deletes_a_ca_through_the_service(tenant: Tenant, client: Client, device_ca: Issued) -> None:
     # given
     ca = register_ca("test", tenant.org, device_ca)
     client.force_login(tenant.admin)
@@ -152,7 +163,7 @@ def test_it_deletes_a_ca_through_the_service(tenant, client, device_ca):
     assert AuditEvent.objects.filter(subject_type="cacertificate", action__endswith="deleted").count() == 1
 
 
-def test_it_uploads_a_device_certificate(tenant, client):
+def test_it_uploads_a_device_certificate(tenant: Tenant, client: Client) -> None:
     # given
     device = create_device("test", tenant.product, "ADM-2")
     leaf = pki.self_signed_device("ADM-2")
@@ -167,7 +178,7 @@ def test_it_uploads_a_device_certificate(tenant, client):
     ]
 
 
-def test_it_revokes_and_lists_certificates(tenant, client, recorded):
+def test_it_revokes_and_lists_certificates(tenant: Tenant, client: Client, recorded: DeviceCertificate) -> None:
     # given
     client.force_login(tenant.manager)
     # when
@@ -181,7 +192,9 @@ def test_it_revokes_and_lists_certificates(tenant, client, recorded):
     assert b"ADM-1" in listing.content
 
 
-def test_it_deletes_device_certificates_through_the_service(tenant, client, recorded):
+def test_it_deletes_device_certificates_through_the_service(
+    tenant: Tenant, client: Client, recorded: DeviceCertificate
+) -> None:
     client.force_login(tenant.manager)
     response = client.post(CERT_LIST, {"action": "delete_selected", "_selected_action": [recorded.pk], "post": "yes"})
     assert response.status_code == 302
@@ -189,7 +202,9 @@ def test_it_deletes_device_certificates_through_the_service(tenant, client, reco
     assert AuditEvent.objects.filter(subject_type="devicecertificate", action__endswith="deleted").count() == 1
 
 
-def test_it_refuses_to_revoke_for_a_viewer_or_an_outsider(tenant, client, recorded):
+def test_it_refuses_to_revoke_for_a_viewer_or_an_outsider(
+    tenant: Tenant, client: Client, recorded: DeviceCertificate
+) -> None:
     for user in (tenant.viewer, tenant.outsider):
         client.force_login(user)
         client.post(CERT_LIST, {"action": "revoke", "_selected_action": [recorded.pk]})

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -23,7 +24,8 @@ import websockets
 from django.db import connection
 
 from certificates import pki, services, x509
-from certificates.models import DeviceCertificate
+from certificates.models import CACertificate, DeviceCertificate
+from certificates.pki import Issued
 from devices.models import Device
 from devices.services import create_device
 from nerveshub.tenancy import services as tenancy
@@ -37,7 +39,8 @@ from tests.certificates.nginx import (
     start_nginx,
 )
 from tests.certificates.proof import register_ca
-from tests.conftest import REQUIRE_SERVICES, HubProcess, free_port
+from tests.conftest import REQUIRE_SERVICES, Tenant
+from tests.support.hub import HubLauncher, HubProcess, free_port
 
 NOW = dt.datetime.now(dt.UTC)
 OK = {"status": "ok", "response": {}}
@@ -55,7 +58,7 @@ class Front:
 
 
 @pytest.fixture
-def front(live_hub, tmp_path: Path) -> Iterator[Front]:
+def front(live_hub: HubLauncher, tmp_path: Path) -> Iterator[Front]:
     binary = nginx_binary()
     if binary is None:
         if REQUIRE_SERVICES:
@@ -69,7 +72,7 @@ def front(live_hub, tmp_path: Path) -> Iterator[Front]:
     nginx.stop()
 
 
-def _register(tenant, ca: pki.Issued, **kwargs):
+def _register(tenant: Tenant, ca: pki.Issued, **kwargs: Any) -> CACertificate:
     return register_ca(tenant.admin, tenant.org, ca, description="fleet", **kwargs)
 
 
@@ -88,7 +91,9 @@ def _assert_refused_by_nginx(outcome: Outcome) -> None:
 # --- Accepted ---------------------------------------------------------------------------
 
 
-def test_it_provisions_a_device_just_in_time_and_knows_it_next_time(front, tenant, device_ca):
+def test_it_provisions_a_device_just_in_time_and_knows_it_next_time(
+    front: Front, tenant: Tenant, device_ca: Issued
+) -> None:
     # given
     _register(tenant, device_ca, jitp_product=tenant.product, jitp_tags=["jitp", "field"])
     leaf = pki.sign_device(device_ca, "NK-0001")
@@ -108,7 +113,9 @@ def test_it_provisions_a_device_just_in_time_and_knows_it_next_time(front, tenan
     assert DeviceCertificate.objects.count() == 1
 
 
-def test_it_accepts_a_registered_device_with_a_certificate_from_its_ca(front, tenant, device_ca):
+def test_it_accepts_a_registered_device_with_a_certificate_from_its_ca(
+    front: Front, tenant: Tenant, device_ca: Issued
+) -> None:
     # given
     _register(tenant, device_ca)
     create_device("test", tenant.product, "NK-0002")
@@ -119,7 +126,7 @@ def test_it_accepts_a_registered_device_with_a_certificate_from_its_ca(front, te
     assert DeviceCertificate.objects.get().device.identifier == "NK-0002"
 
 
-def test_it_accepts_a_nerves_key_chain_of_device_and_signer(front, tenant):
+def test_it_accepts_a_nerves_key_chain_of_device_and_signer(front: Front, tenant: Tenant) -> None:
     # given a NervesKey-shaped signer registered as the org's Device CA
     signer = pki.create_ca("Signer", days=365, nerves_key_signer=True)
     _register(tenant, signer, jitp_product=tenant.product)
@@ -140,7 +147,9 @@ def test_it_accepts_a_nerves_key_chain_of_device_and_signer(front, tenant):
 # --- Refused ------------------------------------------------------------------------------
 
 
-def test_it_refuses_a_certificate_from_an_unknown_ca(front, tenant, device_ca, other_ca):
+def test_it_refuses_a_certificate_from_an_unknown_ca(
+    front: Front, tenant: Tenant, device_ca: Issued, other_ca: Issued
+) -> None:
     _register(tenant, device_ca, jitp_product=tenant.product)
     _assert_refused_by_hub(front, front.join(pki.sign_device(other_ca, "NK-0003")), "unknown CA")
     assert not Device.objects.exists()
@@ -154,7 +163,9 @@ def test_it_refuses_a_certificate_from_an_unknown_ca(front, tenant, device_ca, o
     ],
     ids=["expired", "not-yet-valid"],
 )
-def test_it_refuses_a_certificate_outside_its_validity(front, tenant, device_ca, start, end):
+def test_it_refuses_a_certificate_outside_its_validity(
+    front: Front, tenant: Tenant, device_ca: Issued, start: dt.datetime, end: dt.datetime
+) -> None:
     _register(tenant, device_ca, jitp_product=tenant.product)
     _assert_refused_by_nginx(front.join(pki.sign_device(device_ca, "NK-0004", not_before=start, not_after=end)))
     assert not Device.objects.exists()
@@ -163,7 +174,7 @@ def test_it_refuses_a_certificate_outside_its_validity(front, tenant, device_ca,
 # The revocation is made in this process and reaches the hub process's socket
 # through the channel layer: that needs Redis.
 @pytest.mark.services
-def test_it_disconnects_and_then_refuses_a_revoked_certificate(front, tenant, device_ca):
+def test_it_disconnects_and_then_refuses_a_revoked_certificate(front: Front, tenant: Tenant, device_ca: Issued) -> None:
     # given a connected device
     _register(tenant, device_ca, jitp_product=tenant.product)
     leaf = pki.sign_device(device_ca, "NK-0005")
@@ -197,7 +208,9 @@ def test_it_disconnects_and_then_refuses_a_revoked_certificate(front, tenant, de
     _assert_refused_by_hub(front, front.join(leaf), "certificate revoked")
 
 
-def test_it_refuses_a_ca_of_another_org(front, tenant, other_tenant, device_ca, other_ca):
+def test_it_refuses_a_ca_of_another_org(
+    front: Front, tenant: Tenant, other_tenant: Tenant, device_ca: Issued, other_ca: Issued
+) -> None:
     # given the device exists only in acme, the CA is globex's
     create_device("test", tenant.product, "NK-0006")
     register_ca(tenant.outsider, other_tenant.org, other_ca)
@@ -206,13 +219,15 @@ def test_it_refuses_a_ca_of_another_org(front, tenant, other_tenant, device_ca, 
     assert not DeviceCertificate.objects.exists()
 
 
-def test_it_refuses_a_self_signed_certificate(front, tenant, device_ca):
+def test_it_refuses_a_self_signed_certificate(front: Front, tenant: Tenant, device_ca: Issued) -> None:
     _register(tenant, device_ca, jitp_product=tenant.product)
     _assert_refused_by_hub(front, front.join(pki.self_signed_device("NK-0007")), "self-signed")
     assert not Device.objects.exists()
 
 
-def test_it_refuses_a_cn_clash_with_a_device_of_another_product(front, tenant, device_ca):
+def test_it_refuses_a_cn_clash_with_a_device_of_another_product(
+    front: Front, tenant: Tenant, device_ca: Issued
+) -> None:
     # given
     gizmo, _ = tenancy.get_or_create_product("test", tenant.org, "gizmo")
     create_device("test", gizmo, "NK-0008")
@@ -222,7 +237,7 @@ def test_it_refuses_a_cn_clash_with_a_device_of_another_product(front, tenant, d
     assert not DeviceCertificate.objects.exists()
 
 
-def test_it_refuses_no_certificate_even_with_a_smuggled_header(front, tenant, device_ca):
+def test_it_refuses_no_certificate_even_with_a_smuggled_header(front: Front, tenant: Tenant, device_ca: Issued) -> None:
     # given a valid device certificate, known to the hub
     _register(tenant, device_ca, jitp_product=tenant.product)
     leaf = pki.sign_device(device_ca, "NK-0009")
@@ -248,7 +263,7 @@ def test_it_refuses_no_certificate_even_with_a_smuggled_header(front, tenant, de
     assert asyncio.run(smuggle()).status == 401
 
 
-def test_it_refuses_the_header_sent_straight_to_the_hub(front, tenant, device_ca):
+def test_it_refuses_the_header_sent_straight_to_the_hub(front: Front, tenant: Tenant, device_ca: Issued) -> None:
     # given a valid, known device certificate
     _register(tenant, device_ca, jitp_product=tenant.product)
     leaf = pki.sign_device(device_ca, "NK-0010")
@@ -270,7 +285,9 @@ def test_it_refuses_the_header_sent_straight_to_the_hub(front, tenant, device_ca
 
 
 @pytest.mark.filterwarnings("ignore:The asyncore module is deprecated:DeprecationWarning")
-def test_it_fails_the_handshake_when_the_key_does_not_match_the_certificate(front, tenant, device_ca):
+def test_it_fails_the_handshake_when_the_key_does_not_match_the_certificate(
+    front: Front, tenant: Tenant, device_ca: Issued
+) -> None:
     # given a device certificate, and a client holding another key (Python's ssl
     # refuses to load such a pair, tlslite-ng does not check)
     try:
@@ -293,7 +310,9 @@ def test_it_fails_the_handshake_when_the_key_does_not_match_the_certificate(fron
             try:
                 connection.handshakeClientCert(chain, key, settings=settings)
                 connection.write(b"GET /status/alive HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                return connection.read(max=4096).decode(errors="replace").split("\r\n", 1)[0]
+                # tlslite is untyped: read() gives bytes.
+                answer: bytes = connection.read(max=4096)
+                return answer.decode(errors="replace").split("\r\n", 1)[0]
             except (tlslite.TLSError, OSError) as exc:
                 return f"handshake failed: {exc!r}"
 

@@ -16,15 +16,19 @@ from cryptography import x509 as cx509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 from django.apps import apps
+from pytest_django.fixtures import DjangoAssertNumQueries
 
 from certificates import pki, services, x509
 from certificates.models import CACertificate, DeviceCertificate
+from certificates.pki import Issued
 from certificates.services import CertificateError, CertificateRefused
 from devices.models import Device
 from devices.services import create_device
 from nerveshub.tenancy.models import AuditEvent
 from tests.certificates.nginx import JOIN
 from tests.certificates.proof import add_unverified_ca, register_ca, verification_pem
+from tests.conftest import Tenant
+from tests.support.hub import HubLauncher
 
 
 def _sign_without_aki(ca: pki.Issued, cn: str) -> pki.Issued:
@@ -68,7 +72,9 @@ def _record_directly(device: Device, leaf: pki.Issued) -> DeviceCertificate:
 # --- Registration ---------------------------------------------------------------------
 
 
-def test_it_refuses_an_outsider_who_registers_acmes_ca_first(tenant, other_tenant, device_ca):
+def test_it_refuses_an_outsider_who_registers_acmes_ca_first(
+    tenant: Tenant, other_tenant: Tenant, device_ca: Issued
+) -> None:
     # given globex pastes acme's (public) CA certificate before acme registers it
     with pytest.raises(CertificateError, match="proof of possession is required"):
         services.register_ca_certificate(
@@ -87,7 +93,9 @@ def test_it_refuses_an_outsider_who_registers_acmes_ca_first(tenant, other_tenan
     assert not CACertificate.objects.filter(org=other_tenant.org).exists()
 
 
-def test_it_refuses_acmes_proof_replayed_by_an_outsider(tenant, other_tenant, device_ca):
+def test_it_refuses_acmes_proof_replayed_by_an_outsider(
+    tenant: Tenant, other_tenant: Tenant, device_ca: Issued
+) -> None:
     # given a verification certificate acme made (it may leak: it is a certificate)
     proof = verification_pem(device_ca, tenant.org)
     # when / then globex cannot use it: the code inside names acme
@@ -97,7 +105,9 @@ def test_it_refuses_acmes_proof_replayed_by_an_outsider(tenant, other_tenant, de
         )
 
 
-def test_an_outsider_cannot_squat_the_ski_with_a_look_alike_ca(tenant, other_tenant, device_ca):
+def test_an_outsider_cannot_squat_the_ski_with_a_look_alike_ca(
+    tenant: Tenant, other_tenant: Tenant, device_ca: Issued
+) -> None:
     # given globex proves possession of its own key in a CA that copies acme's
     # subject and SubjectKeyIdentifier (both are just bytes its author writes)
     key = pki.new_key()
@@ -127,7 +137,9 @@ def test_an_outsider_cannot_squat_the_ski_with_a_look_alike_ca(tenant, other_ten
 # --- Unverified CAs (registered before proof was required) ----------------------------------
 
 
-def test_an_unverified_claim_never_blocks_the_owner(tenant, other_tenant, device_ca, other_ca):
+def test_an_unverified_claim_never_blocks_the_owner(
+    tenant: Tenant, other_tenant: Tenant, device_ca: Issued, other_ca: Issued
+) -> None:
     # given globex's first-come row for acme's CA, marked unverified by the migration
     claim = add_unverified_ca(other_tenant.org, device_ca, jitp_product=other_tenant.product)
     # when acme registers the CA with proof
@@ -143,7 +155,7 @@ def test_an_unverified_claim_never_blocks_the_owner(tenant, other_tenant, device
         services.verify_ca_certificate(tenant.outsider, claim, verification_pem(device_ca, other_tenant.org))
 
 
-def test_an_unverified_ca_provisions_no_device_until_verified(tenant, device_ca):
+def test_an_unverified_ca_provisions_no_device_until_verified(tenant: Tenant, device_ca: Issued) -> None:
     # given acme's CA as it was registered before proof was required
     ca = add_unverified_ca(tenant.org, device_ca, jitp_product=tenant.product)
     leaf = pki.sign_device(device_ca, "SN-JITP-U")
@@ -164,7 +176,9 @@ def test_an_unverified_ca_provisions_no_device_until_verified(tenant, device_ca)
     assert services.authenticate_peer_certificate(leaf.cert_pem).identifier == "SN-JITP-U"
 
 
-def test_devices_captured_through_an_unverified_ca_are_refused(tenant, other_tenant, device_ca):
+def test_devices_captured_through_an_unverified_ca_are_refused(
+    tenant: Tenant, other_tenant: Tenant, device_ca: Issued
+) -> None:
     # given globex's first-come CA provisioned one of acme's devices before the
     # migration: the certificate is recorded on a globex device
     add_unverified_ca(other_tenant.org, device_ca, jitp_product=other_tenant.product)
@@ -182,7 +196,9 @@ def test_devices_captured_through_an_unverified_ca_are_refused(tenant, other_ten
 # --- Device certificates: issuer by signature, org of the device ------------------------------
 
 
-def test_it_refuses_to_upload_another_orgs_certificate_without_an_aki(tenant, other_tenant, device_ca):
+def test_it_refuses_to_upload_another_orgs_certificate_without_an_aki(
+    tenant: Tenant, other_tenant: Tenant, device_ca: Issued
+) -> None:
     # given acme's CA is registered, and one of its device certificates has no AKI
     register_ca(tenant.admin, tenant.org, device_ca)
     leaf = _sign_without_aki(device_ca, "SN-NOAKI")
@@ -193,7 +209,7 @@ def test_it_refuses_to_upload_another_orgs_certificate_without_an_aki(tenant, ot
     assert not DeviceCertificate.objects.exists()
 
 
-def test_it_records_a_certificate_without_an_aki_from_the_orgs_own_ca(tenant, device_ca):
+def test_it_records_a_certificate_without_an_aki_from_the_orgs_own_ca(tenant: Tenant, device_ca: Issued) -> None:
     # given
     register_ca(tenant.admin, tenant.org, device_ca, jitp_product=tenant.product)
     leaf = _sign_without_aki(device_ca, "SN-NOAKI-OWN")
@@ -203,7 +219,9 @@ def test_it_records_a_certificate_without_an_aki_from_the_orgs_own_ca(tenant, de
     assert (device.org_id, device.identifier) == (tenant.org.pk, "SN-NOAKI-OWN")
 
 
-def test_it_refuses_a_device_of_one_org_with_a_certificate_from_anothers_ca(tenant, other_tenant, device_ca):
+def test_it_refuses_a_device_of_one_org_with_a_certificate_from_anothers_ca(
+    tenant: Tenant, other_tenant: Tenant, device_ca: Issued
+) -> None:
     # given a globex device holding a certificate of acme's CA, recorded before the
     # upload check (with and without an AKI)
     register_ca(tenant.admin, tenant.org, device_ca)
@@ -217,7 +235,9 @@ def test_it_refuses_a_device_of_one_org_with_a_certificate_from_anothers_ca(tena
             services.authenticate_peer_certificate(leaf.cert_pem)
 
 
-def test_a_certificate_pasted_before_its_ca_was_verified_stops_working_once_it_is(tenant, other_tenant, device_ca):
+def test_a_certificate_pasted_before_its_ca_was_verified_stops_working_once_it_is(
+    tenant: Tenant, other_tenant: Tenant, device_ca: Issued
+) -> None:
     # given globex uploads a certificate from acme's CA, which acme has not registered yet
     leaf = _sign_without_aki(device_ca, "SN-EARLY")
     globex_device = create_device("test", other_tenant.product, "SN-EARLY")
@@ -230,7 +250,9 @@ def test_a_certificate_pasted_before_its_ca_was_verified_stops_working_once_it_i
         services.authenticate_peer_certificate(leaf.cert_pem)
 
 
-def test_an_unverified_ca_of_another_org_does_not_block_an_uploaded_certificate(tenant, other_tenant, device_ca):
+def test_an_unverified_ca_of_another_org_does_not_block_an_uploaded_certificate(
+    tenant: Tenant, other_tenant: Tenant, device_ca: Issued
+) -> None:
     # given globex's stale claim on acme's CA, which acme never registered
     add_unverified_ca(other_tenant.org, device_ca)
     device = create_device("test", tenant.product, "SN-UP")
@@ -259,7 +281,9 @@ async def _join_forwarded(port: int, leaf: pki.Issued) -> tuple[int, str]:
         return exc.response.status_code, exc.response.headers.get("nh-connection-error-reason", "")
 
 
-def test_the_device_socket_refuses_what_ownership_rules_out(live_hub, tenant, other_tenant, device_ca, other_ca):
+def test_the_device_socket_refuses_what_ownership_rules_out(
+    live_hub: HubLauncher, tenant: Tenant, other_tenant: Tenant, device_ca: Issued, other_ca: Issued
+) -> None:
     # given acme's verified CA, a certificate of it recorded on a globex device,
     # and an unverified CA with JITP in globex
     hub = live_hub({"TRUSTED_PROXIES": "127.0.0.1/32"})
@@ -283,7 +307,9 @@ def test_the_device_socket_refuses_what_ownership_rules_out(live_hub, tenant, ot
 # --- The migration ------------------------------------------------------------------------
 
 
-def test_the_migration_marks_cas_unverified_unless_their_proof_was_audited(tenant, other_tenant, device_ca, other_ca):
+def test_the_migration_marks_cas_unverified_unless_their_proof_was_audited(
+    tenant: Tenant, other_tenant: Tenant, device_ca: Issued, other_ca: Issued
+) -> None:
     # given two CAs as 0003 left them (no fingerprint yet), one registered with
     # the old optional proof, one without
     proven = add_unverified_ca(tenant.org, device_ca, public_key_fingerprint="", subject_hash="")
@@ -309,7 +335,9 @@ def test_the_migration_marks_cas_unverified_unless_their_proof_was_audited(tenan
     assert pasted.subject_hash == x509.name_hash(other_ca.cert.subject)
 
 
-def test_a_known_certificate_of_the_orgs_own_ca_costs_one_more_query(tenant, device_ca, django_assert_num_queries):
+def test_a_known_certificate_of_the_orgs_own_ca_costs_one_more_query(
+    tenant: Tenant, device_ca: Issued, django_assert_num_queries: DjangoAssertNumQueries
+) -> None:
     # given a device provisioned by acme's verified CA
     register_ca(tenant.admin, tenant.org, device_ca, jitp_product=tenant.product)
     leaf = pki.sign_device(device_ca, "SN-COST")

@@ -4,6 +4,7 @@ certificate upload, revocation, and authentication of a presented chain."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 from cryptography import x509 as cx509
@@ -13,29 +14,31 @@ from django.utils import timezone
 
 from certificates import pki, services, x509
 from certificates.models import CACertificate, DeviceCertificate
+from certificates.pki import Issued
 from certificates.services import CertificateError, CertificateRefused
 from devices.models import Device
 from devices.services import create_device, soft_delete
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import AuditEvent
 from tests.certificates.proof import register_ca, verification_pem
+from tests.conftest import Tenant
 
 NOW = dt.datetime.now(dt.UTC)
 
 
-def _register(tenant, ca, **kwargs):
+def _register(tenant: Tenant, ca: Issued, **kwargs: Any) -> CACertificate:
     kwargs.setdefault("verification_pem", verification_pem(ca, tenant.org))
     return services.register_ca_certificate(tenant.admin, tenant.org, ca.cert_pem, description="fleet CA", **kwargs)
 
 
-def _actions():
+def _actions() -> list[str]:
     return list(AuditEvent.objects.order_by("id").values_list("action", flat=True))
 
 
 # --- CA registration ---------------------------------------------------------------
 
 
-def test_it_registers_a_ca_and_audits_it(tenant, device_ca):
+def test_it_registers_a_ca_and_audits_it(tenant: Tenant, device_ca: Issued) -> None:
     # when
     ca = _register(tenant, device_ca, jitp_product=tenant.product, jitp_tags=["jitp", "beta"])
     # then
@@ -48,7 +51,7 @@ def test_it_registers_a_ca_and_audits_it(tenant, device_ca):
     assert event.actor_user == tenant.admin
 
 
-def test_it_refuses_a_certificate_that_is_not_a_ca(tenant, device_ca):
+def test_it_refuses_a_certificate_that_is_not_a_ca(tenant: Tenant, device_ca: Issued) -> None:
     # given
     leaf = pki.sign_device(device_ca, "SN1")
     # when / then
@@ -57,7 +60,7 @@ def test_it_refuses_a_certificate_that_is_not_a_ca(tenant, device_ca):
     assert not CACertificate.objects.exists()
 
 
-def test_it_refuses_an_expired_ca_unless_expiration_is_not_checked(tenant):
+def test_it_refuses_an_expired_ca_unless_expiration_is_not_checked(tenant: Tenant) -> None:
     # given
     old = pki.create_ca("Old CA", days=1, not_before=NOW - dt.timedelta(days=10))
     # when / then
@@ -66,7 +69,9 @@ def test_it_refuses_an_expired_ca_unless_expiration_is_not_checked(tenant):
     assert _register(tenant, old, check_expiration=False).check_expiration is False
 
 
-def test_it_refuses_a_ca_registered_twice_even_in_another_org(tenant, other_tenant, device_ca):
+def test_it_refuses_a_ca_registered_twice_even_in_another_org(
+    tenant: Tenant, other_tenant: Tenant, device_ca: Issued
+) -> None:
     # given
     _register(tenant, device_ca)
     # when / then
@@ -78,7 +83,7 @@ def test_it_refuses_a_ca_registered_twice_even_in_another_org(tenant, other_tena
     assert CACertificate.objects.count() == 1
 
 
-def test_it_computes_the_ski_of_a_ca_that_has_none(tenant):
+def test_it_computes_the_ski_of_a_ca_that_has_none(tenant: Tenant) -> None:
     # given a CA certificate without a SubjectKeyIdentifier extension
     key = pki.new_key()
     name = cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, "Bare CA")])
@@ -103,12 +108,12 @@ def test_it_computes_the_ski_of_a_ca_that_has_none(tenant):
     assert services.authenticate_peer_certificate(leaf.cert_pem).identifier == "SN-bare"
 
 
-def test_it_refuses_a_jitp_product_of_another_org(tenant, other_tenant, device_ca):
+def test_it_refuses_a_jitp_product_of_another_org(tenant: Tenant, other_tenant: Tenant, device_ca: Issued) -> None:
     with pytest.raises(CertificateError, match="another organization"):
         _register(tenant, device_ca, jitp_product=other_tenant.product)
 
 
-def test_it_accepts_proof_of_possession_in_the_cn(tenant, device_ca):
+def test_it_accepts_proof_of_possession_in_the_cn(tenant: Tenant, device_ca: Issued) -> None:
     # given
     proof = pki.sign_device(device_ca, services.verification_code(tenant.org))
     # when
@@ -118,7 +123,7 @@ def test_it_accepts_proof_of_possession_in_the_cn(tenant, device_ca):
     assert ca.pk
 
 
-def test_it_accepts_proof_of_possession_in_a_san_uri(tenant, device_ca):
+def test_it_accepts_proof_of_possession_in_a_san_uri(tenant: Tenant, device_ca: Issued) -> None:
     # given
     uri = services.VERIFICATION_URI_PREFIX + services.verification_code(tenant.org)
     proof = pki.sign_device(device_ca, "verification", san_uri=uri)
@@ -126,13 +131,15 @@ def test_it_accepts_proof_of_possession_in_a_san_uri(tenant, device_ca):
     assert _register(tenant, device_ca, verification_pem=proof.cert_pem).pk
 
 
-def test_it_refuses_a_verification_code_of_another_org(tenant, other_tenant, device_ca):
+def test_it_refuses_a_verification_code_of_another_org(tenant: Tenant, other_tenant: Tenant, device_ca: Issued) -> None:
     proof = pki.sign_device(device_ca, services.verification_code(other_tenant.org))
     with pytest.raises(CertificateError, match="another organization"):
         _register(tenant, device_ca, verification_pem=proof.cert_pem)
 
 
-def test_it_refuses_an_expired_verification_code(tenant, device_ca, monkeypatch):
+def test_it_refuses_an_expired_verification_code(
+    tenant: Tenant, device_ca: Issued, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # given
     proof = pki.sign_device(device_ca, services.verification_code(tenant.org))
     monkeypatch.setattr(services, "VERIFICATION_MAX_AGE", -1)
@@ -141,19 +148,21 @@ def test_it_refuses_an_expired_verification_code(tenant, device_ca, monkeypatch)
         _register(tenant, device_ca, verification_pem=proof.cert_pem)
 
 
-def test_it_refuses_a_verification_certificate_not_signed_by_the_ca(tenant, device_ca, other_ca):
+def test_it_refuses_a_verification_certificate_not_signed_by_the_ca(
+    tenant: Tenant, device_ca: Issued, other_ca: Issued
+) -> None:
     proof = pki.sign_device(other_ca, services.verification_code(tenant.org))
     with pytest.raises(CertificateError, match="not signed by this CA"):
         _register(tenant, device_ca, verification_pem=proof.cert_pem)
 
 
-def test_it_refuses_a_verification_certificate_without_a_code(tenant, device_ca):
+def test_it_refuses_a_verification_certificate_without_a_code(tenant: Tenant, device_ca: Issued) -> None:
     proof = pki.sign_device(device_ca, "just a name")
     with pytest.raises(CertificateError, match="no verification code"):
         _register(tenant, device_ca, verification_pem=proof.cert_pem)
 
 
-def test_it_deletes_cas_and_audits_each(tenant, device_ca):
+def test_it_deletes_cas_and_audits_each(tenant: Tenant, device_ca: Issued) -> None:
     # given
     ca = _register(tenant, device_ca)
     # when
@@ -166,7 +175,7 @@ def test_it_deletes_cas_and_audits_each(tenant, device_ca):
 # --- Authentication ----------------------------------------------------------------
 
 
-def test_it_provisions_an_unknown_device_just_in_time(tenant, device_ca):
+def test_it_provisions_an_unknown_device_just_in_time(tenant: Tenant, device_ca: Issued) -> None:
     # given
     _register(tenant, device_ca, jitp_product=tenant.product, jitp_tags=["jitp"], jitp_description="from CA")
     leaf = pki.sign_device(device_ca, "SN-JITP-1")
@@ -184,7 +193,9 @@ def test_it_provisions_an_unknown_device_just_in_time(tenant, device_ca):
 
 
 @pytest.mark.parametrize("cn", ["SN 0001", "SN\x000001", "SN\u202e1000", "SN\t1"])
-def test_it_refuses_a_cn_that_is_not_a_valid_identifier_before_any_lookup(tenant, device_ca, cn):
+def test_it_refuses_a_cn_that_is_not_a_valid_identifier_before_any_lookup(
+    tenant: Tenant, device_ca: Issued, cn: str
+) -> None:
     # given: a JITP CA and a certificate whose CN breaks the identifier rule
     _register(tenant, device_ca, jitp_product=tenant.product)
     leaf = pki.sign_device(device_ca, cn)
@@ -194,7 +205,7 @@ def test_it_refuses_a_cn_that_is_not_a_valid_identifier_before_any_lookup(tenant
     assert not Device.objects.exists()
 
 
-def test_it_recognises_the_recorded_certificate_on_the_next_connection(tenant, device_ca):
+def test_it_recognises_the_recorded_certificate_on_the_next_connection(tenant: Tenant, device_ca: Issued) -> None:
     # given
     _register(tenant, device_ca, jitp_product=tenant.product)
     leaf = pki.sign_device(device_ca, "SN-2")
@@ -207,7 +218,7 @@ def test_it_recognises_the_recorded_certificate_on_the_next_connection(tenant, d
     assert DeviceCertificate.objects.get().last_used_at is not None
 
 
-def test_it_records_a_certificate_for_an_existing_device_without_jitp(tenant, device_ca):
+def test_it_records_a_certificate_for_an_existing_device_without_jitp(tenant: Tenant, device_ca: Issued) -> None:
     # given
     _register(tenant, device_ca)
     existing = create_device("test", tenant.product, "SN-3")
@@ -217,14 +228,14 @@ def test_it_records_a_certificate_for_an_existing_device_without_jitp(tenant, de
     assert device == existing
 
 
-def test_it_refuses_an_unknown_device_when_the_ca_has_no_jitp(tenant, device_ca):
+def test_it_refuses_an_unknown_device_when_the_ca_has_no_jitp(tenant: Tenant, device_ca: Issued) -> None:
     _register(tenant, device_ca)
     with pytest.raises(CertificateRefused, match="not registered"):
         services.authenticate_peer_certificate(pki.sign_device(device_ca, "SN-4").cert_pem)
     assert not Device.objects.exists()
 
 
-def test_it_refuses_a_certificate_of_an_unknown_ca(tenant, device_ca, other_ca):
+def test_it_refuses_a_certificate_of_an_unknown_ca(tenant: Tenant, device_ca: Issued, other_ca: Issued) -> None:
     _register(tenant, device_ca, jitp_product=tenant.product)
     with pytest.raises(CertificateRefused, match="unknown CA"):
         services.authenticate_peer_certificate(pki.sign_device(other_ca, "SN-5").cert_pem)
@@ -237,14 +248,16 @@ def test_it_refuses_a_certificate_of_an_unknown_ca(tenant, device_ca, other_ca):
         (NOW + dt.timedelta(days=1), NOW + dt.timedelta(days=10), "not yet valid"),
     ],
 )
-def test_it_refuses_a_new_certificate_outside_its_validity(tenant, device_ca, start, end, reason):
+def test_it_refuses_a_new_certificate_outside_its_validity(
+    tenant: Tenant, device_ca: Issued, start: dt.datetime, end: dt.datetime, reason: str
+) -> None:
     _register(tenant, device_ca, jitp_product=tenant.product)
     leaf = pki.sign_device(device_ca, "SN-6", not_before=start, not_after=end)
     with pytest.raises(CertificateRefused, match=reason):
         services.authenticate_peer_certificate(leaf.cert_pem)
 
 
-def test_it_checks_ca_expiry_only_when_asked(tenant):
+def test_it_checks_ca_expiry_only_when_asked(tenant: Tenant) -> None:
     # given a CA that expired after signing a still-valid device certificate
     old = pki.create_ca("Old CA", days=2, not_before=NOW - dt.timedelta(days=3))
     ca = _register(tenant, old, jitp_product=tenant.product, check_expiration=False)
@@ -257,7 +270,7 @@ def test_it_checks_ca_expiry_only_when_asked(tenant):
         services.authenticate_peer_certificate(other.cert_pem)
 
 
-def test_it_refuses_a_revoked_certificate(tenant, device_ca):
+def test_it_refuses_a_revoked_certificate(tenant: Tenant, device_ca: Issued) -> None:
     # given
     _register(tenant, device_ca, jitp_product=tenant.product)
     leaf = pki.sign_device(device_ca, "SN-9")
@@ -272,7 +285,7 @@ def test_it_refuses_a_revoked_certificate(tenant, device_ca):
         services.authenticate_peer_certificate(leaf.cert_pem)
 
 
-def test_it_refuses_a_deleted_device(tenant, device_ca):
+def test_it_refuses_a_deleted_device(tenant: Tenant, device_ca: Issued) -> None:
     _register(tenant, device_ca, jitp_product=tenant.product)
     leaf = pki.sign_device(device_ca, "SN-10")
     services.authenticate_peer_certificate(leaf.cert_pem)
@@ -281,13 +294,15 @@ def test_it_refuses_a_deleted_device(tenant, device_ca):
         services.authenticate_peer_certificate(leaf.cert_pem)
 
 
-def test_it_refuses_a_self_signed_certificate(tenant, device_ca):
+def test_it_refuses_a_self_signed_certificate(tenant: Tenant, device_ca: Issued) -> None:
     _register(tenant, device_ca, jitp_product=tenant.product)
     with pytest.raises(CertificateRefused, match="self-signed"):
         services.authenticate_peer_certificate(pki.self_signed_device("SN-11").cert_pem)
 
 
-def test_it_refuses_a_ca_of_another_org_for_a_device_of_this_org(tenant, other_tenant, device_ca, other_ca):
+def test_it_refuses_a_ca_of_another_org_for_a_device_of_this_org(
+    tenant: Tenant, other_tenant: Tenant, device_ca: Issued, other_ca: Issued
+) -> None:
     # given the device exists only in acme; globex registered the CA that signed it
     create_device("test", tenant.product, "SN-12")
     register_ca(tenant.outsider, other_tenant.org, other_ca)
@@ -296,7 +311,7 @@ def test_it_refuses_a_ca_of_another_org_for_a_device_of_this_org(tenant, other_t
         services.authenticate_peer_certificate(pki.sign_device(other_ca, "SN-12").cert_pem)
 
 
-def test_it_refuses_a_cn_clash_with_a_device_of_another_product(tenant, device_ca):
+def test_it_refuses_a_cn_clash_with_a_device_of_another_product(tenant: Tenant, device_ca: Issued) -> None:
     # given
     other_product, _ = tenancy.get_or_create_product("test", tenant.org, "gizmo")
     create_device("test", other_product, "SN-13")
@@ -307,7 +322,7 @@ def test_it_refuses_a_cn_clash_with_a_device_of_another_product(tenant, device_c
     assert not DeviceCertificate.objects.exists()
 
 
-def test_it_refuses_a_second_key_for_a_device(tenant, device_ca):
+def test_it_refuses_a_second_key_for_a_device(tenant: Tenant, device_ca: Issued) -> None:
     # given
     _register(tenant, device_ca, jitp_product=tenant.product)
     services.authenticate_peer_certificate(pki.sign_device(device_ca, "SN-14").cert_pem)
@@ -316,7 +331,7 @@ def test_it_refuses_a_second_key_for_a_device(tenant, device_ca):
         services.authenticate_peer_certificate(pki.sign_device(device_ca, "SN-14").cert_pem)
 
 
-def test_it_accepts_a_renewed_certificate_with_the_same_key(tenant, device_ca):
+def test_it_accepts_a_renewed_certificate_with_the_same_key(tenant: Tenant, device_ca: Issued) -> None:
     # given
     _register(tenant, device_ca, jitp_product=tenant.product)
     first = pki.sign_device(device_ca, "SN-15")
@@ -328,7 +343,7 @@ def test_it_accepts_a_renewed_certificate_with_the_same_key(tenant, device_ca):
     assert DeviceCertificate.objects.filter(device=device).count() == 2
 
 
-def test_it_takes_the_leaf_from_a_chain_with_the_signer(tenant, device_ca):
+def test_it_takes_the_leaf_from_a_chain_with_the_signer(tenant: Tenant, device_ca: Issued) -> None:
     # given the chain a NervesKey device sends: signer first, then its own certificate
     _register(tenant, device_ca, jitp_product=tenant.product)
     leaf = pki.sign_device(device_ca, "SN-16")
@@ -338,7 +353,9 @@ def test_it_takes_the_leaf_from_a_chain_with_the_signer(tenant, device_ca):
     assert device.identifier == "SN-16"
 
 
-def test_it_refuses_a_certificate_naming_a_registered_ca_it_was_not_signed_by(tenant, device_ca, other_ca):
+def test_it_refuses_a_certificate_naming_a_registered_ca_it_was_not_signed_by(
+    tenant: Tenant, device_ca: Issued, other_ca: Issued
+) -> None:
     # given a certificate whose issuer and AKI name the registered CA, signed by another key
     _register(tenant, device_ca, jitp_product=tenant.product)
     forged = pki.sign_device(pki.Issued(cert=device_ca.cert, key=other_ca.key), "SN-17")
@@ -349,12 +366,12 @@ def test_it_refuses_a_certificate_naming_a_registered_ca_it_was_not_signed_by(te
     assert not Device.objects.exists()
 
 
-def test_it_refuses_a_chain_without_a_device_certificate(tenant, device_ca):
+def test_it_refuses_a_chain_without_a_device_certificate(tenant: Tenant, device_ca: Issued) -> None:
     with pytest.raises(CertificateRefused, match="no device certificate"):
         services.authenticate_peer_certificate(device_ca.cert_pem)
 
 
-def test_it_refuses_garbage(db):
+def test_it_refuses_garbage(db: None) -> None:
     with pytest.raises(CertificateRefused):
         services.authenticate_peer_certificate(b"not a certificate")
 
@@ -362,7 +379,7 @@ def test_it_refuses_garbage(db):
 # --- Uploaded device certificates ------------------------------------------------------
 
 
-def test_it_accepts_an_uploaded_self_signed_certificate(tenant):
+def test_it_accepts_an_uploaded_self_signed_certificate(tenant: Tenant) -> None:
     # given
     device = create_device("test", tenant.product, "SN-20")
     leaf = pki.self_signed_device("SN-20")
@@ -374,7 +391,7 @@ def test_it_accepts_an_uploaded_self_signed_certificate(tenant):
     assert "device_certificate.registered" in _actions()
 
 
-def test_it_refuses_to_upload_a_ca_or_a_duplicate(tenant, device_ca):
+def test_it_refuses_to_upload_a_ca_or_a_duplicate(tenant: Tenant, device_ca: Issued) -> None:
     device = create_device("test", tenant.product, "SN-21")
     with pytest.raises(CertificateError, match="CA certificate"):
         services.register_device_certificate(tenant.manager, device, device_ca.cert_pem)
@@ -384,14 +401,14 @@ def test_it_refuses_to_upload_a_ca_or_a_duplicate(tenant, device_ca):
         services.register_device_certificate(tenant.manager, device, leaf.cert_pem)
 
 
-def test_it_refuses_an_upload_from_a_ca_of_another_org(tenant, other_tenant, other_ca):
+def test_it_refuses_an_upload_from_a_ca_of_another_org(tenant: Tenant, other_tenant: Tenant, other_ca: Issued) -> None:
     register_ca(tenant.outsider, other_tenant.org, other_ca)
     device = create_device("test", tenant.product, "SN-22")
     with pytest.raises(CertificateError, match="another organization"):
         services.register_device_certificate(tenant.manager, device, pki.sign_device(other_ca, "SN-22").cert_pem)
 
 
-def test_it_refuses_a_key_that_belongs_to_another_device(tenant):
+def test_it_refuses_a_key_that_belongs_to_another_device(tenant: Tenant) -> None:
     first = create_device("test", tenant.product, "SN-23")
     second = create_device("test", tenant.product, "SN-24")
     leaf = pki.self_signed_device("SN-23")
@@ -401,7 +418,7 @@ def test_it_refuses_a_key_that_belongs_to_another_device(tenant):
         services.register_device_certificate(tenant.manager, second, same_key.cert_pem)
 
 
-def test_it_deletes_certificates_so_a_ca_signed_one_is_recorded_again(tenant, device_ca):
+def test_it_deletes_certificates_so_a_ca_signed_one_is_recorded_again(tenant: Tenant, device_ca: Issued) -> None:
     # given
     _register(tenant, device_ca, jitp_product=tenant.product)
     leaf = pki.sign_device(device_ca, "SN-25")

@@ -9,8 +9,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 
 from nerveshub.tenancy import services as tenancy
 
@@ -23,7 +25,7 @@ class Result:
     stdout: str
     stderr: str
 
-    def json(self):
+    def json(self) -> Any:
         return json.loads(self.stdout)
 
 
@@ -57,7 +59,7 @@ class Cli:
         stdout, stderr = process.communicate(timeout=timeout)
         return Result(process.returncode, stdout, stderr)
 
-    def as_user(self, user, url: str) -> Cli:
+    def as_user(self, user: User, url: str) -> Cli:
         return Cli(home=self.home, url=url, token=tenancy.create_api_token("test", user, "cli tests").clear)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -21,13 +22,16 @@ from firmware.models import Firmware, FirmwareStatus
 from firmware.tasks import validate_firmware_task
 from nerveshub.tenancy.models import AuditEvent
 from tests.certificates.proof import add_unverified_ca
+from tests.cli.conftest import Cli
+from tests.conftest import Tenant
 from tests.deployments.conftest import make_firmware
 from tests.support.fwup import FirmwareSpec, build_firmware, generate_keypair
+from tests.support.hub import HubLauncher
 
 SCOPE = ("--org", "acme", "--product", "widget")
 
 
-def _run_validation_while(process) -> None:
+def _run_validation_while(process: subprocess.Popen[str]) -> None:
     """The worker's part: with REDIS_URL the hub queues validation for a Celery
     worker, which the tests do not run (embedded hubs have validated already)."""
     deadline = time.monotonic() + 60
@@ -37,7 +41,7 @@ def _run_validation_while(process) -> None:
         time.sleep(0.2)
 
 
-def test_login_saves_a_private_config_that_later_commands_use(live_hub, tenant, cli):
+def test_login_saves_a_private_config_that_later_commands_use(live_hub: HubLauncher, tenant: Tenant, cli: Cli) -> None:
     # given
     hub = live_hub()
     token = cli.as_user(tenant.viewer, hub.http_url).token
@@ -62,7 +66,7 @@ def test_login_saves_a_private_config_that_later_commands_use(live_hub, tenant, 
     assert cli("whoami", "--config", str(elsewhere)).code == 0
 
 
-def test_exit_codes_for_usage_and_connection_errors(live_hub, tenant, cli):
+def test_exit_codes_for_usage_and_connection_errors(live_hub: HubLauncher, tenant: Tenant, cli: Cli) -> None:
     hub = live_hub()
     unreachable = cli("whoami", env={"NERVESHUB_URL": "http://127.0.0.1:9", "NERVESHUB_TOKEN": "nhu_x"})
     assert unreachable.code == 3 and "cannot reach" in unreachable.stderr
@@ -76,7 +80,9 @@ def test_exit_codes_for_usage_and_connection_errors(live_hub, tenant, cli):
     assert missing.code == 2 and "no such file" in missing.stderr
 
 
-def test_a_pipeline_adds_a_key_publishes_firmware_and_rolls_it_out(live_hub, tenant, cli):
+def test_a_pipeline_adds_a_key_publishes_firmware_and_rolls_it_out(
+    live_hub: HubLauncher, tenant: Tenant, cli: Cli
+) -> None:
     # given
     hub = live_hub()
     admin = cli.as_user(tenant.admin, hub.http_url)
@@ -117,7 +123,7 @@ def test_a_pipeline_adds_a_key_publishes_firmware_and_rolls_it_out(live_hub, ten
     assert AuditEvent.objects.filter(action="deployment.created").count() == 1
 
 
-def test_publish_reports_a_rejected_firmware_with_exit_code_1(live_hub, tenant, cli):
+def test_publish_reports_a_rejected_firmware_with_exit_code_1(live_hub: HubLauncher, tenant: Tenant, cli: Cli) -> None:
     hub = live_hub()
     manager = cli.as_user(tenant.manager, hub.http_url)
     unsigned = cli.home / "unsigned.fw"
@@ -129,7 +135,7 @@ def test_publish_reports_a_rejected_firmware_with_exit_code_1(live_hub, tenant, 
     assert "firmware rejected" in stderr
 
 
-def test_refusals_carry_the_hubs_message(live_hub, tenant, other_tenant, cli):
+def test_refusals_carry_the_hubs_message(live_hub: HubLauncher, tenant: Tenant, other_tenant: Tenant, cli: Cli) -> None:
     # given
     hub = live_hub()
     viewer = cli.as_user(tenant.viewer, hub.http_url)
@@ -153,7 +159,7 @@ def test_refusals_carry_the_hubs_message(live_hub, tenant, other_tenant, cli):
     assert not Firmware.objects.exists()
 
 
-def test_devices_tags_and_a_certificate_signed_by_a_local_ca(live_hub, tenant, cli):
+def test_devices_tags_and_a_certificate_signed_by_a_local_ca(live_hub: HubLauncher, tenant: Tenant, cli: Cli) -> None:
     # given
     hub = live_hub()
     manager = cli.as_user(tenant.manager, hub.http_url)
@@ -184,7 +190,9 @@ def test_devices_tags_and_a_certificate_signed_by_a_local_ca(live_hub, tenant, c
     assert [c["serial"] for c in certs] == [stored.serial]
 
 
-def test_a_viewer_cannot_register_a_certificate_and_nothing_is_written(live_hub, tenant, cli, tmp_path):
+def test_a_viewer_cannot_register_a_certificate_and_nothing_is_written(
+    live_hub: HubLauncher, tenant: Tenant, cli: Cli, tmp_path: Path
+) -> None:
     hub = live_hub()
     make_firmware(tenant.product, "1.0.0")
     viewer = cli.as_user(tenant.viewer, hub.http_url)
@@ -199,11 +207,13 @@ def test_a_viewer_cannot_register_a_certificate_and_nothing_is_written(live_hub,
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["device", "cert", "create", "--help"]])
-def test_help_exits_0(cli, argv):
+def test_help_exits_0(cli: Cli, argv: list[str]) -> None:
     assert cli(*argv).code == 0
 
 
-def test_an_admin_registers_a_ca_with_proof_of_possession_and_jitp(live_hub, tenant, cli):
+def test_an_admin_registers_a_ca_with_proof_of_possession_and_jitp(
+    live_hub: HubLauncher, tenant: Tenant, cli: Cli
+) -> None:
     # given
     hub = live_hub()
     admin = cli.as_user(tenant.admin, hub.http_url)
@@ -229,7 +239,9 @@ def test_an_admin_registers_a_ca_with_proof_of_possession_and_jitp(live_hub, ten
     assert AuditEvent.objects.get(action="ca_certificate.registered").details["proof_of_possession"] is True
 
 
-def test_an_admin_proves_possession_with_the_ca_key_and_verifies_a_legacy_ca(live_hub, tenant, other_tenant, cli):
+def test_an_admin_proves_possession_with_the_ca_key_and_verifies_a_legacy_ca(
+    live_hub: HubLauncher, tenant: Tenant, other_tenant: Tenant, cli: Cli
+) -> None:
     # given acme's CA and key on the admin's machine, and a CA registered before proof was required
     hub = live_hub()
     admin = cli.as_user(tenant.admin, hub.http_url)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
+from typing import cast
 
+from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 from django.http.multipartparser import MultiPartParser
 
 from nerveshub.cli import CHUNK, Multipart
 
 
-def test_it_streams_the_file_in_bounded_chunks_that_parse_back(tmp_path):
+def test_it_streams_the_file_in_bounded_chunks_that_parse_back(tmp_path: Path) -> None:
     # given
     path = tmp_path / 'odd "name".fw'
     data = os.urandom(3 * CHUNK + 123)
@@ -25,5 +28,6 @@ def test_it_streams_the_file_in_bounded_chunks_that_parse_back(tmp_path):
     # then
     assert len(raw) == body.length
     assert max(len(c) for c in chunks) <= CHUNK
-    assert files["firmware"].read() == data
-    assert files["firmware"].name == "odd _name_.fw"
+    uploaded = cast("UploadedFile[bytes]", files["firmware"])  # the stubs allow a list here too
+    assert uploaded.read() == data
+    assert uploaded.name == "odd _name_.fw"

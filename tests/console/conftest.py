@@ -173,8 +173,12 @@ async def open_console(
     return Operator(ws)
 
 
+# The `iex_device` fixture: (url, identifier, **device options) -> a device and its IEx.
+IExDevice = Callable[..., tuple[NHLDevice, FakeIEx]]
+
+
 @pytest.fixture
-def iex_device(creds: Credentials) -> Any:  # noqa: F811
+def iex_device(creds: Credentials) -> IExDevice:  # noqa: F811
     def make(url: str, identifier: str = "dev-console", **kwargs: Any) -> tuple[NHLDevice, FakeIEx]:
         device = creds.device(url, identifier, remote_iex=True, **kwargs)
         return device, FakeIEx(device)

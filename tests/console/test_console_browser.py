@@ -15,6 +15,7 @@ import asyncio
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.staticfiles import finders
@@ -22,9 +23,10 @@ from django.contrib.staticfiles import finders
 from console.views import VENDOR_ASSETS
 from devices import services as device_services
 from nerveshub.tenancy.models import AuditEvent
-from tests.conftest import REQUIRE_SERVICES, ROOT
-from tests.console.conftest import PROMPT, eventually
-from tests.devices.conftest import run, wait_until
+from tests.conftest import REQUIRE_SERVICES
+from tests.console.conftest import PROMPT, IExDevice, eventually
+from tests.devices.conftest import Credentials, run, wait_until
+from tests.support.hub import ROOT, HubLauncher
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -68,8 +70,10 @@ def browser_ready() -> None:
 
 
 @pytest.mark.slow
-def test_it_runs_a_console_session_in_chromium(browser_ready, live_hub, creds, iex_device, tmp_path):
-    from playwright.async_api import async_playwright
+def test_it_runs_a_console_session_in_chromium(
+    browser_ready: None, live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice, tmp_path: Path
+) -> None:
+    from playwright.async_api import FilePayload, async_playwright
 
     # given: a connected device with remote IEx, and the manager's login
     hub = live_hub({"CONSOLE_DEVICE_CHECK_SECONDS": "1"})
@@ -80,7 +84,7 @@ def test_it_runs_a_console_session_in_chromium(browser_ready, live_hub, creds, i
     if not screenshot.is_absolute():
         screenshot = ROOT / screenshot
 
-    async def scenario():
+    async def scenario() -> tuple[Any, bytes]:
         await device.connect()
         iex.start()
         await iex.up("Interactive Elixir (1.18.0) - press Ctrl+C to exit\r\n" + PROMPT)
@@ -103,9 +107,8 @@ def test_it_runs_a_console_session_in_chromium(browser_ready, live_hub, creds, i
                 await page.keyboard.press("Enter")
                 await page.wait_for_function(f"() => ({READ_TERMINAL})().includes('|> length()\"')")
                 # when: a file is uploaded from the page
-                await page.set_input_files(
-                    "#upload-input", files=[{"name": "app.conf", "mimeType": "text/plain", "buffer": upload}]
-                )
+                payload: FilePayload = {"name": "app.conf", "mimeType": "text/plain", "buffer": upload}
+                await page.set_input_files("#upload-input", files=[payload])
                 await page.click("#upload-button")
                 await page.wait_for_function(
                     "() => document.getElementById('upload-status').textContent.includes('sent to the device')"

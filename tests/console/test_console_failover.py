@@ -11,23 +11,26 @@ import pytest
 
 from devices import services as device_services
 from devices.models import Device
-from tests.console.conftest import PROMPT, open_console
-from tests.devices.conftest import run, wait_until
+from tests.console.conftest import PROMPT, IExDevice, open_console
+from tests.devices.conftest import Credentials, run, wait_until
+from tests.support.hub import HubLauncher, HubProcess
 
 
-def _kill(hub) -> None:  # type: ignore[no-untyped-def]
+def _kill(hub: HubProcess) -> None:
     hub.process.send_signal(signal.SIGKILL)
     hub.process.wait(10)
 
 
 @pytest.mark.services
-def test_the_operator_reopens_on_another_process_when_theirs_dies(live_hub, creds, iex_device):
+def test_the_operator_reopens_on_another_process_when_theirs_dies(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given: the device on one process, the operator's console on another
     device_hub, operator_hub = live_hub(), live_hub()
     row = device_services.create_device("test", creds.tenant.product, "dev-kept")
     device, iex = iex_device(device_hub.ws_url, "dev-kept")
 
-    async def scenario():
+    async def scenario() -> tuple[str, int | None, str, str]:
         await device.connect()
         iex.start()
         operator = await open_console(operator_hub.ws_url, row.pk, creds.tenant.admin)
@@ -59,13 +62,15 @@ def test_the_operator_reopens_on_another_process_when_theirs_dies(live_hub, cred
 
 
 @pytest.mark.services
-def test_the_console_resumes_when_the_device_comes_back_through_another_process(live_hub, creds, iex_device):
+def test_the_console_resumes_when_the_device_comes_back_through_another_process(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given: the device on one process, the operator's console on another
     device_hub, operator_hub = live_hub(), live_hub({"CONSOLE_DEVICE_CHECK_SECONDS": "1"})
     row = device_services.create_device("test", creds.tenant.product, "dev-moved")
     device, iex = iex_device(device_hub.ws_url, "dev-moved")
 
-    async def scenario():
+    async def scenario() -> tuple[str, str]:
         await device.connect()
         iex.start()
         operator = await open_console(operator_hub.ws_url, row.pk, creds.tenant.admin)
@@ -76,6 +81,7 @@ def test_the_console_resumes_when_the_device_comes_back_through_another_process(
         # balancer sending it to the process that is left
         _kill(device_hub)
         await iex.stop()
+        assert device.ws is not None  # connected above
         await asyncio.wait_for(device.ws.wait_closed(), 10)
         device.url = operator_hub.ws_url
         await device.connect()

@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.shortcuts import resolve_url
 from django.test import Client
 
 from console import views
 from devices import services as device_services
+from devices.models import Device
+from tests.conftest import Tenant
 
 
 @pytest.fixture
-def device(tenant):
+def device(tenant: Tenant) -> Device:
     return device_services.create_device("test", tenant.product, "dev-page")
 
 
-def _client(user) -> Client:
+def _client(user: User) -> Client:
     client = Client()
     client.force_login(user)
     return client
 
 
-def test_it_sends_anonymous_visitors_to_the_login_page(device):
+def test_it_sends_anonymous_visitors_to_the_login_page(device: Device) -> None:
     # when
     response = Client().get(f"/console/{device.pk}/")
     # then
@@ -30,7 +33,7 @@ def test_it_sends_anonymous_visitors_to_the_login_page(device):
     assert response["Location"].startswith(resolve_url(settings.LOGIN_URL))
 
 
-def test_it_is_404_for_an_outsider_and_for_a_missing_or_deleted_device(tenant, device):
+def test_it_is_404_for_an_outsider_and_for_a_missing_or_deleted_device(tenant: Tenant, device: Device) -> None:
     # when / then
     assert _client(tenant.outsider).get(f"/console/{device.pk}/").status_code == 404
     assert _client(tenant.admin).get(f"/console/{device.pk + 1000}/").status_code == 404
@@ -38,7 +41,9 @@ def test_it_is_404_for_an_outsider_and_for_a_missing_or_deleted_device(tenant, d
     assert _client(tenant.admin).get(f"/console/{device.pk}/").status_code == 404
 
 
-def test_it_gives_the_manager_a_terminal_and_the_viewer_a_read_only_one(tenant, device, monkeypatch):
+def test_it_gives_the_manager_a_terminal_and_the_viewer_a_read_only_one(
+    tenant: Tenant, device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # given: the terminal assets are there (make console-assets), whatever this checkout has
     monkeypatch.setattr(views, "_assets_present", lambda: True)
     # when
@@ -59,7 +64,9 @@ def test_it_gives_the_manager_a_terminal_and_the_viewer_a_read_only_one(tenant, 
     assert "https://" not in body
 
 
-def test_it_says_so_when_the_terminal_assets_are_missing(tenant, device, monkeypatch):
+def test_it_says_so_when_the_terminal_assets_are_missing(
+    tenant: Tenant, device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # given: a `make run` on a machine without npm
     monkeypatch.setattr(views, "_assets_present", lambda: False)
     # when
@@ -71,7 +78,7 @@ def test_it_says_so_when_the_terminal_assets_are_missing(tenant, device, monkeyp
     assert "vendor/xterm.js" not in body
 
 
-def test_it_links_the_device_admin_page_to_the_console(tenant, device):
+def test_it_links_the_device_admin_page_to_the_console(tenant: Tenant, device: Device) -> None:
     # given
     admin = tenant.admin
     admin.is_superuser = True

@@ -6,27 +6,33 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from websockets.exceptions import InvalidStatus
 
 from devices import services as device_services
 from nerveshub.tenancy.models import AuditEvent
-from tests.console.conftest import PROMPT, eventually, open_console
-from tests.devices.conftest import run, wait_until
+from tests.conftest import Tenant
+from tests.console.conftest import PROMPT, IExDevice, eventually, open_console
+from tests.devices.conftest import Credentials, run, wait_until
+from tests.support.hub import HubLauncher
 
 
 def _audit(action: str, device_id: int) -> list[AuditEvent]:
     return list(AuditEvent.objects.filter(action=action, subject_id=str(device_id)).order_by("id"))
 
 
-def test_it_relays_keystrokes_output_and_window_size_between_operators_and_the_device(live_hub, creds, iex_device):
+def test_it_relays_keystrokes_output_and_window_size_between_operators_and_the_device(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given
     hub = live_hub()
     row = device_services.create_device("test", creds.tenant.product, "dev-console")
     device, iex = iex_device(hub.ws_url)
 
-    async def scenario():
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], str, str, dict[str, Any], str, dict[str, Any]]:
         await device.connect()
         iex.start()
         manager = await open_console(hub.ws_url, row.pk, creds.tenant.manager)
@@ -82,12 +88,12 @@ def test_it_relays_keystrokes_output_and_window_size_between_operators_and_the_d
     wait_until(lambda: len(_audit("console.closed", row.pk)) == 2)
 
 
-def test_it_refuses_the_outsider_the_anonymous_and_another_site(live_hub, creds):
+def test_it_refuses_the_outsider_the_anonymous_and_another_site(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     hub = live_hub()
     row = device_services.create_device("test", creds.tenant.product, "dev-private")
 
-    async def refused(user, origin=None):
+    async def refused(user: User | None, origin: str | None = None) -> int:
         with pytest.raises(InvalidStatus) as excinfo:
             await open_console(hub.ws_url, row.pk, user, origin=origin)
         return excinfo.value.response.status_code
@@ -97,7 +103,7 @@ def test_it_refuses_the_outsider_the_anonymous_and_another_site(live_hub, creds)
     assert run(refused(None)) == 403
     assert run(refused(creds.tenant.admin, origin="http://evil.example")) == 403
 
-    async def missing():
+    async def missing() -> None:
         with pytest.raises(InvalidStatus):
             await open_console(hub.ws_url, row.pk + 1000, creds.tenant.admin)
 
@@ -105,12 +111,14 @@ def test_it_refuses_the_outsider_the_anonymous_and_another_site(live_hub, creds)
     assert not _audit("console.opened", row.pk)
 
 
-def test_it_refuses_an_admin_the_device_of_another_organization(live_hub, creds, other_tenant):
+def test_it_refuses_an_admin_the_device_of_another_organization(
+    live_hub: HubLauncher, creds: Credentials, other_tenant: Tenant
+) -> None:
     # given: a device of globex; alice is admin of acme only
     hub = live_hub()
     foreign = device_services.create_device("test", other_tenant.product, "globex-1")
 
-    async def scenario():
+    async def scenario() -> dict[str, Any]:
         with pytest.raises(InvalidStatus):
             await open_console(hub.ws_url, foreign.pk, creds.tenant.admin)
         # and globex's own admin gets in
@@ -123,14 +131,22 @@ def test_it_refuses_an_admin_the_device_of_another_organization(live_hub, creds,
     assert metadata["identifier"] == "globex-1" and metadata["can_write"] is True
 
 
-def test_it_uploads_a_file_in_order_and_passes_device_files_to_the_browser(live_hub, creds, iex_device):
+def test_it_uploads_a_file_in_order_and_passes_device_files_to_the_browser(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given
     hub = live_hub()
     row = device_services.create_device("test", creds.tenant.product, "dev-files")
     device, iex = iex_device(hub.ws_url, "dev-files")
     content = bytes(range(256)) * 9  # 2304 bytes: three chunks, the last one short
 
-    async def scenario():
+    async def scenario() -> tuple[
+        dict[str, Any],
+        dict[str, Any],
+        dict[str, Any],
+        dict[str, Any],
+        tuple[dict[str, Any], dict[str, Any], dict[str, Any]],
+    ]:
         await device.connect()
         iex.start()
         operator = await open_console(hub.ws_url, row.pk, creds.tenant.admin)
@@ -192,13 +208,15 @@ def test_it_uploads_a_file_in_order_and_passes_device_files_to_the_browser(live_
     assert [e.details["filename"] for e in _audit("console.file_upload_aborted", row.pk)] == ["bad.bin"]
 
 
-def test_it_refuses_uploads_to_a_console_older_than_2_0_0(live_hub, creds, iex_device):
+def test_it_refuses_uploads_to_a_console_older_than_2_0_0(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given: a device whose console cannot take files
     hub = live_hub()
     row = device_services.create_device("test", creds.tenant.product, "dev-old")
     device, iex = iex_device(hub.ws_url, "dev-old", console_version="1.0.0")
 
-    async def scenario():
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
         await device.connect()
         iex.start()
         operator = await open_console(hub.ws_url, row.pk, creds.tenant.admin)
@@ -218,13 +236,15 @@ def test_it_refuses_uploads_to_a_console_older_than_2_0_0(live_hub, creds, iex_d
     assert not [m for m in iex.pushed if m[3].startswith("file-data")]
 
 
-def test_it_shows_a_device_disconnect_and_resumes_when_it_comes_back(live_hub, creds, iex_device):
+def test_it_shows_a_device_disconnect_and_resumes_when_it_comes_back(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given: a late joiner gets the scrollback
     hub = live_hub({"CONSOLE_DEVICE_CHECK_SECONDS": "1"})
     row = device_services.create_device("test", creds.tenant.product, "dev-flaky")
     device, iex = iex_device(hub.ws_url, "dev-flaky")
 
-    async def scenario():
+    async def scenario() -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any], str]:
         await device.connect()
         iex.start()
         await iex.up("Interactive Elixir (1.18.0)\r\n" + PROMPT)
@@ -256,12 +276,12 @@ def test_it_shows_a_device_disconnect_and_resumes_when_it_comes_back(live_hub, c
     assert '""' in after
 
 
-def test_it_closes_an_idle_console(live_hub, creds):
+def test_it_closes_an_idle_console(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     hub = live_hub({"CONSOLE_IDLE_TIMEOUT": "1"})
     row = device_services.create_device("test", creds.tenant.product, "dev-idle")
 
-    async def scenario():
+    async def scenario() -> tuple[dict[str, Any], int | None]:
         operator = await open_console(hub.ws_url, row.pk, creds.tenant.manager)
         # when: nothing happens
         closed = await operator.next("closed", timeout=10)
@@ -276,13 +296,15 @@ def test_it_closes_an_idle_console(live_hub, creds):
 
 
 @pytest.mark.services
-def test_it_relays_between_two_server_processes_through_redis(live_hub, creds, iex_device):
+def test_it_relays_between_two_server_processes_through_redis(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given: the device on one hub process, the operator on another
     device_hub, operator_hub = live_hub(), live_hub()
     row = device_services.create_device("test", creds.tenant.product, "dev-remote")
     device, iex = iex_device(device_hub.ws_url, "dev-remote")
 
-    async def scenario():
+    async def scenario() -> str:
         await device.connect()
         iex.start()
         operator = await open_console(operator_hub.ws_url, row.pk, creds.tenant.admin)

@@ -10,13 +10,14 @@ from console import services
 from console.services import AUDIT_INPUT_CHARS, InputRecorder, Scrollback, UploadRefused, UploadTracker
 from devices import services as device_services
 from nerveshub.tenancy.models import Role
+from tests.conftest import Tenant
 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def test_it_gives_write_access_to_manage_and_admin_and_watching_to_view(tenant):
+def test_it_gives_write_access_to_manage_and_admin_and_watching_to_view(tenant: Tenant) -> None:
     # given
     device = device_services.create_device("test", tenant.product, "dev-roles")
     # when
@@ -33,7 +34,7 @@ def test_it_gives_write_access_to_manage_and_admin_and_watching_to_view(tenant):
     assert services.console_access(tenant.outsider, device.pk) is None
 
 
-def test_it_hides_deleted_devices_even_from_admins(tenant):
+def test_it_hides_deleted_devices_even_from_admins(tenant: Tenant) -> None:
     # given
     device = device_services.create_device("test", tenant.product, "dev-gone")
     device_services.soft_delete("test", type(device).objects.filter(pk=device.pk))
@@ -41,7 +42,7 @@ def test_it_hides_deleted_devices_even_from_admins(tenant):
     assert services.console_access(tenant.admin, device.pk) is None
 
 
-def test_it_keeps_the_last_1024_lines_and_the_unfinished_one():
+def test_it_keeps_the_last_1024_lines_and_the_unfinished_one() -> None:
     # given
     scrollback = Scrollback()
     # when
@@ -54,7 +55,7 @@ def test_it_keeps_the_last_1024_lines_and_the_unfinished_one():
     assert lines[0] == "line 476" and lines[-2] == "line 1499" and lines[-1] == "iex(1)> "
 
 
-def test_it_refuses_an_upload_that_grows_past_its_size_or_stops_short():
+def test_it_refuses_an_upload_that_grows_past_its_size_or_stops_short() -> None:
     # given
     tracker = UploadTracker(max_size=100)
     tracker.start("a.bin", 3)
@@ -72,7 +73,7 @@ def test_it_refuses_an_upload_that_grows_past_its_size_or_stops_short():
         tracker.start("c.bin", 1)
 
 
-def test_it_attributes_typed_lines_as_a_person_would_read_them():
+def test_it_attributes_typed_lines_as_a_person_would_read_them() -> None:
     # given
     recorder = InputRecorder()
     # when

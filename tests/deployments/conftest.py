@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -9,10 +11,12 @@ from deployments.models import Deployment
 from devices import services as device_services
 from devices.models import ConnectionStatus, Device
 from firmware.models import Firmware, FirmwareStatus
+from nerveshub.tenancy.models import Product
+from tests.conftest import Tenant
 from tests.support.faults import db_cut, private_redis  # noqa: F401 - fixtures
 
 
-def make_firmware(product, version: str, *, platform: str = "rpi4", architecture: str = "arm") -> Firmware:
+def make_firmware(product: Product, version: str, *, platform: str = "rpi4", architecture: str = "arm") -> Firmware:
     """A validated firmware row (the validation path has its own tests)."""
     return Firmware.objects.create(
         org=product.org,
@@ -29,7 +33,15 @@ def make_firmware(product, version: str, *, platform: str = "rpi4", architecture
     )
 
 
-def make_device(product, identifier: str, *, version: str = "1.0.0", online: bool = True, tags=(), **fields) -> Device:
+def make_device(
+    product: Product,
+    identifier: str,
+    *,
+    version: str = "1.0.0",
+    online: bool = True,
+    tags: Iterable[str] = (),
+    **fields: Any,
+) -> Device:
     device = device_services.create_device("test", product, identifier, tags=list(tags))
     Device.objects.filter(pk=device.pk).update(
         firmware_uuid=fields.pop("firmware_uuid", f"uuid-{version}"),
@@ -45,12 +57,12 @@ def make_device(product, identifier: str, *, version: str = "1.0.0", online: boo
 
 
 @pytest.fixture
-def target(tenant):
+def target(tenant: Tenant) -> Firmware:
     return make_firmware(tenant.product, "2.0.0")
 
 
 @pytest.fixture
-def deployment(tenant, target):
+def deployment(tenant: Tenant, target: Firmware) -> Deployment:
     return Deployment.objects.create(
         org=tenant.org, product=tenant.product, name="stable", firmware=target, is_active=True, concurrent_updates=3
     )

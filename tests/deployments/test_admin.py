@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
+from django.test import Client
 from django.urls import reverse
+from pytest_django.fixtures import DjangoCaptureOnCommitCallbacks
 
 from deployments import rollout
 from deployments.models import Deployment, DeviceUpdate
+from firmware.models import Firmware
 from nerveshub.tenancy.models import AuditEvent
+from tests.conftest import Tenant
 from tests.deployments.conftest import make_device, make_firmware
+
+if TYPE_CHECKING:
+    # django-stubs' name for what the test client returns (no runtime class).
+    from django.test.client import _MonkeyPatchedWSGIResponse as TestResponse
+
 
 CHANGELIST = reverse("admin:deployments_deployment_changelist")
 
 
-def _act(client, action, deployment):
+def _act(client: Client, action: str, deployment: Deployment) -> TestResponse:
     return client.post(CHANGELIST, {"action": action, "_selected_action": [deployment.pk]})
 
 
 @pytest.mark.django_db
-def test_it_pauses_resumes_and_deactivates_through_services(tenant, client, deployment):
+def test_it_pauses_resumes_and_deactivates_through_services(
+    tenant: Tenant, client: Client, deployment: Deployment
+) -> None:
     # given
     client.force_login(tenant.manager)
     # when
@@ -36,7 +49,7 @@ def test_it_pauses_resumes_and_deactivates_through_services(tenant, client, depl
 
 
 @pytest.mark.django_db
-def test_it_refuses_actions_to_a_viewer_and_an_outsider(tenant, client, deployment):
+def test_it_refuses_actions_to_a_viewer_and_an_outsider(tenant: Tenant, client: Client, deployment: Deployment) -> None:
     for user in (tenant.viewer, tenant.outsider):
         client.force_login(user)
         _act(client, "deactivate", deployment)
@@ -47,7 +60,7 @@ def test_it_refuses_actions_to_a_viewer_and_an_outsider(tenant, client, deployme
 
 
 @pytest.mark.django_db
-def test_it_previews_targets_and_reasons(tenant, client, deployment):
+def test_it_previews_targets_and_reasons(tenant: Tenant, client: Client, deployment: Deployment) -> None:
     # given
     make_device(tenant.product, "ready", deployment=deployment)
     make_device(tenant.product, "asleep", deployment=deployment, online=False)
@@ -60,7 +73,7 @@ def test_it_previews_targets_and_reasons(tenant, client, deployment):
 
 
 @pytest.mark.django_db
-def test_it_shows_progress_on_the_change_page(tenant, client, deployment):
+def test_it_shows_progress_on_the_change_page(tenant: Tenant, client: Client, deployment: Deployment) -> None:
     from deployments import rollout
 
     make_device(tenant.product, "d1", deployment=deployment)
@@ -72,7 +85,7 @@ def test_it_shows_progress_on_the_change_page(tenant, client, deployment):
 
 
 @pytest.mark.django_db
-def test_it_refuses_firmware_of_another_product(tenant, other_tenant, client):
+def test_it_refuses_firmware_of_another_product(tenant: Tenant, other_tenant: Tenant, client: Client) -> None:
     # given
     client.force_login(tenant.manager)
     foreign = make_firmware(other_tenant.product, "1.0.0")
@@ -105,7 +118,7 @@ def test_it_refuses_firmware_of_another_product(tenant, other_tenant, client):
 
 
 @pytest.mark.django_db
-def test_it_refuses_firmware_of_another_product_of_the_same_org(tenant, client):
+def test_it_refuses_firmware_of_another_product_of_the_same_org(tenant: Tenant, client: Client) -> None:
     # given
     from nerveshub.tenancy import services as tenancy
 
@@ -120,7 +133,9 @@ def test_it_refuses_firmware_of_another_product_of_the_same_org(tenant, client):
 
 
 @pytest.mark.django_db
-def test_it_assigns_devices_when_a_deployment_is_created(tenant, client, django_capture_on_commit_callbacks):
+def test_it_assigns_devices_when_a_deployment_is_created(
+    tenant: Tenant, client: Client, django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks
+) -> None:
     # given
     firmware = make_firmware(tenant.product, "2.0.0")
     device = make_device(tenant.product, "d1", version="1.0.0")
@@ -137,7 +152,7 @@ def test_it_assigns_devices_when_a_deployment_is_created(tenant, client, django_
     assert DeviceUpdate.objects.filter(device=device).count() == 1
 
 
-def _add_main(client, tenant, firmware):
+def _add_main(client: Client, tenant: Tenant, firmware: Firmware) -> TestResponse:
     return client.post(
         reverse("admin:deployments_deployment_add"),
         {

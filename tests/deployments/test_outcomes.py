@@ -4,17 +4,21 @@ failures that feed the penalty box, and slots that are kept or freed."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.utils import timezone
 
 from deployments import rollout
-from deployments.models import DeviceUpdate, UpdateStatus
+from deployments.models import Deployment, DeviceUpdate, UpdateStatus
 from devices.models import Device
 from devices.protocol import DeviceJoin
+from firmware.models import Firmware
+from tests.conftest import Tenant
 from tests.deployments.conftest import make_device
 
 
-def _join(device: Device, *, uuid: str, validated: bool | None = None, **fields: object) -> None:
+def _join(device: Device, *, uuid: str | None, validated: bool | None = None, **fields: object) -> None:
     """Store what the join reports about the firmware, then run the rollout's
     part, as the device consumer does."""
     Device.objects.filter(pk=device.pk).update(firmware_uuid=uuid)
@@ -22,7 +26,7 @@ def _join(device: Device, *, uuid: str, validated: bool | None = None, **fields:
     rollout.on_device_joined(device.pk, DeviceJoin.model_validate({"nerves_fw_uuid": uuid, "meta": meta, **fields}))
 
 
-def _inflight_update(deployment, device, status: UpdateStatus) -> DeviceUpdate:
+def _inflight_update(deployment: Deployment, device: Device, status: UpdateStatus) -> DeviceUpdate:
     rollout.run_rollout(deployment.pk)
     update = DeviceUpdate.objects.filter(device=device).latest("pk")
     DeviceUpdate.objects.filter(pk=update.pk).update(status=status, attempted_at=timezone.now())
@@ -31,7 +35,9 @@ def _inflight_update(deployment, device, status: UpdateStatus) -> DeviceUpdate:
 
 
 @pytest.mark.django_db
-def test_it_succeeds_when_the_device_comes_back_on_the_target(tenant, deployment, target):
+def test_it_succeeds_when_the_device_comes_back_on_the_target(
+    tenant: Tenant, deployment: Deployment, target: Firmware
+) -> None:
     # given
     device = make_device(tenant.product, "d1", deployment=deployment)
     update = _inflight_update(deployment, device, UpdateStatus.COMPLETED)
@@ -43,7 +49,9 @@ def test_it_succeeds_when_the_device_comes_back_on_the_target(tenant, deployment
 
 
 @pytest.mark.django_db
-def test_it_waits_for_validation_when_the_device_reports_it(tenant, deployment, target):
+def test_it_waits_for_validation_when_the_device_reports_it(
+    tenant: Tenant, deployment: Deployment, target: Firmware
+) -> None:
     # given
     device = make_device(tenant.product, "d1", deployment=deployment)
     update = _inflight_update(deployment, device, UpdateStatus.UPDATING)
@@ -60,7 +68,9 @@ def test_it_waits_for_validation_when_the_device_reports_it(tenant, deployment, 
 
 
 @pytest.mark.django_db
-def test_it_keeps_the_slot_of_a_device_still_downloading_the_target(tenant, deployment, target):
+def test_it_keeps_the_slot_of_a_device_still_downloading_the_target(
+    tenant: Tenant, deployment: Deployment, target: Firmware
+) -> None:
     device = make_device(tenant.product, "d1", deployment=deployment)
     update = _inflight_update(deployment, device, UpdateStatus.DOWNLOADING)
     _join(device, uuid="uuid-1.0.0", currently_downloading_uuid=target.uuid)
@@ -83,7 +93,14 @@ def test_it_keeps_the_slot_of_a_device_still_downloading_the_target(tenant, depl
         (UpdateStatus.DOWNLOADING, {"currently_downloading_uuid": "some-other-uuid"}, UpdateStatus.EXPIRED, ""),
     ],
 )
-def test_it_counts_a_return_on_the_old_firmware_as_a_failed_attempt(tenant, deployment, status, join, expected, reason):
+def test_it_counts_a_return_on_the_old_firmware_as_a_failed_attempt(
+    tenant: Tenant,
+    deployment: Deployment,
+    status: UpdateStatus,
+    join: dict[str, Any],
+    expected: UpdateStatus,
+    reason: str,
+) -> None:
     # given
     device = make_device(tenant.product, "d1", deployment=deployment)
     update = _inflight_update(deployment, device, status)
@@ -97,7 +114,7 @@ def test_it_counts_a_return_on_the_old_firmware_as_a_failed_attempt(tenant, depl
 
 
 @pytest.mark.django_db
-def test_it_penalty_boxes_a_device_whose_updates_keep_reverting(tenant, deployment):
+def test_it_penalty_boxes_a_device_whose_updates_keep_reverting(tenant: Tenant, deployment: Deployment) -> None:
     # given
     device = make_device(tenant.product, "d1", deployment=deployment)
     deployment.penalty_rate_attempts = 100  # only the total-attempts rule (3)
@@ -114,7 +131,7 @@ def test_it_penalty_boxes_a_device_whose_updates_keep_reverting(tenant, deployme
 
 
 @pytest.mark.django_db
-def test_it_holds_a_rescheduled_device_until_its_delay_has_passed(tenant, deployment):
+def test_it_holds_a_rescheduled_device_until_its_delay_has_passed(tenant: Tenant, deployment: Deployment) -> None:
     # given
     device = make_device(tenant.product, "d1", deployment=deployment)
     _inflight_update(deployment, device, UpdateStatus.RECEIVED)
@@ -133,7 +150,7 @@ def test_it_holds_a_rescheduled_device_until_its_delay_has_passed(tenant, deploy
 
 
 @pytest.mark.django_db
-def test_it_frees_the_slot_when_a_device_reports_failure(tenant, deployment):
+def test_it_frees_the_slot_when_a_device_reports_failure(tenant: Tenant, deployment: Deployment) -> None:
     # given: every slot but one taken, and d0 in flight
     devices = [make_device(tenant.product, f"d{i}", deployment=deployment) for i in range(4)]
     rollout.run_rollout(deployment.pk)

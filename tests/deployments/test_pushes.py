@@ -12,11 +12,13 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.utils import timezone
+from pytest_django.fixtures import DjangoCaptureOnCommitCallbacks
 
 from deployments import rollout
-from deployments.models import DeviceUpdate, UpdateStatus
+from deployments.models import Deployment, DeviceUpdate, UpdateStatus
 from devices.models import Device
 from devices.protocol import DeviceJoin
+from tests.conftest import Tenant
 from tests.deployments.conftest import make_device
 
 pytestmark = pytest.mark.django_db
@@ -40,7 +42,7 @@ def _received(channel: str, loop: asyncio.AbstractEventLoop) -> list[str]:
     layer = get_channel_layer()
 
     async def drain() -> list[str]:
-        events = []
+        events: list[str] = []
         while True:
             try:
                 message = await asyncio.wait_for(layer.receive(channel), 0.3)
@@ -64,8 +66,11 @@ def _reconnect(device: Device) -> str:
 
 
 def test_a_device_claimed_between_its_connect_and_its_join_is_sent_the_update_once(
-    tenant, deployment, django_capture_on_commit_callbacks, receiving_loop
-):
+    tenant: Tenant,
+    deployment: Deployment,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+    receiving_loop: asyncio.AbstractEventLoop,
+) -> None:
     # given: a device whose socket is registered but has not joined yet
     device = make_device(tenant.product, "d1", socket_channel=_open_socket())
     socket = device.socket_channel
@@ -82,8 +87,11 @@ def test_a_device_claimed_between_its_connect_and_its_join_is_sent_the_update_on
 
 
 def test_a_device_back_on_a_new_socket_is_sent_its_unacknowledged_update_once(
-    tenant, deployment, django_capture_on_commit_callbacks, receiving_loop
-):
+    tenant: Tenant,
+    deployment: Deployment,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+    receiving_loop: asyncio.AbstractEventLoop,
+) -> None:
     # given: the push went to a socket that closed before the device read it
     device = make_device(tenant.product, "d1", socket_channel=_open_socket())
     rollout.assign_deployment(device.pk)
@@ -101,8 +109,11 @@ def test_a_device_back_on_a_new_socket_is_sent_its_unacknowledged_update_once(
 
 
 def test_a_resend_loses_to_a_join_that_pushed_after_the_resend_decided(
-    tenant, deployment, django_capture_on_commit_callbacks, receiving_loop
-):
+    tenant: Tenant,
+    deployment: Deployment,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+    receiving_loop: asyncio.AbstractEventLoop,
+) -> None:
     # given: a push lost long ago; the orchestrator decides to resend it
     device = make_device(tenant.product, "d1", socket_channel=_open_socket())
     rollout.assign_deployment(device.pk)
@@ -123,8 +134,11 @@ def test_a_resend_loses_to_a_join_that_pushed_after_the_resend_decided(
 
 
 def test_a_lost_push_is_resent_to_the_same_socket_after_the_resend_delay(
-    tenant, deployment, django_capture_on_commit_callbacks, receiving_loop
-):
+    tenant: Tenant,
+    deployment: Deployment,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+    receiving_loop: asyncio.AbstractEventLoop,
+) -> None:
     # given: a claim whose push never left (its worker died after the commit)
     device = make_device(tenant.product, "d1", socket_channel=_open_socket())
     rollout.assign_deployment(device.pk)
@@ -143,8 +157,11 @@ def test_a_lost_push_is_resent_to_the_same_socket_after_the_resend_delay(
 
 
 def test_an_acknowledged_update_is_never_pushed_again(
-    tenant, deployment, django_capture_on_commit_callbacks, receiving_loop
-):
+    tenant: Tenant,
+    deployment: Deployment,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+    receiving_loop: asyncio.AbstractEventLoop,
+) -> None:
     device = make_device(tenant.product, "d1", socket_channel=_open_socket())
     rollout.assign_deployment(device.pk)
     with django_capture_on_commit_callbacks(execute=True):
@@ -160,8 +177,11 @@ def test_an_acknowledged_update_is_never_pushed_again(
 
 
 def test_lost_pushes_holding_every_slot_are_resent(
-    tenant, deployment, django_capture_on_commit_callbacks, receiving_loop
-):
+    tenant: Tenant,
+    deployment: Deployment,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+    receiving_loop: asyncio.AbstractEventLoop,
+) -> None:
     # given: a claim filled every slot and its worker died before sending
     devices = [make_device(tenant.product, f"d{i}", socket_channel=_open_socket()) for i in range(5)]
     for device in devices:
@@ -179,8 +199,11 @@ def test_lost_pushes_holding_every_slot_are_resent(
 
 
 def test_a_push_decided_but_never_sent_is_resent_and_a_sent_one_is_not(
-    tenant, deployment, django_capture_on_commit_callbacks, receiving_loop
-):
+    tenant: Tenant,
+    deployment: Deployment,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+    receiving_loop: asyncio.AbstractEventLoop,
+) -> None:
     # given: two claimed devices; one push was sent, the other's worker died
     # after deciding it (the push is recorded, nothing left)
     sent, lost = (make_device(tenant.product, name, socket_channel=_open_socket()) for name in ("sent", "lost"))
@@ -205,8 +228,11 @@ def test_a_push_decided_but_never_sent_is_resent_and_a_sent_one_is_not(
 
 
 def test_a_push_the_channel_layer_lost_is_resent_to_the_same_socket_after_its_expiry(
-    tenant, deployment, django_capture_on_commit_callbacks, receiving_loop
-):
+    tenant: Tenant,
+    deployment: Deployment,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+    receiving_loop: asyncio.AbstractEventLoop,
+) -> None:
     # given: a push handed to the channel layer for the device's socket, which
     # the layer then lost (a Redis restart): nothing reached the device
     device = make_device(tenant.product, "d1", socket_channel=_open_socket())

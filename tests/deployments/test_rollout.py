@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -14,16 +15,18 @@ from hypothesis import strategies as st
 from deployments import rollout
 from deployments.models import INFLIGHT_STATUSES, Deployment, DeviceUpdate, UpdateStatus
 from devices.models import Device, ValidationStatus
+from firmware.models import Firmware
 from nerveshub.tenancy.models import AuditEvent
+from tests.conftest import Tenant
 from tests.deployments.conftest import make_device, make_firmware
 
 
-def _inflight(deployment) -> int:
+def _inflight(deployment: Deployment) -> int:
     return DeviceUpdate.objects.filter(deployment=deployment, status__in=INFLIGHT_STATUSES).count()
 
 
 @pytest.mark.django_db
-def test_it_assigns_the_best_matching_active_deployment(tenant, deployment):
+def test_it_assigns_the_best_matching_active_deployment(tenant: Tenant, deployment: Deployment) -> None:
     # given
     newer = Deployment.objects.create(
         org=tenant.org,
@@ -51,7 +54,7 @@ def test_it_assigns_the_best_matching_active_deployment(tenant, deployment):
 
 
 @pytest.mark.django_db
-def test_it_explains_why_a_device_does_not_match(tenant, deployment):
+def test_it_explains_why_a_device_does_not_match(tenant: Tenant, deployment: Deployment) -> None:
     deployment.conditions_tags = ["eu"]
     deployment.conditions_version = "~> 1.2"
     device = make_device(tenant.product, "d1", version="1.1.0", architecture="x86_64")
@@ -62,7 +65,7 @@ def test_it_explains_why_a_device_does_not_match(tenant, deployment):
 
 
 @pytest.mark.django_db
-def test_it_never_claims_more_than_the_concurrency_limit(tenant, deployment):
+def test_it_never_claims_more_than_the_concurrency_limit(tenant: Tenant, deployment: Deployment) -> None:
     # given
     devices = [make_device(tenant.product, f"d{i}") for i in range(7)]
     for device in devices:
@@ -78,10 +81,10 @@ def test_it_never_claims_more_than_the_concurrency_limit(tenant, deployment):
 
 
 @pytest.mark.django_db
-def test_it_skips_devices_that_must_not_update(tenant, deployment, target):
+def test_it_skips_devices_that_must_not_update(tenant: Tenant, deployment: Deployment, target: Firmware) -> None:
     # given
     now = timezone.now()
-    cases = {
+    cases: dict[str, dict[str, Any]] = {
         "offline": {"online": False},
         "disabled": {"updates_enabled": False},
         "boxed": {"penalty_box_until": now + timedelta(hours=1)},
@@ -107,7 +110,7 @@ def test_it_skips_devices_that_must_not_update(tenant, deployment, target):
 
 
 @pytest.mark.django_db
-def test_it_stops_pushing_when_deactivated_or_paused(tenant, deployment):
+def test_it_stops_pushing_when_deactivated_or_paused(tenant: Tenant, deployment: Deployment) -> None:
     make_device(tenant.product, "d1", deployment=deployment)
     rollout.pause("test", deployment)
     assert rollout.run_rollout(deployment.pk).skipped == "paused"
@@ -118,7 +121,7 @@ def test_it_stops_pushing_when_deactivated_or_paused(tenant, deployment):
 
 
 @pytest.mark.django_db
-def test_it_expires_stale_updates_and_frees_their_slots(tenant, deployment):
+def test_it_expires_stale_updates_and_frees_their_slots(tenant: Tenant, deployment: Deployment) -> None:
     # given
     devices = [make_device(tenant.product, f"d{i}", deployment=deployment) for i in range(4)]
     rollout.run_rollout(deployment.pk)
@@ -135,7 +138,7 @@ def test_it_expires_stale_updates_and_frees_their_slots(tenant, deployment):
 
 
 @pytest.mark.django_db
-def test_it_penalty_boxes_after_three_failures(tenant, deployment):
+def test_it_penalty_boxes_after_three_failures(tenant: Tenant, deployment: Deployment) -> None:
     # given
     device = make_device(tenant.product, "d1", deployment=deployment)
     deployment.penalty_rate_attempts = 100  # isolate the total-attempts rule
@@ -154,7 +157,7 @@ def test_it_penalty_boxes_after_three_failures(tenant, deployment):
 
 
 @pytest.mark.django_db
-def test_it_trips_the_breaker_and_resumes_only_on_request(tenant, deployment):
+def test_it_trips_the_breaker_and_resumes_only_on_request(tenant: Tenant, deployment: Deployment) -> None:
     # given: 10 finished attempts, 2 failed = 20 %
     deployment.concurrent_updates = 100
     deployment.save()
@@ -177,7 +180,7 @@ def test_it_trips_the_breaker_and_resumes_only_on_request(tenant, deployment):
 
 
 @pytest.mark.django_db
-def test_the_breaker_counts_attempts_still_in_flight(tenant, deployment):
+def test_the_breaker_counts_attempts_still_in_flight(tenant: Tenant, deployment: Deployment) -> None:
     # given: 50 attempts claimed at once; failures finish first (a success
     # waits for the reboot), so 3 failed and 7 succeeded of the first 10
     # finished while 40 are still in flight
@@ -206,7 +209,7 @@ def test_the_breaker_counts_attempts_still_in_flight(tenant, deployment):
 
 
 @pytest.mark.django_db
-def test_it_counts_progress_by_status(tenant, deployment):
+def test_it_counts_progress_by_status(tenant: Tenant, deployment: Deployment) -> None:
     for i in range(2):
         make_device(tenant.product, f"d{i}", deployment=deployment)
     rollout.run_rollout(deployment.pk)
@@ -216,7 +219,7 @@ def test_it_counts_progress_by_status(tenant, deployment):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.services
-def test_it_holds_the_limit_with_two_workers_racing(tenant, deployment):
+def test_it_holds_the_limit_with_two_workers_racing(tenant: Tenant, deployment: Deployment) -> None:
     """Two orchestrator runs at once (two Celery workers) claim under the
     deployment row lock: together they never exceed concurrent_updates."""
     # given
@@ -257,7 +260,9 @@ operations = st.lists(
 @pytest.mark.django_db
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=operations)
-def test_it_keeps_in_flight_updates_within_the_limit_whatever_happens(tenant, ops):
+def test_it_keeps_in_flight_updates_within_the_limit_whatever_happens(
+    tenant: Tenant, ops: list[tuple[str, int]]
+) -> None:
     # given: a fresh deployment and 12 devices per example
     firmware = make_firmware(tenant.product, "3.0.0")
     deployment = Deployment.objects.create(

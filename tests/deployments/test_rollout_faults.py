@@ -20,8 +20,11 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from bench.rollout_sim import (
-    ROOT,
+from deployments.models import DeviceUpdate, UpdateStatus
+from tests.deployments.test_worker_kill import notable_lines, rollout_state
+from tests.support.faults import PrivateRedis, url_through
+from tests.support.hub import ROOT, HubProcess, database_url_for_children
+from tests.support.rollout_sim import (
     Cluster,
     SimConfig,
     SimResult,
@@ -30,10 +33,6 @@ from bench.rollout_sim import (
     run_simulation,
     server_env,
 )
-from deployments.models import DeviceUpdate, UpdateStatus
-from tests.conftest import HubProcess, _database_url_for_children
-from tests.deployments.test_worker_kill import notable_lines, rollout_state
-from tests.support.faults import PrivateRedis, url_through
 from tests.support.tcp_cut import TcpCut
 
 pytestmark = pytest.mark.services
@@ -107,7 +106,7 @@ def test_a_rollout_survives_a_redis_restart(
 ) -> None:
     # given: two hubs, a worker and beat (backstop every 5 s) on a Redis of the
     # test's own
-    env = server_env(_database_url_for_children(), private_redis.url, str(settings.DATA_DIR), 5)
+    env = server_env(database_url_for_children(), private_redis.url, str(settings.DATA_DIR), 5)
 
     def resume(deployment_id: int) -> None:
         # The operator's resume, from a process on the cluster's Redis (this

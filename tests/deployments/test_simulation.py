@@ -1,6 +1,6 @@
 """The rollout under load: simulated devices on real websockets against two
 real hub processes, a real Celery worker and beat on Redis, and a sampler that
-counts in-flight updates every 50 ms (bench/rollout_sim.py)."""
+counts in-flight updates every 50 ms (tests/support/rollout_sim.py, which bench/rollout_sim.py runs at scale)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from bench.rollout_sim import (
+from deployments.models import DeviceUpdate
+from tests.deployments.test_worker_kill import rollout_state
+from tests.support.hub import HubProcess, database_url_for_children
+from tests.support.rollout_sim import (
     Cluster,
     SimConfig,
     create_scenario,
@@ -19,9 +22,6 @@ from bench.rollout_sim import (
     run_simulation,
     server_env,
 )
-from deployments.models import DeviceUpdate
-from tests.conftest import HubProcess, _database_url_for_children
-from tests.deployments.test_worker_kill import rollout_state
 
 pytestmark = pytest.mark.services
 
@@ -34,7 +34,7 @@ def cluster(live_hub: Callable[..., HubProcess], tmp_path: Path) -> Iterator[tup
     # The hub and worker processes connect after this: their commits do not
     # wait for this machine's slow fsync (see relax_commits).
     relax_current_database()
-    env = server_env(_database_url_for_children(), os.environ["REDIS_URL"], str(settings.DATA_DIR), 5)
+    env = server_env(database_url_for_children(), os.environ["REDIS_URL"], str(settings.DATA_DIR), 5)
     hubs = [live_hub({"ROLLOUT_BACKSTOP_SECONDS": "5"}) for _ in range(2)]
     workers = Cluster(tmp_path, env)
     try:

@@ -8,11 +8,12 @@ import pytest
 from django.utils import timezone
 
 from deployments import rollout
-from deployments.models import INFLIGHT_STATUSES, DeploymentStage, DeviceUpdate, StageMember, UpdateStatus
+from deployments.models import INFLIGHT_STATUSES, Deployment, DeploymentStage, DeviceUpdate, StageMember, UpdateStatus
 from devices.models import Device
+from tests.conftest import Tenant
 
 
-def _succeed_all_inflight(deployment) -> int:
+def _succeed_all_inflight(deployment: Deployment) -> int:
     updates = list(DeviceUpdate.objects.filter(deployment=deployment, status__in=INFLIGHT_STATUSES))
     for update in updates:
         DeviceUpdate.objects.filter(pk=update.pk).update(status=UpdateStatus.SUCCEEDED, finished_at=timezone.now())
@@ -21,7 +22,7 @@ def _succeed_all_inflight(deployment) -> int:
 
 
 @pytest.fixture
-def fleet(tenant, deployment):
+def fleet(tenant: Tenant, deployment: Deployment) -> list[Device]:
     from tests.deployments.conftest import make_device
 
     deployment.concurrent_updates = 100
@@ -30,7 +31,7 @@ def fleet(tenant, deployment):
 
 
 @pytest.mark.django_db
-def test_it_rolls_out_canary_then_waves(deployment, fleet):
+def test_it_rolls_out_canary_then_waves(deployment: Deployment, fleet: list[Device]) -> None:
     # given
     DeploymentStage.objects.create(deployment=deployment, position=1, name="canary", size_count=2)
     DeploymentStage.objects.create(deployment=deployment, position=2, name="half", size_percent=50)
@@ -50,7 +51,7 @@ def test_it_rolls_out_canary_then_waves(deployment, fleet):
 
 
 @pytest.mark.django_db
-def test_it_keeps_stage_membership_once_claimed(deployment, fleet):
+def test_it_keeps_stage_membership_once_claimed(deployment: Deployment, fleet: list[Device]) -> None:
     canary = DeploymentStage.objects.create(deployment=deployment, position=1, name="canary", size_count=3)
     rollout.run_rollout(deployment.pk)
     first = set(StageMember.objects.filter(stage=canary).values_list("device_id", flat=True))
@@ -61,7 +62,7 @@ def test_it_keeps_stage_membership_once_claimed(deployment, fleet):
 
 
 @pytest.mark.django_db
-def test_it_waits_for_soak_time_and_approval(deployment, fleet):
+def test_it_waits_for_soak_time_and_approval(deployment: Deployment, fleet: list[Device]) -> None:
     # given
     DeploymentStage.objects.create(deployment=deployment, position=1, name="canary", size_count=1)
     wave = DeploymentStage.objects.create(
@@ -78,7 +79,7 @@ def test_it_waits_for_soak_time_and_approval(deployment, fleet):
 
 
 @pytest.mark.django_db
-def test_it_pauses_when_a_stage_exceeds_its_failure_tolerance(deployment, fleet):
+def test_it_pauses_when_a_stage_exceeds_its_failure_tolerance(deployment: Deployment, fleet: list[Device]) -> None:
     # given
     DeploymentStage.objects.create(deployment=deployment, position=1, name="canary", size_count=4, failure_percent=50)
     rollout.run_rollout(deployment.pk)

@@ -25,19 +25,19 @@ ORDERED = [
 ]
 
 
-def test_it_orders_versions_by_semver_precedence():
+def test_it_orders_versions_by_semver_precedence() -> None:
     parsed = [Version.parse(v) for v in ORDERED]
     assert parsed == sorted(parsed)
     assert sorted(reversed(parsed)) == parsed
 
 
-def test_it_ignores_build_metadata():
+def test_it_ignores_build_metadata() -> None:
     assert Version.parse("1.2.3+abc") == Version.parse("1.2.3+def") == Version.parse("1.2.3")
     assert str(Version.parse("1.2.3-rc.1+build.5")) == "1.2.3-rc.1+build.5"
 
 
 @pytest.mark.parametrize("text", ["1.2", "1.2.3.4", "01.2.3", "1.2.3-", "1.2.3-01", "v1.2.3", "", "1.2.x"])
-def test_it_rejects_malformed_versions(text):
+def test_it_rejects_malformed_versions(text: str) -> None:
     with pytest.raises(InvalidVersion):
         Version.parse(text)
 
@@ -76,12 +76,12 @@ MATCHES = [
 
 
 @pytest.mark.parametrize(("requirement", "version", "expected"), MATCHES)
-def test_it_matches_requirements_like_elixir(requirement, version, expected):
+def test_it_matches_requirements_like_elixir(requirement: str, version: str, expected: bool) -> None:
     assert Requirement.parse(requirement).matches(version) is expected
 
 
 @pytest.mark.parametrize("text", ["", ">= 1.2", "~> 1", "=> 1.0.0", ">= 1.0.0 and", "and >= 1.0.0", "~> x.y"])
-def test_it_rejects_malformed_requirements(text):
+def test_it_rejects_malformed_requirements(text: str) -> None:
     with pytest.raises(InvalidRequirement):
         Requirement.parse(text)
 
@@ -96,7 +96,7 @@ versions = st.builds(
 
 
 @given(versions, versions)
-def test_it_agrees_with_a_tilde_expansion(low, candidate):
+def test_it_agrees_with_a_tilde_expansion(low: str, candidate: str) -> None:
     parsed = Version.parse(low)
     if parsed.pre:
         return

@@ -13,9 +13,16 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from bench.rollout_sim import Cluster, SimConfig, create_scenario, relax_current_database, run_simulation, server_env
 from deployments.models import DeviceUpdate, UpdateStatus
-from tests.conftest import HubProcess, _database_url_for_children
+from tests.support.hub import HubProcess, database_url_for_children
+from tests.support.rollout_sim import (
+    Cluster,
+    SimConfig,
+    create_scenario,
+    relax_current_database,
+    run_simulation,
+    server_env,
+)
 
 pytestmark = pytest.mark.services
 
@@ -27,7 +34,7 @@ def test_a_worker_killed_mid_rollout_is_replaced_without_double_claims(
     # The hub and worker processes connect after this: their commits do not
     # wait for this machine's slow fsync (see relax_commits).
     relax_current_database()
-    env = server_env(_database_url_for_children(), os.environ["REDIS_URL"], str(settings.DATA_DIR), 5)
+    env = server_env(database_url_for_children(), os.environ["REDIS_URL"], str(settings.DATA_DIR), 5)
     hubs = [live_hub() for _ in range(2)]
     cluster = Cluster(tmp_path, env)
     first = cluster.start_worker("first")

@@ -4,30 +4,38 @@ lesser roles and other organizations' rows."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from devices import services
 from devices.models import Device, DeviceSharedSecret, ProductSharedSecret
 from nerveshub.tenancy.models import AuditEvent
+from tests.conftest import Tenant
+
+if TYPE_CHECKING:
+    # django-stubs' name for what the test client returns (no runtime class).
+    from django.test.client import _MonkeyPatchedWSGIResponse as TestResponse
+
 
 URL = reverse("admin:devices_device_changelist")
 
 
-def _post_action(client, action, devices, **extra):
+def _post_action(client: Client, action: str, devices: list[Device], **extra: Any) -> TestResponse:
     data = {"action": action, "_selected_action": [d.pk for d in devices], **extra}
     return client.post(URL, data)
 
 
 @pytest.fixture
-def devices(tenant):
+def devices(tenant: Tenant) -> list[Device]:
     return [services.create_device("test", tenant.product, f"d{i}", tags=["base"]) for i in range(3)]
 
 
 @pytest.mark.django_db
-def test_it_adds_tags_through_the_confirmation_page(tenant, client, devices):
+def test_it_adds_tags_through_the_confirmation_page(tenant: Tenant, client: Client, devices: list[Device]) -> None:
     # given
     client.force_login(tenant.manager)
     # when: the first post shows the form, the second applies it
@@ -44,7 +52,7 @@ def test_it_adds_tags_through_the_confirmation_page(tenant, client, devices):
 
 
 @pytest.mark.django_db
-def test_it_rejects_tags_with_spaces(tenant, client, devices):
+def test_it_rejects_tags_with_spaces(tenant: Tenant, client: Client, devices: list[Device]) -> None:
     client.force_login(tenant.manager)
     response = _post_action(client, "add_tags", devices[:1], apply="1", tags="two words")
     assert response.status_code == 200
@@ -53,7 +61,7 @@ def test_it_rejects_tags_with_spaces(tenant, client, devices):
 
 
 @pytest.mark.django_db
-def test_it_removes_tags(tenant, client, devices):
+def test_it_removes_tags(tenant: Tenant, client: Client, devices: list[Device]) -> None:
     client.force_login(tenant.admin)
     _post_action(client, "remove_tags", devices, apply="1", tags="base")
     assert all(d.tags == [] for d in Device.objects.all())
@@ -61,7 +69,7 @@ def test_it_removes_tags(tenant, client, devices):
 
 
 @pytest.mark.django_db
-def test_it_toggles_updates_and_clears_the_penalty_box(tenant, client, devices):
+def test_it_toggles_updates_and_clears_the_penalty_box(tenant: Tenant, client: Client, devices: list[Device]) -> None:
     # given
     Device.objects.filter(identifier="d1").update(penalty_box_until=timezone.now() + timedelta(hours=1))
     client.force_login(tenant.manager)
@@ -78,7 +86,9 @@ def test_it_toggles_updates_and_clears_the_penalty_box(tenant, client, devices):
 
 
 @pytest.mark.django_db
-def test_it_soft_deletes_and_keeps_the_identifier_reserved(tenant, client, devices):
+def test_it_soft_deletes_and_keeps_the_identifier_reserved(
+    tenant: Tenant, client: Client, devices: list[Device]
+) -> None:
     client.force_login(tenant.manager)
     services.create_device_secret("test", devices[0])
     _post_action(client, "soft_delete", devices[:1])
@@ -90,7 +100,7 @@ def test_it_soft_deletes_and_keeps_the_identifier_reserved(tenant, client, devic
 
 
 @pytest.mark.django_db
-def test_it_refuses_actions_to_a_viewer(tenant, client, devices):
+def test_it_refuses_actions_to_a_viewer(tenant: Tenant, client: Client, devices: list[Device]) -> None:
     # given
     client.force_login(tenant.viewer)
     # when
@@ -102,7 +112,7 @@ def test_it_refuses_actions_to_a_viewer(tenant, client, devices):
 
 
 @pytest.mark.django_db
-def test_it_ignores_another_organizations_device_ids(tenant, other_tenant, client):
+def test_it_ignores_another_organizations_device_ids(tenant: Tenant, other_tenant: Tenant, client: Client) -> None:
     # given
     foreign = services.create_device("test", other_tenant.product, "foreign")
     client.force_login(tenant.manager)
@@ -114,7 +124,7 @@ def test_it_ignores_another_organizations_device_ids(tenant, other_tenant, clien
 
 
 @pytest.mark.django_db
-def test_it_issues_and_deactivates_shared_secrets(tenant, client, devices):
+def test_it_issues_and_deactivates_shared_secrets(tenant: Tenant, client: Client, devices: list[Device]) -> None:
     # given
     client.force_login(tenant.admin)
     product_url = reverse("admin:tenancy_product_changelist")
@@ -135,7 +145,7 @@ def test_it_issues_and_deactivates_shared_secrets(tenant, client, devices):
 
 
 @pytest.mark.django_db
-def test_it_refuses_secret_deactivation_to_a_manager(tenant, client):
+def test_it_refuses_secret_deactivation_to_a_manager(tenant: Tenant, client: Client) -> None:
     _, issued = services.create_product_secret("test", tenant.product)
     client.force_login(tenant.manager)
     key = ProductSharedSecret.objects.get(key=issued.key)
@@ -148,7 +158,7 @@ def test_it_refuses_secret_deactivation_to_a_manager(tenant, client):
 
 
 @pytest.mark.django_db
-def test_it_audits_a_change_made_through_a_form(tenant, client, devices):
+def test_it_audits_a_change_made_through_a_form(tenant: Tenant, client: Client, devices: list[Device]) -> None:
     # given
     client.force_login(tenant.manager)
     device = devices[0]

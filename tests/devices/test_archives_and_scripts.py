@@ -7,9 +7,11 @@ import asyncio
 import hashlib
 import io
 import urllib.request
+from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from django.test import Client
 from django.urls import reverse
 
 from deployments.models import Deployment
@@ -19,11 +21,13 @@ from firmware import services as firmware_services
 from firmware.models import Firmware, FirmwareKind, FirmwareStatus, SigningKey
 from firmware.tasks import validate_firmware_task
 from nerveshub.tenancy.models import AuditEvent
-from tests.devices.conftest import run, wait_until
-from tests.support.fwup import FirmwareSpec, build_firmware, generate_keypair
+from tests.conftest import Tenant
+from tests.devices.conftest import Credentials, run, wait_until
+from tests.support.fwup import FirmwareSpec, KeyPair, build_firmware, generate_keypair
+from tests.support.hub import HubLauncher
 
 
-def _publish(tenant, version: str, kind: str, keys) -> Firmware:
+def _publish(tenant: Tenant, version: str, kind: str, keys: KeyPair) -> Firmware:
     data = build_firmware(FirmwareSpec(product="widget", version=version, architecture="aarch64", key=keys))
     row = firmware_services.upload_firmware(tenant.admin, tenant.product, io.BytesIO(data), "f.fw", kind=kind)
     validate_firmware_task(row.pk)  # the worker's part (a no-op if embedded mode already ran it)
@@ -32,7 +36,9 @@ def _publish(tenant, version: str, kind: str, keys) -> Firmware:
     return row
 
 
-def test_it_offers_the_deployment_archive_to_devices_that_know_archives(live_hub, creds):
+def test_it_offers_the_deployment_archive_to_devices_that_know_archives(
+    live_hub: HubLauncher, creds: Credentials
+) -> None:
     # given
     tenant = creds.tenant
     keys = generate_keypair()
@@ -46,7 +52,7 @@ def test_it_offers_the_deployment_archive_to_devices_that_know_archives(live_hub
     current = creds.device(hub.ws_url, "dev-new")
     old = creds.device(hub.ws_url, "dev-old", device_api_version="1.0.0")
 
-    async def scenario():
+    async def scenario() -> list[Any]:
         await current.connect()
         offered = await current.next_event("archive")
         await old.connect()
@@ -73,7 +79,9 @@ def test_it_offers_the_deployment_archive_to_devices_that_know_archives(live_hub
 
 
 @pytest.mark.django_db
-def test_it_refuses_an_archive_as_deployment_firmware_and_a_deployed_archive_deletion(tenant, client):
+def test_it_refuses_an_archive_as_deployment_firmware_and_a_deployed_archive_deletion(
+    tenant: Tenant, client: Client
+) -> None:
     # given
     keys = generate_keypair()
     SigningKey.objects.create(org=tenant.org, name="release", key=keys.public)
@@ -111,7 +119,7 @@ def test_it_refuses_an_archive_as_deployment_firmware_and_a_deployed_archive_del
 
 
 @pytest.mark.services
-def test_it_runs_a_support_script_and_stores_the_answer(live_hub, creds):
+def test_it_runs_a_support_script_and_stores_the_answer(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     tenant = creds.tenant
     script = SupportScript.objects.create(
@@ -120,7 +128,7 @@ def test_it_runs_a_support_script_and_stores_the_answer(live_hub, creds):
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-scripts")
 
-    async def scenario():
+    async def scenario() -> tuple[Any, list[Any]]:
         await device.connect()
         # database_sync_to_async closes the worker thread's connection afterwards.
         row = await database_sync_to_async(Device.objects.get)(identifier="dev-scripts")
@@ -151,7 +159,7 @@ def test_it_runs_a_support_script_and_stores_the_answer(live_hub, creds):
 
 
 @pytest.mark.django_db
-def test_it_says_why_a_device_cannot_run_a_script(tenant, other_tenant):
+def test_it_says_why_a_device_cannot_run_a_script(tenant: Tenant, other_tenant: Tenant) -> None:
     # given
     script = SupportScript.objects.create(org=tenant.org, product=tenant.product, name="s", text="1 + 1")
     old = Device.objects.create(org=tenant.org, product=tenant.product, identifier="old", device_api_version="2.0.0")
@@ -172,7 +180,7 @@ def test_it_says_why_a_device_cannot_run_a_script(tenant, other_tenant):
 
 
 @pytest.mark.django_db
-def test_it_keeps_scripts_and_runs_from_viewers_and_outsiders(tenant, client):
+def test_it_keeps_scripts_and_runs_from_viewers_and_outsiders(tenant: Tenant, client: Client) -> None:
     # given
     script = SupportScript.objects.create(org=tenant.org, product=tenant.product, name="s", text="1 + 1")
     device = Device.objects.create(
@@ -207,7 +215,7 @@ def test_it_keeps_scripts_and_runs_from_viewers_and_outsiders(tenant, client):
     assert ScriptRun.objects.get().requested_by == tenant.manager
 
 
-def test_it_runs_the_connecting_code_on_every_join(live_hub, creds):
+def test_it_runs_the_connecting_code_on_every_join(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: a deployment's and a device's connecting code
     tenant = creds.tenant
     keys = generate_keypair()
@@ -232,7 +240,7 @@ def test_it_runs_the_connecting_code_on_every_join(live_hub, creds):
     current = creds.device(hub.ws_url, "dev-code")
     old = creds.device(hub.ws_url, "dev-code-old", device_api_version="2.0.0")
 
-    async def scenario():
+    async def scenario() -> list[Any]:
         await current.connect()
         pushed = await current.next_event("scripts/run")
         await current.push("device", "scripts/run", {"ref": "connecting_code", "result": "completed", "return": ":ok"})

@@ -9,17 +9,20 @@ import time
 import pytest
 
 from devices.models import Device
-from tests.devices.conftest import run
+from tests.devices.conftest import Credentials, run
 from tests.devices.test_device_auth import _upgrade
+from tests.support.hub import HubLauncher
 from tests.support.nhl_client import nh1_headers
 
 
-def test_it_sheds_connects_over_the_rate_with_503_and_lets_them_in_later(live_hub, creds):
+def test_it_sheds_connects_over_the_rate_with_503_and_lets_them_in_later(
+    live_hub: HubLauncher, creds: Credentials
+) -> None:
     # given: 5 connects per second, a burst of 5
     hub = live_hub({"DEVICE_CONNECT_RATE": "5", "DEVICE_CONNECT_BURST": "5"})
     now = int(time.time())
 
-    async def herd():
+    async def herd() -> list[tuple[int, dict[str, str]]]:
         attempts = [
             _upgrade(hub.ws_url, nh1_headers(creds.product_key, creds.product_secret, f"herd-{i}", now))
             for i in range(20)
@@ -43,12 +46,12 @@ def test_it_sheds_connects_over_the_rate_with_503_and_lets_them_in_later(live_hu
 # The backlog is the queue of the device sockets' database thread pool, which only
 # PostgreSQL has (devices/dbthreads.py); SQLite keeps one thread and no queue to shed on.
 @pytest.mark.services
-def test_it_sheds_connects_while_the_database_backlog_is_deep(live_hub, creds):
+def test_it_sheds_connects_while_the_database_backlog_is_deep(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: two database threads, connects refused while a call waits for one
     hub = live_hub({"DEVICE_DB_THREADS": "2", "DEVICE_CONNECT_BACKLOG": "1", "DEVICE_CONNECT_RATE": "0"})
     now = int(time.time())
 
-    async def burst():
+    async def burst() -> list[tuple[int, dict[str, str]]]:
         attempts = [
             _upgrade(hub.ws_url, nh1_headers(creds.product_key, creds.product_secret, f"burst-{i}", now))
             for i in range(40)
@@ -66,7 +69,7 @@ def test_it_sheds_connects_while_the_database_backlog_is_deep(live_hub, creds):
     assert later[0] == 101
 
 
-def test_it_sheds_connects_while_too_many_are_under_way(live_hub, creds):
+def test_it_sheds_connects_while_too_many_are_under_way(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: one database thread, at most two connects or joins under way, the
     # other limits off
     hub = live_hub(
@@ -79,7 +82,7 @@ def test_it_sheds_connects_while_too_many_are_under_way(live_hub, creds):
     )
     now = int(time.time())
 
-    async def burst():
+    async def burst() -> list[tuple[int, dict[str, str]]]:
         attempts = [
             _upgrade(hub.ws_url, nh1_headers(creds.product_key, creds.product_secret, f"many-{i}", now))
             for i in range(40)

@@ -4,7 +4,9 @@ HTTP 401 (or 503) before the websocket exists, with a Date header and a reason."
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 import pytest
 import websockets
@@ -19,8 +21,9 @@ from devices.auth import (
     REASON_NO_CREDENTIALS,
     REASON_PLATFORM,
 )
-from devices.models import Device
-from tests.devices.conftest import run
+from devices.models import Device, DeviceSharedSecret
+from tests.devices.conftest import Credentials, run
+from tests.support.hub import HubLauncher
 from tests.support.nhl_client import nh1_headers
 
 
@@ -33,14 +36,16 @@ async def _upgrade(url: str, headers: list[tuple[str, str]]) -> tuple[int, dict[
     return 101, {}
 
 
-def test_it_refuses_bad_credentials_with_401_and_a_reason(live_hub, creds, device_key):
+def test_it_refuses_bad_credentials_with_401_and_a_reason(
+    live_hub: HubLauncher, creds: Credentials, device_key: Callable[[str], tuple[Device, str, str]]
+) -> None:
     # given
     hub = live_hub()
     now = int(time.time())
     key, secret = creds.product_key, creds.product_secret
     _, dkey, dsecret = device_key("dev-keyed")
     _, dead_key, dead_secret = device_key("dev-deactivated")
-    services.deactivate_secrets("test", list(services.DeviceSharedSecret.objects.filter(key=dead_key)))
+    services.deactivate_secrets("test", list(DeviceSharedSecret.objects.filter(key=dead_key)))
     deleted, del_key, del_secret = device_key("dev-deleted")
     services.soft_delete("test", Device.objects.filter(pk=deleted.pk))
     good = nh1_headers(key, secret, "dev-new", now)
@@ -64,7 +69,7 @@ def test_it_refuses_bad_credentials_with_401_and_a_reason(live_hub, creds, devic
     }
     expected_reason = {"expired": REASON_EXPIRED, "future": REASON_FUTURE}
 
-    async def scenario():
+    async def scenario() -> dict[str, tuple[int, dict[str, str]]]:
         return {name: await _upgrade(hub.ws_url, headers) for name, headers in cases.items()}
 
     # when
@@ -80,7 +85,7 @@ def test_it_refuses_bad_credentials_with_401_and_a_reason(live_hub, creds, devic
     assert not Device.objects.filter(identifier__in=["dev-new", "dev-other"]).exists()
 
 
-def test_it_explains_when_no_credentials_were_given(live_hub, creds):
+def test_it_explains_when_no_credentials_were_given(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     hub = live_hub()
     # when
@@ -90,7 +95,9 @@ def test_it_explains_when_no_credentials_were_given(live_hub, creds):
     assert headers["nh-connection-error-reason"] == REASON_NO_CREDENTIALS
 
 
-def test_it_accepts_a_device_key_and_a_little_clock_skew(live_hub, creds, device_key):
+def test_it_accepts_a_device_key_and_a_little_clock_skew(
+    live_hub: HubLauncher, creds: Credentials, device_key: Callable[[str], tuple[Device, str, str]]
+) -> None:
     # given
     hub = live_hub()
     _, key, secret = device_key("dev-skew")
@@ -107,11 +114,14 @@ def test_it_accepts_a_device_key_and_a_little_clock_skew(live_hub, creds, device
     assert [status for status, _ in results] == [101, 101, 101]
 
 
-async def _gather(*coroutines):
+T = TypeVar("T")
+
+
+async def _gather(*coroutines: Awaitable[T]) -> list[T]:
     return [await c for c in coroutines]
 
 
-def test_it_refuses_an_identifier_of_another_product(live_hub, creds):
+def test_it_refuses_an_identifier_of_another_product(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: the identifier exists in another product of the same org
     from nerveshub.tenancy import services as tenancy
 
@@ -127,7 +137,7 @@ def test_it_refuses_an_identifier_of_another_product(live_hub, creds):
     assert Device.objects.get(identifier="dev-taken").product_id == other.pk
 
 
-def test_it_refuses_shared_secrets_when_disabled(live_hub, creds):
+def test_it_refuses_shared_secrets_when_disabled(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     hub = live_hub({"DEVICE_SHARED_SECRETS_ENABLED": "false"})
     headers = nh1_headers(creds.product_key, creds.product_secret, "dev-off", int(time.time()))
@@ -138,7 +148,7 @@ def test_it_refuses_shared_secrets_when_disabled(live_hub, creds):
 
 
 @pytest.mark.services
-def test_it_answers_503_when_the_database_is_unreachable(live_hub, creds):
+def test_it_answers_503_when_the_database_is_unreachable(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: a server whose database does not answer
     hub = live_hub({"DATABASE_URL": "postgres://postgres@127.0.0.1:1/nowhere"})
     headers = nh1_headers(creds.product_key, creds.product_secret, "dev-503", int(time.time()))

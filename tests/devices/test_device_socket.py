@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from typing import Any
 
 import msgpack
 import websockets
@@ -16,19 +17,20 @@ from deployments.models import DeviceUpdate, UpdateStatus
 from devices.models import ConnectionStatus, Device, ValidationStatus
 from firmware.models import Firmware, SigningKey
 from nerveshub.tenancy.models import AuditEvent
-from tests.devices.conftest import run, wait_until
+from tests.devices.conftest import Credentials, run, wait_until
+from tests.support.hub import HubLauncher
 from tests.support.nhl_client import DEFAULT_FW
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 
 
-def test_it_runs_a_full_device_session(live_hub, creds):
+def test_it_runs_a_full_device_session(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     SigningKey.objects.create(org=creds.tenant.org, name="prod", key=KEY)
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-full", remote_iex=True)
 
-    async def scenario():
+    async def scenario() -> tuple[list[Any], list[Any], list[Any], list[Any], list[Any], list[Any]]:
         # when: connect and join device + console as handle_connect/1 does
         reply = await device.connect()
         fwup_keys = await device.next_event("fwup_public_keys")
@@ -77,12 +79,14 @@ def test_it_runs_a_full_device_session(live_hub, creds):
     assert AuditEvent.objects.filter(action="device.registered", subject_id=str(row.pk)).exists()
 
 
-def test_it_pushes_nothing_for_keys_when_the_org_has_none_and_old_devices_get_no_extensions(live_hub, creds):
+def test_it_pushes_nothing_for_keys_when_the_org_has_none_and_old_devices_get_no_extensions(
+    live_hub: HubLauncher, creds: Credentials
+) -> None:
     # given
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-old", device_api_version="2.1.0", firmware_validated=None)
 
-    async def scenario():
+    async def scenario() -> None:
         await device.connect()
         await device.heartbeat()
         await asyncio.sleep(0.2)
@@ -96,12 +100,12 @@ def test_it_pushes_nothing_for_keys_when_the_org_has_none_and_old_devices_get_no
     device.assert_no_violations()
 
 
-def test_it_defaults_a_missing_or_invalid_api_version_to_1_0_0(live_hub, creds):
+def test_it_defaults_a_missing_or_invalid_api_version_to_1_0_0(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-api", device_api_version="banana")
 
-    async def scenario():
+    async def scenario() -> None:
         await device.connect()
         await asyncio.sleep(0.2)
         await device.close()
@@ -112,14 +116,16 @@ def test_it_defaults_a_missing_or_invalid_api_version_to_1_0_0(live_hub, creds):
     assert Device.objects.get(identifier="dev-api").device_api_version == "1.0.0"
 
 
-def test_it_detaches_a_disallowed_extension_and_ignores_unknown_events(live_hub, creds):
+def test_it_detaches_a_disallowed_extension_and_ignores_unknown_events(
+    live_hub: HubLauncher, creds: Credentials
+) -> None:
     # given: the product allows health only
     creds.tenant.product.extensions = ["health"]
     creds.tenant.product.save()
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-ext")
 
-    async def scenario():
+    async def scenario() -> None:
         await device.connect()
         await device.next_event("extensions")
         # when: the device attaches geo anyway, and sends events nobody knows
@@ -136,12 +142,12 @@ def test_it_detaches_a_disallowed_extension_and_ignores_unknown_events(live_hub,
     device.assert_no_violations()
 
 
-def test_it_answers_phoenix_style_on_topics_and_refs(live_hub, creds):
+def test_it_answers_phoenix_style_on_topics_and_refs(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-topics")
 
-    async def scenario():
+    async def scenario() -> tuple[list[Any], Any, Any, list[Any]]:
         await device.connect()
         # when: join an unknown topic, push with join_ref null on a joined topic,
         # push on a topic not joined, leave and rejoin
@@ -172,12 +178,12 @@ def test_it_answers_phoenix_style_on_topics_and_refs(live_hub, creds):
     device.assert_no_violations()
 
 
-def test_it_refuses_a_missing_or_unknown_vsn_with_403(live_hub, creds):
+def test_it_refuses_a_missing_or_unknown_vsn_with_403(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-vsn")
 
-    async def scenario(vsn):
+    async def scenario(vsn: str) -> int:
         try:
             await device.open(vsn=vsn)
         except websockets.InvalidStatus as exc:
@@ -191,12 +197,12 @@ def test_it_refuses_a_missing_or_unknown_vsn_with_403(live_hub, creds):
     assert not Device.objects.filter(identifier="dev-vsn").exists()  # refused before auth
 
 
-def test_it_speaks_msgpack_on_vsn_3(live_hub, creds):
+def test_it_speaks_msgpack_on_vsn_3(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-msgpack")
 
-    async def scenario():
+    async def scenario() -> tuple[Any, list[Any]]:
         async with connect(
             f"{hub.ws_url}/device-socket/websocket?vsn=3.0.0", additional_headers=device.headers()
         ) as ws:
@@ -215,13 +221,13 @@ def test_it_speaks_msgpack_on_vsn_3(live_hub, creds):
     assert [None, "2", "phoenix", "phx_reply", {"status": "ok", "response": {}}] in frames
 
 
-def test_it_closes_the_older_socket_when_the_device_connects_again(live_hub, creds):
+def test_it_closes_the_older_socket_when_the_device_connects_again(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     hub = live_hub()
     first = creds.device(hub.ws_url, "dev-twice")
     second = creds.device(hub.ws_url, "dev-twice")
 
-    async def scenario():
+    async def scenario() -> None:
         await first.connect()
         # when
         await second.connect()
@@ -237,13 +243,13 @@ def test_it_closes_the_older_socket_when_the_device_connects_again(live_hub, cre
     second.assert_no_violations()
 
 
-def test_it_closes_idle_sockets(live_hub, creds):
+def test_it_closes_idle_sockets(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     hub = live_hub({"DEVICE_IDLE_TIMEOUT": "2"})
     idle = creds.device(hub.ws_url, "dev-idle")
     busy = creds.device(hub.ws_url, "dev-busy")
 
-    async def scenario():
+    async def scenario() -> None:
         await idle.connect()
         await busy.connect()
         # when: one keeps heartbeating, the other says nothing
@@ -259,7 +265,7 @@ def test_it_closes_idle_sockets(live_hub, creds):
     assert Device.objects.get(identifier="dev-idle").connection_status == ConnectionStatus.DISCONNECTED
 
 
-def test_it_moves_the_inflight_update_and_marks_success_on_rejoin(live_hub, creds):
+def test_it_moves_the_inflight_update_and_marks_success_on_rejoin(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: an update to a new firmware is in flight
     tenant = creds.tenant
     device_row = Device.objects.create(org=tenant.org, product=tenant.product, identifier="dev-upd")
@@ -270,7 +276,7 @@ def test_it_moves_the_inflight_update_and_marks_success_on_rejoin(live_hub, cred
     device = creds.device(hub.ws_url, "dev-upd")
     statuses = []
 
-    async def scenario():
+    async def scenario() -> None:
         await device.connect()
         await device.push("device", "status_update", {"status": "received"})
         await device.push("device", "status_update", {"downloader_network_interface": "eth0", "status": "started"})
@@ -304,7 +310,9 @@ def _close_recorded() -> bool:
         connection.close()  # this thread's: the test database can be dropped
 
 
-def test_it_keeps_the_inflight_update_while_the_device_is_downloading(live_hub, creds):
+def test_it_keeps_the_inflight_update_while_the_device_is_downloading(
+    live_hub: HubLauncher, creds: Credentials
+) -> None:
     # given
     tenant = creds.tenant
     device_row = Device.objects.create(org=tenant.org, product=tenant.product, identifier="dev-dl")
@@ -313,7 +321,7 @@ def test_it_keeps_the_inflight_update_while_the_device_is_downloading(live_hub, 
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-dl", currently_downloading_uuid="aaaa")
 
-    async def scenario():
+    async def scenario() -> None:
         await device.connect()
         await device.close()
         # it reboots: the hub records the close before the device is back
@@ -329,7 +337,7 @@ def test_it_keeps_the_inflight_update_while_the_device_is_downloading(live_hub, 
     assert update.status == UpdateStatus.EXPIRED
 
 
-def test_it_accepts_the_bare_progress_payload_of_old_clients(live_hub, creds):
+def test_it_accepts_the_bare_progress_payload_of_old_clients(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     tenant = creds.tenant
     device_row = Device.objects.create(org=tenant.org, product=tenant.product, identifier="dev-bare")
@@ -338,7 +346,7 @@ def test_it_accepts_the_bare_progress_payload_of_old_clients(live_hub, creds):
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-bare", currently_downloading_uuid="bbbb")
 
-    async def scenario():
+    async def scenario() -> None:
         await device.connect()
         await device.push("device", "fwup_progress", {"value": 12})
         await device.heartbeat()
@@ -352,23 +360,24 @@ def test_it_accepts_the_bare_progress_payload_of_old_clients(live_hub, creds):
     device.assert_no_violations()
 
 
-async def _status(pk):
+async def _status(pk: int) -> tuple[str, int]:
     from channels.db import database_sync_to_async
 
-    def read():
+    def read() -> tuple[str, int]:
         row = DeviceUpdate.objects.get(pk=pk)
         return row.status, row.progress
 
-    return await database_sync_to_async(read)()
+    status: tuple[str, int] = await database_sync_to_async(read)()  # channels is untyped
+    return status
 
 
-def test_it_serves_the_certificate_path_too(live_hub, creds):
+def test_it_serves_the_certificate_path_too(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: /socket/websocket is the certificate path; without a certificate a
     # shared-secret device is still accepted there (the reference mounts one socket)
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-cert-path", path="/socket/websocket")
 
-    async def scenario():
+    async def scenario() -> list[Any]:
         reply = await device.connect()
         await device.close()
         return reply
@@ -377,12 +386,12 @@ def test_it_serves_the_certificate_path_too(live_hub, creds):
     assert run(scenario())[4]["status"] == "ok"
 
 
-def test_it_writes_json_the_device_can_read(live_hub, creds):
+def test_it_writes_json_the_device_can_read(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: a unicode identifier and firmware text
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-ünï", firmware={**DEFAULT_FW, "nerves_fw_author": "Zoë / ACME"})
 
-    async def scenario():
+    async def scenario() -> None:
         await device.connect()
         await device.close()
 
@@ -393,7 +402,7 @@ def test_it_writes_json_the_device_can_read(live_hub, creds):
     assert json.dumps(device.received)
 
 
-def test_an_update_waiting_for_the_device_comes_after_its_join_reply(live_hub, creds):
+def test_an_update_waiting_for_the_device_comes_after_its_join_reply(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: a device with an update it never acknowledged (pushed to a socket
     # that closed before the device read it)
     from deployments.models import Deployment
@@ -402,7 +411,7 @@ def test_an_update_waiting_for_the_device_comes_after_its_join_reply(live_hub, c
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-waiting")
 
-    async def first_visit():
+    async def first_visit() -> None:
         await device.connect()
         await device.close()
 
@@ -419,7 +428,7 @@ def test_an_update_waiting_for_the_device_comes_after_its_join_reply(live_hub, c
 
     seen_before = len(device.received)
 
-    async def second_visit():
+    async def second_visit() -> tuple[list[Any], list[Any]]:
         # when: it comes back; the join sends the update from inside the join
         reply = await device.connect()
         update = await device.next_event("update")
@@ -437,13 +446,13 @@ def test_an_update_waiting_for_the_device_comes_after_its_join_reply(live_hub, c
     device.assert_no_violations()
 
 
-def test_a_connect_survives_failing_to_close_the_older_socket(live_hub, creds):
+def test_a_connect_survives_failing_to_close_the_older_socket(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: the row names an older socket that cannot be reached (here: an
     # address the channel layer refuses; in production, Redis out of connections)
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-older")
 
-    async def visit():
+    async def visit() -> list[Any]:
         reply = await device.connect()
         await device.heartbeat()
         await device.close()

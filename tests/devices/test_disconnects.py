@@ -10,6 +10,7 @@ import pytest
 from devices import services
 from devices.models import ConnectionStatus, Device
 from tests.devices.conftest import Credentials, run, wait_until
+from tests.support.hub import HubLauncher
 from webhooks.models import WebhookDelivery, WebhookEndpoint
 
 
@@ -37,7 +38,7 @@ def test_a_burst_of_disconnects_spares_the_devices_that_already_reconnected(cred
 
 
 @pytest.mark.services
-def test_devices_that_drop_together_are_all_marked_offline(live_hub, creds: Credentials) -> None:
+def test_devices_that_drop_together_are_all_marked_offline(live_hub: HubLauncher, creds: Credentials) -> None:
     hub = live_hub()
     fleet = [creds.device(hub.ws_url, f"drop-{i}") for i in range(30)]
 

@@ -11,6 +11,7 @@ from django.conf import settings
 
 from devices.models import ConnectionStatus, Device
 from tests.devices.conftest import Credentials, run, wait_until
+from tests.support.hub import HubLauncher
 
 BURST = 50
 
@@ -18,7 +19,7 @@ BURST = 50
 @pytest.mark.skipif(
     not settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"), reason="the embedded database is SQLite"
 )
-def test_fifty_first_time_joins_at_once_all_succeed_on_sqlite(live_hub, creds: Credentials) -> None:
+def test_fifty_first_time_joins_at_once_all_succeed_on_sqlite(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: an embedded hub (SQLite, in-memory layer) with no connect limits in the way
     hub = live_hub({"REDIS_URL": "", "DEVICE_CONNECT_RATE": "0"})
     fleet = [creds.device(hub.ws_url, f"burst-{i:02d}") for i in range(BURST)]
@@ -56,7 +57,9 @@ def test_fifty_first_time_joins_at_once_all_succeed_on_sqlite(live_hub, creds: C
 @pytest.mark.skipif(
     not settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"), reason="the embedded database is SQLite"
 )
-def test_concurrent_page_writes_on_sqlite_never_fail_with_a_locked_database(live_hub, creds: Credentials) -> None:
+def test_concurrent_page_writes_on_sqlite_never_fail_with_a_locked_database(
+    live_hub: HubLauncher, creds: Credentials
+) -> None:
     # given: an embedded hub, a signed-in manager and twenty devices
     from concurrent.futures import ThreadPoolExecutor
 

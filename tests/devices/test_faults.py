@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any, cast
 
 import pytest
 from channels.db import database_sync_to_async
@@ -12,21 +13,25 @@ from django.conf import settings
 
 from devices.auth import REASON_PLATFORM
 from devices.models import Device
-from tests.devices.conftest import run, wait_until
+from tests.devices.conftest import Credentials, run, wait_until
 from tests.devices.test_device_auth import _upgrade
-from tests.support.faults import url_through
+from tests.support.faults import PrivateRedis, url_through
+from tests.support.hub import HubLauncher
 from tests.support.nhl_client import nh1_headers
+from tests.support.tcp_cut import TcpCut
 
 
 @pytest.mark.services
-def test_it_keeps_devices_connected_through_a_database_outage_and_recovers(live_hub, creds, db_cut):
+def test_it_keeps_devices_connected_through_a_database_outage_and_recovers(
+    live_hub: HubLauncher, creds: Credentials, db_cut: TcpCut
+) -> None:
     # given: a hub whose database connections go through a forwarder we can cut
     hub = live_hub({"DATABASE_URL": url_through(db_cut)})
     # Rejoins well after a crash (the pool waits DATABASE_POOL_TIMEOUT, 3 s, for a
     # connection first), so the test sees the topic down before the client rejoins.
     connected = creds.device(hub.ws_url, "dev-steady", rejoin_after=8)
 
-    async def scenario():
+    async def scenario() -> tuple[list[Any], tuple[int, dict[str, str]], list[Any], int, list[Any]]:
         await connected.connect()
         # when: the database disappears
         db_cut.interrupt()
@@ -76,13 +81,15 @@ def test_it_keeps_devices_connected_through_a_database_outage_and_recovers(live_
 
 
 @pytest.mark.services
-def test_it_keeps_device_sockets_through_a_redis_restart_and_reaches_them_again(live_hub, creds, private_redis):
+def test_it_keeps_device_sockets_through_a_redis_restart_and_reaches_them_again(
+    live_hub: HubLauncher, creds: Credentials, private_redis: PrivateRedis
+) -> None:
     # given: two hub processes on a Redis of our own, a device on each
     env = {"REDIS_URL": private_redis.url}
     hubs = [live_hub(env), live_hub(env)]
     devices = [creds.device(hub.ws_url, f"dev-redis-{i}") for i, hub in enumerate(hubs)]
 
-    async def scenario():
+    async def scenario() -> tuple[list[list[Any]], list[list[Any]], list[list[Any]]]:
         for device in devices:
             await device.connect()
         # when: Redis dies, and comes back
@@ -126,6 +133,8 @@ def _identify_through(device: Device, redis_url: str) -> None:
     from devices.publish import send_to_socket
 
     channel = Device.objects.filter(pk=device.pk).values_list("socket_channel", flat=True).get()
-    layer = RedisChannelLayer(hosts=[redis_url], prefix=settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"])
+    layer = RedisChannelLayer(
+        hosts=[redis_url], prefix=cast(dict[str, str], settings.CHANNEL_LAYERS["default"]["CONFIG"])["prefix"]
+    )
     message = {"type": "device.push", "topic": "device", "event": "identify", "payload": {}}
     async_to_sync(send_to_socket)(layer, channel, message)

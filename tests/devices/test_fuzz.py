@@ -1,6 +1,6 @@
 """Malformed frames against a live hub while well-behaved devices stay connected:
 the hub stays up, each fuzzing socket is closed or answered as the wire rules
-say (tests/devices/fuzzing.py has the oracle), and the bystanders' heartbeats
+say (tests/support/fuzzing.py has the oracle), and the bystanders' heartbeats
 and joins keep working. bench/fuzz_frames.py runs the same at 10,000+ frames."""
 
 from __future__ import annotations
@@ -13,12 +13,16 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from devices.models import Device
-from tests.devices.fuzzing import Bystanders, FuzzSocket, Outcome, frames
+from tests.devices.conftest import Credentials
+from tests.support.fuzzing import Bystanders, FuzzSocket, Outcome, frames
+from tests.support.hub import HubLauncher
 
 MAX_FRAME = 4096
 
 
-def test_it_survives_malformed_frames_and_keeps_serving_other_devices(live_hub, creds):
+def test_it_survives_malformed_frames_and_keeps_serving_other_devices(
+    live_hub: HubLauncher, creds: Credentials
+) -> None:
     # given: a hub with a small frame limit, and three bystanders heartbeating
     # from their own thread for the whole run
     hub = live_hub({"DEVICE_MAX_FRAME_BYTES": str(MAX_FRAME)})

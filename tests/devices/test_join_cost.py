@@ -9,6 +9,7 @@ its database time per join (docs/benchmarks.md, M3).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import pytest
 from django.db import connection
@@ -36,7 +37,9 @@ JOIN = {
 }
 
 
-def connect_and_join(creds: Credentials, identifier: str, channel: str, join: dict[str, object] = JOIN) -> int | None:
+def connect_and_join(
+    creds: Credentials, identifier: str, channel: str, join: Mapping[str, object] = JOIN
+) -> int | None:
     headers = dict(nh1_headers(creds.product_key, creds.product_secret, identifier, int(time.time())))
     device = auth.authenticate_shared_secret(headers)
     services.open_device_connection(device, channel)

@@ -20,8 +20,9 @@ import pytest
 
 from devices.models import ConnectionStatus, Device
 from firmware.models import SigningKey
-from tests.conftest import REQUIRE_SERVICES, ROOT
-from tests.devices.conftest import wait_until
+from tests.conftest import REQUIRE_SERVICES
+from tests.devices.conftest import Credentials, wait_until
+from tests.support.hub import ROOT, HubLauncher
 
 JS_DIR = ROOT / "tests" / "js"
 KEY = base64.b64encode(bytes(range(32))).decode()
@@ -49,7 +50,7 @@ def node_session(url: str, headers: list[tuple[str, str]], join: dict[str, Any])
     return done.returncode, [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
-def test_it_runs_a_session_of_the_phoenix_js_client(live_hub, creds):
+def test_it_runs_a_session_of_the_phoenix_js_client(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     SigningKey.objects.create(org=creds.tenant.org, name="prod", key=KEY)
     hub = live_hub()
@@ -86,7 +87,7 @@ def test_it_runs_a_session_of_the_phoenix_js_client(live_hub, creds):
     assert row.first_seen_at is not None and row.socket_channel == ""
 
 
-def test_it_refuses_the_phoenix_js_client_with_a_wrong_secret(live_hub, creds):
+def test_it_refuses_the_phoenix_js_client_with_a_wrong_secret(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: a signature made with a secret the hub never issued
     hub = live_hub()
     device = creds.device(hub.ws_url, "dev-js-bad")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from devices import nh1
 from tests.support.nhl_client import nh1_headers
 
-VECTOR_1 = {
+VECTOR_1: dict[str, Any] = {
     "key": "nhp_example_product_key",
     "secret": "example-product-secret",
     "identifier": "nh-test-0001",
@@ -16,7 +18,7 @@ VECTOR_1 = {
     "payload": "8368036d0000000c6e682d746573742d303030316e06000068e5cf8b016200015180",
     "signature": "SFMyNTY.g2gDbQAAAAxuaC10ZXN0LTAwMDFuBgAAaOXPiwFiAAFRgA.uzFxm6qPFi2YdBITwPhWFHbRiVIg5COb5mIBMhkyGF0",
 }
-VECTOR_2 = {
+VECTOR_2: dict[str, Any] = {
     "key": "nhp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789+/abcde",
     "secret": "s3cr3t-Example-Secret-Value-For-Docs-000000",
     "identifier": "abc123",
@@ -28,7 +30,7 @@ VECTOR_2 = {
 
 
 @pytest.mark.parametrize("vector", [VECTOR_1, VECTOR_2], ids=["device-protocol", "server-behaviour"])
-def test_it_verifies_the_reference_vectors(vector):
+def test_it_verifies_the_reference_vectors(vector: dict[str, Any]) -> None:
     # given
     alg = nh1.parse_alg("NH1-HMAC-sha256-1000-32")
     salt = nh1.build_salt("NH1-HMAC-sha256-1000-32", vector["key"], str(vector["time"]))
@@ -43,7 +45,7 @@ def test_it_verifies_the_reference_vectors(vector):
 
 
 @pytest.mark.parametrize("vector", [VECTOR_1, VECTOR_2], ids=["device-protocol", "server-behaviour"])
-def test_it_signs_like_plug_crypto(vector):
+def test_it_signs_like_plug_crypto(vector: dict[str, Any]) -> None:
     # when
     ours = nh1.sign_headers(vector["key"], vector["secret"], vector["identifier"], vector["time"])
     clients = nh1_headers(vector["key"], vector["secret"], vector["identifier"], vector["time"])
@@ -52,7 +54,7 @@ def test_it_signs_like_plug_crypto(vector):
     assert ours[3] == ("x-nh-signature", vector["signature"])
 
 
-def test_it_accepts_hs384_and_hs512_protection():
+def test_it_accepts_hs384_and_hs512_protection() -> None:
     # given
     import hashlib
     import hmac
@@ -67,7 +69,7 @@ def test_it_accepts_hs384_and_hs512_protection():
         assert nh1.decode_payload(payload).identifier == "dev"
 
 
-def test_it_decodes_the_legacy_shapes():
+def test_it_decodes_the_legacy_shapes() -> None:
     # given: {data, signed_at} and %{data: ..., signed: ...} (atoms as SMALL_ATOM_UTF8_EXT)
     two_tuple = b"\x83\x68\x02\x6d\x00\x00\x00\x03abc\x62\x00\x00\x01\x00"
     legacy_map = b"\x83\x74\x00\x00\x00\x02" + b"\x77\x04data\x6d\x00\x00\x00\x03abc" + b"\x77\x06signed\x61\x07"
@@ -90,7 +92,7 @@ def test_it_decodes_the_legacy_shapes():
         b"\x83\x68\x02\x6d\xff\xff\xff\xffa\x61\x01",  # absurd length
     ],
 )
-def test_it_refuses_malformed_payloads(payload):
+def test_it_refuses_malformed_payloads(payload: bytes) -> None:
     with pytest.raises(nh1.NH1Error):
         nh1.decode_payload(payload)
 
@@ -106,16 +108,16 @@ def test_it_refuses_malformed_payloads(payload):
         "NH1-HMAC-sha256-1000-0",
     ],
 )
-def test_it_refuses_bad_algorithms(alg):
+def test_it_refuses_bad_algorithms(alg: str) -> None:
     with pytest.raises(nh1.NH1Error):
         nh1.parse_alg(alg)
 
 
-def test_it_reads_the_digest_case_insensitively():
+def test_it_reads_the_digest_case_insensitively() -> None:
     assert nh1.parse_alg("NH1-HMAC-SHA512-10-64") == nh1.Alg("sha512", 10, 64)
 
 
-def test_it_refuses_a_tampered_token():
+def test_it_refuses_a_tampered_token() -> None:
     # given
     derived = bytes.fromhex(VECTOR_1["derived"])
     protected, body, mac = VECTOR_1["signature"].split(".")

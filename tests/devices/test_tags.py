@@ -8,10 +8,11 @@ from django.core.exceptions import ValidationError
 from devices import services
 from devices.fields import normalise_tags
 from devices.models import Device, validate_tags
+from tests.conftest import Tenant
 
 
 @pytest.mark.django_db
-def test_it_filters_devices_by_tags(tenant):
+def test_it_filters_devices_by_tags(tenant: Tenant) -> None:
     # given
     services.create_device("t", tenant.product, "a", tags="eu, beta")
     services.create_device("t", tenant.product, "b", tags=["eu"])
@@ -27,7 +28,7 @@ def test_it_filters_devices_by_tags(tenant):
     assert none == 4
 
 
-def test_it_normalises_and_validates_tags():
+def test_it_normalises_and_validates_tags() -> None:
     assert normalise_tags(" a, b,,a ") == ["a", "b"]
     with pytest.raises(ValidationError):
         validate_tags(["two words"])

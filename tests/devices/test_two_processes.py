@@ -21,7 +21,8 @@ from deployments.models import Deployment
 from devices import publish, services
 from devices.models import Device
 from firmware.models import Firmware, FirmwareStatus
-from tests.devices.conftest import run
+from tests.devices.conftest import Credentials, run
+from tests.support.hub import HubLauncher
 from tests.support.nhl_client import DEFAULT_FW, NHLDevice
 
 pytestmark = pytest.mark.services
@@ -48,7 +49,7 @@ async def no_more(device: NHLDevice, event: str, wait: float = 1.0) -> None:
     raise AssertionError(f"{device.identifier} got a second {event}: {extra}")
 
 
-def test_it_reaches_a_device_on_the_other_process(live_hub, creds):
+def test_it_reaches_a_device_on_the_other_process(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: one device on each process
     hub_a, hub_b = live_hub(), live_hub()
     on_a = creds.device(hub_a.ws_url, "dev-on-a")
@@ -81,7 +82,7 @@ def test_it_reaches_a_device_on_the_other_process(live_hub, creds):
     on_b.assert_no_violations()
 
 
-def test_it_follows_a_device_that_moves_to_the_other_process(live_hub, creds):
+def test_it_follows_a_device_that_moves_to_the_other_process(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: the device connected to A, then connects again to B
     hub_a, hub_b = live_hub(), live_hub()
     first = creds.device(hub_a.ws_url, "dev-moves")
@@ -108,7 +109,9 @@ def test_it_follows_a_device_that_moves_to_the_other_process(live_hub, creds):
     second.assert_no_violations()
 
 
-def test_it_broadcasts_to_a_deployment_once_per_device_across_processes(live_hub, creds):
+def test_it_broadcasts_to_a_deployment_once_per_device_across_processes(
+    live_hub: HubLauncher, creds: Credentials
+) -> None:
     # given: a deployment whose firmware the devices already run (nothing to
     # update), devices of it on both processes, and one device it does not match
     tenant = creds.tenant
@@ -153,7 +156,7 @@ def test_it_broadcasts_to_a_deployment_once_per_device_across_processes(live_hub
         device.assert_no_violations()
 
 
-def test_a_socket_sends_a_repeated_update_push_once(live_hub, creds):
+def test_a_socket_sends_a_repeated_update_push_once(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: a device on one process, and pushes sent to its socket from this
     # one: the same update twice (a resend whose first copy was not lost after
     # all), then another

@@ -9,21 +9,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pytest_django.fixtures import DjangoCaptureOnCommitCallbacks, Settings
 
 from firmware import services
 from firmware.models import Firmware, SigningKey
 from firmware.tasks import validate_firmware_task
+from tests.conftest import Tenant
 from tests.support.fwup import FirmwareSpec, KeyPair, Tamper, build_firmware, generate_keypair
 
 
 @pytest.fixture(autouse=True)
-def fast_password_hashing(settings: Any) -> None:
+def fast_password_hashing(settings: Settings) -> None:
     # The shared `tenant` fixture creates four users; PBKDF2 makes that ~1 s per test.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
-def firmware_root(settings: Any, tmp_path: Path) -> Path:
+def firmware_root(settings: Settings, tmp_path: Path) -> Path:
     root = tmp_path / "firmware-store"
     root.mkdir()
     settings.STORAGES = {
@@ -41,7 +43,7 @@ def stored_files(root: Path) -> list[Path]:
 
 
 @pytest.fixture
-def keypair(tenant: Any) -> KeyPair:
+def keypair(tenant: Tenant) -> KeyPair:
     pair = generate_keypair()
     SigningKey.objects.create(org=tenant.org, name="release", key=pair.public)
     return pair
@@ -56,7 +58,9 @@ Uploader = Callable[..., Firmware]
 
 
 @pytest.fixture
-def upload(tenant: Any, firmware_root: Path, django_capture_on_commit_callbacks: Any) -> Uploader:
+def upload(
+    tenant: Tenant, firmware_root: Path, django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks
+) -> Uploader:
     """Upload bytes (or a spec) and run the validation task as the worker would."""
 
     def _upload(data: bytes | FirmwareSpec, tamper: Tamper | None = None, product: Any = None) -> Firmware:

@@ -3,31 +3,35 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 from django.urls import reverse
+from pytest_django.fixtures import DjangoCaptureOnCommitCallbacks
 
 from deployments.models import Deployment
 from firmware import services
 from firmware.models import Firmware, FirmwareStatus, SigningKey
 from firmware.tasks import validate_firmware_task
 from nerveshub.tenancy.models import AuditEvent
-from tests.firmware.conftest import stored_files
-from tests.support.fwup import build_firmware, generate_keypair
+from tests.conftest import Tenant
+from tests.firmware.conftest import Uploader, stored_files
+from tests.support.fwup import FirmwareSpec, KeyPair, build_firmware, generate_keypair
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def operator(client):
+def operator(client: Client) -> User:
     user = User.objects.create_superuser("root", "root@example.com", "pw")
     client.force_login(user)
     return user
 
 
-def test_it_lists_public_keys_of_one_org_only(tenant, keypair, other_tenant):
+def test_it_lists_public_keys_of_one_org_only(tenant: Tenant, keypair: KeyPair, other_tenant: Tenant) -> None:
     # given
     second = generate_keypair(padded=False)
     SigningKey.objects.create(org=tenant.org, name="second", key=second.public)
@@ -38,7 +42,9 @@ def test_it_lists_public_keys_of_one_org_only(tenant, keypair, other_tenant):
     assert keys == [keypair.public, second.public]
 
 
-def test_it_refuses_to_delete_a_key_that_signed_firmware(tenant, keypair, spec, upload):
+def test_it_refuses_to_delete_a_key_that_signed_firmware(
+    tenant: Tenant, keypair: KeyPair, spec: FirmwareSpec, upload: Uploader
+) -> None:
     # given
     firmware = upload(spec)
     key = SigningKey.objects.get(key=keypair.public)
@@ -50,7 +56,7 @@ def test_it_refuses_to_delete_a_key_that_signed_firmware(tenant, keypair, spec, 
     assert SigningKey.objects.filter(pk=key.pk).exists()
 
 
-def test_it_deletes_an_unused_key_with_an_audit_event(tenant, keypair):
+def test_it_deletes_an_unused_key_with_an_audit_event(tenant: Tenant, keypair: KeyPair) -> None:
     # given
     key = SigningKey.objects.get(key=keypair.public)
     # when
@@ -60,7 +66,9 @@ def test_it_deletes_an_unused_key_with_an_audit_event(tenant, keypair):
     assert AuditEvent.objects.filter(action="signing_key.deleted").exists()
 
 
-def test_it_refuses_to_delete_firmware_used_by_a_deployment(tenant, spec, upload, firmware_root):
+def test_it_refuses_to_delete_firmware_used_by_a_deployment(
+    tenant: Tenant, spec: FirmwareSpec, upload: Uploader, firmware_root: Path
+) -> None:
     # given
     firmware = upload(spec)
     Deployment.objects.create(org=tenant.org, product=tenant.product, name="prod", firmware=firmware)
@@ -73,8 +81,12 @@ def test_it_refuses_to_delete_firmware_used_by_a_deployment(tenant, spec, upload
 
 
 def test_it_deletes_firmware_and_its_file_on_commit(
-    tenant, spec, upload, firmware_root, django_capture_on_commit_callbacks
-):
+    tenant: Tenant,
+    spec: FirmwareSpec,
+    upload: Uploader,
+    firmware_root: Path,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+) -> None:
     # given
     firmware = upload(spec)
     # when
@@ -86,8 +98,13 @@ def test_it_deletes_firmware_and_its_file_on_commit(
 
 
 def test_it_uploads_through_the_admin_add_view(
-    operator, client, tenant, spec, firmware_root, django_capture_on_commit_callbacks
-):
+    operator: User,
+    client: Client,
+    tenant: Tenant,
+    spec: FirmwareSpec,
+    firmware_root: Path,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+) -> None:
     # given
     data = build_firmware(spec)
     # when
@@ -105,10 +122,10 @@ def test_it_uploads_through_the_admin_add_view(
     firmware.refresh_from_db()
     assert firmware.status == FirmwareStatus.VALID
     change = client.get(reverse("admin:firmware_firmware_change", args=[firmware.pk]))
-    assert change.status_code == 200 and firmware.uuid in change.content.decode()
+    assert change.status_code == 200 and str(firmware.uuid) in change.content.decode()
 
 
-def test_it_offers_only_products_of_orgs_the_user_manages(client, tenant, other_tenant):
+def test_it_offers_only_products_of_orgs_the_user_manages(client: Client, tenant: Tenant, other_tenant: Tenant) -> None:
     # given: the outsider manages globex only
     client.force_login(tenant.outsider)
     # when
@@ -119,7 +136,9 @@ def test_it_offers_only_products_of_orgs_the_user_manages(client, tenant, other_
     assert choices == {other_tenant.product}
 
 
-def test_it_refuses_an_upload_to_another_orgs_product(client, tenant, other_tenant, spec, firmware_root):
+def test_it_refuses_an_upload_to_another_orgs_product(
+    client: Client, tenant: Tenant, other_tenant: Tenant, spec: FirmwareSpec, firmware_root: Path
+) -> None:
     # given
     client.force_login(tenant.outsider)
     # when
@@ -133,7 +152,9 @@ def test_it_refuses_an_upload_to_another_orgs_product(client, tenant, other_tena
     assert stored_files(firmware_root) == []
 
 
-def test_it_explains_why_a_used_key_cannot_be_deleted_in_the_admin(operator, client, keypair, spec, upload):
+def test_it_explains_why_a_used_key_cannot_be_deleted_in_the_admin(
+    operator: User, client: Client, keypair: KeyPair, spec: FirmwareSpec, upload: Uploader
+) -> None:
     # given
     upload(spec)
     key = SigningKey.objects.get(key=keypair.public)
@@ -144,7 +165,9 @@ def test_it_explains_why_a_used_key_cannot_be_deleted_in_the_admin(operator, cli
     assert SigningKey.objects.filter(pk=key.pk).exists()
 
 
-def test_it_explains_why_deployed_firmware_cannot_be_deleted_in_the_admin(operator, client, tenant, spec, upload):
+def test_it_explains_why_deployed_firmware_cannot_be_deleted_in_the_admin(
+    operator: User, client: Client, tenant: Tenant, spec: FirmwareSpec, upload: Uploader
+) -> None:
     # given
     firmware = upload(spec)
     Deployment.objects.create(org=tenant.org, product=tenant.product, name="prod", firmware=firmware)
@@ -156,8 +179,13 @@ def test_it_explains_why_deployed_firmware_cannot_be_deleted_in_the_admin(operat
 
 
 def test_it_revalidates_through_the_admin_action(
-    operator, client, tenant, spec, upload, django_capture_on_commit_callbacks
-):
+    operator: User,
+    client: Client,
+    tenant: Tenant,
+    spec: FirmwareSpec,
+    upload: Uploader,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+) -> None:
     # given
     firmware = upload(spec)
     # when
@@ -174,7 +202,9 @@ def test_it_revalidates_through_the_admin_action(
     assert firmware.status == FirmwareStatus.VALID
 
 
-def test_it_renders_both_changelists(operator, client, tenant, spec, upload):
+def test_it_renders_both_changelists(
+    operator: User, client: Client, tenant: Tenant, spec: FirmwareSpec, upload: Uploader
+) -> None:
     # given
     upload(spec)
     spec.key = None
@@ -184,7 +214,7 @@ def test_it_renders_both_changelists(operator, client, tenant, spec, upload):
         assert client.get(reverse(f"admin:{name}_changelist")).status_code == 200
 
 
-def test_it_rejects_an_upload_service_call_with_an_empty_file(tenant, firmware_root):
+def test_it_rejects_an_upload_service_call_with_an_empty_file(tenant: Tenant, firmware_root: Path) -> None:
     with pytest.raises(services.UploadRefused, match="empty"):
         services.upload_firmware(tenant.admin, tenant.product, io.BytesIO(b""), "empty.fw")
     assert stored_files(firmware_root) == []

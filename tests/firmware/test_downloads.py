@@ -9,15 +9,21 @@ import http.client
 import io
 import random
 import time
+from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from pytest_django.fixtures import Settings
 
 from firmware import services
 from firmware.downloads import FirmwareDownloadApp, parse_range, signed_path
 from firmware.models import FirmwareStatus
-from tests.support.fwup import build_firmware
+from tests.conftest import Tenant
+from tests.firmware.conftest import Uploader
+from tests.support.fwup import FirmwareSpec, KeyPair, build_firmware
+from tests.support.hub import HubLauncher
 
 pytestmark = pytest.mark.django_db
 
@@ -25,7 +31,7 @@ PAYLOAD = random.Random(7).randbytes(3 * 1024 * 1024 + 123)
 
 
 @pytest.fixture
-def stored(firmware_root) -> tuple[str, str]:
+def stored(firmware_root: Path) -> tuple[str, str]:
     (firmware_root / "1").mkdir()
     (firmware_root / "1" / "abc.fw").write_bytes(PAYLOAD)
     return "1/abc.fw", "0b6c6a37-4f0b-5c3e-9d7e-2b1f0a9c8d77"
@@ -43,7 +49,7 @@ def call(path: str, headers: dict[str, str] | None = None, method: str = "GET") 
         "path": path,
         "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
     }
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def run() -> None:
         requested = False
@@ -57,7 +63,7 @@ def call(path: str, headers: dict[str, str] | None = None, method: str = "GET") 
             await forever.wait()
             return {"type": "http.disconnect"}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message)
 
         await FirmwareDownloadApp(_inner)(scope, receive, send)
@@ -70,7 +76,7 @@ def call(path: str, headers: dict[str, str] | None = None, method: str = "GET") 
     return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
 
 
-def test_it_serves_the_whole_file_with_accept_ranges(stored):
+def test_it_serves_the_whole_file_with_accept_ranges(stored: tuple[str, str]) -> None:
     # given
     name, uuid = stored
     # when
@@ -94,7 +100,7 @@ def test_it_serves_the_whole_file_with_accept_ranges(stored):
         ("bytes=10-19, 30-39", 10, 19),  # only the first range is served
     ],
 )
-def test_it_answers_ranges_with_206(stored, header, first, last):
+def test_it_answers_ranges_with_206(stored: tuple[str, str], header: str, first: int, last: int) -> None:
     # given
     name, uuid = stored
     # when
@@ -107,7 +113,7 @@ def test_it_answers_ranges_with_206(stored, header, first, last):
 
 
 @pytest.mark.parametrize("header", [f"bytes={len(PAYLOAD)}-", "bytes=50-10", "bytes=-0", "items=0-1", "bytes=x-y"])
-def test_it_answers_unsatisfiable_ranges_with_416(stored, header):
+def test_it_answers_unsatisfiable_ranges_with_416(stored: tuple[str, str], header: str) -> None:
     # given
     name, uuid = stored
     # when
@@ -117,7 +123,7 @@ def test_it_answers_unsatisfiable_ranges_with_416(stored, header):
     assert headers["content-range"] == f"bytes */{len(PAYLOAD)}"
 
 
-def test_it_ignores_range_when_if_range_does_not_match(stored):
+def test_it_ignores_range_when_if_range_does_not_match(stored: tuple[str, str]) -> None:
     # given
     name, uuid = stored
     # when
@@ -128,7 +134,7 @@ def test_it_ignores_range_when_if_range_does_not_match(stored):
     assert matching[0] == 206
 
 
-def test_it_answers_head_without_a_body(stored):
+def test_it_answers_head_without_a_body(stored: tuple[str, str]) -> None:
     # given
     name, uuid = stored
     # when
@@ -137,7 +143,7 @@ def test_it_answers_head_without_a_body(stored):
     assert status == 200 and body == b"" and headers["content-length"] == str(len(PAYLOAD))
 
 
-def test_it_refuses_expired_tampered_and_mismatched_links(stored):
+def test_it_refuses_expired_tampered_and_mismatched_links(stored: tuple[str, str]) -> None:
     # given
     name, uuid = stored
     expired = signed_path(name, uuid, ttl=-1)
@@ -151,7 +157,7 @@ def test_it_refuses_expired_tampered_and_mismatched_links(stored):
     assert statuses == [403, 403, 403, 403]
 
 
-def test_it_answers_404_when_the_file_is_gone_and_405_for_posts(stored, firmware_root):
+def test_it_answers_404_when_the_file_is_gone_and_405_for_posts(stored: tuple[str, str], firmware_root: Path) -> None:
     # given
     name, uuid = stored
     path = signed_path(name, uuid)
@@ -163,14 +169,14 @@ def test_it_answers_404_when_the_file_is_gone_and_405_for_posts(stored, firmware
     assert (posted, gone) == (405, 404)
 
 
-def test_it_passes_other_paths_to_django(stored):
+def test_it_passes_other_paths_to_django(stored: tuple[str, str]) -> None:
     # when
     status, _, body = call("/admin/")
     # then
     assert (status, body) == (299, b"django")
 
 
-def test_it_answers_with_x_accel_redirect_when_configured(stored, settings):
+def test_it_answers_with_x_accel_redirect_when_configured(stored: tuple[str, str], settings: Settings) -> None:
     # given
     settings.FIRMWARE_X_ACCEL_REDIRECT = "/protected-firmware/"
     name, uuid = stored
@@ -182,13 +188,13 @@ def test_it_answers_with_x_accel_redirect_when_configured(stored, settings):
     assert headers["accept-ranges"] == "bytes"
 
 
-def test_it_parses_ranges_like_rfc_9110():
+def test_it_parses_ranges_like_rfc_9110() -> None:
     assert parse_range("bytes=0-0", 10) == (0, 0)
     assert parse_range("bytes = 2 - 4", 10) == (2, 4)
     assert parse_range("bytes=-20", 10) == (0, 9)
 
 
-def test_it_builds_the_update_payload(spec, upload, settings):
+def test_it_builds_the_update_payload(spec: FirmwareSpec, upload: Uploader, settings: Settings) -> None:
     # given
     settings.PUBLIC_URL = "https://hub.example.com"
     firmware = upload(spec)
@@ -215,7 +221,7 @@ def test_it_builds_the_update_payload(spec, upload, settings):
     assert payload["deployment_id"] == 42
 
 
-def test_it_refuses_urls_for_firmware_that_is_not_valid(spec, upload):
+def test_it_refuses_urls_for_firmware_that_is_not_valid(spec: FirmwareSpec, upload: Uploader) -> None:
     # given
     spec.key = None
     firmware = upload(spec)
@@ -238,8 +244,14 @@ def _device_get(host: str, port: int, path: str, retry: int, range_header: str |
 
 
 def test_it_resumes_a_device_download_from_a_real_hub(
-    live_hub, tenant, keypair, spec, firmware_root, settings, monkeypatch
-):
+    live_hub: HubLauncher,
+    tenant: Tenant,
+    keypair: KeyPair,
+    spec: FirmwareSpec,
+    firmware_root: Path,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # given: a valid firmware of a few MiB and a hub process on the same storage
     spec.resources = {"rootfs.img": random.Random(3).randbytes(5 * 1024 * 1024)}
     data = build_firmware(spec)
@@ -277,7 +289,9 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def test_it_does_not_buffer_the_file_for_a_slow_device(live_hub, firmware_root, settings):
+def test_it_does_not_buffer_the_file_for_a_slow_device(
+    live_hub: HubLauncher, firmware_root: Path, settings: Settings
+) -> None:
     # given: a 48 MB file and a device that reads 1 MiB and then stalls
     (firmware_root / "9").mkdir()
     (firmware_root / "9" / "slow.fw").write_bytes(bytes(48 * 1024 * 1024))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import random
-from typing import Any
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from firmware import fwfile, metaconf
 from firmware.models import FirmwareStatus
-from tests.firmware.conftest import stored_files
+from tests.conftest import Tenant
+from tests.firmware.conftest import Uploader, stored_files
 from tests.support.fwup import FirmwareSpec, build_firmware, generate_keypair
 
 KEY = generate_keypair()
@@ -107,7 +108,9 @@ def test_the_parser_answers_any_text_with_a_block_or_a_syntax_error(text: str) -
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(data=mutated(VALID).filter(bool))  # an empty file is refused before it has a row
-def test_every_mutated_upload_ends_valid_or_rejected(data: bytes, tenant: Any, upload: Any, firmware_root: Any) -> None:
+def test_every_mutated_upload_ends_valid_or_rejected(
+    data: bytes, tenant: Tenant, upload: Uploader, firmware_root: Path
+) -> None:
     # given: the org holds the fuzzing key
     tenant.org.signing_keys.get_or_create(name="fuzz", defaults={"key": KEY.public})
     # when

@@ -44,7 +44,7 @@ def independent_uuid(meta_conf: bytes) -> str:
     return str(uuid.UUID(int=value))
 
 
-def test_it_computes_the_known_uuid_of_the_spec_example():
+def test_it_computes_the_known_uuid_of_the_spec_example() -> None:
     # when
     computed = fwfile.compute_uuid(EXAMPLE_META_CONF)
     # then
@@ -52,13 +52,13 @@ def test_it_computes_the_known_uuid_of_the_spec_example():
     assert independent_uuid(EXAMPLE_META_CONF) == EXAMPLE_UUID
 
 
-def test_it_agrees_with_the_independent_uuid_on_generated_files():
+def test_it_agrees_with_the_independent_uuid_on_generated_files() -> None:
     for version in ("1.0.0", "2.0.0-rc.1", "3.1.4+build.5"):
         meta = FirmwareSpec(version=version).meta_conf()
         assert fwfile.compute_uuid(meta) == independent_uuid(meta)
 
 
-def test_it_reads_the_spec_example_metadata():
+def test_it_reads_the_spec_example_metadata() -> None:
     # when
     metadata = fwfile.parse_metadata(EXAMPLE_META_CONF)
     # then
@@ -72,7 +72,7 @@ def test_it_reads_the_spec_example_metadata():
     assert [(r.name, r.entry, r.length) for r in metadata.resources] == [("rootfs.img", "data/rootfs.img", 10240)]
 
 
-def test_it_writes_meta_conf_the_way_fwup_does():
+def test_it_writes_meta_conf_the_way_fwup_does() -> None:
     # when
     meta = FirmwareSpec(product="hub-demo", version="1.3.0", misc='key1=value1,key2="two words"').meta_conf()
     # then
@@ -83,7 +83,7 @@ def test_it_writes_meta_conf_the_way_fwup_does():
     assert quote("2.0.0-rc.1") == '"2.0.0-rc.1"'
 
 
-def test_it_lays_out_the_archive_like_fwup():
+def test_it_lays_out_the_archive_like_fwup() -> None:
     # given
     pair = generate_keypair()
     # when
@@ -99,7 +99,7 @@ def test_it_lays_out_the_archive_like_fwup():
     assert fwfile.verify_signature(meta, signature, [(7, base64.b64decode(pair.public))]) == 7
 
 
-def test_it_generates_fwup_style_keys():
+def test_it_generates_fwup_style_keys() -> None:
     # when
     pair = generate_keypair(padded=False)
     # then

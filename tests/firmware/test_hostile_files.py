@@ -25,7 +25,8 @@ from firmware.tasks import validate_firmware_task
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import AuditEvent
 from nerveshub.web.access import org_slug
-from tests.firmware.conftest import stored_files
+from tests.conftest import Tenant
+from tests.firmware.conftest import Uploader, stored_files
 from tests.support.fwup import (
     FirmwareSpec,
     KeyPair,
@@ -106,7 +107,9 @@ def assert_rejected(firmware: Firmware, root: Path, fragment: str) -> None:
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("case", HOSTILE, ids=list(HOSTILE))
-def test_it_rejects_a_hostile_file_through_the_service(case, keypair, upload, firmware_root):
+def test_it_rejects_a_hostile_file_through_the_service(
+    case: str, keypair: KeyPair, upload: Uploader, firmware_root: Path
+) -> None:
     # given
     data = HOSTILE[case].build(keypair)
     # when
@@ -117,8 +120,8 @@ def test_it_rejects_a_hostile_file_through_the_service(case, keypair, upload, fi
 
 @pytest.mark.django_db
 def test_it_never_parses_a_meta_conf_whose_signature_does_not_verify(
-    tenant, keypair, upload, firmware_root, monkeypatch
-):
+    tenant: Tenant, keypair: KeyPair, upload: Uploader, firmware_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # given: a meta.conf that would crash an unbounded parser, signed by a key the
     # org does not have, and a spy on the parser
     calls: list[bytes] = []
@@ -143,7 +146,9 @@ def test_it_never_parses_a_meta_conf_whose_signature_does_not_verify(
 
 
 @pytest.mark.django_db
-def test_it_rejects_a_signed_meta_conf_past_the_parser_limits(keypair, upload, firmware_root):
+def test_it_rejects_a_signed_meta_conf_past_the_parser_limits(
+    keypair: KeyPair, upload: Uploader, firmware_root: Path
+) -> None:
     # given: a flat meta.conf of 30,000 options, validly signed
     many = "".join(f"k{i}=v\n" for i in range(30_000))
     # when
@@ -153,7 +158,9 @@ def test_it_rejects_a_signed_meta_conf_past_the_parser_limits(keypair, upload, f
 
 
 @pytest.mark.django_db
-def test_it_rejects_a_zip_of_thousands_of_entries_before_zipfile_reads_them(upload, firmware_root):
+def test_it_rejects_a_zip_of_thousands_of_entries_before_zipfile_reads_them(
+    upload: Uploader, firmware_root: Path
+) -> None:
     # given: 20,000 empty entries (ZIP64, past 65,535 it would be the same), each
     # of which zipfile would turn into an object before any other check
     buffer = io.BytesIO()
@@ -170,7 +177,7 @@ def test_it_rejects_a_zip_of_thousands_of_entries_before_zipfile_reads_them(uplo
 # --- The upload requests: the REST API and the organization page ---------------------
 
 
-def _org_key(tenant: Any) -> KeyPair:
+def _org_key(tenant: Tenant) -> KeyPair:
     pair = generate_keypair()
     SigningKey.objects.create(org=tenant.org, name="release", key=pair.public)
     return pair
@@ -186,7 +193,7 @@ def _only_row() -> Firmware:
 # in embedded mode, so a crash there is the request's 500; to the broker otherwise).
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("case", HOSTILE, ids=list(HOSTILE))
-def test_it_answers_a_hostile_api_upload_without_a_500(case, tenant, firmware_root):
+def test_it_answers_a_hostile_api_upload_without_a_500(case: str, tenant: Tenant, firmware_root: Path) -> None:
     # given
     data = HOSTILE[case].build(_org_key(tenant))
     client = Client(raise_request_exception=False)
@@ -210,7 +217,7 @@ def test_it_answers_a_hostile_api_upload_without_a_500(case, tenant, firmware_ro
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("case", HOSTILE, ids=list(HOSTILE))
-def test_it_answers_a_hostile_page_upload_without_a_500(case, tenant, firmware_root):
+def test_it_answers_a_hostile_page_upload_without_a_500(case: str, tenant: Tenant, firmware_root: Path) -> None:
     # given
     data = HOSTILE[case].build(_org_key(tenant))
     client = Client(raise_request_exception=False)
@@ -234,7 +241,7 @@ def test_it_answers_a_hostile_page_upload_without_a_500(case, tenant, firmware_r
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_answers_a_hostile_admin_upload_without_a_500(tenant, firmware_root):
+def test_it_answers_a_hostile_admin_upload_without_a_500(tenant: Tenant, firmware_root: Path) -> None:
     # given
     data = HOSTILE["meta.conf nested 5,000 deep, signed by the org"].build(_org_key(tenant))
     client = Client(raise_request_exception=False)
@@ -254,7 +261,9 @@ def test_it_answers_a_hostile_admin_upload_without_a_500(tenant, firmware_root):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_keeps_the_bytes_of_a_committed_upload_when_its_validation_fails(tenant, firmware_root, monkeypatch):
+def test_it_keeps_the_bytes_of_a_committed_upload_when_its_validation_fails(
+    tenant: Tenant, firmware_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # given: the storage cannot be read back while the upload's validation runs
     # (in embedded mode that is inside the upload request)
     key = _org_key(tenant)

@@ -7,7 +7,7 @@ import pytest
 from firmware.metaconf import MetaConfError, parse
 
 
-def test_it_reads_unquoted_and_quoted_values():
+def test_it_reads_unquoted_and_quoted_values() -> None:
     # given
     text = 'meta-version=1.3.0\nmeta-product="hub-demo"\nmeta-platform = rpi4\n'
     # when
@@ -16,7 +16,7 @@ def test_it_reads_unquoted_and_quoted_values():
     assert block.options == {"meta-version": "1.3.0", "meta-product": "hub-demo", "meta-platform": "rpi4"}
 
 
-def test_it_handles_escapes_and_hashes_inside_strings():
+def test_it_handles_escapes_and_hashes_inside_strings() -> None:
     # given
     text = r'meta-description="Quote \" backslash \\ tab\t # not a comment" # a comment' + "\n"
     # when
@@ -25,14 +25,14 @@ def test_it_handles_escapes_and_hashes_inside_strings():
     assert block.options["meta-description"] == 'Quote " backslash \\ tab\t # not a comment'
 
 
-def test_it_handles_octal_and_hex_escapes_and_utf8():
+def test_it_handles_octal_and_hex_escapes_and_utf8() -> None:
     # when
     block = parse('a="\\101\\x42 é ☃"\n')
     # then
     assert block.options["a"] == "AB é ☃"
 
 
-def test_it_skips_all_comment_styles():
+def test_it_skips_all_comment_styles() -> None:
     # given
     text = "# hash\n// slashes\n/* block\n over lines */ a=1 // trailing\nb=2 # trailing\n"
     # when
@@ -41,7 +41,7 @@ def test_it_skips_all_comment_styles():
     assert block.options == {"a": "1", "b": "2"}
 
 
-def test_it_joins_continued_lines_inside_and_outside_strings():
+def test_it_joins_continued_lines_inside_and_outside_strings() -> None:
     # given
     text = 'meta-description="first \\\nsecond"\nmeta-author = \\\n  "Someone"\n'
     # when
@@ -51,14 +51,14 @@ def test_it_joins_continued_lines_inside_and_outside_strings():
     assert block.options["meta-author"] == "Someone"
 
 
-def test_it_keeps_newlines_inside_a_string_and_triple_quotes():
+def test_it_keeps_newlines_inside_a_string_and_triple_quotes() -> None:
     # when
     block = parse('a="one\ntwo"\nb="""x "y" z"""\nc=\'single \\\' q\'\n')
     # then
     assert block.options == {"a": "one\ntwo", "b": 'x "y" z', "c": "single ' q"}
 
 
-def test_it_parses_nested_sections_lists_and_functions():
+def test_it_parses_nested_sections_lists_and_functions() -> None:
     # given
     text = """
 file-resource "rootfs.img" {
@@ -88,14 +88,14 @@ mbr mbr-a { partition 0 { block-offset = 63 } }
     assert mbr.body.sections_of("partition")[0].body.options == {"block-offset": "63"}
 
 
-def test_it_appends_with_plus_equals_and_the_last_assignment_wins():
+def test_it_appends_with_plus_equals_and_the_last_assignment_wins() -> None:
     # when
     block = parse("a={1}\na+=2\nb=x\nb=y\n")
     # then
     assert block.options == {"a": ["1", "2"], "b": "y"}
 
 
-def test_it_keeps_unknown_keys_for_the_caller_to_ignore():
+def test_it_keeps_unknown_keys_for_the_caller_to_ignore() -> None:
     # when
     block = parse("meta-creation-date=2020\nsome-future-key={a,b}\n")
     # then
@@ -114,7 +114,7 @@ def test_it_keeps_unknown_keys_for_the_caller_to_ignore():
         ("a 1 2\n", 1),
     ],
 )
-def test_it_reports_syntax_errors_with_a_line(text, line):
+def test_it_reports_syntax_errors_with_a_line(text: str, line: int) -> None:
     # when
     with pytest.raises(MetaConfError) as error:
         parse(text)

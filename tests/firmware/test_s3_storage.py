@@ -12,12 +12,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import pytest
+from pytest_django.fixtures import DjangoCaptureOnCommitCallbacks, Settings
 
 from firmware import services
 from firmware.models import FirmwareStatus
 from firmware.tasks import validate_firmware_task
-from tests.conftest import free_port
-from tests.support.fwup import build_firmware
+from tests.conftest import Tenant
+from tests.support.fwup import FirmwareSpec, build_firmware
+from tests.support.hub import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -37,7 +39,7 @@ def moto_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def s3(moto_endpoint: str, settings: Any) -> Any:
+def s3(moto_endpoint: str, settings: Settings) -> Any:
     client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", **CREDENTIALS)
     client.create_bucket(Bucket=BUCKET)
     settings.STORAGES = {
@@ -70,7 +72,7 @@ def keys(client: Any) -> list[str]:
     return [obj["Key"] for obj in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
 
 
-def upload_and_validate(tenant: Any, data: bytes, capture: Any) -> Any:
+def upload_and_validate(tenant: Tenant, data: bytes, capture: Any) -> Any:
     with capture(execute=False):
         firmware = services.upload_firmware(tenant.admin, tenant.product, io.BytesIO(data), "s3.fw")
     with capture(execute=True):
@@ -79,7 +81,13 @@ def upload_and_validate(tenant: Any, data: bytes, capture: Any) -> Any:
     return firmware
 
 
-def test_it_stores_validates_presigns_and_deletes_on_s3(s3, tenant, spec, settings, django_capture_on_commit_callbacks):
+def test_it_stores_validates_presigns_and_deletes_on_s3(
+    s3: Any,
+    tenant: Tenant,
+    spec: FirmwareSpec,
+    settings: Settings,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+) -> None:
     # given
     spec.resources = {"rootfs.img": random.Random(5).randbytes(3 * 1024 * 1024)}
     data = build_firmware(spec)
@@ -108,7 +116,9 @@ def test_it_stores_validates_presigns_and_deletes_on_s3(s3, tenant, spec, settin
     assert keys(s3) == []
 
 
-def test_it_deletes_a_rejected_file_from_s3(s3, tenant, spec, django_capture_on_commit_callbacks):
+def test_it_deletes_a_rejected_file_from_s3(
+    s3: Any, tenant: Tenant, spec: FirmwareSpec, django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks
+) -> None:
     # given
     spec.key = None
     # when
@@ -118,7 +128,13 @@ def test_it_deletes_a_rejected_file_from_s3(s3, tenant, spec, django_capture_on_
     assert keys(s3) == []
 
 
-def test_it_treats_an_unreachable_s3_as_transient(tenant, spec, settings, django_capture_on_commit_callbacks, s3):
+def test_it_treats_an_unreachable_s3_as_transient(
+    tenant: Tenant,
+    spec: FirmwareSpec,
+    settings: Settings,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+    s3: Any,
+) -> None:
     # given: the object was stored, then the endpoint goes away
     with django_capture_on_commit_callbacks(execute=False):
         firmware = services.upload_firmware(tenant.admin, tenant.product, io.BytesIO(build_firmware(spec)), "a.fw")
@@ -137,10 +153,12 @@ def test_it_treats_an_unreachable_s3_as_transient(tenant, spec, settings, django
     assert firmware.status == FirmwareStatus.PENDING
 
 
-def test_it_refuses_an_oversized_upload_to_s3_without_leaving_an_object(tenant, settings, s3):
+def test_it_refuses_an_oversized_upload_to_s3_without_leaving_an_object(
+    tenant: Tenant, settings: Settings, s3: Any
+) -> None:
     # given: bigger than the cap and bigger than one multipart part (8 MiB)
     settings.FIRMWARE_MAX_SIZE = 9 * 1024 * 1024
-    stream = io.BufferedReader(io.BytesIO(bytes(10 * 1024 * 1024)))  # type: ignore[arg-type]
+    stream = io.BufferedReader(io.BytesIO(bytes(10 * 1024 * 1024)))
     # when
     with pytest.raises(services.UploadRefused):
         services.upload_firmware(tenant.admin, tenant.product, stream, "big.fw")

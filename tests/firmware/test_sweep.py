@@ -7,17 +7,20 @@ import io
 import socket
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from celery import Celery
 from django.utils import timezone
+from pytest_django.fixtures import DjangoCaptureOnCommitCallbacks
 
 from firmware import services
 from firmware.models import Firmware, FirmwareStatus
 from firmware.tasks import FIRMWARE_SWEEP_AGE_SECONDS, sweep_pending_firmware, validate_firmware_task
 from nerveshub.lib.enqueue import enqueue
-from tests.support.fwup import build_firmware
+from tests.conftest import Tenant
+from tests.support.fwup import FirmwareSpec, build_firmware
 
 pytestmark = pytest.mark.django_db
 
@@ -48,11 +51,11 @@ def test_enqueue_reports_an_unreachable_broker_quickly(unreachable_broker: Celer
 
 
 def test_an_upload_survives_an_unreachable_broker_and_the_sweep_validates_it(
-    tenant: Any,
-    spec: Any,
-    firmware_root: Any,
+    tenant: Tenant,
+    spec: FirmwareSpec,
+    firmware_root: Path,
     unreachable_broker: Celery,
-    django_capture_on_commit_callbacks: Any,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
 ) -> None:
     # given: an upload while the broker is away
     with django_capture_on_commit_callbacks(execute=True):

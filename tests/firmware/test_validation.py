@@ -7,19 +7,27 @@ import hashlib
 import io
 import random
 import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from pytest_django.fixtures import DjangoCaptureOnCommitCallbacks, Settings
 
 from firmware import services
 from firmware.models import Firmware, FirmwareStatus, SigningKey
 from nerveshub.tenancy.models import AuditEvent
-from tests.firmware.conftest import stored_files
-from tests.support.fwup import Tamper, build_firmware, generate_keypair
+from tests.conftest import Tenant
+from tests.firmware.conftest import Uploader, stored_files
+from tests.support.fwup import FirmwareSpec, KeyPair, Tamper, build_firmware, generate_keypair
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
 
 pytestmark = pytest.mark.django_db
 
 
-def assert_rejected(firmware: Firmware, root, fragment: str) -> None:
+def assert_rejected(firmware: Firmware, root: Path, fragment: str) -> None:
     assert firmware.status == FirmwareStatus.REJECTED, firmware.rejected_reason
     assert fragment.lower() in firmware.rejected_reason.lower(), firmware.rejected_reason
     assert firmware.storage_name == ""
@@ -28,7 +36,9 @@ def assert_rejected(firmware: Firmware, root, fragment: str) -> None:
     assert AuditEvent.objects.filter(action="firmware.rejected", subject_id=str(firmware.pk)).exists()
 
 
-def test_it_validates_a_signed_firmware_and_records_its_metadata(tenant, keypair, spec, upload, firmware_root):
+def test_it_validates_a_signed_firmware_and_records_its_metadata(
+    tenant: Tenant, keypair: KeyPair, spec: FirmwareSpec, upload: Uploader, firmware_root: Path
+) -> None:
     # given
     spec.description = 'Quote " backslash \\ and # not a comment'
     spec.misc = 'key1=value1,key2="two words"'
@@ -57,7 +67,9 @@ def test_it_validates_a_signed_firmware_and_records_its_metadata(tenant, keypair
     assert {"firmware.uploaded", "firmware.validated"} <= actions
 
 
-def test_it_records_which_of_several_keys_verified(tenant, keypair, spec, upload):
+def test_it_records_which_of_several_keys_verified(
+    tenant: Tenant, keypair: KeyPair, spec: FirmwareSpec, upload: Uploader
+) -> None:
     # given
     second = generate_keypair(padded=False)
     key = SigningKey.objects.create(org=tenant.org, name="second", key=second.public)
@@ -69,7 +81,7 @@ def test_it_records_which_of_several_keys_verified(tenant, keypair, spec, upload
     assert firmware.signing_key == key
 
 
-def test_it_rejects_an_unsigned_file(spec, upload, firmware_root):
+def test_it_rejects_an_unsigned_file(spec: FirmwareSpec, upload: Uploader, firmware_root: Path) -> None:
     # given
     spec.key = None
     # when
@@ -78,7 +90,7 @@ def test_it_rejects_an_unsigned_file(spec, upload, firmware_root):
     assert_rejected(firmware, firmware_root, "not signed")
 
 
-def test_it_rejects_a_file_signed_by_an_unknown_key(spec, upload, firmware_root):
+def test_it_rejects_a_file_signed_by_an_unknown_key(spec: FirmwareSpec, upload: Uploader, firmware_root: Path) -> None:
     # given
     spec.key = generate_keypair()
     # when
@@ -87,7 +99,9 @@ def test_it_rejects_a_file_signed_by_an_unknown_key(spec, upload, firmware_root)
     assert_rejected(firmware, firmware_root, "does not match any of the organization's signing keys")
 
 
-def test_it_rejects_a_file_signed_by_another_orgs_key(spec, upload, firmware_root, other_tenant):
+def test_it_rejects_a_file_signed_by_another_orgs_key(
+    spec: FirmwareSpec, upload: Uploader, firmware_root: Path, other_tenant: Tenant
+) -> None:
     # given
     foreign = generate_keypair()
     SigningKey.objects.create(org=other_tenant.org, name="theirs", key=foreign.public)
@@ -98,7 +112,7 @@ def test_it_rejects_a_file_signed_by_another_orgs_key(spec, upload, firmware_roo
     assert_rejected(firmware, firmware_root, "does not match")
 
 
-def test_it_rejects_when_the_org_has_no_keys(spec, upload, firmware_root):
+def test_it_rejects_when_the_org_has_no_keys(spec: FirmwareSpec, upload: Uploader, firmware_root: Path) -> None:
     # given
     SigningKey.objects.all().delete()
     # when
@@ -107,7 +121,9 @@ def test_it_rejects_when_the_org_has_no_keys(spec, upload, firmware_root):
     assert_rejected(firmware, firmware_root, "no signing keys")
 
 
-def test_it_rejects_a_meta_conf_changed_after_signing(spec, upload, firmware_root):
+def test_it_rejects_a_meta_conf_changed_after_signing(
+    spec: FirmwareSpec, upload: Uploader, firmware_root: Path
+) -> None:
     # given
     tamper = Tamper(meta_conf=lambda meta: meta.replace(b"meta-version=1.0.0", b"meta-version=9.9.9"))
     # when
@@ -116,7 +132,7 @@ def test_it_rejects_a_meta_conf_changed_after_signing(spec, upload, firmware_roo
     assert_rejected(firmware, firmware_root, "does not match")
 
 
-def test_it_rejects_a_resource_changed_after_signing(spec, upload, firmware_root):
+def test_it_rejects_a_resource_changed_after_signing(spec: FirmwareSpec, upload: Uploader, firmware_root: Path) -> None:
     # given
     original = spec.resources["rootfs.img"]
     assert isinstance(original, bytes)
@@ -127,7 +143,7 @@ def test_it_rejects_a_resource_changed_after_signing(spec, upload, firmware_root
     assert_rejected(firmware, firmware_root, "altered after signing")
 
 
-def test_it_rejects_a_resource_of_the_wrong_length(spec, upload, firmware_root):
+def test_it_rejects_a_resource_of_the_wrong_length(spec: FirmwareSpec, upload: Uploader, firmware_root: Path) -> None:
     # given
     tamper = Tamper(resources={"rootfs.img": b"short"})
     # when
@@ -136,7 +152,7 @@ def test_it_rejects_a_resource_of_the_wrong_length(spec, upload, firmware_root):
     assert_rejected(firmware, firmware_root, "meta.conf says")
 
 
-def test_it_rejects_a_missing_resource(spec, upload, firmware_root):
+def test_it_rejects_a_missing_resource(spec: FirmwareSpec, upload: Uploader, firmware_root: Path) -> None:
     # given: meta.conf lists a resource the archive does not hold
     spec.extra_meta = 'file-resource "ghost.img" {\nlength=3\nblake2b-256=' + "0" * 64 + "\n}"
     # when
@@ -145,7 +161,7 @@ def test_it_rejects_a_missing_resource(spec, upload, firmware_root):
     assert_rejected(firmware, firmware_root, "missing")
 
 
-def test_it_rejects_a_truncated_zip(spec, upload, firmware_root):
+def test_it_rejects_a_truncated_zip(spec: FirmwareSpec, upload: Uploader, firmware_root: Path) -> None:
     # given
     data = build_firmware(spec)
     # when
@@ -154,14 +170,14 @@ def test_it_rejects_a_truncated_zip(spec, upload, firmware_root):
     assert_rejected(firmware, firmware_root, "damaged or truncated")
 
 
-def test_it_rejects_a_file_that_is_not_a_zip(upload, firmware_root):
+def test_it_rejects_a_file_that_is_not_a_zip(upload: Uploader, firmware_root: Path) -> None:
     # when
     firmware = upload(b"\x7fELF" + b"\x00" * 4000)
     # then
     assert_rejected(firmware, firmware_root, "not a ZIP")
 
 
-def test_it_rejects_an_archive_without_meta_conf(upload, firmware_root):
+def test_it_rejects_an_archive_without_meta_conf(upload: Uploader, firmware_root: Path) -> None:
     # given
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -182,7 +198,9 @@ def test_it_rejects_an_archive_without_meta_conf(upload, firmware_root):
         ("lonely-word\n", "expected = or {"),
     ],
 )
-def test_it_rejects_meta_conf_syntax_errors(spec, upload, firmware_root, extra, message):
+def test_it_rejects_meta_conf_syntax_errors(
+    spec: FirmwareSpec, upload: Uploader, firmware_root: Path, extra: str, message: str
+) -> None:
     # given
     spec.extra_meta = extra
     # when
@@ -192,7 +210,7 @@ def test_it_rejects_meta_conf_syntax_errors(spec, upload, firmware_root, extra, 
     assert "line" in firmware.rejected_reason
 
 
-def test_it_rejects_a_version_that_is_not_semver(spec, upload, firmware_root):
+def test_it_rejects_a_version_that_is_not_semver(spec: FirmwareSpec, upload: Uploader, firmware_root: Path) -> None:
     # given
     spec.version = "1.0"
     # when
@@ -209,7 +227,9 @@ def test_it_rejects_a_version_that_is_not_semver(spec, upload, firmware_root):
         ("/etc/passwd", "absolute"),
     ],
 )
-def test_it_rejects_unsafe_entry_names(spec, upload, firmware_root, name, message):
+def test_it_rejects_unsafe_entry_names(
+    spec: FirmwareSpec, upload: Uploader, firmware_root: Path, name: str, message: str
+) -> None:
     # given
     tamper = Tamper(extra_entries=[(name, b"#!/bin/sh\n", zipfile.ZIP_DEFLATED)])
     # when
@@ -218,7 +238,7 @@ def test_it_rejects_unsafe_entry_names(spec, upload, firmware_root, name, messag
     assert_rejected(firmware, firmware_root, message)
 
 
-def test_it_rejects_duplicate_entry_names(spec, upload, firmware_root):
+def test_it_rejects_duplicate_entry_names(spec: FirmwareSpec, upload: Uploader, firmware_root: Path) -> None:
     # given: a second data/rootfs.img after the signed one
     tamper = Tamper(extra_entries=[("data/rootfs.img", b"evil", zipfile.ZIP_DEFLATED)])
     # when
@@ -229,7 +249,7 @@ def test_it_rejects_duplicate_entry_names(spec, upload, firmware_root):
     assert_rejected(firmware, firmware_root, "more than once")
 
 
-def test_it_rejects_a_decompression_bomb_by_ratio(spec, upload, firmware_root):
+def test_it_rejects_a_decompression_bomb_by_ratio(spec: FirmwareSpec, upload: Uploader, firmware_root: Path) -> None:
     # given: 8 MiB of zeros deflate about 1000:1
     tamper = Tamper(extra_entries=[("data/bomb.img", bytes(8 * 1024 * 1024), zipfile.ZIP_DEFLATED)])
     # when
@@ -238,7 +258,9 @@ def test_it_rejects_a_decompression_bomb_by_ratio(spec, upload, firmware_root):
     assert_rejected(firmware, firmware_root, "decompression bomb")
 
 
-def test_it_rejects_a_decompression_bomb_by_total_size(spec, upload, firmware_root, settings):
+def test_it_rejects_a_decompression_bomb_by_total_size(
+    spec: FirmwareSpec, upload: Uploader, firmware_root: Path, settings: Settings
+) -> None:
     # given
     settings.FIRMWARE_MAX_INFLATED_SIZE = 5000
     # when
@@ -247,7 +269,9 @@ def test_it_rejects_a_decompression_bomb_by_total_size(spec, upload, firmware_ro
     assert_rejected(firmware, firmware_root, "inflate to more than")
 
 
-def test_it_refuses_a_file_over_the_size_cap_while_streaming(tenant, firmware_root, settings):
+def test_it_refuses_a_file_over_the_size_cap_while_streaming(
+    tenant: Tenant, firmware_root: Path, settings: Settings
+) -> None:
     # given: a stream that does not announce its size
     settings.FIRMWARE_MAX_SIZE = 10_000
 
@@ -258,9 +282,10 @@ def test_it_refuses_a_file_over_the_size_cap_while_streaming(tenant, firmware_ro
         def readable(self) -> bool:
             return True
 
-        def readinto(self, buffer) -> int:  # type: ignore[override]
-            n = min(len(buffer), self.left, 4096)
-            buffer[:n] = b"x" * n
+        def readinto(self, buffer: WriteableBuffer) -> int:
+            view = memoryview(buffer)
+            n = min(len(view), self.left, 4096)
+            view[:n] = b"x" * n
             self.left -= n
             return n
 
@@ -272,7 +297,9 @@ def test_it_refuses_a_file_over_the_size_cap_while_streaming(tenant, firmware_ro
     assert not Firmware.objects.exists()
 
 
-def test_it_refuses_a_file_whose_declared_size_is_over_the_cap(tenant, firmware_root, settings):
+def test_it_refuses_a_file_whose_declared_size_is_over_the_cap(
+    tenant: Tenant, firmware_root: Path, settings: Settings
+) -> None:
     # given
     from django.core.files.uploadedfile import SimpleUploadedFile
 
@@ -285,7 +312,7 @@ def test_it_refuses_a_file_whose_declared_size_is_over_the_cap(tenant, firmware_
     assert stored_files(firmware_root) == []
 
 
-def test_it_rejects_a_firmware_for_another_product(spec, upload, firmware_root):
+def test_it_rejects_a_firmware_for_another_product(spec: FirmwareSpec, upload: Uploader, firmware_root: Path) -> None:
     # given
     spec.product = "some-other-product"
     # when
@@ -294,7 +321,7 @@ def test_it_rejects_a_firmware_for_another_product(spec, upload, firmware_root):
     assert_rejected(firmware, firmware_root, "was uploaded to 'widget'")
 
 
-def test_it_rejects_a_duplicate_uuid_in_the_product(spec, upload, firmware_root):
+def test_it_rejects_a_duplicate_uuid_in_the_product(spec: FirmwareSpec, upload: Uploader, firmware_root: Path) -> None:
     # given
     data = build_firmware(spec)
     first = upload(data)
@@ -307,7 +334,12 @@ def test_it_rejects_a_duplicate_uuid_in_the_product(spec, upload, firmware_root)
     assert [p.read_bytes() for p in stored_files(firmware_root)] == [data]  # the first one stays
 
 
-def test_it_rejects_when_the_stored_file_vanished(tenant, spec, firmware_root, django_capture_on_commit_callbacks):
+def test_it_rejects_when_the_stored_file_vanished(
+    tenant: Tenant,
+    spec: FirmwareSpec,
+    firmware_root: Path,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+) -> None:
     # given
     with django_capture_on_commit_callbacks(execute=False):
         firmware = services.upload_firmware(tenant.admin, tenant.product, io.BytesIO(build_firmware(spec)), "a.fw")
@@ -321,7 +353,7 @@ def test_it_rejects_when_the_stored_file_vanished(tenant, spec, firmware_root, d
     assert "missing" in firmware.rejected_reason
 
 
-def test_it_is_a_no_op_for_a_missing_or_decided_row(spec, upload):
+def test_it_is_a_no_op_for_a_missing_or_decided_row(spec: FirmwareSpec, upload: Uploader) -> None:
     # given
     firmware = upload(spec)
     # when
@@ -333,7 +365,7 @@ def test_it_is_a_no_op_for_a_missing_or_decided_row(spec, upload):
     assert AuditEvent.objects.filter(action="firmware.validated").count() == 1
 
 
-def test_it_retries_only_on_storage_errors():
+def test_it_retries_only_on_storage_errors() -> None:
     # given
     from firmware.tasks import validate_firmware_task
 

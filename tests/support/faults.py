@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.conftest import free_port
+from tests.support.hub import free_port
 from tests.support.tcp_cut import TcpCut
 
 

@@ -204,7 +204,7 @@ class NHLDevice:
         self.join_refs[topic] = ref
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self.replies[ref] = future
-        asyncio.get_running_loop().create_task(self.send([ref, ref, topic, "phx_join", params]))
+        self._tasks.append(asyncio.get_running_loop().create_task(self.send([ref, ref, topic, "phx_join", params])))
         return future
 
     async def push(self, topic: str, event: str, payload: dict[str, Any]) -> str:

@@ -7,16 +7,20 @@ import pytest
 from django.contrib import admin
 from django.contrib.auth.models import User
 from django.db import connection
+from django.db.models import Model
+from django.http import HttpRequest
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from pytest_django.fixtures import DjangoAssertNumQueries
 
 from devices import services as device_services
 from devices.models import Device
 from nerveshub.tenancy import services as tenancy
+from tests.conftest import Tenant
 
 
-def _changelist_url(model: type) -> str:
+def _changelist_url(model: type[Model]) -> str:
     return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
 
 
@@ -27,7 +31,7 @@ def _queries(client: Client, url: str) -> int:
     return len(ctx.captured_queries)
 
 
-def _make_devices(tenant, count: int, start: int = 0) -> None:
+def _make_devices(tenant: Tenant, count: int, start: int = 0) -> None:
     for i in range(start, start + count):
         device = device_services.create_device("test", tenant.product, f"dev-{i:04d}", tags=["a", "b"])
         device_services.create_device_secret("test", device)
@@ -37,7 +41,7 @@ def _make_devices(tenant, count: int, start: int = 0) -> None:
 
 
 @pytest.mark.django_db
-def test_it_renders_every_registered_changelist_for_an_operator(tenant, client):
+def test_it_renders_every_registered_changelist_for_an_operator(tenant: Tenant, client: Client) -> None:
     # given
     root = User.objects.create_superuser("root", "root@example.com", "pw")
     _make_devices(tenant, 3)
@@ -51,7 +55,7 @@ def test_it_renders_every_registered_changelist_for_an_operator(tenant, client):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("persona", ["operator", "viewer"])
-def test_it_keeps_changelist_query_counts_flat_as_rows_grow(tenant, client, persona):
+def test_it_keeps_changelist_query_counts_flat_as_rows_grow(tenant: Tenant, client: Client, persona: str) -> None:
     # given
     user = User.objects.create_superuser("root", "root@example.com", "pw") if persona == "operator" else tenant.viewer
     client.force_login(user)
@@ -66,7 +70,7 @@ def test_it_keeps_changelist_query_counts_flat_as_rows_grow(tenant, client, pers
     assert max(after.values()) <= 15, after
 
 
-def _req(user):
+def _req(user: User) -> HttpRequest:
     from django.test import RequestFactory
 
     request = RequestFactory().get("/")
@@ -75,7 +79,9 @@ def _req(user):
 
 
 @pytest.mark.django_db
-def test_it_pins_the_device_changelist_query_count(tenant, client, django_assert_num_queries):
+def test_it_pins_the_device_changelist_query_count(
+    tenant: Tenant, client: Client, django_assert_num_queries: DjangoAssertNumQueries
+) -> None:
     # given
     _make_devices(tenant, 30)
     client.force_login(tenant.viewer)
@@ -89,7 +95,7 @@ def test_it_pins_the_device_changelist_query_count(tenant, client, django_assert
 
 
 @pytest.mark.django_db
-def test_it_hides_other_organizations_rows_from_members(tenant, other_tenant, client):
+def test_it_hides_other_organizations_rows_from_members(tenant: Tenant, other_tenant: Tenant, client: Client) -> None:
     # given
     _make_devices(tenant, 2)
     device_services.create_device("test", other_tenant.product, "foreign-1")
@@ -108,7 +114,7 @@ def test_it_hides_other_organizations_rows_from_members(tenant, other_tenant, cl
 
 
 @pytest.mark.django_db
-def test_it_refuses_the_admin_to_a_user_without_membership(client):
+def test_it_refuses_the_admin_to_a_user_without_membership(client: Client) -> None:
     # given
     loner = User.objects.create_user("loner", password="pw", is_staff=True)
     client.force_login(loner)

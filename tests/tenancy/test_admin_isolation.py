@@ -11,9 +11,12 @@ from typing import Any
 import pytest
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth.models import User
 from django.db import models
+from django.db.models import Model
 from django.test import Client, RequestFactory
 from django.urls import NoReverseMatch, reverse
+from pytest_django.fixtures import Settings
 
 from certificates import pki
 from certificates import services as cert_services
@@ -27,11 +30,12 @@ from nerveshub.admin_base import OrgScopedAdmin
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import APIToken, AuditEvent
 from tests.certificates.proof import register_ca
+from tests.conftest import Tenant
 from tests.support.fwup import generate_keypair
 
 
 @pytest.fixture
-def world(tenant: Any, settings: Any) -> Any:
+def world(tenant: Tenant, settings: Settings) -> Any:
     """One of everything in the tenant's organization."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     device = device_services.create_device("test", tenant.product, "d1", tags=["eu"])
@@ -71,7 +75,8 @@ def world(tenant: Any, settings: Any) -> Any:
 def _snapshot() -> dict[str, list[dict[str, Any]]]:
     """Every row of every admin-registered model, plus the audit log."""
     rows = {}
-    for model in [*admin.site._registry, AuditEvent]:
+    models: list[type[Model]] = [*admin.site._registry, AuditEvent]
+    for model in models:
         values = list(model._default_manager.order_by("pk").values())
         for row in values:
             row.pop("last_login", None)  # logging the personas in is not a change
@@ -79,7 +84,7 @@ def _snapshot() -> dict[str, list[dict[str, Any]]]:
     return rows
 
 
-def _tenant_rows(model: type[models.Model], model_admin: Any, tenant: Any) -> list[Any]:
+def _tenant_rows(model: type[models.Model], model_admin: Any, tenant: Tenant) -> list[Any]:
     if isinstance(model_admin, OrgScopedAdmin):
         lookup = "pk" if model_admin.org_path == "pk" else model_admin.org_path
         return list(model._default_manager.filter(**{lookup: tenant.org.pk}).values_list("pk", flat=True))
@@ -119,7 +124,9 @@ def _urls(model: type[models.Model], pk: Any) -> dict[str, str]:
 
 
 @pytest.mark.django_db
-def test_every_admin_model_and_action_refuses_an_outsider_and_a_viewer(world, django_user_model):
+def test_every_admin_model_and_action_refuses_an_outsider_and_a_viewer(
+    world: Tenant, django_user_model: type[User]
+) -> None:
     # given
     superuser = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
     before = _snapshot()
@@ -163,7 +170,7 @@ def test_every_admin_model_and_action_refuses_an_outsider_and_a_viewer(world, dj
 
 
 @pytest.mark.django_db
-def test_the_isolation_harness_sees_a_change_made_by_a_member_with_the_role(world):
+def test_the_isolation_harness_sees_a_change_made_by_a_member_with_the_role(world: Tenant) -> None:
     # given
     before = _snapshot()
     client = Client()

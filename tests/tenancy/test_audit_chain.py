@@ -10,6 +10,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
+from typing import cast
 
 import pytest
 from django.core.management import call_command
@@ -332,7 +333,8 @@ def test_the_split_canonical_text_is_the_canonical_text(
     }
     # when
     text0, text1, text2 = audit_chain.canonical_text_around(row)
-    spliced = text0 + row["created_at"].strftime("%Y-%m-%dT%H:%M:%S.%fZ") + text1 + prev_hash + text2
+    created_at = cast(datetime, row["created_at"])
+    spliced = text0 + created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ") + text1 + prev_hash + text2
     # then
     expected = json.dumps(
         audit_chain.canonical_fields(row, prev_hash), sort_keys=True, separators=(",", ":"), ensure_ascii=False

@@ -15,11 +15,12 @@ from nerveshub.tenancy.models import AuditEvent, Membership, Role
 def _bootstrap(*args: str) -> dict[str, str]:
     out = StringIO()
     call_command("bootstrap", *args, stdout=out)
-    return json.loads(out.getvalue())
+    answer: dict[str, str] = json.loads(out.getvalue())
+    return answer
 
 
 @pytest.mark.django_db
-def test_it_creates_everything_and_prints_one_json_object():
+def test_it_creates_everything_and_prints_one_json_object() -> None:
     # when
     result = _bootstrap("--org", "acme", "--product", "widget")
     # then
@@ -34,7 +35,7 @@ def test_it_creates_everything_and_prints_one_json_object():
 
 
 @pytest.mark.django_db
-def test_it_reuses_what_exists_and_omits_the_password():
+def test_it_reuses_what_exists_and_omits_the_password() -> None:
     first = _bootstrap("--org", "acme", "--product", "widget")
     second = _bootstrap("--org", "acme", "--product", "widget")
     assert "admin_password" not in second

@@ -6,8 +6,10 @@ import urllib.request
 
 from django.contrib.auth.models import User
 
+from tests.support.hub import HubLauncher
 
-def test_it_serves_the_admin_login_from_a_real_process(live_hub):
+
+def test_it_serves_the_admin_login_from_a_real_process(live_hub: HubLauncher) -> None:
     # given
     User.objects.create_superuser("root", "root@example.com", "pw")
     hub = live_hub()

@@ -5,15 +5,15 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.contrib.auth import authenticate
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from pytest_django.fixtures import Settings
 
 
-def _banner(settings: Any, data_dir: Path) -> str:
+def _banner(settings: Settings, data_dir: Path) -> str:
     settings.DATA_DIR = data_dir
     out = io.StringIO()
     call_command("quickstart", stdout=out)
@@ -27,7 +27,7 @@ def _password_line(banner: str) -> str:
 
 
 @pytest.mark.django_db
-def test_it_prints_the_password_only_when_it_creates_it(settings: Any, tmp_path: Path) -> None:
+def test_it_prints_the_password_only_when_it_creates_it(settings: Settings, tmp_path: Path) -> None:
     # given / when: the first start creates the admin
     first = _password_line(_banner(settings, tmp_path))
     # then: the printed password logs in
@@ -39,7 +39,9 @@ def test_it_prints_the_password_only_when_it_creates_it(settings: Any, tmp_path:
 
 
 @pytest.mark.django_db
-def test_after_a_password_change_it_says_how_to_set_one_and_drops_the_stale_file(settings: Any, tmp_path: Path) -> None:
+def test_after_a_password_change_it_says_how_to_set_one_and_drops_the_stale_file(
+    settings: Settings, tmp_path: Path
+) -> None:
     # given: the admin changed the generated password
     first = _password_line(_banner(settings, tmp_path))
     admin = User.objects.get(username="admin")

@@ -53,21 +53,21 @@ def _load_settings(tmp_path: Path, **overrides: str) -> subprocess.CompletedProc
         ),
     ],
 )
-def test_it_refuses_bad_environment_values(tmp_path, overrides, message):
+def test_it_refuses_bad_environment_values(tmp_path: Path, overrides: dict[str, str], message: str) -> None:
     result = _load_settings(tmp_path, **overrides)
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert message in result.stderr
 
 
-def test_it_starts_embedded_with_no_settings_at_all(tmp_path):
+def test_it_starts_embedded_with_no_settings_at_all(tmp_path: Path) -> None:
     result = _load_settings(tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "django.db.backends.sqlite3"]
     assert (tmp_path / "secret_key").read_text().strip()
 
 
-def test_it_accepts_a_full_production_configuration(tmp_path):
+def test_it_accepts_a_full_production_configuration(tmp_path: Path) -> None:
     result = _load_settings(
         tmp_path,
         NERVESHUB_PRODUCTION="true",
@@ -80,7 +80,7 @@ def test_it_accepts_a_full_production_configuration(tmp_path):
     assert result.stdout.split() == ["False", "django.db.backends.postgresql"]
 
 
-def test_it_reads_secrets_from_files(tmp_path):
+def test_it_reads_secrets_from_files(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("from-a-file\n")
     assert env.envsecret("SECRET_KEY", {"SECRET_KEY_FILE": str(secret_file)}) == "from-a-file"
@@ -91,5 +91,5 @@ def test_it_reads_secrets_from_files(tmp_path):
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("true", True), ("0", False), ("Yes", True), ("off", False)])
-def test_it_parses_booleans_strictly(raw, expected):
+def test_it_parses_booleans_strictly(raw: str, expected: bool) -> None:
     assert env.envbool("X", not expected, {"X": raw}) is expected

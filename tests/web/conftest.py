@@ -6,17 +6,19 @@ from typing import Any
 
 import pytest
 from django.test import Client
+from pytest_django.fixtures import Settings
 
 from deployments.models import Deployment, DeviceUpdate, UpdateStatus
 from devices.models import Device
 from firmware.models import Firmware
 from nerveshub.web.access import org_slug
+from tests.conftest import Tenant
 from tests.deployments.conftest import make_device, make_firmware
 
 
 @dataclass
 class Fleet:
-    tenant: Any
+    tenant: Tenant
     slug: str
     device: Device
     firmware: Firmware
@@ -24,7 +26,7 @@ class Fleet:
 
 
 @pytest.fixture
-def firmware_root(settings: Any, tmp_path: Path) -> Path:
+def firmware_root(settings: Settings, tmp_path: Path) -> Path:
     root = tmp_path / "firmware"
     settings.STORAGES = {**settings.STORAGES, "firmware": {**settings.STORAGES["firmware"]}}
     settings.STORAGES["firmware"]["OPTIONS"] = {"location": str(root), "base_url": None}
@@ -32,7 +34,7 @@ def firmware_root(settings: Any, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def fleet(tenant: Any) -> Fleet:
+def fleet(tenant: Tenant) -> Fleet:
     firmware = make_firmware(tenant.product, "2.0.0")
     deployment = Deployment.objects.create(
         org=tenant.org, product=tenant.product, name="stable", firmware=firmware, concurrent_updates=3
@@ -51,7 +53,7 @@ def client_for(user: Any) -> Client:
 
 
 @pytest.fixture(autouse=True)
-def fast_password_hashing(request: pytest.FixtureRequest, settings: Any) -> None:
+def fast_password_hashing(request: pytest.FixtureRequest, settings: Settings) -> None:
     """The personas' passwords are hashed once per test; the default PBKDF2
     rounds cost most of a page test's time. A live hub process checks
     passwords with its own settings, so tests that start one keep the default."""

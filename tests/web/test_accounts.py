@@ -14,12 +14,13 @@ from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Role
 from nerveshub.web import services
 from nerveshub.web.access import org_slug
 from nerveshub.web.models import Invitation
+from tests.conftest import Tenant
 from tests.web.conftest import client_for
 
 pytestmark = pytest.mark.django_db
 
 
-def test_it_logs_in_and_out(tenant: Any) -> None:
+def test_it_logs_in_and_out(tenant: Tenant) -> None:
     client = Client()
     # given: an anonymous visitor is sent to the login page
     response = client.get(f"/org/{org_slug(tenant.org)}/")
@@ -33,13 +34,13 @@ def test_it_logs_in_and_out(tenant: Any) -> None:
     assert client.get("/").status_code == 302
 
 
-def test_it_refuses_a_wrong_password(tenant: Any) -> None:
+def test_it_refuses_a_wrong_password(tenant: Tenant) -> None:
     response = Client().post("/accounts/login/", {"username": "victor", "password": "nope"})
     assert response.status_code == 200
     assert b"correct username and password" in response.content
 
 
-def test_it_resets_a_password_by_email(tenant: Any, mailoutbox: list[Any]) -> None:
+def test_it_resets_a_password_by_email(tenant: Tenant, mailoutbox: list[Any]) -> None:
     client = Client()
     client.post("/accounts/password/reset/", {"email": "victor@example.com"})
     assert len(mailoutbox) == 1
@@ -52,14 +53,14 @@ def test_it_resets_a_password_by_email(tenant: Any, mailoutbox: list[Any]) -> No
     assert Client().login(username="victor", password="a-new-long-pass-42")
 
 
-def test_the_switcher_lists_every_org_of_the_user(tenant: Any, other_tenant: Any) -> None:
+def test_the_switcher_lists_every_org_of_the_user(tenant: Tenant, other_tenant: Tenant) -> None:
     tenancy.set_membership("test", other_tenant.org, tenant.viewer, Role.VIEW)
     response = client_for(tenant.viewer).get("/")
     assert response.status_code == 200
     assert b"/org/acme/" in response.content and b"/org/globex/" in response.content
 
 
-def test_it_creates_shows_once_and_revokes_api_tokens(tenant: Any) -> None:
+def test_it_creates_shows_once_and_revokes_api_tokens(tenant: Tenant) -> None:
     client = client_for(tenant.viewer)
     response = client.post("/accounts/tokens/", {"note": "CI"})
     clear = re.search(rb"(nhu_[A-Za-z0-9_-]+)", response.content)
@@ -73,14 +74,14 @@ def test_it_creates_shows_once_and_revokes_api_tokens(tenant: Any) -> None:
     assert AuditEvent.objects.filter(action="api_token.revoked").exists()
 
 
-def test_it_refuses_to_revoke_another_users_token(tenant: Any) -> None:
+def test_it_refuses_to_revoke_another_users_token(tenant: Tenant) -> None:
     issued = tenancy.create_api_token("test", tenant.admin, "theirs")
     response = client_for(tenant.viewer).post(f"/accounts/tokens/{issued.token.pk}/revoke/")
     assert response.status_code == 404
     assert APIToken.objects.get(pk=issued.token.pk).revoked_at is None
 
 
-def _invite(tenant: Any, role: str = "manage") -> str:
+def _invite(tenant: Tenant, role: str = "manage") -> str:
     response = client_for(tenant.admin).post(
         f"/org/{org_slug(tenant.org)}/members/", {"role": role, "email": "new@example.com"}
     )
@@ -90,7 +91,7 @@ def _invite(tenant: Any, role: str = "manage") -> str:
     return link.group(1).decode()
 
 
-def test_an_invited_person_signs_up_and_joins_once(tenant: Any) -> None:
+def test_an_invited_person_signs_up_and_joins_once(tenant: Tenant) -> None:
     # given
     link = _invite(tenant)
     newcomer = Client()
@@ -107,14 +108,14 @@ def test_an_invited_person_signs_up_and_joins_once(tenant: Any) -> None:
     assert not Membership.objects.filter(user=other).exists()
 
 
-def test_a_signed_in_user_accepts_with_one_click(tenant: Any, other_tenant: Any) -> None:
+def test_a_signed_in_user_accepts_with_one_click(tenant: Tenant, other_tenant: Tenant) -> None:
     link = _invite(tenant, "view")
     response = client_for(tenant.outsider).post(link)
     assert response.status_code == 302
     assert Membership.objects.get(org=tenant.org, user=tenant.outsider).role == Role.VIEW
 
 
-def test_an_expired_or_revoked_invitation_is_refused(tenant: Any) -> None:
+def test_an_expired_or_revoked_invitation_is_refused(tenant: Tenant) -> None:
     issued = services.create_invitation(tenant.admin, tenant.org, Role.VIEW)
     Invitation.objects.filter(pk=issued.invitation.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     assert client_for(tenant.outsider).post(f"/invitations/{issued.clear}/").status_code == 404
@@ -129,13 +130,13 @@ def test_an_expired_or_revoked_invitation_is_refused(tenant: Any) -> None:
     assert not Membership.objects.filter(org=tenant.org, user=tenant.outsider).exists()
 
 
-def test_only_an_admin_invites(tenant: Any) -> None:
+def test_only_an_admin_invites(tenant: Tenant) -> None:
     response = client_for(tenant.manager).post("/org/acme/members/", {"role": "admin"})
     assert response.status_code == 403
     assert not Invitation.objects.exists()
 
 
-def test_an_admin_changes_a_role_and_removes_a_member_with_audit(tenant: Any) -> None:
+def test_an_admin_changes_a_role_and_removes_a_member_with_audit(tenant: Tenant) -> None:
     client = client_for(tenant.admin)
     membership = Membership.objects.get(org=tenant.org, user=tenant.viewer)
     assert client.post(f"/org/acme/members/{membership.pk}/role/", {"role": "manage"}).status_code == 302
@@ -147,7 +148,7 @@ def test_an_admin_changes_a_role_and_removes_a_member_with_audit(tenant: Any) ->
     assert {"member.role_changed", "member.removed"} <= actions
 
 
-def test_the_last_admin_stays(tenant: Any) -> None:
+def test_the_last_admin_stays(tenant: Tenant) -> None:
     client = client_for(tenant.admin)
     own = Membership.objects.get(org=tenant.org, user=tenant.admin)
     client.post(f"/org/acme/members/{own.pk}/role/", {"role": "view"})
@@ -156,7 +157,7 @@ def test_the_last_admin_stays(tenant: Any) -> None:
     assert own.role == Role.ADMIN
 
 
-def test_members_changes_are_refused_to_a_manager(tenant: Any) -> None:
+def test_members_changes_are_refused_to_a_manager(tenant: Tenant) -> None:
     client = client_for(tenant.manager)
     membership = Membership.objects.get(org=tenant.org, user=tenant.viewer)
     assert client.post(f"/org/acme/members/{membership.pk}/role/", {"role": "admin"}).status_code == 403
@@ -165,7 +166,7 @@ def test_members_changes_are_refused_to_a_manager(tenant: Any) -> None:
     assert membership.role == Role.VIEW
 
 
-def test_an_operator_opens_every_org(tenant: Any, other_tenant: Any) -> None:
+def test_an_operator_opens_every_org(tenant: Tenant, other_tenant: Tenant) -> None:
     operator = User.objects.create_superuser("root", "root@example.com", "pw-root")
     client = client_for(operator)
     response = client.get("/")

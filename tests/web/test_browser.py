@@ -23,8 +23,9 @@ from devices import services as device_services
 from devices.services import IssuedSecret
 from firmware import services as firmware_services
 from nerveshub.web.access import org_slug
-from tests.conftest import REQUIRE_SERVICES, ROOT, HubProcess, _database_url_for_children, services_available
+from tests.conftest import REQUIRE_SERVICES, Tenant, services_available
 from tests.support.fwup import FirmwareSpec, KeyPair, build_firmware, generate_keypair
+from tests.support.hub import ROOT, HubLauncher, HubProcess, database_url_for_children
 from tests.support.nhl_client import NHLDevice
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -69,13 +70,13 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 @pytest.fixture
-def worker(live_hub: Any, tmp_path: Path) -> Iterator[None]:
+def worker(live_hub: HubLauncher, tmp_path: Path) -> Iterator[None]:
     """With Redis, tasks (validation, rollout runs) go to Celery: run a real
     worker on the test database. Embedded mode runs them in the hub process."""
     if not services_available():
         yield None
         return
-    env = {**os.environ, "DATABASE_URL": _database_url_for_children(), "DATA_DIR": str(settings.DATA_DIR)}
+    env = {**os.environ, "DATABASE_URL": database_url_for_children(), "DATA_DIR": str(settings.DATA_DIR)}
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -142,7 +143,7 @@ class SimulatedDevice(threading.Thread):
 
 
 @pytest.fixture
-def org_keys(tenant: Any) -> tuple[KeyPair, IssuedSecret]:
+def org_keys(tenant: Tenant) -> tuple[KeyPair, IssuedSecret]:
     """Written before the browser starts: ORM calls made while Playwright's
     sync API is active would run on a connection of their own that outlives
     the test and blocks dropping the test database."""
@@ -163,9 +164,9 @@ def shot(tmp_path: Path) -> Any:
 
 
 def test_a_person_uploads_deploys_and_watches_a_device_update(
-    tenant: Any,
+    tenant: Tenant,
     org_keys: tuple[KeyPair, IssuedSecret],
-    live_hub: Any,
+    live_hub: HubLauncher,
     worker: None,
     browser: Any,
     shot: Any,

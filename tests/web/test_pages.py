@@ -3,12 +3,14 @@ from __future__ import annotations
 import io
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from pytest_django.fixtures import DjangoCaptureOnCommitCallbacks
 
 from certificates import pki
 from certificates.models import CACertificate
@@ -18,6 +20,7 @@ from firmware import services as firmware_services
 from firmware.models import Firmware, SigningKey
 from nerveshub.tenancy.models import AuditEvent
 from tests.certificates.proof import add_unverified_ca, verification_pem
+from tests.conftest import Tenant
 from tests.deployments.conftest import make_device, make_firmware
 from tests.support.fwup import FirmwareSpec, build_firmware, generate_keypair
 from tests.web.conftest import Fleet, client_for
@@ -115,7 +118,7 @@ def test_bulk_tags_are_added_and_removed(fleet: Fleet) -> None:
     assert AuditEvent.objects.filter(action="device.tags_removed").count() == 2
 
 
-def test_bulk_tags_ignore_another_orgs_devices(fleet: Fleet, other_tenant: Any) -> None:
+def test_bulk_tags_ignore_another_orgs_devices(fleet: Fleet, other_tenant: Tenant) -> None:
     foreign = make_device(other_tenant.product, "their-1")
     client_for(fleet.tenant.manager).post(
         f"/org/{fleet.slug}/devices/tags/", {"device": [foreign.pk], "tags": "mine", "operation": "add"}
@@ -160,7 +163,7 @@ def test_the_device_page_shows_history_health_and_the_console_link(fleet: Fleet)
 
 
 def test_a_firmware_upload_returns_a_status_url_that_reports_validation(
-    fleet: Fleet, firmware_root: Any, django_capture_on_commit_callbacks: Any
+    fleet: Fleet, firmware_root: Path, django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks
 ) -> None:
     # given
     keypair = generate_keypair()
@@ -186,7 +189,7 @@ def test_a_firmware_upload_returns_a_status_url_that_reports_validation(
     assert result == {**result, "status": "valid", "version": "3.1.0", "done": True}
 
 
-def test_a_rejected_upload_says_why(fleet: Fleet, firmware_root: Any) -> None:
+def test_a_rejected_upload_says_why(fleet: Fleet, firmware_root: Path) -> None:
     upload = io.BytesIO(b"not a zip at all")
     upload.name = "junk.fw"
     client = client_for(fleet.tenant.manager)
@@ -200,7 +203,7 @@ def test_a_rejected_upload_says_why(fleet: Fleet, firmware_root: Any) -> None:
     assert result["status"] == "rejected" and result["reason"]
 
 
-def test_a_viewer_cannot_upload(fleet: Fleet, firmware_root: Any) -> None:
+def test_a_viewer_cannot_upload(fleet: Fleet, firmware_root: Path) -> None:
     upload = io.BytesIO(b"x")
     upload.name = "x.fw"
     response = client_for(fleet.tenant.viewer).post(
@@ -310,7 +313,8 @@ def test_a_manager_creates_edits_previews_and_activates_a_deployment(fleet: Flee
     client.post(f"/org/{fleet.slug}/deployments/{deployment.pk}/action/", {"action": "activate"})
     deployment.refresh_from_db()
     assert deployment.is_active
-    actions = list(
+    # mypy keeps the narrowing from the assert before refresh_from_db() and calls this unreachable.
+    actions = list(  # type: ignore[unreachable]
         AuditEvent.objects.filter(subject_type="deployment", subject_id=str(deployment.pk)).values_list(
             "action", flat=True
         )
@@ -318,7 +322,7 @@ def test_a_manager_creates_edits_previews_and_activates_a_deployment(fleet: Flee
     assert {"deployment.created", "deployment.changed", "deployment.activated"} <= set(actions)
 
 
-def test_the_deployment_form_refuses_firmware_of_another_product_or_org(fleet: Fleet, other_tenant: Any) -> None:
+def test_the_deployment_form_refuses_firmware_of_another_product_or_org(fleet: Fleet, other_tenant: Tenant) -> None:
     foreign = make_firmware(other_tenant.product, "9.9.9")
     response = client_for(fleet.tenant.manager).post(
         f"/org/{fleet.slug}/deployments/new/",
@@ -347,10 +351,11 @@ def test_pause_resume_and_retry(fleet: Fleet) -> None:
     client.post(url, {"action": "retry_failed"})
     fleet.deployment.refresh_from_db()
     assert fleet.deployment.paused_at is None
-    assert AuditEvent.objects.filter(action="deployment.retry_failed").exists()
+    # mypy keeps the narrowing from the assert before refresh_from_db() and calls this unreachable.
+    assert AuditEvent.objects.filter(action="deployment.retry_failed").exists()  # type: ignore[unreachable]
 
 
-def test_the_audit_pages_show_only_the_subjects_events(fleet: Fleet, other_tenant: Any) -> None:
+def test_the_audit_pages_show_only_the_subjects_events(fleet: Fleet, other_tenant: Tenant) -> None:
     client = client_for(fleet.tenant.manager)
     client.post(f"/org/{fleet.slug}/devices/{fleet.device.pk}/action/", {"action": "identify"})
     page = client.get(f"/org/{fleet.slug}/devices/{fleet.device.pk}/audit/")
@@ -392,7 +397,7 @@ def test_an_admin_verifies_and_exports_the_audit_chain_and_sees_tampering(fleet:
     assert AuditEvent.objects.filter(action="audit.exported").exists()
 
 
-def test_only_admins_verify_or_export_the_audit_chain(fleet: Fleet, other_tenant: Any) -> None:
+def test_only_admins_verify_or_export_the_audit_chain(fleet: Fleet, other_tenant: Tenant) -> None:
     for user, status in ((fleet.tenant.viewer, 403), (fleet.tenant.manager, 403), (fleet.tenant.outsider, 404)):
         client = client_for(user)
         for page in ("chain/", "export.jsonl"):

@@ -5,8 +5,6 @@ one it needs."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from django.urls import URLPattern
 
@@ -17,6 +15,7 @@ from nerveshub.web import services
 from nerveshub.web.access import org_slug
 from nerveshub.web.urls import org_patterns
 from tests.certificates.proof import register_ca
+from tests.conftest import Tenant
 from tests.support.fwup import generate_keypair
 from tests.web.conftest import Fleet, client_for
 
@@ -93,7 +92,7 @@ def test_an_outsider_gets_404_everywhere(fleet: Fleet, objects: dict[str, int]) 
 
 
 def test_another_orgs_objects_are_404_under_ones_own_org(
-    fleet: Fleet, other_tenant: Any, objects: dict[str, int]
+    fleet: Fleet, other_tenant: Tenant, objects: dict[str, int]
 ) -> None:
     client = client_for(other_tenant.admin)
     for name, url, has_pk in _urls(fleet, objects, org_slug(other_tenant.org)):

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_network
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
 from nerveshub.tenancy.models import Organization
+from tests.conftest import Tenant
 from webhooks import services
 from webhooks.models import WebhookEndpoint
 
@@ -33,7 +34,8 @@ class Received:
 
     @property
     def payload(self) -> dict[str, Any]:
-        return json.loads(self.body)
+        payload: dict[str, Any] = json.loads(self.body)
+        return payload
 
 
 @dataclass
@@ -130,8 +132,14 @@ def receiver() -> Iterator[Receiver]:
     server.server_close()
 
 
+class Subscribe(Protocol):
+    """The `subscribe` fixture."""
+
+    def __call__(self, *event_types: str, org: Organization | None = None) -> WebhookEndpoint: ...
+
+
 @pytest.fixture
-def subscribe(tenant: Any, receiver: Receiver) -> Any:
+def subscribe(tenant: Tenant, receiver: Receiver) -> Subscribe:
     """Register the receiver as an endpoint of the tenant's org (or another org)."""
 
     def make(*event_types: str, org: Organization | None = None) -> WebhookEndpoint:

@@ -4,10 +4,14 @@ deliveries; managers, viewers and other organizations are refused."""
 from __future__ import annotations
 
 import pytest
+from django.test import Client
 from django.urls import reverse
+from pytest_django.fixtures import DjangoAssertNumQueries
 
-from nerveshub.tenancy.models import AuditEvent
+from nerveshub.tenancy.models import AuditEvent, Organization
 from nerveshub.tenancy.services import audit
+from tests.conftest import Tenant
+from tests.webhooks.conftest import Subscribe
 from webhooks.models import EventType, WebhookDelivery, WebhookEndpoint
 
 pytestmark = pytest.mark.django_db
@@ -18,17 +22,17 @@ ADD = reverse("admin:webhooks_webhookendpoint_add")
 
 
 @pytest.fixture
-def delivered(tenant, subscribe):
+def delivered(tenant: Tenant, subscribe: Subscribe) -> WebhookDelivery:
     subscribe(EventType.FIRMWARE_VALIDATED)
     audit("system", "firmware.validated", tenant.product)
     return WebhookDelivery.objects.get()
 
 
-def _add_form(org, url: str) -> dict[str, object]:
+def _add_form(org: Organization, url: str) -> dict[str, object]:
     return {"org": org.pk, "url": url, "description": "ops", "event_types": ["device.online"], "is_active": "on"}
 
 
-def test_an_admin_adds_an_endpoint_with_a_generated_secret(tenant, client) -> None:
+def test_an_admin_adds_an_endpoint_with_a_generated_secret(tenant: Tenant, client: Client) -> None:
     # given
     client.force_login(tenant.admin)
 
@@ -45,7 +49,7 @@ def test_an_admin_adds_an_endpoint_with_a_generated_secret(tenant, client) -> No
     assert endpoint.secret in page.content.decode()
 
 
-def test_the_form_refuses_plain_http_to_a_remote_host(tenant, client) -> None:
+def test_the_form_refuses_plain_http_to_a_remote_host(tenant: Tenant, client: Client) -> None:
     client.force_login(tenant.admin)
     response = client.post(ADD, _add_form(tenant.org, "http://hooks.example.com/nh"))
     assert response.status_code == 200
@@ -53,7 +57,7 @@ def test_the_form_refuses_plain_http_to_a_remote_host(tenant, client) -> None:
     assert not WebhookEndpoint.objects.exists()
 
 
-def test_an_admin_cannot_add_an_endpoint_to_another_org(tenant, other_tenant, client) -> None:
+def test_an_admin_cannot_add_an_endpoint_to_another_org(tenant: Tenant, other_tenant: Tenant, client: Client) -> None:
     client.force_login(tenant.admin)
     response = client.post(ADD, _add_form(other_tenant.org, "https://hooks.example.com/nh"))
     assert response.status_code == 200  # the org is not among the form's choices
@@ -61,7 +65,7 @@ def test_an_admin_cannot_add_an_endpoint_to_another_org(tenant, other_tenant, cl
 
 
 @pytest.mark.parametrize("who", ["manager", "viewer"])
-def test_lesser_roles_are_refused(tenant, client, delivered, who) -> None:
+def test_lesser_roles_are_refused(tenant: Tenant, client: Client, delivered: WebhookDelivery, who: str) -> None:
     # given
     client.force_login(getattr(tenant, who))
     endpoint = delivered.endpoint
@@ -81,7 +85,9 @@ def test_lesser_roles_are_refused(tenant, client, delivered, who) -> None:
     assert WebhookEndpoint.objects.count() == 1
 
 
-def test_an_outsider_sees_and_replays_nothing_of_another_org(tenant, client, delivered) -> None:
+def test_an_outsider_sees_and_replays_nothing_of_another_org(
+    tenant: Tenant, client: Client, delivered: WebhookDelivery
+) -> None:
     # given: the outsider administers another org
     client.force_login(tenant.outsider)
 
@@ -99,7 +105,7 @@ def test_an_outsider_sees_and_replays_nothing_of_another_org(tenant, client, del
     assert not AuditEvent.objects.filter(action="webhook_endpoint.secret_rotated").exists()
 
 
-def test_an_admin_replays_a_delivery_from_the_log(tenant, client, delivered) -> None:
+def test_an_admin_replays_a_delivery_from_the_log(tenant: Tenant, client: Client, delivered: WebhookDelivery) -> None:
     # given
     client.force_login(tenant.admin)
 
@@ -115,7 +121,7 @@ def test_an_admin_replays_a_delivery_from_the_log(tenant, client, delivered) -> 
     assert AuditEvent.objects.filter(action="webhook_delivery.replayed", actor="user:alice").exists()
 
 
-def test_an_admin_rotates_a_secret(tenant, client, delivered) -> None:
+def test_an_admin_rotates_a_secret(tenant: Tenant, client: Client, delivered: WebhookDelivery) -> None:
     client.force_login(tenant.admin)
     before = delivered.endpoint.secret
     response = client.post(ENDPOINTS, {"action": "rotate_secret", "_selected_action": [delivered.endpoint.pk]})
@@ -124,7 +130,9 @@ def test_an_admin_rotates_a_secret(tenant, client, delivered) -> None:
     assert delivered.endpoint.secret != before
 
 
-def test_the_delivery_log_costs_a_fixed_number_of_queries(tenant, client, delivered, django_assert_max_num_queries):
+def test_the_delivery_log_costs_a_fixed_number_of_queries(
+    tenant: Tenant, client: Client, delivered: WebhookDelivery, django_assert_max_num_queries: DjangoAssertNumQueries
+) -> None:
     # given
     from nerveshub.tenancy.services import audit as write
 

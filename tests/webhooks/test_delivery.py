@@ -12,16 +12,20 @@ from django.conf import settings as django_settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
+from pytest_django.fixtures import DjangoCaptureOnCommitCallbacks, Settings
 
 from deployments import rollout
-from deployments.models import DeviceUpdate
+from deployments.models import Deployment, DeviceUpdate
 from devices import services as device_services
 from devices.models import Device
 from devices.protocol import DeviceJoin
+from firmware.models import Firmware
 from nerveshub.tenancy.models import Organization
 from nerveshub.tenancy.services import audit
+from tests.conftest import Tenant
 from tests.deployments.conftest import make_device
 from tests.devices.conftest import wait_until
+from tests.webhooks.conftest import Receiver, Subscribe
 from webhooks import services
 from webhooks.models import DeliveryStatus, EventType, WebhookDelivery
 from webhooks.tasks import deliver_webhook_task
@@ -39,7 +43,9 @@ def _deliver_all() -> None:
 
 
 @pytest.mark.parametrize(("action", "event_type"), sorted(services.AUDIT_EVENT_TYPES.items()))
-def test_each_mapped_audit_action_writes_its_event(tenant, subscribe, action, event_type) -> None:
+def test_each_mapped_audit_action_writes_its_event(
+    tenant: Tenant, subscribe: Subscribe, action: str, event_type: str
+) -> None:
     # given
     subscribe(*EventType.values)
 
@@ -56,7 +62,7 @@ def test_each_mapped_audit_action_writes_its_event(tenant, subscribe, action, ev
 
 
 def test_unmapped_actions_unsubscribed_types_inactive_endpoints_and_other_orgs_get_nothing(
-    tenant, other_tenant, subscribe
+    tenant: Tenant, other_tenant: Tenant, subscribe: Subscribe
 ) -> None:
     # given
     subscribe(EventType.FIRMWARE_REJECTED)
@@ -73,7 +79,7 @@ def test_unmapped_actions_unsubscribed_types_inactive_endpoints_and_other_orgs_g
     assert not WebhookDelivery.objects.exists()
 
 
-def test_device_connections_are_announced_without_being_audited(tenant, subscribe) -> None:
+def test_device_connections_are_announced_without_being_audited(tenant: Tenant, subscribe: Subscribe) -> None:
     # given
     subscribe(EventType.DEVICE_ONLINE, EventType.DEVICE_OFFLINE)
     device = device_services.create_device("test", tenant.product, "dev-1")
@@ -91,7 +97,7 @@ def test_device_connections_are_announced_without_being_audited(tenant, subscrib
 
 
 def test_an_update_is_announced_when_it_starts_fails_and_completes(
-    tenant, subscribe, deployment, target, receiver
+    tenant: Tenant, subscribe: Subscribe, deployment: Deployment, target: Firmware, receiver: Receiver
 ) -> None:
     # given
     subscribe(EventType.UPDATE_STARTED, EventType.UPDATE_COMPLETED, EventType.UPDATE_FAILED)
@@ -119,7 +125,10 @@ def test_an_update_is_announced_when_it_starts_fails_and_completes(
 
 
 def test_a_rolled_back_transaction_leaves_no_delivery_and_sends_nothing(
-    tenant, subscribe, receiver, django_capture_on_commit_callbacks
+    tenant: Tenant,
+    subscribe: Subscribe,
+    receiver: Receiver,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
 ) -> None:
     # given
     subscribe(EventType.FIRMWARE_VALIDATED)
@@ -137,7 +146,9 @@ def test_a_rolled_back_transaction_leaves_no_delivery_and_sends_nothing(
     assert receiver.received == []
 
 
-def test_a_committed_event_is_dispatched_on_commit(tenant, subscribe, django_capture_on_commit_callbacks) -> None:
+def test_a_committed_event_is_dispatched_on_commit(
+    tenant: Tenant, subscribe: Subscribe, django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks
+) -> None:
     # given
     subscribe(EventType.FIRMWARE_VALIDATED)
 
@@ -149,7 +160,7 @@ def test_a_committed_event_is_dispatched_on_commit(tenant, subscribe, django_cap
     assert len(callbacks) == 1
 
 
-def test_deliveries_are_signed_for_the_endpoint(tenant, subscribe, receiver) -> None:
+def test_deliveries_are_signed_for_the_endpoint(tenant: Tenant, subscribe: Subscribe, receiver: Receiver) -> None:
     # given
     subscribe(EventType.FIRMWARE_REJECTED)
     audit("system", "firmware.rejected", tenant.product, details={"reason": "bad signature"})
@@ -174,7 +185,7 @@ def test_deliveries_are_signed_for_the_endpoint(tenant, subscribe, receiver) -> 
     assert delivery.delivered_at is not None
 
 
-def test_a_rotated_secret_signs_from_then_on(tenant, subscribe, receiver) -> None:
+def test_a_rotated_secret_signs_from_then_on(tenant: Tenant, subscribe: Subscribe, receiver: Receiver) -> None:
     # given
     endpoint = subscribe(EventType.FIRMWARE_REJECTED)
     old_secret = receiver.secret
@@ -191,7 +202,9 @@ def test_a_rotated_secret_signs_from_then_on(tenant, subscribe, receiver) -> Non
     assert receiver.verify(receiver.received[0].headers, receiver.received[0].body)
 
 
-def test_it_retries_with_exponential_backoff_recorded_on_the_row(tenant, subscribe, receiver, settings) -> None:
+def test_it_retries_with_exponential_backoff_recorded_on_the_row(
+    tenant: Tenant, subscribe: Subscribe, receiver: Receiver, settings: Settings
+) -> None:
     # given
     settings.WEBHOOK_RETRY_BASE_SECONDS = 30
     subscribe(EventType.DEPLOYMENT_PAUSED)
@@ -233,7 +246,9 @@ def test_it_retries_with_exponential_backoff_recorded_on_the_row(tenant, subscri
     assert services.deliver(delivery.pk, now=t0 + timedelta(days=1)) is None  # done is done
 
 
-def test_it_gives_up_after_the_last_attempt(tenant, subscribe, receiver, settings) -> None:
+def test_it_gives_up_after_the_last_attempt(
+    tenant: Tenant, subscribe: Subscribe, receiver: Receiver, settings: Settings
+) -> None:
     # given
     settings.WEBHOOK_MAX_ATTEMPTS = 2
     subscribe(EventType.FIRMWARE_VALIDATED)
@@ -253,7 +268,9 @@ def test_it_gives_up_after_the_last_attempt(tenant, subscribe, receiver, setting
     assert services.due_delivery_ids(now=timezone.now() + timedelta(days=1)) == []
 
 
-def test_an_unreachable_receiver_is_recorded_as_an_error(tenant, subscribe, receiver) -> None:
+def test_an_unreachable_receiver_is_recorded_as_an_error(
+    tenant: Tenant, subscribe: Subscribe, receiver: Receiver
+) -> None:
     # given
     subscribe(EventType.FIRMWARE_VALIDATED)
     audit("system", "firmware.validated", tenant.product)
@@ -271,7 +288,9 @@ def test_an_unreachable_receiver_is_recorded_as_an_error(tenant, subscribe, rece
     assert delivery.status == DeliveryStatus.PENDING and delivery.attempts == 1
 
 
-def test_the_sweep_finds_deliveries_whose_wakeup_was_lost(tenant, subscribe, receiver) -> None:
+def test_the_sweep_finds_deliveries_whose_wakeup_was_lost(
+    tenant: Tenant, subscribe: Subscribe, receiver: Receiver
+) -> None:
     # given: the row committed but its task never ran (no on_commit in this test)
     subscribe(EventType.FIRMWARE_VALIDATED)
     audit("system", "firmware.validated", tenant.product)
@@ -290,7 +309,9 @@ def test_the_sweep_finds_deliveries_whose_wakeup_was_lost(tenant, subscribe, rec
     assert len(receiver.wait_for(1)) == 1
 
 
-def test_replay_sends_the_event_again_under_the_same_event_id(tenant, subscribe, receiver) -> None:
+def test_replay_sends_the_event_again_under_the_same_event_id(
+    tenant: Tenant, subscribe: Subscribe, receiver: Receiver
+) -> None:
     # given
     subscribe(EventType.FIRMWARE_VALIDATED)
     audit("system", "firmware.validated", tenant.product)
@@ -310,7 +331,7 @@ def test_replay_sends_the_event_again_under_the_same_event_id(tenant, subscribe,
 
 
 @pytest.mark.parametrize("who", ["manager", "viewer", "outsider"])
-def test_only_the_orgs_admins_may_replay_or_manage_endpoints(tenant, subscribe, who) -> None:
+def test_only_the_orgs_admins_may_replay_or_manage_endpoints(tenant: Tenant, subscribe: Subscribe, who: str) -> None:
     # given
     endpoint = subscribe(EventType.FIRMWARE_VALIDATED)
     audit("system", "firmware.validated", tenant.product)
@@ -326,7 +347,7 @@ def test_only_the_orgs_admins_may_replay_or_manage_endpoints(tenant, subscribe, 
     assert WebhookDelivery.objects.count() == 1
 
 
-def test_endpoints_must_use_https_except_on_loopback(settings) -> None:
+def test_endpoints_must_use_https_except_on_loopback(settings: Settings) -> None:
     settings.WEBHOOK_ALLOW_HTTP = False
     settings.WEBHOOK_ALLOWED_NETWORKS = [ip_network("127.0.0.0/8"), ip_network("::1")]
     assert services.check_url("https://hooks.example.com/x")
@@ -339,7 +360,7 @@ def test_endpoints_must_use_https_except_on_loopback(settings) -> None:
     assert services.check_url("http://hooks.internal/x")
 
 
-def test_payloads_are_plain_json(tenant, subscribe) -> None:
+def test_payloads_are_plain_json(tenant: Tenant, subscribe: Subscribe) -> None:
     subscribe(EventType.FIRMWARE_VALIDATED)
     audit("system", "firmware.validated", tenant.product, details={"uuid": "u-1"})
     payload = WebhookDelivery.objects.get().payload
@@ -350,7 +371,9 @@ def test_payloads_are_plain_json(tenant, subscribe) -> None:
 
 @pytest.mark.skipif(not django_settings.CELERY_TASK_ALWAYS_EAGER, reason="embedded mode only")
 @pytest.mark.django_db(transaction=True)
-def test_embedded_mode_sends_after_commit_and_waits_out_retries(tenant, subscribe, receiver, settings) -> None:
+def test_embedded_mode_sends_after_commit_and_waits_out_retries(
+    tenant: Tenant, subscribe: Subscribe, receiver: Receiver, settings: Settings
+) -> None:
     # given
     settings.WEBHOOK_RETRY_BASE_SECONDS = 1
     subscribe(EventType.FIRMWARE_VALIDATED)

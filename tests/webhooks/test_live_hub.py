@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.devices.conftest import run, wait_until
+from tests.devices.conftest import Credentials, run, wait_until
+from tests.support.hub import HubLauncher
+from tests.webhooks.conftest import Receiver, Subscribe
 from webhooks import services
 from webhooks.models import DeliveryStatus, EventType, WebhookDelivery
 
@@ -13,7 +15,9 @@ from webhooks.models import DeliveryStatus, EventType, WebhookDelivery
 LOCAL_RECEIVERS = {"WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8"}
 
 
-def test_a_device_socket_announces_online_and_offline(live_hub, creds, subscribe, receiver) -> None:
+def test_a_device_socket_announces_online_and_offline(
+    live_hub: HubLauncher, creds: Credentials, subscribe: Subscribe, receiver: Receiver
+) -> None:
     # given
     subscribe(EventType.DEVICE_ONLINE, EventType.DEVICE_OFFLINE)
     hub = live_hub(LOCAL_RECEIVERS)

@@ -273,9 +273,9 @@ class FuzzSocket:
         self.outcome.silent += not replies
         if len(replies) > 1:
             self.violation(message, f"answered {len(replies)} times: {replies[:3]}")
-        for reply in replies:
-            if reply[1] != _as_ref(ref) or reply[2] != topic:
-                self.violation(message, f"reply {reply[:4]} does not carry the frame's ref and topic")
+        for each in replies:
+            if each[1] != _as_ref(ref) or each[2] != topic:
+                self.violation(message, f"reply {each[:4]} does not carry the frame's ref and topic")
         for push in pushes:
             if push[1] is not None:
                 self.violation(message, f"push with a ref: {push[:4]}")
