@@ -28,7 +28,6 @@ from tests.support.hub import free_port as free_port
 
 # The launcher lives in tests/support/hub.py (benchmarks use it too); the names
 # above stay importable from here for test modules written against this file.
-_database_url_for_children = database_url_for_children
 REQUIRE_SERVICES = os.environ.get("NERVESHUB_REQUIRE_SERVICES") == "1"
 
 

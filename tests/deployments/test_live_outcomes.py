@@ -24,16 +24,17 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from bench.rollout_sim import Cluster, server_env
 from deployments.models import Deployment, DeviceUpdate, UpdateStatus
 from devices import services as device_services
 from devices.models import Device
 from firmware.models import Firmware
 from nerveshub.tenancy import services as tenancy
-from tests.conftest import HubProcess, Tenant, _database_url_for_children, services_available
+from tests.conftest import HubProcess, Tenant, services_available
 from tests.deployments.conftest import make_firmware
 from tests.devices.conftest import wait_until
+from tests.support.hub import database_url_for_children
 from tests.support.nhl_client import DEFAULT_FW, NHLDevice
+from tests.support.rollout_sim import Cluster, server_env
 
 HUB_ENV = {"ROLLOUT_BACKSTOP_SECONDS": "600"}
 
@@ -43,7 +44,7 @@ def start_hub(live_hub: Callable[..., HubProcess], tmp_path: Path) -> Iterator[C
     """Hub processes, plus (with services) a Celery worker for the orchestrator."""
     cluster = None
     if services_available():
-        env = server_env(_database_url_for_children(), os.environ["REDIS_URL"], str(settings.DATA_DIR), 600)
+        env = server_env(database_url_for_children(), os.environ["REDIS_URL"], str(settings.DATA_DIR), 600)
         cluster = Cluster(tmp_path, env)
         cluster.wait_worker_ready(cluster.start_worker("w0"))
     try:
