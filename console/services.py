@@ -31,8 +31,8 @@ from django.contrib.auth.models import AnonymousUser
 from django.utils.crypto import constant_time_compare
 
 from console import protocol
+from devicelink.protocol import parse_semver
 from devices.models import Device
-from devices.protocol import parse_semver
 from devices.publish import send_to_socket
 from nerveshub.tenancy.models import Role
 from nerveshub.tenancy.services import audit, role_in

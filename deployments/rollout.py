@@ -36,9 +36,9 @@ from deployments.models import (
     UpdateStatus,
 )
 from deployments.versions import InvalidRequirement, Requirement, parse_version
+from devicelink.protocol import DeviceJoin
 from devices import publish
 from devices.models import ConnectionStatus, Device, ValidationStatus
-from devices.protocol import DeviceJoin
 from firmware.models import FirmwareStatus
 from nerveshub.lib.enqueue import enqueue
 from nerveshub.tenancy.services import Actor, audit

@@ -16,6 +16,7 @@ from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from devicelink.protocol import DeviceJoin
 from devices import publish
 from devices.fields import normalise_tags
 from devices.models import (
@@ -27,7 +28,6 @@ from devices.models import (
     validate_identifier,
     validate_tags,
 )
-from devices.protocol import DeviceJoin
 from nerveshub.lib.sealed import seal
 from nerveshub.tenancy.models import Product
 from nerveshub.tenancy.services import Actor, audit

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from daphne.cli import CommandLineInterface
 
-    from devices.daphne_ext import install
+    from devicelink.daphne_ext import install
     from nerveshub.lib import daphne_http
 
     # 401/503 with headers on refused device upgrades (see devices/daphne_ext.py).
@@ -75,7 +75,7 @@ def _start_embedded_beat() -> None:
     from django.conf import settings
 
     if settings.EMBEDDED:
-        from devices.hub import hub
+        from devicelink.dispatcher import hub
 
         hub.start()
 

@@ -9,8 +9,8 @@ from django.utils import timezone
 
 from deployments import rollout
 from deployments.models import DeviceUpdate, UpdateStatus
+from devicelink.protocol import DeviceJoin
 from devices.models import Device
-from devices.protocol import DeviceJoin
 from tests.deployments.conftest import make_device
 
 

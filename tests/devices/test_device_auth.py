@@ -10,8 +10,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from devices import services
-from devices.auth import (
+from devicelink.auth import (
     REASON_ALG,
     REASON_EXPIRED,
     REASON_FUTURE,
@@ -19,6 +18,7 @@ from devices.auth import (
     REASON_NO_CREDENTIALS,
     REASON_PLATFORM,
 )
+from devices import services
 from devices.models import Device
 from tests.devices.conftest import run
 from tests.support.nhl_client import nh1_headers

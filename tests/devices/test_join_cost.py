@@ -15,9 +15,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from deployments.models import Deployment, DeviceUpdate
-from devices import auth, services
+from devicelink import auth
+from devicelink.protocol import DeviceJoin
+from devices import services
 from devices.models import Device
-from devices.protocol import DeviceJoin
 from nerveshub.tenancy.models import AuditEvent
 from tests.deployments.conftest import make_firmware
 from tests.devices.conftest import Credentials

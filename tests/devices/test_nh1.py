@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from devices import nh1
+from devicelink import nh1
 from tests.support.nhl_client import nh1_headers
 
 VECTOR_1 = {

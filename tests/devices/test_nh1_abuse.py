@@ -17,8 +17,8 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from devices import nh1
-from devices.auth import (
+from devicelink import nh1
+from devicelink.auth import (
     REASON_ALG,
     REASON_IDENTIFIER,
     REASON_INVALID,

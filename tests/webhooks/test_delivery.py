@@ -15,9 +15,9 @@ from django.utils import timezone
 
 from deployments import rollout
 from deployments.models import DeviceUpdate
+from devicelink.protocol import DeviceJoin
 from devices import services as device_services
 from devices.models import Device
-from devices.protocol import DeviceJoin
 from nerveshub.tenancy.models import Organization
 from nerveshub.tenancy.services import audit
 from tests.deployments.conftest import make_device

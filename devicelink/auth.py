@@ -30,7 +30,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from devices import nh1
+from devicelink import nh1
 from devices.models import Device, DeviceSharedSecret, ProductSharedSecret, validate_identifier
 from devices.services import PRODUCT_KEY_PREFIX
 from nerveshub.lib import ratelimit
@@ -83,10 +83,10 @@ async def authenticate_certificate_request(scope: Mapping[str, Any]) -> Device |
     presented. Delegates to `certificates.auth.device_from_scope(scope)` (sync
     or async, same contract: Device | None, AuthError to refuse) once that
     module exists."""
-    if importlib.util.find_spec("certificates.auth") is None:
+    if importlib.util.find_spec("devicelink.certauth") is None:
         return None
-    module = importlib.import_module("certificates.auth")
-    from devices.dbthreads import database_sync_to_async
+    module = importlib.import_module("devicelink.certauth")
+    from devicelink.dbthreads import database_sync_to_async
 
     function = module.device_from_scope
     if inspect.iscoroutinefunction(function):
@@ -249,7 +249,7 @@ def authenticate_shared_secret(headers: Mapping[str, str], client: str | None = 
 
 async def authenticate_device(scope: Mapping[str, Any]) -> Device:
     """Return the authenticated device or raise AuthError."""
-    from devices.dbthreads import database_sync_to_async
+    from devicelink.dbthreads import database_sync_to_async
 
     try:
         device = await authenticate_certificate_request(scope)

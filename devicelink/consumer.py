@@ -29,11 +29,12 @@ from pydantic import ValidationError
 
 from console.services import DeviceConsole
 from deployments import rollout
-from devices import protocol, publish, scripts, services
-from devices.auth import AuthError, authenticate_device
-from devices.dbthreads import database_sync_to_async
-from devices.hub import hub
-from devices.protocol import Codec, Frame, FrameError
+from devicelink import protocol
+from devicelink.auth import AuthError, authenticate_device
+from devicelink.dbthreads import database_sync_to_async
+from devicelink.dispatcher import hub
+from devicelink.protocol import Codec, Frame, FrameError
+from devices import publish, scripts, services
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 from django.conf import settings
 
 from certificates.services import CertificateRefused, authenticate_peer_certificate
-from devices.auth import AuthError
+from devicelink.auth import AuthError
 from devices.models import Device
 
 logger = logging.getLogger(__name__)

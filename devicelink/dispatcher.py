@@ -27,7 +27,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from devices import dbthreads
+from devicelink import dbthreads
 from devices.publish import FLEET_GROUP, socket_address
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class Hub:
             self._recorder = self._spawn(self._record_closed(), "device-disconnects")
 
     async def _record_closed(self) -> None:
-        from devices.dbthreads import database_sync_to_async as device_db
+        from devicelink.dbthreads import database_sync_to_async as device_db
         from devices.services import close_device_connections
 
         await asyncio.sleep(DISCONNECT_BATCH_SECONDS)
