@@ -31,9 +31,9 @@ from django.contrib.auth.models import AnonymousUser
 from django.utils.crypto import constant_time_compare
 
 from console import protocol
-from devicelink.protocol import parse_semver
 from devices.models import Device
 from devices.publish import send_to_socket
+from nerveshub.lib.semver import parse_semver
 from nerveshub.tenancy.models import Role
 from nerveshub.tenancy.services import audit, role_in
 

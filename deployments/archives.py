@@ -12,11 +12,11 @@ from django.db.models import Q
 from django.utils import timezone
 
 from deployments.models import Deployment
-from devicelink.protocol import parse_semver
 from devices import publish
 from devices.models import ConnectionStatus, Device
 from firmware.models import FirmwareStatus
 from firmware.services import archive_payload
+from nerveshub.lib.semver import parse_semver
 from nerveshub.tenancy.services import Actor, audit
 
 logger = logging.getLogger(__name__)

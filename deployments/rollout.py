@@ -36,9 +36,9 @@ from deployments.models import (
     UpdateStatus,
 )
 from deployments.versions import InvalidRequirement, Requirement, parse_version
-from devicelink.protocol import DeviceJoin
 from devices import publish
 from devices.models import ConnectionStatus, Device, ValidationStatus
+from devices.services import JoinReport
 from firmware.models import FirmwareStatus
 from nerveshub.lib.enqueue import enqueue
 from nerveshub.tenancy.services import Actor, audit
@@ -891,13 +891,13 @@ def deployment_changed(actor: Actor, deployment: Deployment, *, archive_changed:
 # Called by the device socket's services after the device's own rows are written.
 
 
-def on_device_joined(device_id: int, join: DeviceJoin | None = None, *, seen: Device | None = None) -> int | None:
+def on_device_joined(device_id: int, join: JoinReport | None = None, *, seen: Device | None = None) -> int | None:
     """After a join was stored: settle what it says about the in-flight update,
     settle the device's deployment, re-send an update it never acknowledged, and
     wake the orchestrator. Returns the device's deployment id.
 
     `seen` is the device as the join stored it (devices.services.join_device),
-    with its deployment, firmware and archive: a reconnecting device that is
+    with its deployment, firmware and archive loaded by the socket's join: a reconnecting device that is
     where it was costs two reads here."""
     target = DeviceUpdate.objects.inflight().filter(device_id=device_id).values_list("firmware__uuid", flat=True)
     target_uuid = target.first()
@@ -907,7 +907,7 @@ def on_device_joined(device_id: int, join: DeviceJoin | None = None, *, seen: De
         if running is None:
             running = Device.objects.filter(pk=device_id).values_list("firmware_uuid", flat=True).first() or ""
         with transaction.atomic():
-            if running != target_uuid or join.meta.firmware_auto_revert_detected:
+            if running != target_uuid or join.firmware_auto_revert_detected:
                 # The join may end the attempt as a failure: like a failing
                 # status report, the outcome, penalty box and breaker are
                 # decided under the deployment lock (see on_status_report). A
@@ -917,8 +917,8 @@ def on_device_joined(device_id: int, join: DeviceJoin | None = None, *, seen: De
             finished = services.reconcile_update_on_join(
                 device_id,
                 running,
-                validated=join.meta.firmware_validated,
-                auto_reverted=join.meta.firmware_auto_revert_detected,
+                validated=join.firmware_validated,
+                auto_reverted=join.firmware_auto_revert_detected,
                 downloading_uuid=join.currently_downloading_uuid,
             )
             if finished is not None:

@@ -29,10 +29,11 @@ from pydantic import ValidationError
 
 from console.services import DeviceConsole
 from deployments import rollout
-from devicelink import protocol
-from devicelink.auth import AuthError, authenticate_device
+from devicelink import join, protocol
+from devicelink.auth import authenticate_device
 from devicelink.dbthreads import database_sync_to_async
 from devicelink.dispatcher import hub
+from devicelink.errors import AuthError
 from devicelink.protocol import Codec, Frame, FrameError
 from devices import publish, scripts, services
 
@@ -312,7 +313,7 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
         # travels through the channel layer to this consumer, which handles it
         # only after this method returns: the device gets its join reply first.
         with hub.onboard():
-            outcome, self.deployment_id = await database_sync_to_async(services.store_join)(self.device_id, params)
+            outcome, self.deployment_id = await database_sync_to_async(join.store_join)(self.device_id, params)
         self.joined["device"] = frame.join_ref
         await self._send(protocol.reply(frame.join_ref, frame.ref, "device", "ok", {}))
         if outcome.fwup_public_keys:

@@ -18,9 +18,9 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from devicelink.protocol import parse_semver
 from devices import publish
 from devices.models import ConnectionStatus, Device, ScriptRun, ScriptRunStatus, SupportScript
+from nerveshub.lib.semver import parse_semver
 from nerveshub.tenancy.services import Actor, audit
 
 logger = logging.getLogger(__name__)

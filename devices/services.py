@@ -16,7 +16,6 @@ from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from devicelink.protocol import DeviceJoin
 from devices import publish
 from devices.fields import normalise_tags
 from devices.models import (
@@ -161,8 +160,8 @@ def soft_delete(actor: Actor, devices: QuerySet[Device]) -> int:
 
 
 # --- Device sockets -------------------------------------------------------------
-# Called by devices.consumers through database_sync_to_async. Each is one short
-# transaction; none runs for a heartbeat.
+# Called by the device link (devicelink/) on its database threads. Each is one
+# short transaction; none runs for a heartbeat.
 
 
 @dataclass(frozen=True)
@@ -239,54 +238,59 @@ def refresh_last_seen(device_ids: Iterable[int], chunk: int = 1000) -> int:
 
 
 @dataclass(frozen=True)
-class JoinOutcome:
-    fwup_public_keys: list[str] | None  # None: not asked, or the org has none
-    archive_public_keys: list[str] | None
-    # As stored by the join, with its deployment, firmware and archive loaded:
-    # what follows the join (deployments.rollout.on_device_joined) reads it.
-    device: Device
+class JoinReport:
+    """What a device's `device` join says about itself (docs/device-protocol.md
+    §4.2), as the device link read it off the wire."""
+
+    fwup_version: str = ""
+    device_api_version: str = "1.0.0"
+    console_version: str = ""
+    nerves_fw_uuid: str = ""
+    nerves_fw_product: str = ""
+    nerves_fw_version: str = ""
+    nerves_fw_platform: str = ""
+    nerves_fw_architecture: str = ""
+    nerves_fw_author: str = ""
+    nerves_fw_description: str = ""
+    nerves_fw_vcs_identifier: str = ""
+    nerves_fw_misc: str = ""
+    currently_downloading_uuid: str | None = None
+    firmware_validated: bool | None = None
+    firmware_auto_revert_detected: bool = False
 
 
-def join_device(device_id: int, params: DeviceJoin) -> JoinOutcome:
-    """Store what the `device` join reports (docs/device-protocol.md §4.2).
+def join_device(device_id: int, report: JoinReport) -> Device:
+    """Store what the `device` join reports (docs/device-protocol.md §4.2) and
+    return the device as stored.
 
     A reconnecting device mostly reports what is stored already: then this is
     one read and nothing is written."""
-    from deployments.models import Deployment
-    from firmware.models import SigningKey
-
     validation = {
         True: ValidationStatus.VALIDATED,
         False: ValidationStatus.NOT_VALIDATED,
         None: ValidationStatus.UNKNOWN,
-    }[params.meta.firmware_validated]
+    }[report.firmware_validated]
     fields: dict[str, object] = {
-        "fwup_version": params.fwup_version[:50],
-        "device_api_version": params.device_api_version[:50],
+        "fwup_version": report.fwup_version[:50],
+        "device_api_version": report.device_api_version[:50],
         "firmware_validation": validation,
-        "firmware_auto_revert_detected": params.meta.firmware_auto_revert_detected,
+        "firmware_auto_revert_detected": report.firmware_auto_revert_detected,
     }
-    if params.console_version:
-        fields["console_version"] = params.console_version[:50]
-    if params.nerves_fw_uuid:
+    if report.console_version:
+        fields["console_version"] = report.console_version[:50]
+    if report.nerves_fw_uuid:
         fields.update(
-            firmware_uuid=params.nerves_fw_uuid[:36],
-            firmware_product=params.nerves_fw_product[:200],
-            firmware_version=params.nerves_fw_version[:100],
-            firmware_platform=params.nerves_fw_platform[:100],
-            firmware_architecture=params.nerves_fw_architecture[:100],
-            firmware_author=params.nerves_fw_author[:200],
-            firmware_description=params.nerves_fw_description,
-            firmware_vcs_identifier=params.nerves_fw_vcs_identifier[:200],
-            firmware_misc=params.nerves_fw_misc,
+            firmware_uuid=report.nerves_fw_uuid[:36],
+            firmware_product=report.nerves_fw_product[:200],
+            firmware_version=report.nerves_fw_version[:100],
+            firmware_platform=report.nerves_fw_platform[:100],
+            firmware_architecture=report.nerves_fw_architecture[:100],
+            firmware_author=report.nerves_fw_author[:200],
+            firmware_description=report.nerves_fw_description,
+            firmware_vcs_identifier=report.nerves_fw_vcs_identifier[:200],
+            firmware_misc=report.nerves_fw_misc,
         )
-    # Two plain reads rather than one four-table select_related: compiling that
-    # select cost more hub CPU than any other step of a join.
     device = Device.objects.get(pk=device_id)
-    if device.deployment_id is not None:
-        device.deployment = (
-            Deployment.objects.select_related("firmware", "archive").filter(pk=device.deployment_id).first()
-        )
     changed = {name: value for name, value in fields.items() if getattr(device, name) != value}
     if changed:
         with transaction.atomic():
@@ -296,40 +300,14 @@ def join_device(device_id: int, params: DeviceJoin) -> JoinOutcome:
             Device.objects.filter(pk=device_id).update(**changed, updated_at=timezone.now())
             for name, value in changed.items():
                 setattr(device, name, value)
-            if params.nerves_fw_uuid and params.nerves_fw_uuid != previous_uuid:
+            if report.nerves_fw_uuid and report.nerves_fw_uuid != previous_uuid:
                 audit(
                     device,
                     "device.firmware_changed",
                     device,
-                    details={"from": previous_uuid, "to": params.nerves_fw_uuid, "version": params.nerves_fw_version},
+                    details={"from": previous_uuid, "to": report.nerves_fw_uuid, "version": report.nerves_fw_version},
                 )
-
-    keys: list[str] | None = None
-    if "on_connect" in (params.fwup_public_keys, params.archive_public_keys):
-        # Like the reference: every key of the org, and nothing pushed when it has none.
-        keys = list(SigningKey.objects.filter(org_id=device.org_id).order_by("pk").values_list("key", flat=True))
-        keys = keys or None
-    return JoinOutcome(
-        fwup_public_keys=keys if params.fwup_public_keys == "on_connect" else None,
-        archive_public_keys=keys if params.archive_public_keys == "on_connect" else None,
-        device=device,
-    )
-
-
-def store_join(device_id: int, params: DeviceJoin) -> tuple[JoinOutcome, int | None]:
-    """The `device` join's database work, in one call from the socket: store
-    what it reports, settle the in-flight update and the deployment (which may
-    push one), run the connecting code. Returns the join's outcome and the
-    device's deployment."""
-    # Imported here: both import this module.
-    from deployments import rollout
-    from devices import scripts
-
-    outcome = join_device(device_id, params)
-    deployment_id = rollout.on_device_joined(device_id, params, seen=outcome.device)
-    unchanged = outcome.device.deployment_id == deployment_id
-    scripts.push_connecting_code(device_id, seen=outcome.device if unchanged else None)
-    return outcome, deployment_id
+    return device
 
 
 def join_console(device_id: int, console_version: str) -> None:

@@ -10,8 +10,8 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from certificates import pki
-from devicelink.auth import AuthError
 from devicelink.certauth import device_from_scope
+from devicelink.errors import AuthError
 from nerveshub.lib.env import envnetworks
 from tests.certificates.proof import register_ca
 

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from deployments import rollout
 from deployments.models import DeviceUpdate, UpdateStatus
+from devicelink.join import join_report
 from devicelink.protocol import DeviceJoin
 from devices.models import Device
 from tests.deployments.conftest import make_device
@@ -19,7 +20,9 @@ def _join(device: Device, *, uuid: str, validated: bool | None = None, **fields:
     part, as the device consumer does."""
     Device.objects.filter(pk=device.pk).update(firmware_uuid=uuid)
     meta = {"firmware_validated": validated} if validated is not None else {}
-    rollout.on_device_joined(device.pk, DeviceJoin.model_validate({"nerves_fw_uuid": uuid, "meta": meta, **fields}))
+    rollout.on_device_joined(
+        device.pk, join_report(DeviceJoin.model_validate({"nerves_fw_uuid": uuid, "meta": meta, **fields}))
+    )
 
 
 def _inflight_update(deployment, device, status: UpdateStatus) -> DeviceUpdate:
@@ -89,7 +92,9 @@ def test_it_counts_a_return_on_the_old_firmware_as_a_failed_attempt(tenant, depl
     update = _inflight_update(deployment, device, status)
     # when
     Device.objects.filter(pk=device.pk).update(firmware_uuid="uuid-1.0.0")
-    rollout.on_device_joined(device.pk, DeviceJoin.model_validate({"nerves_fw_uuid": "uuid-1.0.0", **join}))
+    rollout.on_device_joined(
+        device.pk, join_report(DeviceJoin.model_validate({"nerves_fw_uuid": "uuid-1.0.0", **join}))
+    )
     # then
     update.refresh_from_db()
     assert update.status == expected

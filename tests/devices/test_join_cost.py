@@ -16,6 +16,7 @@ from django.test.utils import CaptureQueriesContext
 
 from deployments.models import Deployment, DeviceUpdate
 from devicelink import auth
+from devicelink.join import store_join
 from devicelink.protocol import DeviceJoin
 from devices import services
 from devices.models import Device
@@ -41,7 +42,7 @@ def connect_and_join(creds: Credentials, identifier: str, channel: str, join: di
     headers = dict(nh1_headers(creds.product_key, creds.product_secret, identifier, int(time.time())))
     device = auth.authenticate_shared_secret(headers)
     services.open_device_connection(device, channel)
-    _, deployment_id = services.store_join(device.pk, DeviceJoin.model_validate(join))
+    _, deployment_id = store_join(device.pk, DeviceJoin.model_validate(join))
     return deployment_id
 
 
