@@ -3,7 +3,7 @@ the relay between a device's `console` topic and the people watching it.
 
 Two consumers call in here and stay thin:
 
-* the device socket (devices.consumers, console section) holds one
+* the device socket (devicelink.consumer, console section) holds one
   `DeviceConsole` while the device has the topic joined: output is kept for
   late joiners and fanned out to `console_group(device_id)`;
 * the operator socket (console.consumers) asks `console_access` who the user

@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from devicelink import nh1
 from devicelink.certauth import device_from_scope
-from devicelink.dbthreads import database_sync_to_async
+from devicelink.dbthreads import device_db_call
 from devicelink.errors import AuthError
 from devices.models import Device, DeviceSharedSecret, ProductSharedSecret, validate_identifier
 from devices.services import PRODUCT_KEY_PREFIX
@@ -71,7 +71,7 @@ def scope_headers(scope: Mapping[str, Any]) -> dict[str, str]:
 async def authenticate_certificate_request(scope: Mapping[str, Any]) -> Device | None:
     """The certificate authenticator (`devicelink.certauth.device_from_scope`, on
     a device database thread). Returns None when no certificate was presented."""
-    result = await database_sync_to_async(device_from_scope)(scope)
+    result = await device_db_call(device_from_scope)(scope)
     return result if isinstance(result, Device) else None
 
 
@@ -237,7 +237,7 @@ async def authenticate_device(scope: Mapping[str, Any]) -> Device:
         if any(name.startswith("x-") for name in headers):
             peer = scope.get("client")
             client = client_address(str(peer[0]) if peer else None, headers.get("x-forwarded-for"))
-            shared: Device = await database_sync_to_async(authenticate_shared_secret)(headers, client)
+            shared: Device = await device_db_call(authenticate_shared_secret)(headers, client)
             return shared
     except AuthError:
         raise

@@ -1,5 +1,6 @@
-"""Process-local state of the device sockets: who is connected here, plus the two
-background tasks each server process runs for all its sockets together.
+"""The per-process dispatcher of the device sockets (`dispatcher`, one
+`Dispatcher` per server process): who is connected here, plus the two background
+tasks each server process runs for all its sockets together.
 
 * the dispatcher: one channel per process, in the FLEET_GROUP group. A fleet
   message arrives once and is written to the matching local sockets directly. A
@@ -28,7 +29,9 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 from devicelink import dbthreads
+from devicelink.dbthreads import device_db_call
 from devices.publish import FLEET_GROUP, socket_address
+from devices.services import close_device_connections, refresh_last_seen
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ class ConnectLimiter:
         return True
 
 
-class Hub:
+class Dispatcher:
     def __init__(self) -> None:
         self.sockets: dict[int, LocalSocket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -157,15 +160,12 @@ class Hub:
             self._recorder = self._spawn(self._record_closed(), "device-disconnects")
 
     async def _record_closed(self) -> None:
-        from devicelink.dbthreads import database_sync_to_async as device_db
-        from devices.services import close_device_connections
-
         await asyncio.sleep(DISCONNECT_BATCH_SECONDS)
         delay = 1.0
         while self._closed:
             batch, self._closed = self._closed[:1000], self._closed[1000:]
             try:
-                await device_db(close_device_connections)(batch)
+                await device_db_call(close_device_connections)(batch)
             except Exception:
                 # Kept and retried (the database may be restarting): a device
                 # left marked connected would look online until it came back.
@@ -300,8 +300,6 @@ async def _beat_entry(name: str, entry: dict[str, Any]) -> None:
 
 
 async def _refresh_last_seen(device_ids: list[int]) -> None:
-    from devices.services import refresh_last_seen
-
     try:
         await database_sync_to_async(refresh_last_seen)(device_ids)
     except Exception:
@@ -313,6 +311,6 @@ def _log_crash(task: asyncio.Task[None]) -> None:
         logger.error("%s stopped", task.get_name(), exc_info=task.exception())
 
 
-hub = Hub()
+dispatcher = Dispatcher()
 
 Callback = Callable[[], Coroutine[Any, Any, None]]

@@ -52,18 +52,22 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["HOST"], os.environ["PORT"] = args.host, str(args.port)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nerveshub.settings")
 
+    # Imported only now: the environment above must be set before daphne and
+    # the server's own modules read the settings.
     from daphne.cli import CommandLineInterface
 
     from devicelink.daphne_ext import install
     from nerveshub.lib import daphne_http
 
-    # 401/503 with headers on refused device upgrades (see devices/daphne_ext.py).
+    # 401/503 with headers on refused device upgrades (see devicelink/daphne_ext.py).
     install()
     # Bodies refused on their headers, and a deadline for the headers (see nerveshub/lib/daphne_http.py).
     daphne_http.install()
     # Embedded mode has no Celery beat: the hub runs its schedule from the
-    # start, not only once a device connects (devices.hub). callLater runs it
-    # inside the event loop, after daphne has loaded the application.
+    # start, not only once a device connects (devicelink.dispatcher). callLater runs it
+    # inside the event loop, after daphne has loaded the application. Imported
+    # after daphne, whose import installs the asyncio reactor: importing
+    # twisted's reactor first would install the default one instead.
     from twisted.internet import reactor
 
     reactor.callLater(0, _start_embedded_beat)  # type: ignore[arg-type]  # zope interface stubs count self
@@ -72,12 +76,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _start_embedded_beat() -> None:
+    # Run inside daphne's reactor once the application is loaded: Django is
+    # set up by then, which the dispatcher's module (Django models) needs.
     from django.conf import settings
 
     if settings.EMBEDDED:
-        from devicelink.dispatcher import hub
+        from devicelink.dispatcher import dispatcher
 
-        hub.start()
+        dispatcher.start()
 
 
 if __name__ == "__main__":

@@ -313,7 +313,7 @@ class DeliveryPool:
     online with a slow receiver is thousands of them). A failed attempt's retry
     waits here, as a number on a heap rather than a sleeping thread, until it
     is due; after a restart the embedded beat's sweep finds it instead
-    (devices.hub). Threads start when there is work and nobody idle."""
+    (devicelink.dispatcher). Threads start when there is work and nobody idle."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()

@@ -1,4 +1,4 @@
-"""certificates.auth.device_from_scope: which peers may forward a certificate,
+"""devicelink.certauth.device_from_scope: which peers may forward a certificate,
 and the TRUSTED_PROXIES setting it relies on."""
 
 from __future__ import annotations

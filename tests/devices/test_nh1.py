@@ -1,4 +1,4 @@
-"""devices.nh1: the two reference test vectors and the payload decoder."""
+"""devicelink.nh1: the two reference test vectors and the payload decoder."""
 
 from __future__ import annotations
 
