@@ -15,7 +15,7 @@ from deployments.models import Deployment
 from deployments.versions import InvalidRequirement, Requirement
 from devices.fields import normalise_tags
 from firmware.models import Firmware, FirmwareKind, FirmwareStatus
-from nerveshub.api import actor, require_product
+from nerveshub.apihelpers import actor, require_product
 from nerveshub.tenancy.models import Product, Role
 from nerveshub.tenancy.services import audit
 
