@@ -8,6 +8,12 @@ that lock, so `concurrent_updates` cannot be exceeded; a worker that dies
 mid-claim rolls back and claims nothing. The partial unique index on in-flight
 rows per device makes a second push to a busy device impossible. Pushes go out
 after the claim commits.
+
+This module is the deployments app's service for rollouts, next to
+`deployments/services.py` (the per-row rules it calls). Its Celery tasks
+(`deployments/tasks.py`) call it, and it enqueues them on commit: that one
+import back, made when `_enqueue` runs, is the shape of a service and its
+tasks, and keeps `tasks.py` a thin wrapper.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
@@ -40,6 +46,7 @@ from devices import publish
 from devices.models import ConnectionStatus, Device, ValidationStatus
 from devices.services import JoinReport
 from firmware.models import FirmwareStatus
+from firmware.services import update_payload
 from nerveshub.lib.enqueue import enqueue
 from nerveshub.tenancy.services import Actor, audit
 
@@ -422,8 +429,6 @@ def run_rollout(deployment_id: int) -> RolloutRun:
         run.skipped = "deployment gone"
         return run
     run.expired = expire_stale_updates(deployment, now)
-    from firmware.services import update_payload
-
     with transaction.atomic():
         deployment = _lock_deployment(deployment_id)
         if deployment is None or not deployment.is_active:
@@ -571,8 +576,6 @@ def push_pending_update(device_id: int, channel: str | None = None) -> bool:
     given), unless that socket was sent it already: the orchestrator may have
     claimed the device between its connect and this join, and then its push is
     on the way to this socket. Returns whether one was sent."""
-    from firmware.services import update_payload
-
     update = (
         DeviceUpdate.objects.select_related("firmware", "deployment")
         .filter(device_id=device_id, status=UpdateStatus.REQUESTED)
@@ -758,8 +761,6 @@ def _wake_key(deployment_id: int) -> str:
 
 
 def django_settings_db_name() -> str:
-    from django.db import connection
-
     return str(connection.settings_dict.get("NAME") or "")
 
 
@@ -769,6 +770,8 @@ _redis_client: Any = None
 def _redis() -> Any:
     global _redis_client
     if _redis_client is None:
+        # Imported on first use: only production mode (REDIS_URL set) wakes
+        # through Redis, and embedded mode never loads the client.
         import redis
 
         _redis_client = redis.Redis.from_url(str(settings.REDIS_URL), socket_timeout=5)
@@ -776,6 +779,9 @@ def _redis() -> Any:
 
 
 def _enqueue(deployment_id: int) -> None:
+    # Imported when called: deployments.tasks imports this module (its tasks
+    # call the orchestrator), the one cycle of the service-and-task shape (see
+    # the module docstring).
     from deployments.tasks import run_rollout_task
 
     if settings.REDIS_URL:

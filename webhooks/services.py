@@ -16,6 +16,10 @@ receiver's answer). Celery (or, in embedded mode, the bounded DeliveryPool)
 sends a row after its transaction commits; the periodic sweep picks up rows
 whose message was lost or whose retry is due. Where a delivery may connect is
 webhooks.destinations.
+
+Imports: `webhooks/tasks.py` calls this module and this module enqueues its
+task (`dispatch`), the shape of a service and its Celery task; the one import
+back is made when `dispatch` runs.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import close_old_connections, models, transaction
 from django.utils import timezone
 
+from devices.models import Device
 from nerveshub.lib.enqueue import enqueue
 from nerveshub.tenancy.models import AuditEvent, Organization, Role
 from nerveshub.tenancy.services import Actor, audit, has_role
@@ -269,8 +274,6 @@ def device_online(device: models.Model) -> None:
 def devices_offline(device_ids: list[int]) -> None:
     """These devices' current sockets closed (call inside the transaction that
     records it). Disconnects come in bursts: one query when nobody listens."""
-    from devices.models import Device
-
     devices = Device.objects.filter(pk__in=device_ids)
     listening = {
         org_id
@@ -296,6 +299,8 @@ def devices_offline(device_ids: list[int]) -> None:
 def dispatch(delivery_id: int) -> bool:
     """Hand a committed delivery to a worker. False when the broker could not
     be reached (the sweep sends the row later)."""
+    # Imported when called: webhooks.tasks imports this module (its task calls
+    # the delivery service), the service-and-task cycle.
     from webhooks.tasks import deliver_webhook_task
 
     if settings.CELERY_TASK_ALWAYS_EAGER:
