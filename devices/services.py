@@ -210,18 +210,18 @@ def close_device_connections(closed: Iterable[tuple[int, str]]) -> list[int]:
             Device.objects.select_for_update()
             .filter(pk__in=list(channel_of))
             .order_by("pk")
-            .values_list("pk", "socket_channel")
+            .values_list("pk", "socket_channel", "org_id", "identifier")
         )
-        gone = [pk for pk, channel in current if channel and channel == channel_of[pk]]
+        gone = [(pk, org, name) for pk, channel, org, name in current if channel and channel == channel_of[pk]]
         if gone:
-            Device.objects.filter(pk__in=gone).update(
+            Device.objects.filter(pk__in=[pk for pk, _, _ in gone]).update(
                 socket_channel="",
                 connection_status=ConnectionStatus.DISCONNECTED,
                 disconnected_at=timezone.now(),
                 console_available=False,
             )
             webhooks.devices_offline(gone)
-    return gone
+    return [pk for pk, _, _ in gone]
 
 
 def refresh_last_seen(device_ids: Iterable[int], chunk: int = 1000) -> int:
