@@ -336,7 +336,7 @@ class Clients:
     async def open_one(self, index: int) -> None:
         from websockets.asyncio.client import connect
 
-        from devices.nh1 import sign_headers
+        from devicelink.nh1 import sign_headers
 
         ports = self.config["ports"]
         port = ports[index % len(ports)]

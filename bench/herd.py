@@ -81,7 +81,7 @@ class HerdClients:
     async def device(self, index: int, started: asyncio.Event) -> None:
         from websockets.asyncio.client import connect
 
-        from devices.nh1 import sign_headers
+        from devicelink.nh1 import sign_headers
 
         port = self.config["ports"][index % len(self.config["ports"])]
         identifier = f"{self.config['prefix']}-{index}"

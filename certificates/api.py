@@ -21,7 +21,7 @@ from certificates import services, x509
 from certificates.models import CACertificate, DeviceCertificate
 from devices.fields import normalise_tags
 from devices.models import Device, validate_tags
-from nerveshub.api import actor, require_org, require_product
+from nerveshub.apihelpers import actor, require_org, require_product
 from nerveshub.tenancy.models import Organization, Product, Role
 
 router = Router(tags=["certificates"])

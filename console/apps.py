@@ -6,6 +6,7 @@ class ConsoleConfig(AppConfig):
     verbose_name = "Remote console"
 
     def ready(self) -> None:
+        # Imported only now: the models are not loaded when apps.py is.
         from nerveshub.tenancy.models import Role
         from nerveshub.tenancy.redaction import restrict_details
 

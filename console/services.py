@@ -3,7 +3,7 @@ the relay between a device's `console` topic and the people watching it.
 
 Two consumers call in here and stay thin:
 
-* the device socket (devices.consumers, console section) holds one
+* the device socket (devicelink.consumer, console section) holds one
   `DeviceConsole` while the device has the topic joined: output is kept for
   late joiners and fanned out to `console_group(device_id)`;
 * the operator socket (console.consumers) asks `console_access` who the user
@@ -32,8 +32,8 @@ from django.utils.crypto import constant_time_compare
 
 from console import protocol
 from devices.models import Device
-from devices.protocol import parse_semver
 from devices.publish import send_to_socket
+from nerveshub.lib.semver import parse_semver
 from nerveshub.tenancy.models import Role
 from nerveshub.tenancy.services import audit, role_in
 

@@ -13,7 +13,7 @@ from deployments import rollout
 from deployments.models import Deployment
 from devices.fields import normalise_tags
 from firmware.models import Firmware, FirmwareKind
-from nerveshub.api import actor, require_product
+from nerveshub.apihelpers import actor, require_product
 from nerveshub.tenancy.models import Product, Role
 
 router = Router(tags=["deployments"])

@@ -14,9 +14,9 @@ from django.utils import timezone
 from deployments.models import Deployment
 from devices import publish
 from devices.models import Device, online_q
-from devices.protocol import parse_semver
 from firmware.models import FirmwareStatus
 from firmware.services import archive_payload
+from nerveshub.lib.semver import parse_semver
 from nerveshub.tenancy.services import Actor, audit
 
 logger = logging.getLogger(__name__)

@@ -14,6 +14,9 @@ This module is the deployments service in fact: every write to a deployment
 here, because each must then recompute membership or wake the orchestrator.
 `deployments.services` holds the device-report rules this module builds on and
 imports nothing from it (see docs/architecture.md).
+Its Celery tasks (`deployments/tasks.py`) call it, and it enqueues them on
+commit: that one import back, made when `_enqueue` runs, is the shape of a
+service and its tasks, and keeps `tasks.py` a thin wrapper.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
@@ -45,8 +48,9 @@ from deployments.models import (
 from deployments.versions import InvalidRequirement, Requirement, parse_version
 from devices import publish
 from devices.models import Device, ValidationStatus, online_q
-from devices.protocol import DeviceJoin
+from devices.services import JoinReport
 from firmware.models import Firmware, FirmwareKind, FirmwareStatus
+from firmware.services import update_payload
 from nerveshub.lib.enqueue import enqueue
 from nerveshub.lib.validation import refuse_unless_valid
 from nerveshub.tenancy.models import Product
@@ -439,8 +443,6 @@ def run_rollout(deployment_id: int) -> RolloutRun:
         run.skipped = "deployment gone"
         return run
     run.expired = expire_stale_updates(deployment, now)
-    from firmware.services import update_payload
-
     with transaction.atomic():
         deployment = _lock_deployment(deployment_id)
         if deployment is None or not deployment.is_active:
@@ -589,8 +591,6 @@ def push_pending_update(device_id: int, channel: str | None = None) -> bool:
     given), unless that socket was sent it already: the orchestrator may have
     claimed the device between its connect and this join, and then its push is
     on the way to this socket. Returns whether one was sent."""
-    from firmware.services import update_payload
-
     update = (
         DeviceUpdate.objects.select_related("firmware", "deployment")
         .filter(device_id=device_id, status=UpdateStatus.REQUESTED)
@@ -784,8 +784,6 @@ def _wake_key(deployment_id: int) -> str:
 
 
 def django_settings_db_name() -> str:
-    from django.db import connection
-
     return str(connection.settings_dict.get("NAME") or "")
 
 
@@ -795,6 +793,8 @@ _redis_client: Any = None
 def _redis() -> Any:
     global _redis_client
     if _redis_client is None:
+        # Imported on first use: only production mode (REDIS_URL set) wakes
+        # through Redis, and embedded mode never loads the client.
         import redis
 
         _redis_client = redis.Redis.from_url(str(settings.REDIS_URL), socket_timeout=5)
@@ -802,6 +802,9 @@ def _redis() -> Any:
 
 
 def _enqueue(deployment_id: int) -> None:
+    # Imported when called: deployments.tasks imports this module (its tasks
+    # call the orchestrator), the one cycle of the service-and-task shape (see
+    # the module docstring).
     from deployments.tasks import run_rollout_task
 
     if settings.REDIS_URL:
@@ -1034,13 +1037,13 @@ def save_deployment(actor: Actor, deployment: Deployment, fields: Iterable[str],
 # Called by the device socket's services after the device's own rows are written.
 
 
-def on_device_joined(device_id: int, join: DeviceJoin | None = None, *, seen: Device | None = None) -> int | None:
+def on_device_joined(device_id: int, join: JoinReport | None = None, *, seen: Device | None = None) -> int | None:
     """After a join was stored: settle what it says about the in-flight update,
     settle the device's deployment, re-send an update it never acknowledged, and
     wake the orchestrator. Returns the device's deployment id.
 
     `seen` is the device as the join stored it (devices.services.join_device),
-    with its deployment, firmware and archive: a reconnecting device that is
+    with its deployment, firmware and archive loaded by the socket's join: a reconnecting device that is
     where it was costs two reads here."""
     target = DeviceUpdate.objects.inflight().filter(device_id=device_id).values_list("firmware__uuid", flat=True)
     target_uuid = target.first()
@@ -1051,7 +1054,7 @@ def on_device_joined(device_id: int, join: DeviceJoin | None = None, *, seen: De
             row = Device.objects.only("firmware_uuid", "socket_channel", "disconnected_at").get(pk=device_id)
         running = row.firmware_uuid
         with transaction.atomic():
-            if running != target_uuid or join.meta.firmware_auto_revert_detected:
+            if running != target_uuid or join.firmware_auto_revert_detected:
                 # The join may end the attempt as a failure: like a failing
                 # status report, the outcome, penalty box and breaker are
                 # decided under the deployment lock (see on_status_report). A
@@ -1061,8 +1064,8 @@ def on_device_joined(device_id: int, join: DeviceJoin | None = None, *, seen: De
             finished = services.reconcile_update_on_join(
                 device_id,
                 running,
-                validated=join.meta.firmware_validated,
-                auto_reverted=join.meta.firmware_auto_revert_detected,
+                validated=join.firmware_validated,
+                auto_reverted=join.firmware_auto_revert_detected,
                 downloading_uuid=join.currently_downloading_uuid,
                 channel=row.socket_channel,
                 closed_at=row.disconnected_at,

@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.utils import timezone
 from django.utils.html import format_html_join
 
 from devices import scripts, services
@@ -21,7 +22,7 @@ from devices.models import (
     SupportScript,
     validate_tags,
 )
-from nerveshub.admin_base import OrgScopedAdmin, register_org_path
+from nerveshub.admin_base import OrgScopedAdmin, org_ids_with_role, register_org_path
 from nerveshub.lib.params import parse_int
 from nerveshub.tenancy.models import Role
 
@@ -64,8 +65,6 @@ class PenaltyBoxFilter(admin.SimpleListFilter):
         return [("yes", "In penalty box"), ("no", "Not in penalty box")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        from django.utils import timezone
-
         if self.value() == "yes":
             return queryset.filter(penalty_box_until__gt=timezone.now())
         if self.value() == "no":
@@ -236,8 +235,6 @@ class DeviceAdmin(OrgScopedAdmin[Device]):
         # Actions act only on rows the user may change, whatever ids were posted.
         if request.user.is_superuser:
             return queryset
-        from nerveshub.admin_base import org_ids_with_role
-
         return queryset.filter(org_id__in=org_ids_with_role(request, Role.MANAGE))
 
     def _tags_action(self, request: HttpRequest, queryset: QuerySet[Device], adding: bool) -> HttpResponse | None:
@@ -368,8 +365,6 @@ class SharedSecretAdminBase(OrgScopedAdmin[Any]):
 
     @admin.action(description="Deactivate selected keys", permissions=["deactivate"])
     def deactivate(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        from nerveshub.admin_base import org_ids_with_role
-
         if not request.user.is_superuser:
             queryset = queryset.filter(**{f"{self.org_path}__in": org_ids_with_role(request, Role.ADMIN)})
         count = services.deactivate_secrets(request.user, queryset)

@@ -15,7 +15,7 @@ from pydantic import AfterValidator, ConfigDict, Field
 from devices import services
 from devices.fields import normalise_tags
 from devices.models import IDENTIFIER_MAX_LENGTH, Device, validate_identifier, validate_tags
-from nerveshub.api import actor, require_product
+from nerveshub.apihelpers import actor, require_product
 from nerveshub.lib.params import MAX_PAGE, api_int
 from nerveshub.tenancy.models import Product, Role
 

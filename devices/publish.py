@@ -7,7 +7,7 @@ sockets and fan-out"):
 * per device: a channel-layer `send` to the device socket's address
   (Device.socket_channel, written when the socket connected), wherever the
   socket lives: its server process's channel plus the socket's number there
-  (send_to_socket; devices.hub hands the message to that socket);
+  (send_to_socket; the device link's dispatcher hands the message to that socket);
 * fleet: ONE group message to FLEET_GROUP, which holds one dispatcher channel
   per server process; each process then writes to its local sockets directly.
   A push to 30,000 devices costs one message per process, not 30,000.

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from devices import publish
 from devices.models import Device, ScriptRun, ScriptRunStatus, SupportScript
-from devices.protocol import parse_semver
+from nerveshub.lib.semver import parse_semver
 from nerveshub.tenancy.services import Actor, audit
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,6 @@ from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from deployments import rollout
 from devices import publish
 from devices.fields import normalise_tags
 from devices.models import (
@@ -34,7 +33,6 @@ from devices.models import (
     validate_identifier,
     validate_tags,
 )
-from devices.protocol import DeviceJoin
 from nerveshub.lib.sealed import seal
 from nerveshub.tenancy.models import Product
 from nerveshub.tenancy.services import Actor, audit
@@ -156,6 +154,10 @@ def set_updates_enabled(actor: Actor, devices: QuerySet[Device], enabled: bool) 
         for device in targets:
             audit(actor, "device.updates_enabled" if enabled else "device.updates_disabled", device)
         if enabled:
+            # Imported here: deployments builds on devices (rollout imports this
+            # module); forgiving failures is the one call back up.
+            from deployments import rollout
+
             rollout.forgive_failures([d.pk for d in targets])
     return len(targets)
 
@@ -171,6 +173,10 @@ def clear_penalty_box(actor: Actor, devices: QuerySet[Device]) -> int:
         Device.objects.filter(pk__in=[d.pk for d in targets]).update(penalty_box_until=None, updated_at=timezone.now())
         for device in targets:
             audit(actor, "device.penalty_box_cleared", device)
+        # Imported here: deployments builds on devices (rollout imports this
+        # module); forgiving failures is the one call back up.
+        from deployments import rollout
+
         rollout.forgive_failures([d.pk for d in targets])
     return len(targets)
 
@@ -188,8 +194,8 @@ def soft_delete(actor: Actor, devices: QuerySet[Device]) -> int:
 
 
 # --- Device sockets -------------------------------------------------------------
-# Called by devices.consumers through database_sync_to_async. Each is one short
-# transaction; none runs for a heartbeat.
+# Called by the device link (devicelink/) on its database threads. Each is one
+# short transaction; none runs for a heartbeat.
 
 
 @dataclass(frozen=True)
@@ -241,17 +247,17 @@ def close_device_connections(closed: Iterable[tuple[int, str]]) -> list[int]:
             Device.objects.select_for_update(no_key=True)
             .filter(pk__in=list(channel_of))
             .order_by("pk")
-            .values_list("pk", "socket_channel")
+            .values_list("pk", "socket_channel", "org_id", "identifier")
         )
-        gone = [pk for pk, channel in current if channel and channel == channel_of[pk]]
+        gone = [(pk, org, name) for pk, channel, org, name in current if channel and channel == channel_of[pk]]
         if gone:
             _mark_offline(gone, timezone.now())
-    return gone
+    return [pk for pk, _, _ in gone]
 
 
-def _mark_offline(device_ids: list[int], at: datetime | None) -> None:
+def _mark_offline(devices: list[tuple[int, int, str]], at: datetime | None) -> None:
     """What every recorded disconnect does (in the caller's transaction, with
-    the rows locked): the device is offline, reachable nowhere, and the
+    the rows locked; the devices as (id, org id, identifier)): the device is offline, reachable nowhere, and the
     organization's device.offline webhooks fire. `at` is when the hub saw the
     socket close; None when it did not (the socket's process died), which
     leaves `disconnected_at` as it was: the rollout reads a close the hub did
@@ -265,8 +271,8 @@ def _mark_offline(device_ids: list[int], at: datetime | None) -> None:
     }
     if at is not None:
         fields["disconnected_at"] = at
-    Device.objects.filter(pk__in=device_ids).update(**fields)
-    webhooks.devices_offline(device_ids)
+    Device.objects.filter(pk__in=[pk for pk, _, _ in devices]).update(**fields)
+    webhooks.devices_offline(devices)
 
 
 # --- Hub process leases ---------------------------------------------------------
@@ -342,14 +348,15 @@ def close_out_expired_leases(own_lease_id: int | None, *, all_others: bool = Fal
                 if not chunk:
                     break
                 offline = list(
-                    Device.objects.filter(pk__in=chunk, connection_status=ConnectionStatus.CONNECTED).values_list(
-                        "pk", flat=True
-                    )
+                    Device.objects.filter(pk__in=chunk, connection_status=ConnectionStatus.CONNECTED)
+                    .order_by("pk")
+                    .values_list("pk", "org_id", "identifier")
                 )
-                Device.objects.filter(pk__in=chunk).exclude(pk__in=offline).update(hub_lease=None)
+                offline_ids = [pk for pk, _, _ in offline]
+                Device.objects.filter(pk__in=chunk).exclude(pk__in=offline_ids).update(hub_lease=None)
                 if offline:
                     _mark_offline(offline, None)
-                    gone += offline
+                    gone += offline_ids
     if closed:
         HubLease.objects.filter(closed_at__lt=now - LEASE_KEEP, devices__isnull=True).delete()
     return gone
@@ -369,54 +376,59 @@ def refresh_last_seen(device_ids: Iterable[int], chunk: int = 1000) -> int:
 
 
 @dataclass(frozen=True)
-class JoinOutcome:
-    fwup_public_keys: list[str] | None  # None: not asked, or the org has none
-    archive_public_keys: list[str] | None
-    # As stored by the join, with its deployment, firmware and archive loaded:
-    # what follows the join (deployments.rollout.on_device_joined) reads it.
-    device: Device
+class JoinReport:
+    """What a device's `device` join says about itself (docs/device-protocol.md
+    §4.2), as the device link read it off the wire."""
+
+    fwup_version: str = ""
+    device_api_version: str = "1.0.0"
+    console_version: str = ""
+    nerves_fw_uuid: str = ""
+    nerves_fw_product: str = ""
+    nerves_fw_version: str = ""
+    nerves_fw_platform: str = ""
+    nerves_fw_architecture: str = ""
+    nerves_fw_author: str = ""
+    nerves_fw_description: str = ""
+    nerves_fw_vcs_identifier: str = ""
+    nerves_fw_misc: str = ""
+    currently_downloading_uuid: str | None = None
+    firmware_validated: bool | None = None
+    firmware_auto_revert_detected: bool = False
 
 
-def join_device(device_id: int, params: DeviceJoin) -> JoinOutcome:
-    """Store what the `device` join reports (docs/device-protocol.md §4.2).
+def join_device(device_id: int, report: JoinReport) -> Device:
+    """Store what the `device` join reports (docs/device-protocol.md §4.2) and
+    return the device as stored.
 
     A reconnecting device mostly reports what is stored already: then this is
     one read and nothing is written."""
-    from deployments.models import Deployment
-    from firmware.models import SigningKey
-
     validation = {
         True: ValidationStatus.VALIDATED,
         False: ValidationStatus.NOT_VALIDATED,
         None: ValidationStatus.UNKNOWN,
-    }[params.meta.firmware_validated]
+    }[report.firmware_validated]
     fields: dict[str, object] = {
-        "fwup_version": params.fwup_version[:50],
-        "device_api_version": params.device_api_version[:50],
+        "fwup_version": report.fwup_version[:50],
+        "device_api_version": report.device_api_version[:50],
         "firmware_validation": validation,
-        "firmware_auto_revert_detected": params.meta.firmware_auto_revert_detected,
+        "firmware_auto_revert_detected": report.firmware_auto_revert_detected,
     }
-    if params.console_version:
-        fields["console_version"] = params.console_version[:50]
-    if params.nerves_fw_uuid:
+    if report.console_version:
+        fields["console_version"] = report.console_version[:50]
+    if report.nerves_fw_uuid:
         fields.update(
-            firmware_uuid=params.nerves_fw_uuid[:36],
-            firmware_product=params.nerves_fw_product[:200],
-            firmware_version=params.nerves_fw_version[:100],
-            firmware_platform=params.nerves_fw_platform[:100],
-            firmware_architecture=params.nerves_fw_architecture[:100],
-            firmware_author=params.nerves_fw_author[:200],
-            firmware_description=params.nerves_fw_description,
-            firmware_vcs_identifier=params.nerves_fw_vcs_identifier[:200],
-            firmware_misc=params.nerves_fw_misc,
+            firmware_uuid=report.nerves_fw_uuid[:36],
+            firmware_product=report.nerves_fw_product[:200],
+            firmware_version=report.nerves_fw_version[:100],
+            firmware_platform=report.nerves_fw_platform[:100],
+            firmware_architecture=report.nerves_fw_architecture[:100],
+            firmware_author=report.nerves_fw_author[:200],
+            firmware_description=report.nerves_fw_description,
+            firmware_vcs_identifier=report.nerves_fw_vcs_identifier[:200],
+            firmware_misc=report.nerves_fw_misc,
         )
-    # Two plain reads rather than one four-table select_related: compiling that
-    # select cost more hub CPU than any other step of a join.
     device = Device.objects.get(pk=device_id)
-    if device.deployment_id is not None:
-        device.deployment = (
-            Deployment.objects.select_related("firmware", "archive").filter(pk=device.deployment_id).first()
-        )
     changed = {name: value for name, value in fields.items() if getattr(device, name) != value}
     if changed:
         with transaction.atomic():
@@ -428,40 +440,14 @@ def join_device(device_id: int, params: DeviceJoin) -> JoinOutcome:
             Device.objects.filter(pk=device_id).update(**changed, updated_at=timezone.now())
             for name, value in changed.items():
                 setattr(device, name, value)
-            if params.nerves_fw_uuid and params.nerves_fw_uuid != previous_uuid:
+            if report.nerves_fw_uuid and report.nerves_fw_uuid != previous_uuid:
                 audit(
                     device,
                     "device.firmware_changed",
                     device,
-                    details={"from": previous_uuid, "to": params.nerves_fw_uuid, "version": params.nerves_fw_version},
+                    details={"from": previous_uuid, "to": report.nerves_fw_uuid, "version": report.nerves_fw_version},
                 )
-
-    keys: list[str] | None = None
-    if "on_connect" in (params.fwup_public_keys, params.archive_public_keys):
-        # Like the reference: every key of the org, and nothing pushed when it has none.
-        keys = list(SigningKey.objects.filter(org_id=device.org_id).order_by("pk").values_list("key", flat=True))
-        keys = keys or None
-    return JoinOutcome(
-        fwup_public_keys=keys if params.fwup_public_keys == "on_connect" else None,
-        archive_public_keys=keys if params.archive_public_keys == "on_connect" else None,
-        device=device,
-    )
-
-
-def store_join(device_id: int, params: DeviceJoin) -> tuple[JoinOutcome, int | None]:
-    """The `device` join's database work, in one call from the socket: store
-    what it reports, settle the in-flight update and the deployment (which may
-    push one), run the connecting code. Returns the join's outcome and the
-    device's deployment."""
-    # Imported here: both import this module.
-    from deployments import rollout
-    from devices import scripts
-
-    outcome = join_device(device_id, params)
-    deployment_id = rollout.on_device_joined(device_id, params, seen=outcome.device)
-    unchanged = outcome.device.deployment_id == deployment_id
-    scripts.push_connecting_code(device_id, seen=outcome.device if unchanged else None)
-    return outcome, deployment_id
+    return device
 
 
 def join_console(device_id: int, console_version: str) -> None:

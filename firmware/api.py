@@ -11,7 +11,7 @@ from pydantic import ConfigDict, Field
 
 from firmware import services
 from firmware.models import Firmware, FirmwareKind, SigningKey
-from nerveshub.api import actor, require_org, require_product
+from nerveshub.apihelpers import actor, require_org, require_product
 from nerveshub.tenancy.models import Role
 
 router = Router(tags=["firmware"])

@@ -48,7 +48,7 @@ from urllib.parse import quote
 from django.conf import settings
 from django.core import signing
 
-from firmware.services import firmware_storage
+from firmware.storage import firmware_storage
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

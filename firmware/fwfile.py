@@ -364,6 +364,8 @@ def parse_metadata(meta_conf: bytes) -> Metadata:
 
 def verify_signature(meta_conf: bytes, signature: bytes, keys: Iterable[tuple[int, bytes]]) -> int | None:
     """The id of the first key whose Ed25519 signature over meta.conf checks out."""
+    # PyNaCl loads libsodium: imported by the validation that needs it, not by
+    # every process that imports the file reader.
     from nacl.exceptions import BadSignatureError
     from nacl.signing import VerifyKey
 

@@ -13,6 +13,10 @@ Flow of an upload (docs/architecture.md, "Firmware upload"):
    a rejected file's bytes are deleted on commit, and only then. Whatever a
    crafted file makes the reading code raise is a rejection; only the storage or
    the database being unreachable is left for a retry (docs/architecture.md).
+
+Imports: `firmware/tasks.py` calls this module and this module enqueues its
+task on commit, the shape of a service and its Celery task; the task module
+stays a thin wrapper, and the one import back is made when the dispatch runs.
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files import File
-from django.core.files.storage import FileSystemStorage, Storage, storages
+from django.core.files.storage import FileSystemStorage
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import ProtectedError
 from django.utils import timezone
 
 from firmware import fwfile
+from firmware.downloads import signed_path
 from firmware.models import Firmware, FirmwareKind, FirmwareStatus, SigningKey
+from firmware.storage import firmware_storage
 from nerveshub.lib.enqueue import enqueue
 from nerveshub.tenancy.models import Organization, Product
 from nerveshub.tenancy.services import Actor, audit
@@ -65,11 +71,6 @@ class SigningKeyInUse(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def firmware_storage() -> Storage:
-    # Looked up per call: tests swap STORAGES (local <-> S3) with override_settings.
-    return storages["firmware"]
 
 
 # --- Upload -----------------------------------------------------------------------
@@ -197,6 +198,8 @@ def _dispatch_validation(firmware_id: int) -> None:
     request that uploaded the file: whatever it raises is logged and the row,
     committed `pending` with its bytes, is left to the sweep, rather than failing
     a request whose upload has already been accepted."""
+    # Imported when called: firmware.tasks imports this module (its tasks call
+    # the validation service), the service-and-task cycle.
     from firmware.tasks import validate_firmware_task
 
     try:
@@ -409,8 +412,6 @@ def download_url(firmware: Firmware) -> str:
         raise ValueError("only valid, stored firmware can be downloaded")
     storage = firmware_storage()
     if isinstance(storage, FileSystemStorage):
-        from firmware.downloads import signed_path
-
         return settings.PUBLIC_URL + signed_path(firmware.storage_name, firmware.uuid or "firmware")
     # S3 and other remote backends presign their own URLs.
     return str(storage.url(firmware.storage_name, expire=settings.FIRMWARE_URL_TTL))  # type: ignore[call-arg]

@@ -29,8 +29,17 @@ from ninja.errors import ValidationError as NinjaValidationError
 from ninja.parser import Parser
 from ninja.security import APIKeyHeader
 
+# This module gathers the apps' routers (each `<app>/api.py`) and answers
+# errors. What the routers borrow (`require_org`, `require_product`, `actor`)
+# lives below them in nerveshub/apihelpers.py, so imports point one way: this
+# module -> the apps' routers -> the helpers. (The docstring above is the
+# OpenAPI description, hence a comment here.)
+from certificates.api import router as certificates_router
+from deployments.api import router as deployments_router
+from devices.api import router as devices_router
+from firmware.api import router as firmware_router
 from nerveshub.tenancy import services as tenancy
-from nerveshub.tenancy.models import ROLE_RANK, Organization, Product, Role
+from nerveshub.tenancy.api import router as tenancy_router
 
 
 class TokenAuth(APIKeyHeader):
@@ -141,44 +150,8 @@ def _unstorable(request: HttpRequest, exc: DataError) -> HttpResponse:
     return _error(request, 422, {"detail": "a value cannot be stored: " + str(exc).split("\n", 1)[0]})
 
 
-# --- Access helpers: every endpoint loads its objects through these -------------------
-
-
-def require_org(request: HttpRequest, org_name: str, role: str = Role.VIEW) -> Organization:
-    """The organization, if the user may see it (else 404) with at least `role`
-    (else 403)."""
-    org = Organization.objects.filter(name=org_name).first()
-    current = tenancy.role_in(request.user, org) if org is not None else None
-    if org is None or current is None:
-        raise HttpError(404, f"organization {org_name!r} not found")
-    if ROLE_RANK[Role(current)] < ROLE_RANK[Role(role)]:
-        raise HttpError(403, f"this needs the {role} role in {org_name}")
-    return org
-
-
-def require_product(request: HttpRequest, org_name: str, product_name: str, role: str = Role.VIEW) -> Product:
-    org = require_org(request, org_name, role)
-    product = Product.objects.select_related("org").filter(org=org, name=product_name).first()
-    if product is None:
-        raise HttpError(404, f"product {product_name!r} not found in {org_name}")
-    return product
-
-
-def actor(request: HttpRequest) -> User:
-    user = request.user
-    if not isinstance(user, User):
-        raise HttpError(401, "missing or invalid API token")
-    return user
-
-
 def register_routers() -> None:
-    """Mount each app's router. Imported lazily so that models load first."""
-    from certificates.api import router as certificates_router
-    from deployments.api import router as deployments_router
-    from devices.api import router as devices_router
-    from firmware.api import router as firmware_router
-    from nerveshub.tenancy.api import router as tenancy_router
-
+    """Mount each app's router (nerveshub.urls calls this once)."""
     api.add_router("/", tenancy_router)
     api.add_router("/", devices_router)
     api.add_router("/", deployments_router)

@@ -19,6 +19,8 @@ app.autodiscover_tasks()
 def _fresh_database_pool(**kwargs: object) -> None:
     # A forked worker must not share the parent's pooled connections (or its
     # pool's threads, which do not survive the fork): it opens a pool of its own.
+    # Imported in the forked worker only: every process imports this Celery
+    # app (embedded mode on SQLite too), and only a worker on PostgreSQL has a pool.
     from django.db.backends.postgresql.base import DatabaseWrapper
 
     DatabaseWrapper._connection_pools.clear()  # type: ignore[attr-defined]

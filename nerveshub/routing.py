@@ -8,7 +8,7 @@ from typing import Any
 from django.urls import re_path
 
 from console.routing import websocket_urlpatterns as console_routes
-from devices.consumers import DeviceSocketConsumer
+from devicelink.consumer import DeviceSocketConsumer
 
 websocket_urlpatterns: list[Any] = [
     # Shared-secret devices use /device-socket, certificate devices /socket (docs/device-protocol.md §1.1).

@@ -52,16 +52,18 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["HOST"], os.environ["PORT"] = args.host, str(args.port)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nerveshub.settings")
 
+    # Imported only now: the environment above must be set before daphne and
+    # the server's own modules read the settings.
     from daphne.cli import CommandLineInterface
 
-    from devices.daphne_ext import install
+    from devicelink.daphne_ext import install
     from nerveshub.lib import daphne_http
 
-    # 401/503 with headers on refused device upgrades (see devices/daphne_ext.py).
+    # 401/503 with headers on refused device upgrades (see devicelink/daphne_ext.py).
     install()
     # Bodies refused on their headers, and a deadline for the headers (see nerveshub/lib/daphne_http.py).
     daphne_http.install()
-    # The hub's background tasks start with the process, not at its first
+    # The device link's background tasks start with the process, not at its first
     # device socket: a process restarted after a crash records at once the
     # disconnects its predecessor could not (docs/architecture.md, "Presence").
     from twisted.internet import reactor
@@ -74,11 +76,11 @@ def main(argv: list[str] | None = None) -> None:
 def _start_hub() -> None:
     from daphne.server import twisted_loop
 
-    from devices.hub import hub
+    from devicelink.dispatcher import dispatcher
 
     # Called as the reactor starts, maybe before its asyncio loop runs: the
-    # hub's tasks belong to that loop, so start them from it.
-    twisted_loop.call_soon(hub.start)
+    # dispatcher's tasks belong to that loop, so start them from it.
+    twisted_loop.call_soon(dispatcher.start)
 
 
 if __name__ == "__main__":

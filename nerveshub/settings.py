@@ -226,11 +226,11 @@ if REDIS_URL:
     }
 else:
     # Every message for a device socket goes through its process's one dispatcher
-    # channel (devices.hub): room for a rollout's whole batch of pushes.
+    # channel (devicelink.dispatcher): room for a rollout's whole batch of pushes.
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 10000}}}
 
 # The cache holds short-lived counters: failed device authentications
-# (devices/auth.py), failed sign-ins and password resets (nerveshub/web/throttle.py).
+# (devicelink/auth.py), failed sign-ins and password resets (nerveshub/web/throttle.py).
 # They must be shared by every server process, hence Redis when there is one;
 # embedded mode has one process, whose memory is enough.
 # CACHE_KEY_PREFIX separates hubs sharing one Redis database (tests do).
@@ -414,7 +414,7 @@ DEVICE_IDLE_TIMEOUT = envint("DEVICE_IDLE_TIMEOUT", 180, minimum=1)
 DEVICE_CONNECT_RATE = envint("DEVICE_CONNECT_RATE", 2000, minimum=0)
 DEVICE_CONNECT_BURST = envint("DEVICE_CONNECT_BURST", 4000, minimum=1)
 # Threads (each with its own database connection) that run the device sockets'
-# database calls on PostgreSQL; see devices/dbthreads.py.
+# database calls on PostgreSQL; see devicelink/dbthreads.py.
 DEVICE_DB_THREADS = envint("DEVICE_DB_THREADS", 8, minimum=1)
 # Refuse a device connect with 503 while this many database calls wait for one of
 # those threads: a connect that would queue behind them would not be accepted
@@ -460,7 +460,7 @@ CONSOLE_SCROLLBACK_BYTES = envint("CONSOLE_SCROLLBACK_BYTES", 131_072, minimum=1
 # kept as a line of its own, so a device that never sends a newline cannot grow it.
 CONSOLE_MAX_LINE_BYTES = envint("CONSOLE_MAX_LINE_BYTES", 16_384, minimum=256)
 
-# --- Device certificates (certificates/auth.py, deploy/nginx/nerveshub.conf) ---
+# --- Device certificates (devicelink/certauth.py, deploy/nginx/nerveshub.conf) ---
 # Addresses of the TLS-terminating proxies (nginx) whose X-SSL-Client-Cert header
 # the hub believes. Empty (the default): the header is never trusted, and a
 # request that carries it is refused. Comma list of IPs or CIDR networks.

@@ -6,6 +6,7 @@ class WebhooksConfig(AppConfig):
     verbose_name = "Webhooks"
 
     def ready(self) -> None:
+        # Imported only now: the models are not loaded when apps.py is.
         from nerveshub.tenancy.services import register_audit_hook
         from webhooks.services import on_audit_event
 

@@ -16,6 +16,10 @@ receiver's answer). Celery (or, in embedded mode, the bounded DeliveryPool)
 sends a row after its transaction commits; the periodic sweep picks up rows
 whose message was lost or whose retry is due. Where a delivery may connect is
 webhooks.destinations.
+
+Imports: `webhooks/tasks.py` calls this module and this module enqueues its
+task (`dispatch`), the shape of a service and its Celery task; the one import
+back is made when `dispatch` runs.
 """
 
 from __future__ import annotations
@@ -266,36 +270,32 @@ def device_online(device: models.Model) -> None:
     )
 
 
-def devices_offline(device_ids: list[int]) -> None:
-    """These devices' current sockets closed (call inside the transaction that
-    records it). Disconnects come in bursts: one query when nobody listens."""
-    from devices.models import Device
-
-    devices = Device.objects.filter(pk__in=device_ids)
+def devices_offline(devices: list[tuple[int, int, str]]) -> None:
+    """These devices' current sockets closed, as (id, org id, identifier) in id
+    order (call inside the transaction that records it). Disconnects come in
+    bursts: one query. The devices app calls this module, so the rows come to
+    it rather than it reading the devices' table."""
     listening = {
         org_id
         for org_id, types in WebhookEndpoint.objects.filter(
-            org_id__in=devices.values("org_id"), is_active=True
+            org_id__in={org_id for _, org_id, _ in devices}, is_active=True
         ).values_list("org_id", "event_types")
         if EventType.DEVICE_OFFLINE in (types or [])
     }
-    if not listening:
-        return
-    for row in devices.filter(org_id__in=listening).values("pk", "org_id", "identifier").order_by("pk"):
-        emit(
-            row["org_id"],
-            EventType.DEVICE_OFFLINE,
-            {
-                "subject": _subject("device", row["pk"], row["identifier"]),
-                "actor": f"device:{row['identifier']}",
-                "details": {},
-            },
-        )
+    for pk, org_id, identifier in devices:
+        if org_id in listening:
+            emit(
+                org_id,
+                EventType.DEVICE_OFFLINE,
+                {"subject": _subject("device", pk, identifier), "actor": f"device:{identifier}", "details": {}},
+            )
 
 
 def dispatch(delivery_id: int) -> bool:
     """Hand a committed delivery to a worker. False when the broker could not
     be reached (the sweep sends the row later)."""
+    # Imported when called: webhooks.tasks imports this module (its task calls
+    # the delivery service), the service-and-task cycle.
     from webhooks.tasks import deliver_webhook_task
 
     if settings.CELERY_TASK_ALWAYS_EAGER:
@@ -313,7 +313,7 @@ class DeliveryPool:
     online with a slow receiver is thousands of them). A failed attempt's retry
     waits here, as a number on a heap rather than a sleeping thread, until it
     is due; after a restart the embedded beat's sweep finds it instead
-    (devices.hub). Threads start when there is work and nobody idle."""
+    (devicelink.dispatcher). Threads start when there is work and nobody idle."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()

@@ -55,6 +55,8 @@ def install() -> None:
     import django
 
     django.setup()
+    # Imported when serving: daphne's import installs its reactor (see
+    # nerveshub/serve.py), and bodyguard needs the apps set up just above.
     from daphne.http_protocol import WebRequest
     from daphne.server import Server
     from twisted.internet import defer

@@ -9,7 +9,7 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import ConfigDict, Field
 
-from nerveshub.api import actor, require_org, require_product
+from nerveshub.apihelpers import actor, require_org, require_product
 from nerveshub.tenancy import services
 from nerveshub.tenancy.models import APIToken, Product, Role
 

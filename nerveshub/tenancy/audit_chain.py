@@ -23,6 +23,12 @@ object of the keys `org`, `actor`, `action`, `subject_type`, `subject_id`,
 `subject`, `details`, `created_at` (UTC, `YYYY-MM-DDTHH:MM:SS.ffffffZ`) and
 `prev_hash`, serialised with sorted keys, `","` and `":"` separators and UTF-8
 without escaping; `hash` is the lowercase hex SHA-256 of those bytes.
+
+Imports: this module sits below `tenancy.services` (whose `audit` appends
+here). `prune_chain` is the exception that audits itself, as the chain's
+newest event, through `services.audit` so the hooks (webhooks) see it like any
+other event: it imports `audit` when it runs. Splitting the prune out would
+only move that import, not remove it.
 """
 
 from __future__ import annotations
@@ -351,6 +357,9 @@ def prune_chain(actor: Any, org: Organization, before: datetime, out: Writer) ->
     last deleted event's hash as the chain's checkpoint so the rest still
     verifies. Refuses a chain that does not verify. The prune is itself audited,
     as the newest event of the chain."""
+    # Imported when called: services.audit appends to this chain (this module
+    # is below it), and only the prune audits itself through it. See the module
+    # docstring.
     from nerveshub.tenancy.services import audit
 
     key = chain_key(org)

@@ -5,7 +5,7 @@ itself (`product_secret.created`, `device_secret.created`,
 `shared_secret.deactivated`, the admin's own events on those rows), and
 `device.registered` and `shared_secret.deactivated` carry the key in their
 details. A product key is half of a fleet's credential and what lets a caller
-make the hub run its key derivation (devices/auth.py), so members below the
+make the hub run its key derivation (devicelink/auth.py), so members below the
 `manage` role see such values masked: the key's prefix and an ellipsis
 ("nhp_…"). Members with `manage` or `admin` see them whole, as they may in the
 admin's key lists.

@@ -1,4 +1,4 @@
-"""certificates.auth.device_from_scope: which peers may forward a certificate,
+"""devicelink.certauth.device_from_scope: which peers may forward a certificate,
 and the TRUSTED_PROXIES setting it relies on."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from django.core.exceptions import ImproperlyConfigured
 from pytest_django.fixtures import Settings
 
 from certificates import pki
-from certificates.auth import device_from_scope
 from certificates.pki import Issued
-from devices.auth import AuthError
+from devicelink.certauth import device_from_scope
+from devicelink.errors import AuthError
 from nerveshub.lib.env import envnetworks
 from tests.certificates.proof import register_ca
 from tests.conftest import Tenant

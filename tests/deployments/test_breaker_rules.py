@@ -20,9 +20,10 @@ from django.utils.text import slugify
 
 from deployments import rollout
 from deployments.models import Deployment, DeviceUpdate, UpdateStatus
+from devicelink.join import join_report
+from devicelink.protocol import DeviceJoin
 from devices import services as device_services
 from devices.models import Device
-from devices.protocol import DeviceJoin
 from nerveshub.tenancy import services as tenancy
 from tests.deployments.conftest import make_device
 
@@ -88,7 +89,7 @@ def _rejoin(device: Device, *, uuid: str | None = None, downloading: str | None 
         Device.objects.filter(pk=device.pk).update(firmware_uuid=uuid)
     seen = Device.objects.get(pk=device.pk)
     join = DeviceJoin.model_validate({"nerves_fw_uuid": seen.firmware_uuid, "currently_downloading_uuid": downloading})
-    rollout.on_device_joined(device.pk, join, seen=seen)
+    rollout.on_device_joined(device.pk, join_report(join), seen=seen)
 
 
 def _hub_restart(device: Device) -> str:

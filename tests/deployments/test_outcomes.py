@@ -11,8 +11,9 @@ from django.utils import timezone
 
 from deployments import rollout
 from deployments.models import Deployment, DeviceUpdate, UpdateStatus
+from devicelink.join import join_report
+from devicelink.protocol import DeviceJoin
 from devices.models import Device
-from devices.protocol import DeviceJoin
 from firmware.models import Firmware
 from tests.conftest import Tenant
 from tests.deployments.conftest import make_device
@@ -23,7 +24,9 @@ def _join(device: Device, *, uuid: str | None, validated: bool | None = None, **
     part, as the device consumer does."""
     Device.objects.filter(pk=device.pk).update(firmware_uuid=uuid)
     meta = {"firmware_validated": validated} if validated is not None else {}
-    rollout.on_device_joined(device.pk, DeviceJoin.model_validate({"nerves_fw_uuid": uuid, "meta": meta, **fields}))
+    rollout.on_device_joined(
+        device.pk, join_report(DeviceJoin.model_validate({"nerves_fw_uuid": uuid, "meta": meta, **fields}))
+    )
 
 
 def _inflight_update(deployment: Deployment, device: Device, status: UpdateStatus) -> DeviceUpdate:
@@ -106,7 +109,9 @@ def test_it_counts_a_return_on_the_old_firmware_as_a_failed_attempt(
     update = _inflight_update(deployment, device, status)
     # when: the hub saw its socket close, and it came back on its old firmware
     Device.objects.filter(pk=device.pk).update(firmware_uuid="uuid-1.0.0", disconnected_at=timezone.now())
-    rollout.on_device_joined(device.pk, DeviceJoin.model_validate({"nerves_fw_uuid": "uuid-1.0.0", **join}))
+    rollout.on_device_joined(
+        device.pk, join_report(DeviceJoin.model_validate({"nerves_fw_uuid": "uuid-1.0.0", **join}))
+    )
     # then
     update.refresh_from_db()
     assert update.status == expected
@@ -183,7 +188,7 @@ def test_a_reschedule_with_an_absurd_delay_is_dropped_not_a_crash(tenant, deploy
     # given
     from pydantic import ValidationError
 
-    from devices.protocol import StatusUpdate
+    from devicelink.protocol import StatusUpdate
 
     # when / then: the socket's schema refuses it before the rollout sees it
     with pytest.raises(ValidationError):

@@ -16,8 +16,9 @@ from pytest_django.fixtures import DjangoCaptureOnCommitCallbacks
 
 from deployments import rollout
 from deployments.models import Deployment, DeviceUpdate, UpdateStatus
+from devicelink.join import join_report
+from devicelink.protocol import DeviceJoin
 from devices.models import Device
-from devices.protocol import DeviceJoin
 from tests.conftest import Tenant
 from tests.deployments.conftest import make_device
 
@@ -56,7 +57,9 @@ def _received(channel: str, loop: asyncio.AbstractEventLoop) -> list[str]:
 def _join(device: Device) -> None:
     # What the socket's join runs once the device's row says this socket serves it.
     seen = Device.objects.get(pk=device.pk)
-    rollout.on_device_joined(device.pk, DeviceJoin.model_validate({"nerves_fw_uuid": seen.firmware_uuid}), seen=seen)
+    rollout.on_device_joined(
+        device.pk, join_report(DeviceJoin.model_validate({"nerves_fw_uuid": seen.firmware_uuid})), seen=seen
+    )
 
 
 def _reconnect(device: Device) -> str:

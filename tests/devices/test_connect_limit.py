@@ -44,7 +44,7 @@ def test_it_sheds_connects_over_the_rate_with_503_and_lets_them_in_later(
 
 
 # The backlog is the queue of the device sockets' database thread pool, which only
-# PostgreSQL has (devices/dbthreads.py); SQLite keeps one thread and no queue to shed on.
+# PostgreSQL has (devicelink/dbthreads.py); SQLite keeps one thread and no queue to shed on.
 @pytest.mark.services
 def test_it_sheds_connects_while_the_database_backlog_is_deep(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: two database threads, connects refused while a call waits for one

@@ -12,8 +12,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from devices import services
-from devices.auth import (
+from devicelink.auth import (
     REASON_ALG,
     REASON_EXPIRED,
     REASON_FUTURE,
@@ -21,6 +20,7 @@ from devices.auth import (
     REASON_NO_CREDENTIALS,
     REASON_PLATFORM,
 )
+from devices import services
 from devices.models import Device, DeviceSharedSecret
 from tests.devices.conftest import Credentials, run
 from tests.support.hub import HubLauncher

@@ -11,7 +11,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from devices.auth import REASON_PLATFORM
+from devicelink.auth import REASON_PLATFORM
 from devices.models import Device
 from tests.devices.conftest import Credentials, run, wait_until
 from tests.devices.test_device_auth import _upgrade

@@ -16,9 +16,11 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from deployments.models import Deployment, DeviceUpdate
-from devices import auth, services
+from devicelink import auth
+from devicelink.join import store_join
+from devicelink.protocol import DeviceJoin
+from devices import services
 from devices.models import Device
-from devices.protocol import DeviceJoin
 from nerveshub.tenancy.models import AuditEvent
 from tests.deployments.conftest import make_firmware
 from tests.devices.conftest import Credentials
@@ -43,7 +45,7 @@ def connect_and_join(
     headers = dict(nh1_headers(creds.product_key, creds.product_secret, identifier, int(time.time())))
     device = auth.authenticate_shared_secret(headers)
     services.open_device_connection(device, channel)
-    _, deployment_id = services.store_join(device.pk, DeviceJoin.model_validate(join))
+    _, deployment_id = store_join(device.pk, DeviceJoin.model_validate(join))
     return deployment_id
 
 

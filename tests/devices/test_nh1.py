@@ -1,4 +1,4 @@
-"""devices.nh1: the two reference test vectors and the payload decoder."""
+"""devicelink.nh1: the two reference test vectors and the payload decoder."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from devices import nh1
+from devicelink import nh1
 from tests.support.nhl_client import nh1_headers
 
 VECTOR_1: dict[str, Any] = {

@@ -17,15 +17,15 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from devices import nh1
-from devices.auth import (
+from devicelink import nh1
+from devicelink.auth import (
     REASON_ALG,
     REASON_IDENTIFIER,
     REASON_INVALID,
     REASON_THROTTLED,
-    AuthError,
     authenticate_shared_secret,
 )
+from devicelink.errors import AuthError
 from devices.models import Device
 from tests.devices.conftest import run
 from tests.support.nhl_client import _b64url, _etf_int, nh1_headers

@@ -6,7 +6,7 @@ not JSON, binary garbage, arrays of the wrong arity or with wrong types, huge re
 unknown or odd topics, oversized frames, and well-formed joins and events whose
 payloads are garbage. `FuzzSocket.run` sends them one at a time on a real device
 socket, each followed by a heartbeat probe, and judges what came back with an
-oracle written from the wire rules (docs/device-protocol.md §1.3 to §1.7, devices/consumers.py):
+oracle written from the wire rules (docs/device-protocol.md §1.3 to §1.7, devicelink/consumer.py):
 
 * a frame larger than the limit closes the socket with 1009; one that is not a
   five-element array of [ref|null, ref|null, string, string, any] (text, JSON)

@@ -1,7 +1,7 @@
 """A device that behaves like nerves_hub_link (docs/device-protocol.md), in Python.
 
 Independent of the server code on purpose: the NH1 signer below is written from
-docs/device-protocol.md §2, not imported from devices.nh1, so a bug shared by both sides
+docs/device-protocol.md §2, not imported from devicelink.nh1, so a bug shared by both sides
 cannot hide.
 
 What it reproduces: the upgrade request's header order (Mint lower-case names,

@@ -432,7 +432,7 @@ def create_scenario(config: SimConfig, data_dir: str | None = None) -> Scenario:
     from devices import services as device_services
     from devices.models import Device
     from firmware.models import Firmware, FirmwareStatus
-    from firmware.services import firmware_storage
+    from firmware.storage import firmware_storage
     from nerveshub.tenancy import services as tenancy
 
     label = config.label or uuid.uuid4().hex[:8]

@@ -9,8 +9,8 @@ import time
 import pytest
 from django.urls import reverse
 
+from devicelink.auth import authenticate_shared_secret
 from devices import services
-from devices.auth import authenticate_shared_secret
 from devices.models import Device, ProductSharedSecret
 from nerveshub.tenancy.models import AuditEvent
 from tests.support.nhl_client import nh1_headers

@@ -16,9 +16,10 @@ from pytest_django.fixtures import DjangoCaptureOnCommitCallbacks, Settings
 
 from deployments import rollout
 from deployments.models import Deployment, DeviceUpdate
+from devicelink.join import join_report
+from devicelink.protocol import DeviceJoin
 from devices import services as device_services
 from devices.models import Device
-from devices.protocol import DeviceJoin
 from firmware.models import Firmware
 from nerveshub.tenancy.models import Organization
 from nerveshub.tenancy.services import audit
@@ -110,7 +111,7 @@ def test_an_update_is_announced_when_it_starts_fails_and_completes(
     rollout.on_status_report(failing.pk, {"status": "failed", "reason": "disk full"})
     rollout.on_status_report(succeeding.pk, {"value": 40, "stage": "downloading"})
     Device.objects.filter(pk=succeeding.pk).update(firmware_uuid=target.uuid)  # as join_device stores it
-    rollout.on_device_joined(succeeding.pk, DeviceJoin.model_validate({"nerves_fw_uuid": target.uuid}))
+    rollout.on_device_joined(succeeding.pk, join_report(DeviceJoin.model_validate({"nerves_fw_uuid": target.uuid})))
     _deliver_all()
 
     # then

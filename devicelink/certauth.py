@@ -7,8 +7,8 @@ key, and forwards the leaf certificate URL-escaped in `X-SSL-Client-Cert`. The
 hub checks everything else (issuer, signature, validity, revocation) itself,
 and believes that header only from the addresses in settings.TRUSTED_PROXIES.
 
-`devices.auth.authenticate_certificate_request` calls `device_from_scope`
-through database_sync_to_async.
+`devicelink.auth.authenticate_certificate_request` calls `device_from_scope`
+on a device database thread, first in the authenticator chain.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from django.conf import settings
 
 from certificates.services import CertificateRefused, authenticate_peer_certificate
-from devices.auth import AuthError
+from devicelink.errors import AuthError
 from devices.models import Device
 
 logger = logging.getLogger(__name__)

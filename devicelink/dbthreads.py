@@ -39,8 +39,10 @@ def backlog() -> int:
     return _executor._work_queue.qsize() if _executor is not None else 0
 
 
-def database_sync_to_async(func: Callable[..., T]) -> Callable[..., Any]:
-    """Like channels.db.database_sync_to_async, on the device pool when it applies."""
+def device_db_call(func: Callable[..., T]) -> Callable[..., Any]:
+    """`func` made awaitable, run on the device pool when it applies (else like
+    channels.db.database_sync_to_async). Named apart from Channels' function:
+    the two run on different threads."""
     global _executor
     wrapped: Callable[..., Any]
     if not _use_pool():

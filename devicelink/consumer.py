@@ -1,7 +1,7 @@
 """The device socket: Phoenix V2 over a websocket, as nerves_hub_link speaks it.
 
-Thin by design: parse a frame (devices.protocol), call a service through
-database_sync_to_async (devices.services), send a frame. The rules the device
+Thin by design: parse a frame (devicelink.protocol), call a service on a device
+database thread (devicelink.dbthreads.device_db_call), send a frame. The rules the device
 relies on (docs/device-protocol.md §1.7) live here because they are about the wire:
 
 * heartbeats are answered without touching the database;
@@ -29,11 +29,13 @@ from pydantic import ValidationError
 
 from console.services import DeviceConsole
 from deployments import rollout
-from devices import protocol, publish, scripts, services
-from devices.auth import AuthError, authenticate_device
-from devices.dbthreads import database_sync_to_async
-from devices.hub import hub
-from devices.protocol import Codec, Frame, FrameError
+from devicelink import join, protocol
+from devicelink.auth import authenticate_device
+from devicelink.dbthreads import device_db_call
+from devicelink.dispatcher import dispatcher
+from devicelink.errors import AuthError
+from devicelink.protocol import Codec, Frame, FrameError
+from devices import publish, scripts, services
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
     deployment_id: int | None = None
     last_frame: float = 0.0
 
-    # Messages from the rest of the hub (devices.hub hands them over): queued
+    # Messages from the rest of the hub (devicelink.dispatcher hands them over): queued
     # while this socket handles a frame, so they are handled in turn with the
     # frames as Channels would (the join reply goes out before what the join
     # pushed).
@@ -70,11 +72,11 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
     ) -> None:
         # Channels would give this consumer a channel of its own and a task
         # reading it, about 5 KiB per idle socket (M2). A device socket has an
-        # address on its process's dispatcher channel instead (devices.hub).
+        # address on its process's dispatcher channel instead (devicelink.dispatcher).
         self.scope = scope
         self.base_send = send
         self.channel_layer = get_channel_layer()
-        self.channel_name, self._number = await hub.attach(self)
+        self.channel_name, self._number = await dispatcher.attach(self)
         try:
             while True:
                 message = await receive()
@@ -93,12 +95,12 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             # However the consumer ends (the device closed, a send to a socket
             # that had just closed raised, daphne cancelled it): the device must
             # not stay marked online, nor the socket registered.
-            hub.detach(self._number)
+            dispatcher.detach(self._number)
             if self._delivering is not None:
                 self._delivering.cancel()
             if self.device_id:
-                hub.unregister(self)
-                hub.connection_closed(self.device_id, self.channel_name)
+                dispatcher.unregister(self)
+                dispatcher.connection_closed(self.device_id, self.channel_name)
 
     def deliver(self, message: dict[str, Any]) -> None:
         if self._inbox is None:
@@ -126,7 +128,7 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
         # Channels' own dispatch first hops to a worker thread to close stale
         # database connections, before every message: for a heartbeat that was
         # about a sixth of the hub's CPU (M5). This consumer touches the database
-        # only through database_sync_to_async, which does that in its own thread.
+        # only through device_db_call, which does that in its own thread.
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"no handler for message type {message['type']}")
@@ -146,14 +148,14 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             await self._deny(403, "unsupported serializer version")
             return
         self.codec = codec
-        if not hub.admit_connect():
+        if not dispatcher.admit_connect():
             await self._deny(503, REASON_BUSY)
             return
-        with hub.onboard():
+        with dispatcher.onboard():
             info = await self._authenticate_and_accept()
         if info is None:
             return
-        replaced = hub.register(self)
+        replaced = dispatcher.register(self)
         if replaced is not None:
             await replaced.close_replaced()
         elif info.previous_channel:
@@ -175,8 +177,8 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             return None
         try:
             # The process's lease: taken once, a no-op on every later connect.
-            lease_id = await hub.lease()
-            info: services.ConnectionInfo = await database_sync_to_async(services.open_device_connection)(
+            lease_id = await dispatcher.lease()
+            info: services.ConnectionInfo = await device_db_call(services.open_device_connection)(
                 device, self.channel_name, lease_id
             )
         except Exception:
@@ -312,8 +314,8 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
         # One trip to the database thread for the whole join. What it pushes
         # travels through the channel layer to this consumer, which handles it
         # only after this method returns: the device gets its join reply first.
-        with hub.onboard():
-            outcome, self.deployment_id = await database_sync_to_async(services.store_join)(self.device_id, params)
+        with dispatcher.onboard():
+            outcome, self.deployment_id = await device_db_call(join.store_join)(self.device_id, params)
         self.joined["device"] = frame.join_ref
         await self._send(protocol.reply(frame.join_ref, frame.ref, "device", "ok", {}))
         if outcome.fwup_public_keys:
@@ -333,23 +335,21 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             return
         if event == "status_update":
             status = protocol.StatusUpdate.model_validate(payload)
-            await database_sync_to_async(rollout.on_status_report)(self.device_id, status.model_dump(exclude_none=True))
+            await device_db_call(rollout.on_status_report)(self.device_id, status.model_dump(exclude_none=True))
         elif event in ("fwup_progress", "update_progress"):
             progress = protocol.FwupProgress.model_validate(payload)
-            await database_sync_to_async(rollout.on_status_report)(
-                self.device_id, progress.model_dump(exclude_none=True)
-            )
+            await device_db_call(rollout.on_status_report)(self.device_id, progress.model_dump(exclude_none=True))
         elif event == "report_network_interface":
             report = protocol.NetworkInterfaceReport.model_validate(payload)
-            await database_sync_to_async(services.record_network_interface)(self.device_id, report.interface or "")
+            await device_db_call(services.record_network_interface)(self.device_id, report.interface or "")
         elif event == "firmware_validated":
-            await database_sync_to_async(services.mark_firmware_validated)(self.device_id)
-            await database_sync_to_async(rollout.on_firmware_validated)(self.device_id)
+            await device_db_call(services.mark_firmware_validated)(self.device_id)
+            await device_db_call(rollout.on_firmware_validated)(self.device_id)
         elif event == "connection_types":
             types = protocol.ConnectionTypes.model_validate(payload)
-            await database_sync_to_async(services.record_connection_types)(self.device_id, types.values)
+            await device_db_call(services.record_connection_types)(self.device_id, types.values)
         elif event == "scripts/run":
-            await database_sync_to_async(scripts.record_script_result)(self.device_id, payload)
+            await device_db_call(scripts.record_script_result)(self.device_id, payload)
         elif event == "rebooting":
             logger.info("device %s is rebooting", self.device_id)
         else:
@@ -362,7 +362,7 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def join_console(self, frame: Frame) -> None:
         params = protocol.ConsoleJoin.model_validate(frame.payload if isinstance(frame.payload, dict) else {})
-        await database_sync_to_async(services.join_console)(self.device_id, params.console_version)
+        await device_db_call(services.join_console)(self.device_id, params.console_version)
         self.joined["console"] = frame.join_ref
         if self.console is None:
             self.console = DeviceConsole(self.device_id, self.channel_name, params.console_version, self.channel_layer)
@@ -415,12 +415,10 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
                 await self._push("extensions", ON_ATTACH[name], {})
         elif frame.event == "health:report":
             report = protocol.HealthReport.model_validate(frame.payload)
-            await database_sync_to_async(services.record_health)(self.device_id, report.value)
+            await device_db_call(services.record_health)(self.device_id, report.value)
         elif frame.event == "geo:location:update":
             location = protocol.LocationUpdate.model_validate(frame.payload)
-            await database_sync_to_async(services.record_location)(
-                self.device_id, location.model_dump(exclude_none=True)
-            )
+            await device_db_call(services.record_location)(self.device_id, location.model_dump(exclude_none=True))
         else:
             logger.debug("device %s: extension event %s ignored", self.device_id, frame.event)
 
@@ -459,7 +457,7 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
         logger.info("device %s: socket closed (replaced or asked to reconnect)", self.device_id)
         await self._close(1000)
 
-    # The registry's interface (devices.hub.LocalSocket).
+    # The registry's interface (devicelink.dispatcher.LocalSocket).
 
     async def close_replaced(self) -> None:
         await self._close_replaced()

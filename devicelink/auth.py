@@ -3,8 +3,8 @@
 The socket consumer calls `authenticate_device(scope)`, which asks, in order:
 
 1. the client certificate (forwarded by the TLS-terminating proxy), through
-   `authenticate_certificate_request`, the one call site the certificates app
-   fills in (`certificates.auth.device_from_scope`);
+   `authenticate_certificate_request` (`devicelink.certauth.device_from_scope`,
+   which asks the certificates app's services);
 2. NH1 shared-secret headers (`x-nh-*`), verified here.
 
 Each authenticator returns the Device, returns None when its credentials are
@@ -15,9 +15,6 @@ headers.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
 import logging
 import time
 from collections.abc import Mapping
@@ -30,7 +27,10 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from devices import nh1
+from devicelink import nh1
+from devicelink.certauth import device_from_scope
+from devicelink.dbthreads import device_db_call
+from devicelink.errors import AuthError
 from devices.models import Device, DeviceSharedSecret, ProductSharedSecret, validate_identifier
 from devices.services import PRODUCT_KEY_PREFIX
 from nerveshub.lib import ratelimit
@@ -58,16 +58,6 @@ NH_HEADERS = ("x-nh-alg", "x-nh-key", "x-nh-time", "x-nh-signature")
 KEY_LAST_USED_INTERVAL = 3600
 
 
-class AuthError(Exception):
-    """Refuse the upgrade with this HTTP status and nh-connection-error-reason."""
-
-    def __init__(self, status: int, reason: str, detail: str = "") -> None:
-        super().__init__(detail or reason)
-        self.status = status
-        self.reason = reason
-        self.detail = detail or reason
-
-
 def scope_headers(scope: Mapping[str, Any]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for name, value in scope.get("headers", ()):
@@ -75,24 +65,13 @@ def scope_headers(scope: Mapping[str, Any]) -> dict[str, str]:
     return headers
 
 
-# --- 1. Certificates (implemented in the certificates app) --------------------
+# --- 1. Certificates (devicelink/certauth.py) -----------------------------------
 
 
 async def authenticate_certificate_request(scope: Mapping[str, Any]) -> Device | None:
-    """The certificate authenticator. Returns None when no certificate was
-    presented. Delegates to `certificates.auth.device_from_scope(scope)` (sync
-    or async, same contract: Device | None, AuthError to refuse) once that
-    module exists."""
-    if importlib.util.find_spec("certificates.auth") is None:
-        return None
-    module = importlib.import_module("certificates.auth")
-    from devices.dbthreads import database_sync_to_async
-
-    function = module.device_from_scope
-    if inspect.iscoroutinefunction(function):
-        result = await function(scope)
-    else:
-        result = await database_sync_to_async(function)(scope)
+    """The certificate authenticator (`devicelink.certauth.device_from_scope`, on
+    a device database thread). Returns None when no certificate was presented."""
+    result = await device_db_call(device_from_scope)(scope)
     return result if isinstance(result, Device) else None
 
 
@@ -249,8 +228,6 @@ def authenticate_shared_secret(headers: Mapping[str, str], client: str | None = 
 
 async def authenticate_device(scope: Mapping[str, Any]) -> Device:
     """Return the authenticated device or raise AuthError."""
-    from devices.dbthreads import database_sync_to_async
-
     try:
         device = await authenticate_certificate_request(scope)
         if device is not None:
@@ -260,7 +237,7 @@ async def authenticate_device(scope: Mapping[str, Any]) -> Device:
         if any(name.startswith("x-") for name in headers):
             peer = scope.get("client")
             client = client_address(str(peer[0]) if peer else None, headers.get("x-forwarded-for"))
-            shared: Device = await database_sync_to_async(authenticate_shared_secret)(headers, client)
+            shared: Device = await device_db_call(authenticate_shared_secret)(headers, client)
             return shared
     except AuthError:
         raise

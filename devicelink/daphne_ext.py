@@ -40,6 +40,8 @@ def install() -> None:
     global _installed
     if _installed:
         return
+    # Imported when serving: daphne's import installs its reactor (see
+    # nerveshub/serve.py), which a module-level import here would do early.
     from daphne.http_protocol import WebRequest
     from daphne.server import Server
     from daphne.ws_protocol import WebSocketProtocol

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from nerveshub.lib.semver import parse_semver
+
 JSON_VSN = "2.0.0"
 MSGPACK_VSN = "3.0.0"
 
@@ -252,11 +254,3 @@ class LocationUpdate(BaseModel):
     source: str | None = None
     error_code: str | None = None
     error_description: str | None = None
-
-
-def parse_semver(value: str) -> tuple[int, int, int] | None:
-    core = value.split("+", 1)[0].split("-", 1)[0]
-    parts = core.split(".")
-    if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
-        return None
-    return int(parts[0]), int(parts[1]), int(parts[2])

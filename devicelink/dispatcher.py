@@ -1,5 +1,6 @@
-"""Process-local state of the device sockets: who is connected here, plus the two
-background tasks each server process runs for all its sockets together.
+"""The per-process dispatcher of the device sockets (`dispatcher`, one
+`Dispatcher` per server process): who is connected here, plus the two background
+tasks each server process runs for all its sockets together.
 
 * the dispatcher: one channel per process, in the FLEET_GROUP group. A fleet
   message arrives once and is written to the matching local sockets directly. A
@@ -30,9 +31,16 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from devices import dbthreads
-from devices.dbthreads import database_sync_to_async as device_db
+from devicelink import dbthreads
+from devicelink.dbthreads import device_db_call
 from devices.publish import FLEET_GROUP, socket_address
+from devices.services import (
+    close_device_connections,
+    close_out_expired_leases,
+    refresh_last_seen,
+    renew_lease,
+    take_lease,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +87,7 @@ class ConnectLimiter:
         return True
 
 
-class Hub:
+class Dispatcher:
     def __init__(self) -> None:
         self.sockets: dict[int, LocalSocket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -143,11 +151,9 @@ class Hub:
             self._leasing = asyncio.Lock()
         async with self._leasing:
             if self._lease_id is None:
-                from devices.services import take_lease
-
                 layer = get_channel_layer()
                 channel = await self._own_channel(layer) if layer is not None else ""
-                self._lease_id = await device_db(take_lease)(channel)
+                self._lease_id = await device_db_call(take_lease)(channel)
         return self._lease_id
 
     def start(self) -> None:
@@ -188,14 +194,12 @@ class Hub:
             self._recorder = self._spawn(self._record_closed(), "device-disconnects")
 
     async def _record_closed(self) -> None:
-        from devices.services import close_device_connections
-
         await asyncio.sleep(DISCONNECT_BATCH_SECONDS)
         delay = 1.0
         while self._closed:
             batch, self._closed = self._closed[:1000], self._closed[1000:]
             try:
-                await device_db(close_device_connections)(batch)
+                await device_db_call(close_device_connections)(batch)
             except Exception:
                 # Kept and retried (the database may be restarting): a device
                 # left marked connected would look online until it came back.
@@ -309,8 +313,6 @@ class Hub:
         """Renew this process's lease and close out the expired leases of
         others, every HUB_LEASE_RENEW_SECONDS: one UPDATE and one indexed
         SELECT per period, whatever the number of sockets."""
-        from devices.services import close_out_expired_leases, renew_lease
-
         period = settings.HUB_LEASE_RENEW_SECONDS
         # An embedded hub is the only process there is: a lease left by anyone
         # else is its own predecessor's, dead by definition (a kill -9 or an
@@ -320,7 +322,7 @@ class Hub:
         while True:
             try:
                 lease_id = await self.lease()
-                gone = await device_db(close_out_expired_leases)(lease_id, all_others=everyone_else)
+                gone = await device_db_call(close_out_expired_leases)(lease_id, all_others=everyone_else)
             except Exception:
                 logger.exception("hub lease: could not take or sweep; retrying in %d s", period)
             else:
@@ -331,7 +333,7 @@ class Hub:
             if self._lease_id is None:
                 continue
             try:
-                renewed = await device_db(renew_lease)(self._lease_id)
+                renewed = await device_db_call(renew_lease)(self._lease_id)
             except Exception:
                 # The database may be restarting: the lease runs on; if it
                 # expires meanwhile, this process's devices show offline until
@@ -378,8 +380,6 @@ async def _beat_entry(name: str, entry: dict[str, Any]) -> None:
 
 
 async def _refresh_last_seen(device_ids: list[int]) -> None:
-    from devices.services import refresh_last_seen
-
     try:
         await database_sync_to_async(refresh_last_seen)(device_ids)
     except Exception:
@@ -391,6 +391,6 @@ def _log_crash(task: asyncio.Task[None]) -> None:
         logger.error("%s stopped", task.get_name(), exc_info=task.exception())
 
 
-hub = Hub()
+dispatcher = Dispatcher()
 
 Callback = Callable[[], Coroutine[Any, Any, None]]
