@@ -45,7 +45,15 @@ def test_it_starts_hub_processes_in_one_place() -> None:
         for path, module in _modules("tests", "bench")
         if path != Path(__file__).resolve()
         for node in ast.walk(module)
-        if isinstance(node, ast.Constant) and node.value == "nerveshub.serve"
+        # `-m nerveshub.serve` in a command line: a launch, not a mention
+        if isinstance(node, ast.List | ast.Tuple)
+        and any(
+            isinstance(a, ast.Constant)
+            and a.value == "-m"
+            and isinstance(b, ast.Constant)
+            and b.value == "nerveshub.serve"
+            for a, b in zip(node.elts, node.elts[1:], strict=False)
+        )
     )
     # then
     assert launchers == ["tests/support/hub.py"]
