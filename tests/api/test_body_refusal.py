@@ -16,6 +16,8 @@ from django.contrib.auth.models import User
 
 from firmware.models import Firmware
 from nerveshub.tenancy import services as tenancy
+from tests.conftest import Tenant
+from tests.support.hub import HubLauncher
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -89,7 +91,9 @@ def _upload_headers(length: int, **extra: str) -> dict[str, str]:
     return {"Content-Type": "multipart/form-data; boundary=xyz", "Content-Length": str(length), **extra}
 
 
-def test_a_300_mib_upload_without_credentials_is_answered_before_its_body(live_hub, tenant):
+def test_a_300_mib_upload_without_credentials_is_answered_before_its_body(
+    live_hub: HubLauncher, tenant: Tenant
+) -> None:
     # given
     hub = live_hub()
     path = _firmware_path(tenant)
@@ -102,7 +106,9 @@ def test_a_300_mib_upload_without_credentials_is_answered_before_its_body(live_h
 
 
 @pytest.mark.parametrize("authorization", [None, "token nhu_not-a-real-token", "Basic YWxpY2U6cHc="])
-def test_an_upload_without_a_valid_token_is_refused_before_its_body(live_hub, tenant, authorization):
+def test_an_upload_without_a_valid_token_is_refused_before_its_body(
+    live_hub: HubLauncher, tenant: Tenant, authorization: str | None
+) -> None:
     # given: a size the firmware limit allows
     hub = live_hub()
     extra = {"Authorization": authorization} if authorization else {}
@@ -114,7 +120,7 @@ def test_an_upload_without_a_valid_token_is_refused_before_its_body(live_hub, te
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"errors": {"detail": "missing or invalid API token"}}
 
 
-def test_the_hub_takes_in_only_a_little_of_a_refused_body(live_hub, tenant):
+def test_the_hub_takes_in_only_a_little_of_a_refused_body(live_hub: HubLauncher, tenant: Tenant) -> None:
     # given
     hub = live_hub()
     head = _head("POST", _firmware_path(tenant), hub.port, _upload_headers(BIG))
@@ -130,7 +136,7 @@ def test_the_hub_takes_in_only_a_little_of_a_refused_body(live_hub, tenant):
     "path",
     ["/org/acme/firmware/", "/admin/firmware/firmware/add/"],
 )
-def test_page_uploads_need_a_session_before_their_body(live_hub, tenant, path):
+def test_page_uploads_need_a_session_before_their_body(live_hub: HubLauncher, tenant: Tenant, path: str) -> None:
     hub = live_hub()
     for cookie in (None, "sessionid=not-a-session"):
         extra = {"Cookie": cookie} if cookie else {}
@@ -139,7 +145,7 @@ def test_page_uploads_need_a_session_before_their_body(live_hub, tenant, path):
         assert b"sign in before uploading" in answer
 
 
-def test_a_valid_token_uploads_and_expect_continue_is_honoured(live_hub, tenant):
+def test_a_valid_token_uploads_and_expect_continue_is_honoured(live_hub: HubLauncher, tenant: Tenant) -> None:
     # given
     hub = live_hub()
     token = tenancy.create_api_token(tenant.admin, tenant.admin, "ci").clear
@@ -167,7 +173,7 @@ def test_a_valid_token_uploads_and_expect_continue_is_honoured(live_hub, tenant)
     assert Firmware.objects.filter(org=tenant.org).count() == 1
 
 
-def test_a_signed_in_page_upload_reaches_the_view(live_hub, tenant):
+def test_a_signed_in_page_upload_reaches_the_view(live_hub: HubLauncher, tenant: Tenant) -> None:
     # given: a real session of a manager (password sign-in on the hub)
     hub = live_hub()
     from django.test import Client
@@ -186,7 +192,7 @@ def test_a_signed_in_page_upload_reaches_the_view(live_hub, tenant):
     assert b"sign in before uploading" not in answer
 
 
-def test_a_chunked_body_is_cut_at_the_limit(live_hub):
+def test_a_chunked_body_is_cut_at_the_limit(live_hub: HubLauncher) -> None:
     # given: a 1 MiB limit for ordinary requests
     hub = live_hub({"REQUEST_MAX_BODY_SIZE": str(MIB)})
     head = _head("POST", "/accounts/login/", hub.port, {"Transfer-Encoding": "chunked"})
@@ -210,7 +216,7 @@ def test_a_chunked_body_is_cut_at_the_limit(live_hub):
     assert hub.process.poll() is None
 
 
-def test_a_client_that_never_finishes_its_headers_is_disconnected(live_hub):
+def test_a_client_that_never_finishes_its_headers_is_disconnected(live_hub: HubLauncher) -> None:
     # given
     hub = live_hub({"HTTP_HEADER_TIMEOUT": "2"})
     started = time.monotonic()
@@ -238,7 +244,7 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(live_hub):
     assert received == b"" or _status(received) == 408, received
 
 
-def test_ordinary_requests_and_kept_alive_connections_still_work(live_hub):
+def test_ordinary_requests_and_kept_alive_connections_still_work(live_hub: HubLauncher) -> None:
     hub = live_hub({"HTTP_HEADER_TIMEOUT": "2"})
     with socket.create_connection(("127.0.0.1", hub.port), timeout=10) as conn:
         for _ in range(2):

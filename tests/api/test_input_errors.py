@@ -46,7 +46,9 @@ def test_ids_out_of_range_or_in_other_scripts_are_not_found(tenant: Tenant, as_a
         {"page": "0"},
     ],
 )
-def test_huge_or_odd_page_numbers_are_refused_with_422(tenant, as_admin, params):
+def test_huge_or_odd_page_numbers_are_refused_with_422(
+    tenant: Tenant, as_admin: ApiClient, params: dict[str, str]
+) -> None:
     make_device(tenant.product, "dev-1")
     # when
     response = as_admin.get("/orgs/acme/products/widget/devices", **params)
@@ -56,7 +58,7 @@ def test_huge_or_odd_page_numbers_are_refused_with_422(tenant, as_admin, params)
 
 
 @pytest.mark.django_db
-def test_the_last_page_number_still_answers(tenant, as_admin):
+def test_the_last_page_number_still_answers(tenant: Tenant, as_admin: ApiClient) -> None:
     response = as_admin.get("/orgs/acme/products/widget/devices", page=str(2**31 - 1), page_size="500")
     assert response.status_code == 200
     assert response.json()["devices"] == []
@@ -67,7 +69,9 @@ def test_the_last_page_number_still_answers(tenant, as_admin):
     "identifier",
     ["dev\x07bell", "dev\x1b[2J", "dev\u202egnp.exe", "dev\u200bone", "dev\u2028one", "dev one", "d" * 201],
 )
-def test_identifiers_with_control_or_format_characters_are_refused(tenant, as_admin, identifier):
+def test_identifiers_with_control_or_format_characters_are_refused(
+    tenant: Tenant, as_admin: ApiClient, identifier: str
+) -> None:
     # when
     response = as_admin.post("/orgs/acme/products/widget/devices", {"identifier": identifier})
     # then: the same rule as a device registering itself (devices.models.validate_identifier)

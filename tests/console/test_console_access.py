@@ -12,6 +12,7 @@ the periodic check."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.contrib.auth.tokens import default_token_generator
@@ -23,8 +24,19 @@ from devices import services as device_services
 from nerveshub.tenancy import redaction
 from nerveshub.tenancy.models import AuditEvent, Membership, Role
 from nerveshub.web import services as web_services
-from tests.console.conftest import PROMPT, HubBrowser, Operator, hub_request, in_thread, open_console, session_cookie
-from tests.devices.conftest import run, wait_until
+from tests.console.conftest import (
+    PROMPT,
+    FakeIEx,
+    HubBrowser,
+    IExDevice,
+    Operator,
+    hub_request,
+    in_thread,
+    open_console,
+    session_cookie,
+)
+from tests.devices.conftest import Credentials, run, wait_until
+from tests.support.hub import HubLauncher
 
 NO_POLL = {"CONSOLE_ACCESS_CHECK_SECONDS": "3600"}
 
@@ -33,7 +45,7 @@ def _audit(action: str, device_id: int) -> list[AuditEvent]:
     return list(AuditEvent.objects.filter(action=action, subject_id=str(device_id)).order_by("id"))
 
 
-def _typed(iex) -> str:  # type: ignore[no-untyped-def]
+def _typed(iex: FakeIEx) -> str:
     return "".join(m[4].get("data", "") for m in iex.pushed if m[3] == "dn")
 
 
@@ -54,14 +66,16 @@ async def _still_typing(operator: Operator, text: str) -> None:
         pass
 
 
-def test_it_refuses_the_keystrokes_of_a_member_removed_elsewhere(live_hub, creds, iex_device):
+def test_it_refuses_the_keystrokes_of_a_member_removed_elsewhere(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given: the manager's console is open and working; no periodic check
     hub = live_hub(NO_POLL)
     row = device_services.create_device("test", creds.tenant.product, "dev-removed")
     device, iex = iex_device(hub.ws_url, "dev-removed")
     membership = Membership.objects.get(user=creds.tenant.manager, org=creds.tenant.org)
 
-    async def scenario():
+    async def scenario() -> tuple[dict[str, object], int | None]:
         await device.connect()
         iex.start()
         manager = await open_console(hub.ws_url, row.pk, creds.tenant.manager)
@@ -86,14 +100,16 @@ def test_it_refuses_the_keystrokes_of_a_member_removed_elsewhere(live_hub, creds
     wait_until(lambda: any("access ended" in e.details["reason"] for e in _audit("console.closed", row.pk)))
 
 
-def test_it_ends_the_console_of_a_member_removed_on_the_org_pages_at_once(live_hub, creds, iex_device):
+def test_it_ends_the_console_of_a_member_removed_on_the_org_pages_at_once(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given: a manager watching a console without typing; no periodic check
     hub = live_hub(NO_POLL)
     row = device_services.create_device("test", creds.tenant.product, "dev-watched")
     membership = Membership.objects.get(user=creds.tenant.manager, org=creds.tenant.org)
     admin_cookie = session_cookie(creds.tenant.admin)
 
-    async def scenario():
+    async def scenario() -> tuple[int, dict[str, object], int | None, float]:
         manager = await open_console(hub.ws_url, row.pk, creds.tenant.manager)
         await manager.next("metadata")
         # when: the admin removes the manager on the members page
@@ -110,7 +126,9 @@ def test_it_ends_the_console_of_a_member_removed_on_the_org_pages_at_once(live_h
     assert seconds < 10
 
 
-def test_it_lowers_a_member_made_viewer_to_watching(live_hub, creds, iex_device):
+def test_it_lowers_a_member_made_viewer_to_watching(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given: the manager types into the console; no periodic check
     hub = live_hub(NO_POLL)
     row = device_services.create_device("test", creds.tenant.product, "dev-lowered")
@@ -118,7 +136,7 @@ def test_it_lowers_a_member_made_viewer_to_watching(live_hub, creds, iex_device)
     membership = Membership.objects.get(user=creds.tenant.manager, org=creds.tenant.org)
     admin_cookie = session_cookie(creds.tenant.admin)
 
-    async def scenario():
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], str]:
         await device.connect()
         iex.start()
         manager = await open_console(hub.ws_url, row.pk, creds.tenant.manager)
@@ -145,13 +163,13 @@ def test_it_lowers_a_member_made_viewer_to_watching(live_hub, creds, iex_device)
     assert "still here" in watched
 
 
-def test_it_ends_the_consoles_of_a_session_that_signs_out(live_hub, creds):
+def test_it_ends_the_consoles_of_a_session_that_signs_out(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: the manager has the console open in two browsers (two sessions)
     hub = live_hub(NO_POLL)
     row = device_services.create_device("test", creds.tenant.product, "dev-signout")
     leaving, staying = session_cookie(creds.tenant.manager), session_cookie(creds.tenant.manager)
 
-    async def scenario():
+    async def scenario() -> tuple[int, dict[str, object], int | None, dict[str, Any]]:
         first = await open_console(hub.ws_url, row.pk, creds.tenant.manager, cookie=leaving)
         second = await open_console(hub.ws_url, row.pk, creds.tenant.manager, cookie=staying)
         await first.next("metadata")
@@ -171,7 +189,7 @@ def test_it_ends_the_consoles_of_a_session_that_signs_out(live_hub, creds):
     assert "not connected" in str(offline["message"])  # refused for the device, not for access
 
 
-def test_it_ends_the_console_when_the_password_is_reset(live_hub, creds):
+def test_it_ends_the_console_when_the_password_is_reset(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: an attacker holds the manager's session with the console open
     hub = live_hub(NO_POLL)
     row = device_services.create_device("test", creds.tenant.product, "dev-reset")
@@ -192,7 +210,7 @@ def test_it_ends_the_console_when_the_password_is_reset(live_hub, creds):
         assert "password has been set" in body.lower() or "complete" in body.lower(), body[:500]
         return status
 
-    async def scenario():
+    async def scenario() -> tuple[int, dict[str, object], int | None]:
         operator = await open_console(hub.ws_url, row.pk, manager)
         await operator.next("metadata")
         # when
@@ -206,7 +224,9 @@ def test_it_ends_the_console_when_the_password_is_reset(live_hub, creds):
     assert code == 4003 and "signed out" in str(closed["reason"])
 
 
-def test_it_ends_the_console_of_a_password_changed_where_no_event_reaches(live_hub, creds):
+def test_it_ends_the_console_of_a_password_changed_where_no_event_reaches(
+    live_hub: HubLauncher, creds: Credentials
+) -> None:
     # given: the periodic check every second
     hub = live_hub({"CONSOLE_ACCESS_CHECK_SECONDS": "1"})
     row = device_services.create_device("test", creds.tenant.product, "dev-passwd")
@@ -216,7 +236,7 @@ def test_it_ends_the_console_of_a_password_changed_where_no_event_reaches(live_h
         # A raw update (no save(), so no event): only the session's hash tells.
         User.objects.filter(pk=manager.pk).update(password="pbkdf2_sha256$1$salt$changed")
 
-    async def scenario():
+    async def scenario() -> tuple[dict[str, object], int | None]:
         operator = await open_console(hub.ws_url, row.pk, manager)
         await operator.next("metadata")
         # when
@@ -228,14 +248,14 @@ def test_it_ends_the_console_of_a_password_changed_where_no_event_reaches(live_h
     assert code == 4003 and "signed out" in str(closed["reason"])
 
 
-def test_it_shows_typed_lines_to_admins_only(live_hub, creds, iex_device):
+def test_it_shows_typed_lines_to_admins_only(live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice) -> None:
     # given: the manager types a secret into the shell and restarts IEx
     hub = live_hub()
     row = device_services.create_device("test", creds.tenant.product, "dev-secret")
     device, iex = iex_device(hub.ws_url, "dev-secret")
     secret = "hunter2-s3cr3t-token"
 
-    async def scenario():
+    async def scenario() -> None:
         await device.connect()
         iex.start()
         manager = await open_console(hub.ws_url, row.pk, creds.tenant.manager)

@@ -10,8 +10,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from devices import services as device_services
-from tests.console.conftest import PROMPT, Operator, open_console
-from tests.devices.conftest import run
+from tests.console.conftest import PROMPT, IExDevice, Operator, open_console
+from tests.devices.conftest import Credentials, run
+from tests.support.hub import HubLauncher
 
 MiB = 1024 * 1024
 FRAME_CHARS = 200_000  # under DEVICE_MAX_FRAME_BYTES (256 KiB) with the frame around it
@@ -30,14 +31,16 @@ async def _replay(operator: Operator, marker: str) -> list[str]:
     return chunks
 
 
-def test_it_keeps_a_bounded_tail_of_output_that_never_ends_a_line(live_hub, creds, iex_device):
+def test_it_keeps_a_bounded_tail_of_output_that_never_ends_a_line(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given: an operator watching; the default bounds (128 KiB + a 16 KiB line)
     hub = live_hub()
     row = device_services.create_device("test", creds.tenant.product, "dev-noeol")
     device, iex = iex_device(hub.ws_url, "dev-noeol")
     frames = (5 * MiB) // FRAME_CHARS + 1
 
-    async def scenario():
+    async def scenario() -> tuple[str, list[str], str]:
         await device.connect()
         watching = await open_console(hub.ws_url, row.pk, creds.tenant.admin)
         await watching.next("status", connected=True)
@@ -68,7 +71,9 @@ def test_it_keeps_a_bounded_tail_of_output_that_never_ends_a_line(live_hub, cred
     assert PROMPT in echoed
 
 
-def test_it_replays_a_scrollback_over_1_mib_in_messages_the_socket_takes(live_hub, creds, iex_device):
+def test_it_replays_a_scrollback_over_1_mib_in_messages_the_socket_takes(
+    live_hub: HubLauncher, creds: Credentials, iex_device: IExDevice
+) -> None:
     # given: a hub keeping up to 4 MiB of scrollback, and a device that filled it
     # with 1024 lines of 3000 characters (3 MiB)
     hub = live_hub({"CONSOLE_SCROLLBACK_BYTES": str(4 * MiB)})
@@ -76,7 +81,7 @@ def test_it_replays_a_scrollback_over_1_mib_in_messages_the_socket_takes(live_hu
     device, iex = iex_device(hub.ws_url, "dev-chatty")
     line = "y" * 2999 + "\n"
 
-    async def scenario():
+    async def scenario() -> tuple[list[list[str]], list[str], list[int | None]]:
         await device.connect()
         iex.start()
         watching = await open_console(hub.ws_url, row.pk, creds.tenant.admin)
@@ -108,7 +113,7 @@ def test_it_replays_a_scrollback_over_1_mib_in_messages_the_socket_takes(live_hu
     assert codes == [None, None, None]
 
 
-def test_it_refuses_an_origin_that_differs_in_scheme_or_port(live_hub, creds):
+def test_it_refuses_an_origin_that_differs_in_scheme_or_port(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     hub = live_hub()
     row = device_services.create_device("test", creds.tenant.product, "dev-origin")
@@ -120,7 +125,7 @@ def test_it_refuses_an_origin_that_differs_in_scheme_or_port(live_hub, creds):
         "null",
     ]
 
-    async def scenario():
+    async def scenario() -> tuple[dict[str, int], list[bool]]:
         statuses = {}
         for origin in foreign:
             with pytest.raises(InvalidStatus) as refused:

@@ -83,7 +83,7 @@ def test_it_attributes_typed_lines_as_a_person_would_read_them() -> None:
     assert recorder.add("pending") == [] and recorder.flush() == "pending"
 
 
-def test_it_bounds_the_scrollback_in_bytes_and_never_cuts_a_character():
+def test_it_bounds_the_scrollback_in_bytes_and_never_cuts_a_character() -> None:
     # given: 4 KiB kept, lines of at most 1000 bytes
     scrollback = Scrollback(max_bytes=4096, max_line_bytes=1000)
     # when: a device prints 1 MB of two- and four-byte characters without a newline

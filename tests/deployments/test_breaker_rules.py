@@ -17,6 +17,7 @@ from channels.layers import get_channel_layer
 from django.test import Client
 from django.utils import timezone
 from django.utils.text import slugify
+from pytest_django.fixtures import DjangoCaptureOnCommitCallbacks, Settings
 
 from deployments import rollout
 from deployments.models import Deployment, DeviceUpdate, UpdateStatus
@@ -24,7 +25,9 @@ from devicelink.join import join_report
 from devicelink.protocol import DeviceJoin
 from devices import services as device_services
 from devices.models import Device
+from firmware.models import Firmware
 from nerveshub.tenancy import services as tenancy
+from tests.conftest import Tenant
 from tests.deployments.conftest import make_device
 
 pytestmark = pytest.mark.django_db
@@ -47,7 +50,7 @@ def _received(channel: str, loop: asyncio.AbstractEventLoop) -> list[str]:
     layer = get_channel_layer()
 
     async def drain() -> list[str]:
-        events = []
+        events: list[str] = []
         while True:
             try:
                 message = await asyncio.wait_for(layer.receive(channel), 0.3)
@@ -75,7 +78,7 @@ def _fail(deployment: Deployment, device: Device) -> None:
     _report(device, "failed")
 
 
-def _succeed(deployment: Deployment, device: Device, target_uuid: str) -> None:
+def _succeed(deployment: Deployment, device: Device, target_uuid: str | None) -> None:
     _claim(deployment, device)
     _report(device, "received")
     # it reboots onto the new firmware: a new connection
@@ -103,7 +106,9 @@ def _hub_restart(device: Device) -> str:
 # --- 4. The breaker counts devices, and not the hub's own restarts ------------------------
 
 
-def test_the_breaker_counts_a_device_failing_four_times_once_and_not_the_hub_restarts(tenant, deployment, target):
+def test_the_breaker_counts_a_device_failing_four_times_once_and_not_the_hub_restarts(
+    tenant: Tenant, deployment: Deployment, target: Firmware
+) -> None:
     # given: the defaults (20 % of at least 10), five devices
     deployment.concurrent_updates = 5
     deployment.penalty_attempts = 100  # keep the failing device trying
@@ -137,7 +142,9 @@ def test_the_breaker_counts_a_device_failing_four_times_once_and_not_the_hub_res
     assert DeviceUpdate.objects.filter(status=UpdateStatus.EXPIRED).count() == 0
 
 
-def test_the_breaker_judges_failed_devices_over_devices_that_finished(tenant, deployment, target):
+def test_the_breaker_judges_failed_devices_over_devices_that_finished(
+    tenant: Tenant, deployment: Deployment, target: Firmware
+) -> None:
     # given: 10 devices; one failed three times and then succeeded, two failed once
     deployment.concurrent_updates = 10
     deployment.penalty_attempts = 100
@@ -162,7 +169,9 @@ def test_the_breaker_judges_failed_devices_over_devices_that_finished(tenant, de
     assert "3 of 10 devices that finished their update failed, 0 in flight" in deployment.paused_reason
 
 
-def test_a_device_whose_socket_close_the_hub_saw_and_that_returns_without_the_update_failed(tenant, deployment):
+def test_a_device_whose_socket_close_the_hub_saw_and_that_returns_without_the_update_failed(
+    tenant: Tenant, deployment: Deployment
+) -> None:
     # given
     device = make_device(tenant.product, "d1", deployment=deployment, socket_channel=_open_socket())
     _claim(deployment, device)
@@ -177,8 +186,11 @@ def test_a_device_whose_socket_close_the_hub_saw_and_that_returns_without_the_up
 
 
 def test_an_attempt_cut_short_by_the_hub_is_offered_again_on_the_new_socket(
-    tenant, deployment, django_capture_on_commit_callbacks, receiving_loop
-):
+    tenant: Tenant,
+    deployment: Deployment,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+    receiving_loop: asyncio.AbstractEventLoop,
+) -> None:
     # given: the device acknowledged and was downloading
     device = make_device(tenant.product, "d1", deployment=deployment, socket_channel=_open_socket())
     with django_capture_on_commit_callbacks(execute=True):
@@ -199,8 +211,11 @@ def test_an_attempt_cut_short_by_the_hub_is_offered_again_on_the_new_socket(
 
 
 def test_an_attempt_whose_hub_process_died_and_was_closed_out_is_offered_again(
-    tenant, deployment, django_capture_on_commit_callbacks, receiving_loop
-):
+    tenant: Tenant,
+    deployment: Deployment,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+    receiving_loop: asyncio.AbstractEventLoop,
+) -> None:
     # given: the device acknowledged its update on a process that then died,
     # and a live process recorded it offline when that process's lease expired
     from devices.models import HubLease
@@ -225,8 +240,12 @@ def test_an_attempt_whose_hub_process_died_and_was_closed_out_is_offered_again(
 
 
 def test_a_device_still_downloading_resumes_and_is_not_pushed_again(
-    tenant, deployment, target, django_capture_on_commit_callbacks, receiving_loop
-):
+    tenant: Tenant,
+    deployment: Deployment,
+    target: Firmware,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+    receiving_loop: asyncio.AbstractEventLoop,
+) -> None:
     # given: claimed and pushed; its `received` was lost with the hub process
     device = make_device(tenant.product, "d1", deployment=deployment, socket_channel=_open_socket())
     with django_capture_on_commit_callbacks(execute=True):
@@ -241,7 +260,7 @@ def test_a_device_still_downloading_resumes_and_is_not_pushed_again(
     assert _received(socket, receiving_loop) == []
 
 
-def test_a_topic_rejoin_on_the_same_socket_changes_nothing(tenant, deployment):
+def test_a_topic_rejoin_on_the_same_socket_changes_nothing(tenant: Tenant, deployment: Deployment) -> None:
     # given: the device is downloading on the socket the update was pushed to
     device = make_device(tenant.product, "d1", deployment=deployment, socket_channel=_open_socket())
     update = _claim(deployment, device)
@@ -255,7 +274,7 @@ def test_a_topic_rejoin_on_the_same_socket_changes_nothing(tenant, deployment):
     assert update.status == UpdateStatus.RECEIVED
 
 
-def test_a_push_never_acknowledged_is_not_a_failure_when_it_times_out(tenant, deployment):
+def test_a_push_never_acknowledged_is_not_a_failure_when_it_times_out(tenant: Tenant, deployment: Deployment) -> None:
     # given: a device claimed whose push never reached it
     deployment.penalty_attempts = 1
     deployment.save()
@@ -275,7 +294,9 @@ def test_a_push_never_acknowledged_is_not_a_failure_when_it_times_out(tenant, de
 # --- 5. The headline counts the devices it updated ----------------------------------------
 
 
-def test_the_headline_counts_devices_that_left_the_deployment_by_updating(tenant, deployment, target):
+def test_the_headline_counts_devices_that_left_the_deployment_by_updating(
+    tenant: Tenant, deployment: Deployment, target: Firmware
+) -> None:
     # given: the usual condition; four devices updated and left it
     deployment.conditions_version = "< 1.1.0"
     deployment.concurrent_updates = 10
@@ -310,7 +331,7 @@ def test_the_headline_counts_devices_that_left_the_deployment_by_updating(tenant
 # --- 3. Clearing the penalty box clears it --------------------------------------------------
 
 
-def _boxed_after_three_failures(tenant, deployment) -> Device:
+def _boxed_after_three_failures(tenant: Tenant, deployment: Deployment) -> Device:
     deployment.penalty_rate_attempts = 100
     deployment.save()
     device = make_device(tenant.product, "d1", deployment=deployment, socket_channel=_open_socket())
@@ -322,7 +343,7 @@ def _boxed_after_three_failures(tenant, deployment) -> Device:
 
 
 @pytest.mark.parametrize("relief", ["clear_penalty_box", "enable_updates", "retry_failed"])
-def test_clearing_the_penalty_box_resets_the_failure_count(tenant, deployment, relief):
+def test_clearing_the_penalty_box_resets_the_failure_count(tenant: Tenant, deployment: Deployment, relief: str) -> None:
     # given
     device = _boxed_after_three_failures(tenant, deployment)
     one = Device.objects.filter(pk=device.pk)
@@ -343,8 +364,13 @@ def test_clearing_the_penalty_box_resets_the_failure_count(tenant, deployment, r
 
 @pytest.mark.parametrize("relief", ["clear_penalty_box", "enable_updates"])
 def test_clearing_the_penalty_box_offers_the_update_at_once(
-    tenant, deployment, relief, settings, django_capture_on_commit_callbacks, receiving_loop
-):
+    tenant: Tenant,
+    deployment: Deployment,
+    relief: str,
+    settings: Settings,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+    receiving_loop: asyncio.AbstractEventLoop,
+) -> None:
     # given: a connected device in the penalty box
     device = _boxed_after_three_failures(tenant, deployment)
     one = Device.objects.filter(pk=device.pk)

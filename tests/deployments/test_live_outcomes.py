@@ -122,7 +122,7 @@ async def _reconnect(device: NHLDevice, url: str, firmware: dict[str, str] | Non
     await device.connect(timeout=30)
 
 
-def test_two_hub_restarts_do_not_trip_the_breaker(start_hub, tenant):
+def test_two_hub_restarts_do_not_trip_the_breaker(start_hub: Callable[[], HubProcess], tenant: Tenant) -> None:
     # given: the breaker's defaults (20 % of at least 10), five devices, one of
     # which fails every update (penalty box after its fourth failure)
     target, deployment, key, secret = _setup(
@@ -150,7 +150,9 @@ def test_two_hub_restarts_do_not_trip_the_breaker(start_hub, tenant):
             await failing.next_event("update", timeout=30)
             await failing.push("device", "status_update", {"status": "received"})
             await failing.push("device", "status_update", {"status": "failed", "reason": "FWUP error"})
-            await _until(lambda n=attempt: failed.count() == n)
+            # n=attempt binds this iteration's count; mypy cannot infer a lambda with a
+            # parameter the expected Callable[[], bool] lacks, though the call is valid.
+            await _until(lambda n=attempt: failed.count() == n)  # type: ignore[misc]
         # two devices update and reboot onto the target
         for name in ("fast-1", "fast-2"):
             device = devices[name]
@@ -199,7 +201,9 @@ def test_two_hub_restarts_do_not_trip_the_breaker(start_hub, tenant):
     }
 
 
-def test_clearing_the_penalty_box_pushes_the_update_at_once(start_hub, tenant):
+def test_clearing_the_penalty_box_pushes_the_update_at_once(
+    start_hub: Callable[[], HubProcess], tenant: Tenant
+) -> None:
     # given: a connected device in the penalty box after three failures
     _, deployment, key, secret = _setup(tenant, penalty_rate_attempts=100)
     row = device_services.create_device("test", tenant.product, "boxed")
@@ -225,7 +229,9 @@ def test_clearing_the_penalty_box_pushes_the_update_at_once(start_hub, tenant):
     device.assert_no_violations()
 
 
-def test_a_product_extensions_change_reaches_a_connected_device(start_hub, tenant):
+def test_a_product_extensions_change_reaches_a_connected_device(
+    start_hub: Callable[[], HubProcess], tenant: Tenant
+) -> None:
     # given: the product allows health only; the device is connected with it attached
     tenant.product.extensions = ["health"]
     tenant.product.save()

@@ -171,7 +171,9 @@ def test_it_frees_the_slot_when_a_device_reports_failure(tenant: Tenant, deploym
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("claimed", ["succeeded", "expired", "interrupted", "requested"])
-def test_a_device_cannot_report_an_outcome_only_the_hub_decides(tenant, deployment, target, claimed):
+def test_a_device_cannot_report_an_outcome_only_the_hub_decides(
+    tenant: Tenant, deployment: Deployment, target: Firmware, claimed: str
+) -> None:
     # given: a device downloading its update
     device = make_device(tenant.product, "d1", deployment=deployment)
     update = _inflight_update(deployment, device, UpdateStatus.DOWNLOADING)
@@ -184,7 +186,7 @@ def test_a_device_cannot_report_an_outcome_only_the_hub_decides(tenant, deployme
 
 
 @pytest.mark.django_db
-def test_a_reschedule_with_an_absurd_delay_is_dropped_not_a_crash(tenant, deployment):
+def test_a_reschedule_with_an_absurd_delay_is_dropped_not_a_crash(tenant: Tenant, deployment: Deployment) -> None:
     # given
     from pydantic import ValidationError
 
@@ -196,7 +198,7 @@ def test_a_reschedule_with_an_absurd_delay_is_dropped_not_a_crash(tenant, deploy
     assert StatusUpdate.model_validate({"status": "rescheduled", "delay_for": 60}).delay_for == 60
 
 
-def test_a_join_with_odd_meta_values_is_read_as_not_reported():
+def test_a_join_with_odd_meta_values_is_read_as_not_reported() -> None:
     # a device whose meta holds other types still joins (its rejoin would repeat
     # the same params every 5 s for ever)
     join = DeviceJoin.model_validate({"meta": {"firmware_validated": {"x": 1}, "firmware_auto_revert_detected": "yes"}})

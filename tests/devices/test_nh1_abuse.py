@@ -12,9 +12,11 @@ import hashlib
 import hmac
 import struct
 import time
+from collections.abc import Callable
 
 import pytest
 import websockets
+from pytest_django.fixtures import Settings
 from websockets.asyncio.client import connect
 
 from devicelink import nh1
@@ -27,7 +29,8 @@ from devicelink.auth import (
 )
 from devicelink.errors import AuthError
 from devices.models import Device
-from tests.devices.conftest import run
+from tests.devices.conftest import Credentials, run
+from tests.support.hub import HubLauncher
 from tests.support.nhl_client import _b64url, _etf_int, nh1_headers
 
 
@@ -73,7 +76,7 @@ def _as_dict(headers: list[tuple[str, str]]) -> dict[str, str]:
         "NH1-HMAC-sha256-" + "9" * 5000 + "-32",  # int() would raise past 4300 digits
     ],
 )
-def test_it_refuses_an_expensive_alg_before_deriving_anything(creds, alg):
+def test_it_refuses_an_expensive_alg_before_deriving_anything(creds: Credentials, alg: str) -> None:
     # given: the product key, a garbage signature (the attacker has no secret)
     headers = {"x-nh-alg": alg, "x-nh-key": creds.product_key, "x-nh-time": str(int(time.time()))}
     headers["x-nh-signature"] = "SFMyNTY.g2gDbQAAAAF4YQFiAAFRgA.AAAA"
@@ -87,7 +90,9 @@ def test_it_refuses_an_expensive_alg_before_deriving_anything(creds, alg):
     assert nh1.derive_key.cache_info().misses == derivations
 
 
-def test_it_answers_an_expensive_alg_faster_than_one_derivation_of_it(live_hub, creds):
+def test_it_answers_an_expensive_alg_faster_than_one_derivation_of_it(
+    live_hub: HubLauncher, creds: Credentials
+) -> None:
     # given: what one NH1-HMAC-sha512-100000-128 derivation costs on this machine
     alg = "NH1-HMAC-sha512-100000-128"
     started = time.perf_counter()
@@ -104,7 +109,7 @@ def test_it_answers_an_expensive_alg_faster_than_one_derivation_of_it(live_hub, 
     ]
     run(_upgrade(hub.ws_url, nh1_headers(creds.product_key, creds.product_secret, "dev-warm", now)))
 
-    async def scenario():
+    async def scenario() -> list[tuple[int, str]]:
         return [await _upgrade(hub.ws_url, h) for h in headers]
 
     # when
@@ -116,7 +121,7 @@ def test_it_answers_an_expensive_alg_faster_than_one_derivation_of_it(live_hub, 
     assert elapsed < attempts * derivation / 2, (elapsed, derivation)
 
 
-def test_it_still_accepts_what_nerves_hub_link_sends(live_hub, creds):
+def test_it_still_accepts_what_nerves_hub_link_sends(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: the client's defaults, and the top of the accepted range
     hub = live_hub()
     now = int(time.time())
@@ -128,7 +133,7 @@ def test_it_still_accepts_what_nerves_hub_link_sends(live_hub, creds):
         nh1_headers(key, secret, "dev-upper", now, alg="NH1-HMAC-SHA256-1000-32"),
     ]
 
-    async def scenario():
+    async def scenario() -> list[tuple[int, str]]:
         return [await _upgrade(hub.ws_url, h) for h in cases]
 
     # when
@@ -139,7 +144,7 @@ def test_it_still_accepts_what_nerves_hub_link_sends(live_hub, creds):
 
 
 @pytest.mark.django_db
-def test_it_refuses_a_derived_key_short_enough_to_guess(creds):
+def test_it_refuses_a_derived_key_short_enough_to_guess(creds: Credentials) -> None:
     # given: with x-nh-alg asking for a 1-byte key, the HMAC key is one of 256
     # values: an attacker without the secret signs with each in turn
     now = int(time.time())
@@ -161,14 +166,14 @@ def test_it_refuses_a_derived_key_short_enough_to_guess(creds):
 # --- failed attempts are counted ---------------------------------------------------------
 
 
-def test_it_throttles_a_client_that_keeps_failing(live_hub, creds):
+def test_it_throttles_a_client_that_keeps_failing(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: a limit of 5 failures per client
     hub = live_hub({"NH1_FAILURES_PER_ADDRESS": "5", "NH1_FAILURES_PER_KEY": "0"})
     now = int(time.time())
     wrong = nh1_headers(creds.product_key, "not-the-secret", "dev-guess", now)
     good = nh1_headers(creds.product_key, creds.product_secret, "dev-honest", now)
 
-    async def scenario():
+    async def scenario() -> tuple[list[tuple[int, str]], tuple[int, str]]:
         return [await _upgrade(hub.ws_url, wrong) for _ in range(6)], await _upgrade(hub.ws_url, good)
 
     # when
@@ -180,7 +185,7 @@ def test_it_throttles_a_client_that_keeps_failing(live_hub, creds):
     assert not Device.objects.filter(identifier="dev-honest").exists()
 
 
-def test_it_counts_clients_behind_the_trusted_proxy_apart(live_hub, creds):
+def test_it_counts_clients_behind_the_trusted_proxy_apart(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: nginx (127.0.0.1, trusted) forwards an attacker and an honest device
     hub = live_hub({"TRUSTED_PROXIES": "127.0.0.1", "NH1_FAILURES_PER_ADDRESS": "3", "NH1_FAILURES_PER_KEY": "0"})
     now = int(time.time())
@@ -191,7 +196,7 @@ def test_it_counts_clients_behind_the_trusted_proxy_apart(live_hub, creds):
     good = nh1_headers(creds.product_key, creds.product_secret, "dev-behind-proxy", now)
     spoofing = [("x-forwarded-for", "203.0.113.50, 198.51.100.7, 198.51.100.7")]
 
-    async def scenario():
+    async def scenario() -> tuple[list[tuple[int, str]], tuple[int, str], tuple[int, str]]:
         failures = [await _upgrade(hub.ws_url, attacker + wrong) for _ in range(4)]
         return failures, await _upgrade(hub.ws_url, honest + good), await _upgrade(hub.ws_url, spoofing + good)
 
@@ -203,7 +208,9 @@ def test_it_counts_clients_behind_the_trusted_proxy_apart(live_hub, creds):
     assert attacker_again[0] == 429
 
 
-def test_it_throttles_a_key_that_fails_from_many_clients(live_hub, creds, device_key):
+def test_it_throttles_a_key_that_fails_from_many_clients(
+    live_hub: HubLauncher, creds: Credentials, device_key: Callable[[str], tuple[Device, str, str]]
+) -> None:
     # given: a guesser spread over many addresses (behind the trusted proxy)
     hub = live_hub({"TRUSTED_PROXIES": "127.0.0.1", "NH1_FAILURES_PER_ADDRESS": "2", "NH1_FAILURES_PER_KEY": "4"})
     now = int(time.time())
@@ -212,7 +219,7 @@ def test_it_throttles_a_key_that_fails_from_many_clients(live_hub, creds, device
     _, dkey, dsecret = device_key("dev-own-key")
     other_key = nh1_headers(dkey, dsecret, "dev-own-key", now)
 
-    async def scenario():
+    async def scenario() -> tuple[list[tuple[int, str]], tuple[int, str], tuple[int, str]]:
         failures = [await _upgrade(hub.ws_url, [("x-forwarded-for", f"198.51.100.{n}"), *wrong]) for n in range(5)]
         fresh = [("x-forwarded-for", "192.0.2.77")]
         return failures, await _upgrade(hub.ws_url, fresh + good), await _upgrade(hub.ws_url, fresh + other_key)
@@ -225,12 +232,12 @@ def test_it_throttles_a_key_that_fails_from_many_clients(live_hub, creds, device
     assert another_key[0] == 101
 
 
-def test_it_does_not_count_a_device_whose_clock_is_wrong(live_hub, creds):
+def test_it_does_not_count_a_device_whose_clock_is_wrong(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: a device that holds the secret but signs 10 minutes in the past
     hub = live_hub({"NH1_FAILURES_PER_ADDRESS": "2", "NH1_FAILURES_PER_KEY": "2"})
     stale = nh1_headers(creds.product_key, creds.product_secret, "dev-clock", int(time.time()) - 600)
 
-    async def scenario():
+    async def scenario() -> tuple[list[tuple[int, str]], tuple[int, str]]:
         tries = [await _upgrade(hub.ws_url, stale) for _ in range(4)]
         fixed = nh1_headers(creds.product_key, creds.product_secret, "dev-clock", int(time.time()))
         return tries, await _upgrade(hub.ws_url, fixed)
@@ -243,13 +250,13 @@ def test_it_does_not_count_a_device_whose_clock_is_wrong(live_hub, creds):
 
 
 @pytest.mark.services
-def test_it_shares_the_counters_between_server_processes(live_hub, creds):
+def test_it_shares_the_counters_between_server_processes(live_hub: HubLauncher, creds: Credentials) -> None:
     # given: two hub processes on one Redis, a limit of 4 per client
     env = {"NH1_FAILURES_PER_ADDRESS": "4", "NH1_FAILURES_PER_KEY": "0"}
     first, second = live_hub(env), live_hub(env)
     wrong = nh1_headers(creds.product_key, "not-the-secret", "dev-guess", int(time.time()))
 
-    async def scenario():
+    async def scenario() -> list[tuple[int, str]]:
         return [await _upgrade(hub.ws_url, wrong) for hub in (first, second, first, second, first, second)]
 
     # when
@@ -274,13 +281,13 @@ BAD_IDENTIFIERS = {
 }
 
 
-def test_it_refuses_identifiers_the_rules_refuse_with_a_reason(live_hub, creds):
+def test_it_refuses_identifiers_the_rules_refuse_with_a_reason(live_hub: HubLauncher, creds: Credentials) -> None:
     # given
     hub = live_hub({"NH1_FAILURES_PER_ADDRESS": "3"})
     now = int(time.time())
     key, secret = creds.product_key, creds.product_secret
 
-    async def scenario():
+    async def scenario() -> dict[str, tuple[int, str]]:
         return {
             name: await _upgrade(hub.ws_url, nh1_headers(key, secret, identifier, now))
             for name, identifier in BAD_IDENTIFIERS.items()
@@ -298,7 +305,7 @@ def test_it_refuses_identifiers_the_rules_refuse_with_a_reason(live_hub, creds):
     assert run(_upgrade(hub.ws_url, nh1_headers(key, secret, "d" * 200, now)))[0] == 101
 
 
-def test_it_counts_an_ipv6_host_by_its_64_and_believes_only_trusted_proxies(settings):
+def test_it_counts_an_ipv6_host_by_its_64_and_believes_only_trusted_proxies(settings: Settings) -> None:
     from nerveshub.lib.clientaddr import client_address
 
     # an attacker rotating through the addresses of its /64 is one client

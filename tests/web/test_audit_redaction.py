@@ -14,11 +14,14 @@ from devices import services
 from devices.models import Device, ProductSharedSecret
 from nerveshub.tenancy.models import AuditEvent
 from tests.support.nhl_client import nh1_headers
-from tests.web.conftest import client_for
+from tests.web.conftest import Fleet, client_for
+
+# The `keyed` fixture: the fleet, a deactivated product key, and the device it registered.
+Keyed = tuple[Fleet, str, Device]
 
 
 @pytest.fixture
-def keyed(fleet):
+def keyed(fleet: Fleet) -> Keyed:
     # a product key issued, a device registered with it, the key deactivated
     _, issued = services.create_product_secret("test", fleet.tenant.product)
     headers = dict(nh1_headers(issued.key, issued.secret, "dev-keyed", int(time.time())))
@@ -28,7 +31,7 @@ def keyed(fleet):
     return fleet, issued.key, device
 
 
-def _pages(fleet, device: Device) -> list[str]:
+def _pages(fleet: Fleet, device: Device) -> list[str]:
     slug = fleet.slug
     return [
         f"/org/{slug}/",
@@ -39,7 +42,7 @@ def _pages(fleet, device: Device) -> list[str]:
 
 
 @pytest.mark.django_db
-def test_a_viewer_sees_no_product_key_in_the_org_pages(keyed):
+def test_a_viewer_sees_no_product_key_in_the_org_pages(keyed: Keyed) -> None:
     fleet, key, device = keyed
     client = client_for(fleet.tenant.viewer)
     for url in _pages(fleet, device):
@@ -51,14 +54,14 @@ def test_a_viewer_sees_no_product_key_in_the_org_pages(keyed):
 
 
 @pytest.mark.django_db
-def test_a_manager_and_an_admin_see_the_key(keyed):
+def test_a_manager_and_an_admin_see_the_key(keyed: Keyed) -> None:
     fleet, key, _device = keyed
     for user in (fleet.tenant.manager, fleet.tenant.admin):
         assert key.encode() in client_for(user).get(f"/org/{fleet.slug}/audit/").content
 
 
 @pytest.mark.django_db
-def test_a_viewer_sees_no_product_key_in_the_admin(keyed):
+def test_a_viewer_sees_no_product_key_in_the_admin(keyed: Keyed) -> None:
     fleet, key, _device = keyed
     client = client_for(fleet.tenant.viewer)
     changelist = reverse("admin:tenancy_auditevent_changelist")
@@ -78,7 +81,7 @@ def test_a_viewer_sees_no_product_key_in_the_admin(keyed):
 
 
 @pytest.mark.django_db
-def test_a_manager_sees_the_key_in_the_admin(keyed):
+def test_a_manager_sees_the_key_in_the_admin(keyed: Keyed) -> None:
     fleet, key, _device = keyed
     client = client_for(fleet.tenant.manager)
     listed = client.get(reverse("admin:tenancy_auditevent_changelist"))

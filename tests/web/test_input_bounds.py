@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.web.conftest import client_for
+from tests.web.conftest import Fleet, client_for
 
 HUGE = "9" * 20
 
@@ -26,7 +26,7 @@ HUGE = "9" * 20
         ("before=dev%00", "before"),
     ],
 )
-def test_it_ignores_a_device_filter_that_is_not_a_value(fleet, query, ignored):
+def test_it_ignores_a_device_filter_that_is_not_a_value(fleet: Fleet, query: str, ignored: str) -> None:
     # given
     client = client_for(fleet.tenant.viewer)
     # when
@@ -39,7 +39,7 @@ def test_it_ignores_a_device_filter_that_is_not_a_value(fleet, query, ignored):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("before", [HUGE, "%C2%B2", "9" * 5000, "-1"])
-def test_it_ignores_an_audit_position_that_is_not_a_value(fleet, before):
+def test_it_ignores_an_audit_position_that_is_not_a_value(fleet: Fleet, before: str) -> None:
     client = client_for(fleet.tenant.viewer)
     for url in (f"/org/{fleet.slug}/audit/", f"/org/{fleet.slug}/devices/{fleet.device.pk}/audit/"):
         response = client.get(f"{url}?before={before}")
@@ -48,7 +48,7 @@ def test_it_ignores_an_audit_position_that_is_not_a_value(fleet, before):
 
 
 @pytest.mark.django_db
-def test_it_ignores_huge_ids_in_the_bulk_tag_form(fleet):
+def test_it_ignores_huge_ids_in_the_bulk_tag_form(fleet: Fleet) -> None:
     # given
     client = client_for(fleet.tenant.manager)
     # when

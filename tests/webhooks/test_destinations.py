@@ -16,9 +16,13 @@ from typing import Any
 import pytest
 from django.apps import apps
 from django.core.exceptions import ValidationError
+from django.test import Client
 from django.urls import reverse
+from pytest_django.fixtures import Settings
 
 from nerveshub.tenancy.services import audit
+from tests.conftest import Tenant
+from tests.webhooks.conftest import Receiver, Subscribe
 from webhooks import services
 from webhooks.models import DeliveryStatus, EventType, WebhookDelivery, WebhookEndpoint
 
@@ -28,12 +32,12 @@ INTERNAL_ANSWER = b"redis_version:7.2.4\r\nrequirepass:hunter2\r\n"
 
 
 @pytest.fixture
-def no_allowance(settings: Any) -> None:
+def no_allowance(settings: Settings) -> None:
     """The default: the operator allowed no internal network."""
     settings.WEBHOOK_ALLOWED_NETWORKS = []
 
 
-def _pending_delivery(tenant: Any, url: str) -> WebhookDelivery:
+def _pending_delivery(tenant: Tenant, url: str) -> WebhookDelivery:
     # Saved past the registration check, as an endpoint registered before the
     # check existed, or whose name resolved elsewhere then, would be.
     WebhookEndpoint.objects.create(org=tenant.org, url=url, event_types=[EventType.FIRMWARE_VALIDATED])
@@ -63,7 +67,9 @@ def _pending_delivery(tenant: Any, url: str) -> WebhookDelivery:
         ("http://localhost:6379/", "loopback"),  # a name that resolves to loopback
     ],
 )
-def test_it_refuses_to_register_an_internal_destination(tenant, no_allowance, url, reason) -> None:
+def test_it_refuses_to_register_an_internal_destination(
+    tenant: Tenant, no_allowance: None, url: str, reason: str
+) -> None:
     # when / then
     with pytest.raises(ValidationError) as refused:
         services.create_endpoint(tenant.admin, tenant.org, url, [EventType.FIRMWARE_VALIDATED])
@@ -72,7 +78,9 @@ def test_it_refuses_to_register_an_internal_destination(tenant, no_allowance, ur
     assert not WebhookEndpoint.objects.exists()
 
 
-def test_the_admin_form_says_why_an_internal_destination_is_refused(tenant, no_allowance, client) -> None:
+def test_the_admin_form_says_why_an_internal_destination_is_refused(
+    tenant: Tenant, no_allowance: None, client: Client
+) -> None:
     # given
     client.force_login(tenant.admin)
 
@@ -88,7 +96,7 @@ def test_the_admin_form_says_why_an_internal_destination_is_refused(tenant, no_a
     assert not WebhookEndpoint.objects.exists()
 
 
-def test_the_operators_allowlist_admits_its_networks_and_only_those(tenant, settings) -> None:
+def test_the_operators_allowlist_admits_its_networks_and_only_those(tenant: Tenant, settings: Settings) -> None:
     # given
     settings.WEBHOOK_ALLOWED_NETWORKS = [ip_network("10.1.0.0/16")]
 
@@ -102,7 +110,7 @@ def test_the_operators_allowlist_admits_its_networks_and_only_those(tenant, sett
             services.check_url(url)
 
 
-def test_plain_http_to_loopback_still_needs_loopback_in_the_allowlist(settings) -> None:
+def test_plain_http_to_loopback_still_needs_loopback_in_the_allowlist(settings: Settings) -> None:
     # WEBHOOK_ALLOW_HTTP relaxes the scheme, never the destination.
     settings.WEBHOOK_ALLOW_HTTP = True
     settings.WEBHOOK_ALLOWED_NETWORKS = []
@@ -113,7 +121,9 @@ def test_plain_http_to_loopback_still_needs_loopback_in_the_allowlist(settings) 
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]"])
-def test_a_delivery_to_an_internal_destination_is_refused_without_connecting(tenant, receiver, settings, host) -> None:
+def test_a_delivery_to_an_internal_destination_is_refused_without_connecting(
+    tenant: Tenant, receiver: Receiver, settings: Settings, host: str
+) -> None:
     # given: an endpoint aimed at a service on the hub's loopback, saved while
     # the operator allowed loopback, then the allowance taken away
     settings.WEBHOOK_ALLOW_HTTP = True  # the scheme is not what is tested here
@@ -136,7 +146,7 @@ def test_a_delivery_to_an_internal_destination_is_refused_without_connecting(ten
 
 
 @pytest.fixture
-def internal_service(receiver: Any) -> Iterator[list[str]]:
+def internal_service(receiver: Receiver) -> Iterator[list[str]]:
     """Something on 127.0.0.2, on the receiver's port: what a name rebound
     after its check would reach. Records each request line it gets."""
     got: list[str] = []
@@ -163,7 +173,7 @@ def internal_service(receiver: Any) -> Iterator[list[str]]:
 
 
 def test_a_name_that_rebinds_after_its_check_is_still_connected_at_the_checked_address(
-    tenant, receiver, internal_service, settings, monkeypatch
+    tenant: Tenant, receiver: Receiver, internal_service: list[str], settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given: the attacker's DNS answers the allowed receiver first and the
     # internal service on every later question (a rebinding attack)
@@ -196,7 +206,9 @@ def test_a_name_that_rebinds_after_its_check_is_still_connected_at_the_checked_a
     assert receiver.received[0].headers["host"] == f"rebind.attacker.test:{receiver.port}"
 
 
-def test_a_redirect_is_refused_with_a_reason_and_not_followed(tenant, subscribe, receiver, internal_service) -> None:
+def test_a_redirect_is_refused_with_a_reason_and_not_followed(
+    tenant: Tenant, subscribe: Subscribe, receiver: Receiver, internal_service: list[str]
+) -> None:
     # given: the receiver answers with a redirect to an internal service
     subscribe(EventType.FIRMWARE_VALIDATED)
     location = f"http://127.0.0.2:{receiver.port}/admin"
@@ -214,7 +226,7 @@ def test_a_redirect_is_refused_with_a_reason_and_not_followed(tenant, subscribe,
 
 
 def test_an_internal_services_answer_is_never_stored_or_shown_to_the_org_admin(
-    tenant, subscribe, receiver, client
+    tenant: Tenant, subscribe: Subscribe, receiver: Receiver, client: Client
 ) -> None:
     # given: an allowed receiver answers with what an internal service would say
     subscribe(EventType.FIRMWARE_VALIDATED)
@@ -237,7 +249,7 @@ def test_an_internal_services_answer_is_never_stored_or_shown_to_the_org_admin(
     assert b"http_500" in page.content
 
 
-def test_stored_answers_of_earlier_versions_are_replaced_by_their_class(tenant, subscribe) -> None:
+def test_stored_answers_of_earlier_versions_are_replaced_by_their_class(tenant: Tenant, subscribe: Subscribe) -> None:
     # given: rows as earlier versions wrote them
     subscribe(EventType.FIRMWARE_VALIDATED)
     for _ in range(5):

@@ -11,9 +11,13 @@ import threading
 import pytest
 from django.conf import settings as django_settings
 from django.db import transaction
+from pytest_django.fixtures import Settings
 
 from nerveshub.tenancy.services import audit
-from tests.devices.conftest import run, wait_until
+from tests.conftest import Tenant
+from tests.devices.conftest import Credentials, run, wait_until
+from tests.support.hub import HubLauncher
+from tests.webhooks.conftest import Receiver, Subscribe
 from webhooks.models import DeliveryStatus, EventType, WebhookDelivery
 
 # An embedded hub process (REDIS_URL empty), whichever database the run uses,
@@ -29,7 +33,7 @@ EMBEDDED_HUB = {
 @pytest.mark.skipif(not django_settings.CELERY_TASK_ALWAYS_EAGER, reason="embedded mode only")
 @pytest.mark.django_db(transaction=True)
 def test_a_burst_of_deliveries_to_a_slow_receiver_is_sent_a_few_at_a_time(
-    tenant, subscribe, receiver, settings
+    tenant: Tenant, subscribe: Subscribe, receiver: Receiver, settings: Settings
 ) -> None:
     # given: a receiver that takes half a second per request, and 24 events
     settings.WEBHOOK_DELIVERY_CONCURRENCY = 3
@@ -55,7 +59,7 @@ def test_a_burst_of_deliveries_to_a_slow_receiver_is_sent_a_few_at_a_time(
 
 @pytest.mark.slow
 def test_a_retry_pending_when_the_hub_is_killed_is_sent_by_the_restarted_hub(
-    live_hub, creds, subscribe, receiver
+    live_hub: HubLauncher, creds: Credentials, subscribe: Subscribe, receiver: Receiver
 ) -> None:
     # given: a device's online event whose first attempt failed, its retry due
     # in 5 s, when the hub process is killed
