@@ -228,8 +228,10 @@ def test_a_person_uploads_deploys_and_watches_a_device_update(
     assert page.inner_text("#rollout-state").startswith("active")
     assert device.updated.wait(150), device.error or hub.log()[-3000:]
     # The join and the update's outcome are two writes: wait until the view shows both.
+    # A function, not an expression string: the page's Content-Security-Policy
+    # forbids evaluating strings ('unsafe-eval'), as it should.
     page.wait_for_function(
-        "document.querySelector('#rollout-percent').textContent === '100'"
+        "() => document.querySelector('#rollout-percent').textContent === '100'"
         " && document.querySelector('td[data-status=\"succeeded\"]').textContent === '1'",
         timeout=60_000,
     )
