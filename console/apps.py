@@ -12,6 +12,6 @@ class ConsoleConfig(AppConfig):
 
         # Typed lines are shell input: passwords typed at a prompt that does not
         # echo, tokens pasted into a command. Only the org's admins read them in
-        # the audit log (docs/architecture.md, "Console"); the other roles see that a
+        # the audit log (docs/console.md); the other roles see that a
         # line was typed, not what.
         restrict_details("console.input", ("text",), Role.ADMIN)

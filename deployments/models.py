@@ -174,7 +174,7 @@ class UpdateStatus(models.TextChoices):
     EXPIRED = "expired", "Expired"
     # Cut short by the hub, not by the device (a push that never reached it, a
     # socket the hub lost): not a failure, and the device is offered the
-    # update again (docs/architecture.md, "Rollout outcomes and the breaker").
+    # update again (docs/rollout.md, "Rollout outcomes and the breaker").
     INTERRUPTED = "interrupted", "Interrupted by the hub"
 
 

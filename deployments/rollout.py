@@ -713,7 +713,7 @@ def _tally(finished_attempts: QuerySet[DeviceUpdate], attempts: QuerySet[DeviceU
     once however often it tried: it finished when one of its attempts did, it
     failed when none of them succeeded, and it is in flight when it has an
     attempt under way and none finished yet. Attempts the hub cut short
-    (interrupted) are not finished (docs/architecture.md, "Rollout outcomes
+    (interrupted) are not finished (docs/rollout.md, "Rollout outcomes
     and the breaker")."""
     counts = finished_attempts.aggregate(
         finished=Count("device_id", distinct=True, filter=Q(status__in=FINISHED_STATUSES)),

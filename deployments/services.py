@@ -150,7 +150,7 @@ def reconcile_update_on_join(
     this call ended the attempt (so the caller runs the penalty box, breaker and
     wake-up), else None. `channel` is the socket the join came on, `closed_at`
     the last close of one of the device's sockets that the hub recorded
-    (Device.disconnected_at). The rules (docs/architecture.md, "Rollout outcomes
+    (Device.disconnected_at). The rules (docs/rollout.md, "Rollout outcomes
     and the breaker"):
 
     * it runs the update's firmware and has validated it (or does not report

@@ -12,7 +12,7 @@ tasks each server process runs for all its sockets together.
   refreshes last_seen_at of all local devices with one UPDATE per 1000;
 * the lease: the process's claim, renewed every HUB_LEASE_RENEW_SECONDS, that
   the sockets it recorded are alive; the same task records the disconnects of
-  processes whose lease expired (docs/architecture.md, "Presence");
+  processes whose lease expired (docs/device-link.md, "Presence");
 * in embedded mode only, the periodic tasks that Celery beat runs otherwise
   (every entry of CELERY_BEAT_SCHEDULE: rollouts, firmware and webhook sweeps).
 """

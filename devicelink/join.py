@@ -1,5 +1,5 @@
 """The `device` join across the apps: what one join does, in one call from
-the socket's database thread (docs/architecture.md, "What a device's join and
+the socket's database thread (docs/rollout.md, "What a device's join and
 reports do to its update").
 
 1. store what the device reports (`devices.services.join_device`);

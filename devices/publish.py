@@ -1,7 +1,7 @@
 """The one way sync code (services, admin, tasks) reaches device sockets.
 
 Every function here sends after the current transaction commits, so a rolled
-back change never reaches a device. Two paths (docs/architecture.md, "Device
+back change never reaches a device. Two paths (docs/device-link.md, "Device
 sockets and fan-out"):
 
 * per device: a channel-layer `send` to the device socket's address

@@ -276,7 +276,7 @@ def _mark_offline(devices: list[tuple[int, int, str]], at: datetime | None) -> N
 
 
 # --- Hub process leases ---------------------------------------------------------
-# docs/architecture.md, "Presence": a device counts as online only while the
+# docs/device-link.md, "Presence": a device counts as online only while the
 # lease of the process holding its socket is live; a process that died stops
 # renewing, and the first live process to see the lease expired records the
 # disconnects of its devices, once.

@@ -1,7 +1,7 @@
 """Business rules for signing keys and firmware: upload, validation, deletion,
 download URLs and the device `update` payload.
 
-Flow of an upload (docs/architecture.md, "Firmware upload"):
+Flow of an upload (docs/firmware.md):
 
 1. upload_firmware streams the file into storages["firmware"] under a random
    name, enforcing FIRMWARE_MAX_SIZE while it copies, then creates the row as
@@ -12,7 +12,7 @@ Flow of an upload (docs/architecture.md, "Firmware upload"):
    and hash. It ends in `valid` or `rejected` by a compare-and-set from `pending`;
    a rejected file's bytes are deleted on commit, and only then. Whatever a
    crafted file makes the reading code raise is a rejection; only the storage or
-   the database being unreachable is left for a retry (docs/architecture.md).
+   the database being unreachable is left for a retry (docs/firmware.md).
 
 Imports: `firmware/tasks.py` calls this module and this module enqueues its
 task on commit, the shape of a service and its Celery task; the task module

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     daphne_http.install()
     # The device link's background tasks start with the process, not at its first
     # device socket: a process restarted after a crash records at once the
-    # disconnects its predecessor could not (docs/architecture.md, "Presence").
+    # disconnects its predecessor could not (docs/device-link.md, "Presence").
     from twisted.internet import reactor
 
     reactor.callWhenRunning(_start_hub)

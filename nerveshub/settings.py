@@ -218,7 +218,7 @@ if REDIS_URL:
                 ],
                 "prefix": envstr("CHANNEL_LAYER_PREFIX", "nerveshub") or "nerveshub",
                 # A fleet broadcast reaches each server process as one message
-                # (see docs/architecture.md), so a deep buffer is only needed for bursts.
+                # (see docs/device-link.md), so a deep buffer is only needed for bursts.
                 "capacity": 1000,
                 "expiry": CHANNEL_MESSAGE_EXPIRY,
             },
@@ -322,7 +322,7 @@ FIRMWARE_MAX_INFLATED_SIZE = envint("FIRMWARE_MAX_INFLATED_SIZE", 4_000_000_000,
 FIRMWARE_MAX_INFLATE_RATIO = envint("FIRMWARE_MAX_INFLATE_RATIO", 100, minimum=1)
 # When set (e.g. "/protected-firmware/"), firmware downloads on local storage are
 # answered with an X-Accel-Redirect to this prefix + the stored name, and nginx
-# sends the bytes (docs/architecture.md, "Firmware downloads").
+# sends the bytes (docs/firmware.md, "Firmware downloads").
 FIRMWARE_X_ACCEL_REDIRECT = envstr("FIRMWARE_X_ACCEL_REDIRECT")
 
 _firmware_storage: dict[str, Any]
@@ -377,7 +377,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 
 # --- Devices ------------------------------------------------------------------
 DEVICE_SHARED_SECRETS_ENABLED = envbool("DEVICE_SHARED_SECRETS_ENABLED", True)
-# NH1 signature age limits (docs/architecture.md, "Device sockets and fan-out").
+# NH1 signature age limits (docs/device-link.md, "Device sockets and fan-out").
 # The device signs before its reconnect backoff (up to 90 s), so the reference's
 # 90 s max age loses retries; 180 s covers the longest backoff with margin. A
 # device clock a few seconds ahead is common (NTP not yet settled) and harmless.
@@ -430,7 +430,7 @@ DEVICE_CONNECT_BACKLOG = envint("DEVICE_CONNECT_BACKLOG", 100, minimum=0)
 DEVICE_CONNECT_CONCURRENCY = envint("DEVICE_CONNECT_CONCURRENCY", 64, minimum=0)
 # A larger frame closes the socket: the biggest legitimate frame is a health report.
 DEVICE_MAX_FRAME_BYTES = envint("DEVICE_MAX_FRAME_BYTES", 262_144, minimum=1024)
-# Presence through crashes (docs/architecture.md, "Presence"): each hub process
+# Presence through crashes (docs/device-link.md, "Presence"): each hub process
 # renews a lease every HUB_LEASE_RENEW_SECONDS; its devices stop counting as
 # online HUB_LEASE_SECONDS after its last renewal, and another process records
 # their disconnects within one more renewal period. Defaults: offline in the

@@ -1,4 +1,4 @@
-"""Rollout outcomes and the breaker (docs/architecture.md): the breaker counts
+"""Rollout outcomes and the breaker (docs/rollout.md): the breaker counts
 devices, not attempts; an attempt the hub cut short is offered again, not
 failed; a device still downloading resumes; the headline counts the devices
 the rollout updated even after they left the deployment; an operator who

@@ -2,7 +2,7 @@
 died (kill -9, an OOM, a lost machine) is shown offline within a stated time,
 by the pages, the API, the rollout preview and the dashboard, and its
 disconnect is recorded once, with its device.offline webhook
-(docs/architecture.md, "Presence").
+(docs/device-link.md, "Presence").
 
 The live tests kill real hub processes with SIGKILL while a device is
 connected: nothing in the dying process can record anything.
