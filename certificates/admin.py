@@ -117,19 +117,26 @@ class CACertificateChangeForm(forms.ModelForm):  # type: ignore[type-arg]
         return upload
 
 
-class VerifiedFilter(admin.SimpleListFilter):
-    title = "verified"
-    parameter_name = "verified"
+class _StampedFilter(admin.SimpleListFilter):
+    """Yes/no on whether a timestamp column is set (verified_at, revoked_at)."""
+
+    field = ""
+    labels = ("", "")
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("yes", "Verified"), ("no", "Not verified")]
+        return [("yes", self.labels[0]), ("no", self.labels[1])]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        if self.value() == "yes":
-            return queryset.filter(verified_at__isnull=False)
-        if self.value() == "no":
-            return queryset.filter(verified_at__isnull=True)
+        if self.value() in ("yes", "no"):
+            return queryset.filter(**{f"{self.field}__isnull": self.value() == "no"})
         return queryset
+
+
+class VerifiedFilter(_StampedFilter):
+    title = "verified"
+    parameter_name = "verified"
+    field = "verified_at"
+    labels = ("Verified", "Not verified")
 
 
 @admin.register(CACertificate)
@@ -221,19 +228,11 @@ class CACertificateAdmin(OrgScopedAdmin[CACertificate]):
         services.delete_ca_certificates(request.user, queryset)
 
 
-class RevokedFilter(admin.SimpleListFilter):
+class RevokedFilter(_StampedFilter):
     title = "revoked"
     parameter_name = "revoked"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("yes", "Revoked"), ("no", "Not revoked")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        if self.value() == "yes":
-            return queryset.filter(revoked_at__isnull=False)
-        if self.value() == "no":
-            return queryset.filter(revoked_at__isnull=True)
-        return queryset
+    field = "revoked_at"
+    labels = ("Revoked", "Not revoked")
 
 
 class DeviceCertificateAddForm(_PemFormMixin):

@@ -83,6 +83,34 @@ class TagsForm(forms.Form):
         return tags
 
 
+_REPORTED_FIRMWARE = (
+    "firmware_uuid",
+    "firmware_product",
+    "firmware_version",
+    "firmware_platform",
+    "firmware_architecture",
+    "firmware_author",
+    "firmware_vcs_identifier",
+    "firmware_misc",
+    "fwup_version",
+    "device_api_version",
+    "firmware_validation",
+    "firmware_auto_revert_detected",
+)
+_CONNECTION = (
+    "connection_status",
+    "connected_at",
+    "last_seen_at",
+    "disconnected_at",
+    "first_seen_at",
+    "network_interface",
+    "console_available",
+    "console_version",
+)
+_HEALTH_AND_LOCATION = ("health", "health_reported_at", "location", "location_updated_at")
+_LIFECYCLE = ("penalty_box_until", "created_at", "updated_at", "deleted_at")
+
+
 @admin.register(Device)
 class DeviceAdmin(OrgScopedAdmin[Device]):
     list_display = [
@@ -128,71 +156,17 @@ class DeviceAdmin(OrgScopedAdmin[Device]):
         ),
         (
             "Firmware (as reported)",
-            {
-                "fields": [
-                    "firmware_uuid",
-                    "firmware_product",
-                    "firmware_version",
-                    "firmware_platform",
-                    "firmware_architecture",
-                    "firmware_author",
-                    "firmware_vcs_identifier",
-                    "firmware_misc",
-                    "fwup_version",
-                    "device_api_version",
-                    "firmware_validation",
-                    "firmware_auto_revert_detected",
-                ]
-            },
+            {"fields": _REPORTED_FIRMWARE},
         ),
         (
             "Connection",
-            {
-                "fields": [
-                    "connection_status",
-                    "connected_at",
-                    "last_seen_at",
-                    "disconnected_at",
-                    "first_seen_at",
-                    "network_interface",
-                    "console_available",
-                    "console_version",
-                ]
-            },
+            {"fields": _CONNECTION},
         ),
-        ("Health and location", {"fields": ["health", "health_reported_at", "location", "location_updated_at"]}),
-        ("Lifecycle", {"fields": ["penalty_box_until", "created_at", "updated_at", "deleted_at"]}),
+        ("Health and location", {"fields": _HEALTH_AND_LOCATION}),
+        ("Lifecycle", {"fields": _LIFECYCLE}),
     ]
-    readonly_fields = [
-        "firmware_uuid",
-        "firmware_product",
-        "firmware_version",
-        "firmware_platform",
-        "firmware_architecture",
-        "firmware_author",
-        "firmware_vcs_identifier",
-        "firmware_misc",
-        "fwup_version",
-        "device_api_version",
-        "firmware_validation",
-        "firmware_auto_revert_detected",
-        "connection_status",
-        "connected_at",
-        "last_seen_at",
-        "disconnected_at",
-        "first_seen_at",
-        "network_interface",
-        "console_available",
-        "console_version",
-        "health",
-        "health_reported_at",
-        "location",
-        "location_updated_at",
-        "penalty_box_until",
-        "created_at",
-        "updated_at",
-        "deleted_at",
-    ]
+    # What the device reports or the hub records: never typed in by hand.
+    readonly_fields = [*_REPORTED_FIRMWARE, *_CONNECTION, *_HEALTH_AND_LOCATION, *_LIFECYCLE]
     actions = [
         "add_tags",
         "remove_tags",
