@@ -223,15 +223,16 @@ class FirmwareAdmin(OrgScopedAdmin[Firmware]):
 
     # --- revalidate and delete through services ---------------------------------
 
-    @admin.action(description="Validate again", permissions=["change"])
+    @admin.action(description="Validate pending files again", permissions=["change"])
     def revalidate(self, request: HttpRequest, queryset: QuerySet[Firmware]) -> None:
         queued = sum(services.revalidate_firmware(request.user, firmware) for firmware in queryset)
         skipped = queryset.count() - queued
-        self.message_user(request, f"Validation queued for {queued} file(s).", messages.SUCCESS)
+        self.message_user(request, f"Validation queued for {queued} pending file(s).", messages.SUCCESS)
         if skipped:
             self.message_user(
                 request,
-                f"{skipped} rejected file(s) skipped: their bytes were deleted; upload again.",
+                f"{skipped} file(s) skipped: validation already decided them (a valid file is not judged again; "
+                "a rejected one has no bytes left: upload it again).",
                 messages.WARNING,
             )
 

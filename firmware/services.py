@@ -347,18 +347,22 @@ def reject_firmware(firmware: Firmware, reason: str) -> bool:
 
 
 def revalidate_firmware(actor: Actor, firmware: Firmware) -> bool:
-    """Queue validation again: for a row stuck in `pending` (lost task) or a valid
-    one to re-check. Rejected rows have no bytes left, so there is nothing to do."""
+    """Queue validation again for a row still `pending` (its task was lost).
+
+    A decided row is left alone. A valid file is never judged again: devices may
+    be downloading it and deployments point at it, and a rejection deletes the
+    bytes. A rejected row has no bytes left."""
     with transaction.atomic():
-        changed = (
-            Firmware.objects.filter(pk=firmware.pk, status__in=[FirmwareStatus.PENDING, FirmwareStatus.VALID])
+        pending = (
+            Firmware.objects.select_for_update()
+            .filter(pk=firmware.pk, status=FirmwareStatus.PENDING)
             .exclude(storage_name="")
-            .update(status=FirmwareStatus.PENDING)
+            .exists()
         )
-        if changed:
+        if pending:
             audit(actor, "firmware.revalidation_requested", firmware)
             transaction.on_commit(partial(_dispatch_validation, firmware.pk))
-    return bool(changed)
+    return pending
 
 
 # --- Deletion -----------------------------------------------------------------------

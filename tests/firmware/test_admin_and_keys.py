@@ -178,7 +178,7 @@ def test_it_explains_why_deployed_firmware_cannot_be_deleted_in_the_admin(
     assert Firmware.objects.filter(pk=firmware.pk).exists()
 
 
-def test_it_revalidates_through_the_admin_action(
+def test_it_revalidates_a_pending_file_through_the_admin_action(
     operator: User,
     client: Client,
     tenant: Tenant,
@@ -186,8 +186,9 @@ def test_it_revalidates_through_the_admin_action(
     upload: Uploader,
     django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
 ) -> None:
-    # given
+    # given: an upload whose validation task was lost (still pending)
     firmware = upload(spec)
+    Firmware.objects.filter(pk=firmware.pk).update(status=FirmwareStatus.PENDING)
     # when
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = client.post(
@@ -195,11 +196,36 @@ def test_it_revalidates_through_the_admin_action(
         )
     # then
     assert response.status_code == 302
-    firmware.refresh_from_db()
-    assert firmware.status == FirmwareStatus.PENDING and len(callbacks) == 1
+    assert len(callbacks) == 1
     validate_firmware_task(firmware.pk)
     firmware.refresh_from_db()
     assert firmware.status == FirmwareStatus.VALID
+
+
+def test_it_never_judges_a_valid_file_again(
+    operator: User,
+    client: Client,
+    tenant: Tenant,
+    spec: FirmwareSpec,
+    upload: Uploader,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+) -> None:
+    # given: a valid file a deployment uses
+    firmware = upload(spec)
+    assert firmware.status == FirmwareStatus.VALID
+    Deployment.objects.create(org=tenant.org, product=tenant.product, name="prod", firmware=firmware)
+    # when
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = client.post(
+            reverse("admin:firmware_firmware_changelist"),
+            {"action": "revalidate", "_selected_action": [firmware.pk]},
+            follow=True,
+        )
+    # then: nothing queued, the row and its bytes untouched, the operator told why
+    assert callbacks == []
+    firmware.refresh_from_db()
+    assert firmware.status == FirmwareStatus.VALID and firmware.storage_name
+    assert "not judged again" in response.content.decode()
 
 
 def test_it_renders_both_changelists(
