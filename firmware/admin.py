@@ -193,6 +193,15 @@ class FirmwareAdmin(OrgScopedAdmin[Firmware]):
             return False
         return super().has_change_permission(request, obj)
 
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
+        try:
+            return super().add_view(request, form_url, extra_context)
+        except services.StorageUnavailable as exc:
+            # The store refused the bytes (upload_firmware kept nothing): say so
+            # on the form's page instead of a server error.
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
     def save_form(self, request: HttpRequest, form: Any, change: bool) -> Any:
         if change:
             return super().save_form(request, form, change)

@@ -165,6 +165,8 @@ def upload(request: HttpRequest, org: str, product: str) -> Status[FirmwareOut]:
         row = services.upload_firmware(actor(request), found, firmware, firmware.name or "upload.fw", kind=kind)
     except services.UploadRefused as exc:
         raise HttpError(422, exc.reason) from None
+    except services.StorageUnavailable:
+        raise HttpError(503, services.UPLOAD_STORE_FAILED) from None
     row.refresh_from_db()
     return Status(201, _fw_out(row))
 

@@ -58,7 +58,11 @@ class UploadRefused(Exception):
 
 
 class StorageUnavailable(Exception):
-    """Transient: the storage backend could not be reached. Tasks retry on this."""
+    """Transient: the storage backend could not be reached. Tasks retry on this;
+    an upload answers 503 with UPLOAD_STORE_FAILED and keeps nothing."""
+
+
+UPLOAD_STORE_FAILED = "The firmware store did not take the file, so nothing was kept. Try the upload again later."
 
 
 class FirmwareInUse(Exception):
@@ -144,7 +148,8 @@ def upload_firmware(
     actor: Actor, product: Product, fileobj: IO[bytes], filename: str, *, kind: str = FirmwareKind.FIRMWARE
 ) -> Firmware:
     """Store an uploaded file (firmware, or an archive: same format, same checks)
-    and queue its validation. Raises UploadRefused."""
+    and queue its validation. Raises UploadRefused (the file's fault) or
+    StorageUnavailable (the store's)."""
     declared = getattr(fileobj, "size", None)
     if isinstance(declared, int) and declared > settings.FIRMWARE_MAX_SIZE:
         raise UploadRefused(_too_large_reason())
@@ -160,9 +165,13 @@ def upload_firmware(
     except UploadRefused:
         _delete_stored(wanted)  # a local backend leaves the partial file behind
         raise
-    except Exception:
+    except Exception as exc:
+        # The request body is already on the hub's disk (Django parsed it before
+        # the view), so what fails here is the store: S3 away or refusing, a
+        # full disk. Not the uploader's fault, and worth a retry.
+        logger.exception("firmware upload for product %s: the store refused the file", product.pk)
         _delete_stored(wanted)
-        raise
+        raise StorageUnavailable(UPLOAD_STORE_FAILED) from exc
     if reader.read_bytes == 0:
         _delete_stored(name)
         raise UploadRefused("The file is empty.")

@@ -517,9 +517,10 @@ def firmware_list(request: HttpRequest, org: str) -> HttpResponseBase:
                 row = firmware_services.upload_firmware(
                     _user(request), form.cleaned_data["product"], upload, upload.name, kind=form.cleaned_data["kind"]
                 )
-            except firmware_services.UploadRefused as exc:
+            except (firmware_services.UploadRefused, firmware_services.StorageUnavailable) as exc:
                 if wants_json:
-                    return JsonResponse({"error": str(exc)}, status=400)
+                    status = 503 if isinstance(exc, firmware_services.StorageUnavailable) else 400
+                    return JsonResponse({"error": str(exc)}, status=status)
                 messages.error(request, str(exc))
                 return redirect("web:firmware", access.slug)
             if wants_json:

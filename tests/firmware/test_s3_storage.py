@@ -12,11 +12,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 from pytest_django.fixtures import DjangoCaptureOnCommitCallbacks, Settings
 
 from firmware import services
-from firmware.models import FirmwareStatus
+from firmware.models import Firmware, FirmwareStatus
 from firmware.tasks import validate_firmware_task
+from nerveshub.tenancy import services as tenancy
 from tests.conftest import Tenant
 from tests.support.fwup import FirmwareSpec, build_firmware
 from tests.support.hub import free_port
@@ -165,3 +168,26 @@ def test_it_refuses_an_oversized_upload_to_s3_without_leaving_an_object(
     # then
     assert keys(s3) == []
     assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+def test_it_answers_503_and_keeps_nothing_when_the_store_refuses_an_upload(
+    tenant: Tenant, spec: FirmwareSpec, settings: Settings, s3: Any
+) -> None:
+    # given: the configured bucket does not exist (S3 refuses every write)
+    firmware = settings.STORAGES["firmware"]
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "firmware": {**firmware, "OPTIONS": {**firmware["OPTIONS"], "bucket_name": "no-such-bucket"}},
+    }
+    token = tenancy.create_api_token("ci", tenant.manager, "tests").clear
+    # when
+    response = Client().post(
+        "/api/v1/orgs/acme/products/widget/firmwares",
+        {"firmware": SimpleUploadedFile("a.fw", build_firmware(spec))},
+        HTTP_AUTHORIZATION=f"token {token}",
+    )
+    # then: the store's fault, said as such; no row, no object anywhere
+    assert response.status_code == 503, response.content
+    assert response.json()["errors"]["detail"] == services.UPLOAD_STORE_FAILED
+    assert not Firmware.objects.exists()
+    assert keys(s3) == []
