@@ -271,6 +271,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "/admin/login/"
+# A user name or the account's e-mail address signs in (nerveshub.tenancy.accounts).
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend", "nerveshub.web.signin.EmailBackend"]
 SESSION_COOKIE_SECURE = PUBLIC_URL.startswith("https://")
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_CONTENT_TYPE_NOSNIFF = True

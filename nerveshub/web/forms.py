@@ -4,18 +4,78 @@ import re
 from typing import Any
 
 from django import forms
+from django.contrib.auth.forms import SetPasswordForm, UserCreationForm
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 
 from deployments.forms import DeploymentRulesForm
 from devices.fields import normalise_tags
 from devices.models import validate_tags
 from firmware.models import Firmware, FirmwareKind, FirmwareStatus
+from nerveshub.tenancy import accounts
 from nerveshub.tenancy.models import Organization, Product, Role
 
 
 class InviteForm(forms.Form):
-    email = forms.EmailField(required=False, help_text="Only a note of whom the link is for.")
+    email = forms.EmailField(
+        required=False,
+        help_text="Whom the link is for: an account made with it gets this address. "
+        "Leave empty to let the person give theirs.",
+    )
     role = forms.ChoiceField(choices=Role.choices, initial=Role.VIEW)
+
+
+class SignUpForm(UserCreationForm[User]):
+    """An account made from an invitation. The invited address, when the
+    invitation names one, is the account's and cannot be changed here."""
+
+    email = forms.EmailField(help_text="You sign in and reset your password with it.")
+
+    class Meta(UserCreationForm.Meta):
+        model = User
+        fields = ("username", "email")
+
+    def __init__(self, *args: Any, invited_email: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if invited_email:
+            # A disabled field takes its initial value whatever is posted.
+            self.fields["email"].initial = invited_email
+            self.fields["email"].disabled = True
+            self.fields["email"].help_text = "The address you were invited with."
+
+    def clean_email(self) -> str:
+        return accounts.check_email(str(self.cleaned_data["email"]))
+
+
+class EmailChangeForm(forms.Form):
+    email = forms.EmailField(label="New e-mail address")
+    current_password = forms.CharField(widget=forms.PasswordInput, strip=False)
+
+    def __init__(self, user: User, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def clean_current_password(self) -> str:
+        password = str(self.cleaned_data["current_password"])
+        if not self.user.check_password(password):
+            raise ValidationError("This is not your current password.", code="password_incorrect")
+        return password
+
+    def clean_email(self) -> str:
+        return accounts.check_email(str(self.cleaned_data["email"]), user=self.user)
+
+
+class PasswordChangeForm(SetPasswordForm):  # type: ignore[type-arg]  # not generic at run time
+    """Django's form: the current password, then the new one twice."""
+
+    current_password = forms.CharField(widget=forms.PasswordInput, strip=False)
+    field_order = ["current_password", "new_password1", "new_password2"]
+
+    def clean_current_password(self) -> str:
+        password = str(self.cleaned_data["current_password"])
+        if not self.user.check_password(password):
+            raise ValidationError("This is not your current password.", code="password_incorrect")
+        return password
 
 
 class RoleForm(forms.Form):

@@ -11,14 +11,36 @@ from typing import Any
 
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
+from django.contrib.auth.models import User
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.http import HttpRequest, HttpResponse
 
 from nerveshub.lib.clientaddr import request_client_address
+from nerveshub.tenancy import accounts
 from nerveshub.web import throttle
 
 THROTTLED = "throttled"
+
+
+class EmailBackend(ModelBackend):
+    """Signs in with the account's e-mail address where the name typed is not a
+    user name (`accounts.user_for_sign_in`). Listed after Django's ModelBackend,
+    which keeps signing in by user name and loading every session; this one
+    answers only names with an @ that are no user name."""
+
+    def authenticate(
+        self, request: HttpRequest | None, username: str | None = None, password: str | None = None, **kwargs: Any
+    ) -> User | None:
+        if not username or password is None or "@" not in username:
+            return None
+        user = accounts.user_for_sign_in(username)
+        if user is None or user.get_username() == username:
+            return None  # unknown, or a user name ModelBackend has judged
+        if user.check_password(password) and self.user_can_authenticate(user):
+            return user
+        return None
 
 
 class _ThrottledSignIn:

@@ -8,9 +8,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from django.contrib import messages
-from django.contrib.auth import login
+from django.contrib.auth import login, update_session_auth_hash
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -32,6 +31,7 @@ from devices.models import Device, online_q
 from firmware import services as firmware_services
 from firmware.models import Firmware, FirmwareStatus, SigningKey
 from nerveshub.lib.params import parse_int
+from nerveshub.tenancy import accounts
 from nerveshub.tenancy import audit_chain as audit_chain_service
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Product, Role
@@ -42,9 +42,12 @@ from nerveshub.web.forms import (
     CACertificateForm,
     CAVerifyForm,
     DeploymentForm,
+    EmailChangeForm,
     InviteForm,
+    PasswordChangeForm,
     RoleForm,
     SigningKeyForm,
+    SignUpForm,
     TagsForm,
     TokenForm,
     UploadForm,
@@ -154,6 +157,33 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 @page
+def account(request: HttpRequest) -> HttpResponse:
+    """The person's own settings: e-mail address and password."""
+    user = _user(request)
+    email_form = EmailChangeForm(user)
+    password_form = PasswordChangeForm(user)
+    status = 200
+    if request.method == "POST":
+        if request.POST.get("change") == "email":
+            email_form = EmailChangeForm(user, request.POST)
+            if email_form.is_valid():
+                accounts.change_email(user, email_form.cleaned_data["email"])
+                messages.success(request, "Your e-mail address is changed.")
+                return redirect("web:account")
+        elif request.POST.get("change") == "password":
+            password_form = PasswordChangeForm(user, request.POST)
+            if password_form.is_valid():
+                accounts.change_password(user, password_form.cleaned_data["new_password1"])
+                # This session stays signed in; the person's other sessions end.
+                update_session_auth_hash(request, user)
+                messages.success(request, "Your password is changed. Your other sessions are signed out.")
+                return redirect("web:account")
+        status = 400
+    context = {"email_form": email_form, "password_form": password_form}
+    return _render(request, None, "web/account.html", context, status=status)
+
+
+@page
 def tokens(request: HttpRequest) -> HttpResponse:
     user = _user(request)
     issued = None
@@ -184,17 +214,17 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
         found = services.find_invitation(token)
     except services.InvitationInvalid as exc:
         return render(request, "web/invitation.html", {"error": str(exc)}, status=404)
-    form: UserCreationForm[User] = UserCreationForm()
+    form = SignUpForm(invited_email=found.email)
     if request.method == "POST":
         if request.user.is_authenticated:
             user = _user(request)
         else:
-            form = UserCreationForm(request.POST)
+            form = SignUpForm(request.POST, invited_email=found.email)
             if not form.is_valid():
                 return render(request, "web/invitation.html", {"invitation": found, "form": form}, status=400)
             with transaction.atomic():
                 user = form.save()
-                tenancy.audit(user, "user.signed_up", user, org=found.org_id)
+                tenancy.audit(user, "user.signed_up", user, org=found.org_id, details={"email": user.email})
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         try:
             services.accept_invitation(user, token)

@@ -96,7 +96,10 @@ def test_an_invited_person_signs_up_and_joins_once(tenant: Tenant) -> None:
     link = _invite(tenant)
     newcomer = Client()
     # when
-    response = newcomer.post(link, {"username": "nina", "password1": "Long-pass-9876", "password2": "Long-pass-9876"})
+    response = newcomer.post(
+        link,
+        {"username": "nina", "email": "nina@example.com", "password1": "Long-pass-9876", "password2": "Long-pass-9876"},
+    )
     # then
     assert response.status_code == 302
     nina = User.objects.get(username="nina")
@@ -172,3 +175,117 @@ def test_an_operator_opens_every_org(tenant: Tenant, other_tenant: Tenant) -> No
     response = client.get("/")
     assert b"/org/acme/" in response.content and b"/org/globex/" in response.content
     assert client.get("/org/globex/members/").status_code == 200
+
+
+def test_an_account_made_from_an_invitation_keeps_the_invited_address(tenant: Tenant) -> None:
+    # given: an invitation for new@example.com
+    link = _invite(tenant)
+    # when: the form is posted with another address
+    Client().post(
+        link,
+        {
+            "username": "nina",
+            "email": "mallory@example.com",
+            "password1": "Long-pass-9876",
+            "password2": "Long-pass-9876",
+        },
+    )
+    # then: the account has the invited address, and signs in with it
+    assert User.objects.get(username="nina").email == "new@example.com"
+    assert Client().login(username="new@EXAMPLE.com", password="Long-pass-9876")
+    signed_up = AuditEvent.objects.get(action="user.signed_up")
+    assert signed_up.details["email"] == "new@example.com"
+
+
+def test_an_invitation_without_an_address_asks_for_an_unused_one(tenant: Tenant) -> None:
+    # given: an open invitation, and an address another account has
+    issued = services.create_invitation(tenant.admin, tenant.org, Role.VIEW)
+    link = f"/invitations/{issued.clear}/"
+    form = {"username": "nina", "password1": "Long-pass-9876", "password2": "Long-pass-9876"}
+    # when / then: no address, another account's (in other case), a malformed one
+    for email, error in (
+        ("", b"This field is required"),
+        ("Victor@EXAMPLE.com", b"Another account uses this e-mail address"),
+        ("not an address", b"Enter a valid email address"),
+    ):
+        response = Client().post(link, {**form, "email": email})
+        assert response.status_code == 400 and error in response.content, email
+    assert not User.objects.filter(username="nina").exists()
+    # and a free address makes the account
+    assert Client().post(link, {**form, "email": "nina@Example.COM"}).status_code == 302
+    assert User.objects.get(username="nina").email == "nina@example.com"
+
+
+def test_it_signs_in_with_the_address_and_refuses_an_ambiguous_one(tenant: Tenant) -> None:
+    # given: victor@example.com is victor's; twin@example.com names two accounts
+    # (made by an operator in the admin, which does not hold the rule)
+    for name in ("twin1", "twin2"):
+        User.objects.create_user(name, email="twin@example.com", password="pw-twin")
+    # when / then
+    client = Client()
+    response = client.post("/accounts/login/", {"username": "Victor@Example.com", "password": "pw-victor"})
+    assert response.status_code == 302 and client.get("/").status_code in (200, 302)
+    assert int(client.session["_auth_user_id"]) == User.objects.get(username="victor").pk
+    assert Client().post("/accounts/login/", {"username": "twin@example.com", "password": "pw-twin"}).status_code == 200
+    assert Client().post("/accounts/login/", {"username": "victor@example.com", "password": "nope"}).status_code == 200
+
+
+def test_a_person_changes_their_address_with_their_password(tenant: Tenant) -> None:
+    # given
+    client = client_for(tenant.viewer)
+    taken = tenant.admin.email
+    # when / then: a wrong password, another account's address are refused
+    response = client.post(
+        "/accounts/settings/", {"change": "email", "email": "v@example.org", "current_password": "x"}
+    )
+    assert response.status_code == 400 and b"not your current password" in response.content
+    response = client.post(
+        "/accounts/settings/",
+        {"change": "email", "email": taken.upper(), "current_password": "pw-" + tenant.viewer.username},
+    )
+    assert response.status_code == 400 and b"Another account uses" in response.content
+    response = client.post(
+        "/accounts/settings/",
+        {"change": "email", "email": "v@Example.ORG", "current_password": "pw-" + tenant.viewer.username},
+    )
+    assert response.status_code == 302
+    tenant.viewer.refresh_from_db()
+    assert tenant.viewer.email == "v@example.org"
+    event = AuditEvent.objects.get(action="user.email_changed")
+    assert event.details["to"] == "v@example.org" and event.org is None
+
+
+def test_a_person_changes_their_password_and_their_other_sessions_end(tenant: Tenant) -> None:
+    # given: the person signed in twice
+    name = tenant.viewer.username
+    here, elsewhere = Client(), Client()
+    for client in (here, elsewhere):
+        assert client.login(username=name, password="pw-" + name)
+    new = "A-long-new-pass-4711"
+    # when: a wrong current password, a mismatch, a too-common one, then a good change
+    for body, error in (
+        ({"current_password": "x", "new_password1": new, "new_password2": new}, b"not your current password"),
+        ({"current_password": "pw-" + name, "new_password1": new, "new_password2": new + "x"}, b"didn"),
+        ({"current_password": "pw-" + name, "new_password1": "password", "new_password2": "password"}, b"too common"),
+    ):
+        response = here.post("/accounts/settings/", {"change": "password", **body})
+        assert response.status_code == 400 and error in response.content, body
+    response = here.post(
+        "/accounts/settings/",
+        {"change": "password", "current_password": "pw-" + name, "new_password1": new, "new_password2": new},
+    )
+    # then: this session goes on, the other one is signed out, only the new password works
+    assert response.status_code == 302
+    assert here.get("/accounts/settings/").status_code == 200
+    assert elsewhere.get("/accounts/settings/").status_code == 302
+    assert not Client().login(username=name, password="pw-" + name)
+    assert Client().login(username=name, password=new)
+    assert AuditEvent.objects.filter(action="user.password_changed", actor_user=tenant.viewer).count() == 1
+
+
+def test_the_settings_page_needs_a_signed_in_person(tenant: Tenant) -> None:
+    response = Client().get("/accounts/settings/")
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+    response = Client().post("/accounts/settings/", {"change": "email", "email": "x@example.org"})
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+    assert tenant.viewer.email != "x@example.org"
