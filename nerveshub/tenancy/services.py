@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -217,13 +218,21 @@ def save_product(actor: Actor, product: Product, fields: Iterable[str], *, via: 
 
 
 def delete_product(actor: Actor, product: Product, *, via: str) -> None:
-    """Delete the product and audit it; ProductInUse while devices or firmware keep it."""
+    """Delete the product and audit it; ProductInUse, saying what keeps it,
+    while devices or firmware do (deleted devices too: their rows and history
+    keep it)."""
     try:
         with transaction.atomic():
             audit(actor, "product.deleted", product, details={"via": via})
             product.delete()
-    except models.ProtectedError:
-        raise ProductInUse("the product still has devices or firmware") from None
+    except models.ProtectedError as exc:
+        raise ProductInUse(_in_use_reason(product, exc.protected_objects)) from None
+
+
+def _in_use_reason(product: Product, keeping: Iterable[models.Model]) -> str:
+    counts = Counter(str(row._meta.verbose_name_plural) for row in keeping)
+    what = " and ".join(f"{count} {name}" for name, count in sorted(counts.items())) or "devices or firmware"
+    return f"{product.name} still has {what}: delete them or move the devices first."
 
 
 # --- API tokens -------------------------------------------------------------------

@@ -78,6 +78,29 @@ class PasswordChangeForm(SetPasswordForm):  # type: ignore[type-arg]  # not gene
         return password
 
 
+# What each extension lets a device do (docs/device-protocol.md §8).
+EXTENSION_LABELS = {
+    "health": "Health: the device reports CPU, memory, disk and alarms",
+    "geo": "Location: the device looks itself up with a GeoIP service and reports where it is",
+    "network_identity": "Network identity: the device reports its network interfaces",
+    "local_shell": "Local shell: operators may open a shell on the device",
+}
+
+
+class ProductForm(forms.Form):
+    name = forms.CharField(
+        max_length=100,
+        help_text="Firmware is accepted only for the product its meta-product names: use the same name.",
+    )
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    extensions = forms.MultipleChoiceField(
+        choices=[(name, EXTENSION_LABELS.get(name, name)) for name in Product.KNOWN_EXTENSIONS],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        help_text="What the product's devices may attach. A change reaches connected devices at once.",
+    )
+
+
 class RoleForm(forms.Form):
     role = forms.ChoiceField(choices=Role.choices)
 

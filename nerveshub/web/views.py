@@ -13,7 +13,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Model, Q, QuerySet
+from django.db.models import Count, Model, Q, QuerySet
 from django.forms import BaseForm
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -27,7 +27,7 @@ from deployments import rollout
 from deployments.models import Deployment, DeviceUpdate, UpdateStatus
 from deployments.rollout import FAILED_STATUSES
 from devices import services as devices
-from devices.models import Device, online_q
+from devices.models import Device, ProductSharedSecret, online_q
 from firmware import services as firmware_services
 from firmware.models import Firmware, FirmwareStatus, SigningKey
 from nerveshub.lib.params import parse_int
@@ -45,6 +45,7 @@ from nerveshub.web.forms import (
     EmailChangeForm,
     InviteForm,
     PasswordChangeForm,
+    ProductForm,
     RoleForm,
     SigningKeyForm,
     SignUpForm,
@@ -326,11 +327,117 @@ def dashboard(request: HttpRequest, org: str) -> HttpResponse:
 
 
 @page
-@org_methods("GET")
+@org_methods("GET", "POST")
 def products(request: HttpRequest, org: str) -> HttpResponse:
-    access = get_org_for_user(request, org)
-    rows = Product.objects.filter(org=access.org).prefetch_related("deployments").order_by("name")
-    return _render(request, access, "web/products.html", {"products": rows})
+    access, form, done = _create_from_form(
+        request,
+        org,
+        Role.MANAGE,
+        lambda access, data: ProductForm(data),
+        lambda user, access, data: tenancy.save_product(
+            user,
+            Product(org=access.org, name=data["name"], description=data["description"], extensions=data["extensions"]),
+            ["name", "description", "extensions"],
+            via="pages",
+        ),
+        (),
+        "Product created.",
+        "web:products",
+    )
+    if done is not None:
+        return done
+    rows = (
+        Product.objects.filter(org=access.org)
+        .annotate(device_count=Count("devices", filter=Q(devices__deleted_at__isnull=True)))
+        .prefetch_related("deployments")
+        .order_by("name")
+    )
+    return _render(request, access, "web/products.html", {"products": rows, "form": form})
+
+
+def _product_page(
+    request: HttpRequest,
+    access: OrgAccess,
+    product: Product,
+    form: ProductForm | None = None,
+    issued: devices.IssuedSecret | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    if form is None:
+        form = ProductForm(
+            initial={"name": product.name, "description": product.description, "extensions": product.extensions}
+        )
+    context = {
+        "product": product,
+        "form": form,
+        "issued": issued,
+        "secrets": product.shared_secrets.order_by("-created_at"),
+        "device_count": product.devices.filter(deleted_at__isnull=True).count(),
+        "firmware_count": Firmware.objects.filter(product=product).count(),
+        "deployments": product.deployments.order_by("name"),
+    }
+    return _render(request, access, "web/product.html", context, status=status)
+
+
+@page
+@org_methods("GET", "POST")
+def product_detail(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    """A product: rename it, describe it, choose its extensions (manage); its
+    shared secrets (admin)."""
+    access = get_org_for_user(request, org, Role.MANAGE if request.method == "POST" else Role.VIEW)
+    product = get_object_or_404(Product, pk=pk, org=access.org)
+    if request.method != "POST":
+        return _product_page(request, access, product)
+    form = ProductForm(request.POST)
+    if form.is_valid():
+        fields = ["name", "description", "extensions"]
+        for name in fields:
+            setattr(product, name, form.cleaned_data[name])
+        try:
+            tenancy.save_product(_user(request), product, fields, via="pages")
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, "Product saved.")
+            return redirect("web:product", access.slug, product.pk)
+    product.refresh_from_db()
+    return _product_page(request, access, product, form=form, status=400)
+
+
+@page
+@org_methods("POST")
+def product_delete(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    return _delete_row(
+        request,
+        org,
+        Role.ADMIN,
+        Product.objects.all(),
+        pk,
+        lambda user, product: tenancy.delete_product(user, product, via="pages"),
+        tenancy.ProductInUse,
+        "Product deleted.",
+        "web:products",
+    )
+
+
+@page
+@org_methods("POST")
+def product_secret_new(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    """Issue a product shared secret; the page shows it this once."""
+    access = get_org_for_user(request, org, Role.ADMIN)
+    product = get_object_or_404(Product, pk=pk, org=access.org)
+    _, issued = devices.create_product_secret(_user(request), product)
+    return _product_page(request, access, product, issued=issued)
+
+
+@page
+@org_methods("POST")
+def product_secret_deactivate(request: HttpRequest, org: str, pk: int) -> HttpResponse:
+    access = get_org_for_user(request, org, Role.ADMIN)
+    secret = get_object_or_404(ProductSharedSecret.objects.select_related("product"), pk=pk, product__org=access.org)
+    if devices.deactivate_secrets(_user(request), [secret]):
+        messages.success(request, f"Key {secret.key} deactivated: devices can no longer connect with it.")
+    return redirect("web:product", access.slug, secret.product_id)
 
 
 # --- Devices -------------------------------------------------------------------------------

@@ -71,6 +71,8 @@ def test_a_product_with_firmware_is_kept_and_the_api_says_why(tenant: Any) -> No
     response = api_for(tenant.admin).delete("/orgs/acme/products/widget")
     # then
     assert response.status_code == 409
-    assert response.json()["errors"] == {"detail": "the product still has devices or firmware"}
+    assert response.json()["errors"] == {
+        "detail": "widget still has 1 firmware: delete them or move the devices first."
+    }
     assert Product.objects.filter(name="widget").exists()
     assert not AuditEvent.objects.filter(action="product.deleted").exists()

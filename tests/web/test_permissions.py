@@ -9,6 +9,7 @@ import pytest
 from django.urls import URLPattern
 
 from certificates import pki
+from devices.services import create_product_secret
 from firmware.models import SigningKey
 from nerveshub.tenancy.models import Membership
 from nerveshub.web import services
@@ -24,7 +25,6 @@ pytestmark = pytest.mark.django_db
 # Pages that only read: a POST is answered 405 before anything else.
 READ_ONLY = {
     "dashboard",
-    "products",
     "devices",
     "device",
     "device_audit",
@@ -41,6 +41,8 @@ READ_ONLY = {
 
 
 def _pk_for(name: str, fleet: Fleet, objects: dict[str, int]) -> int | None:
+    if name in ("product", "product_delete", "product_secret_new"):
+        return fleet.tenant.product.pk
     if name.startswith("device") and name != "device_bulk_tags":
         return fleet.device.pk
     if name.startswith("firmware_"):
@@ -56,7 +58,9 @@ def objects(fleet: Fleet) -> dict[str, int]:
     ca = register_ca("test", fleet.tenant.org, pki.create_ca("CA"), description="ca")
     member = Membership.objects.get(org=fleet.tenant.org, user=fleet.tenant.viewer)
     invitation = services.create_invitation(fleet.tenant.admin, fleet.tenant.org, "view").invitation
+    secret, _ = create_product_secret("test", fleet.tenant.product)
     return {
+        "product_secret_deactivate": secret.pk,
         "key_delete": key.pk,
         "certificate_delete": ca.pk,
         "certificate_verify": ca.pk,
@@ -122,6 +126,11 @@ def test_anonymous_visitors_are_sent_to_sign_in(fleet: Fleet, objects: dict[str,
 # One refusal per view that changes something: the role just below the one it needs.
 REFUSALS = [
     ("manager", "post", "members/", {"role": "admin"}),
+    ("manager", "post", "products/{product}/delete/", {}),
+    ("manager", "post", "products/{product}/secrets/", {}),
+    ("manager", "post", "products/secrets/{secret}/deactivate/", {}),
+    ("viewer", "post", "products/", {"name": "x"}),
+    ("viewer", "post", "products/{product}/", {"name": "x"}),
     ("manager", "post", "members/{member}/role/", {"role": "admin"}),
     ("manager", "post", "members/{member}/remove/", {}),
     ("manager", "post", "invitations/{invitation}/revoke/", {}),
@@ -154,6 +163,8 @@ def test_each_view_refuses_the_role_below(
         device=fleet.device.pk,
         firmware=fleet.firmware.pk,
         deployment=fleet.deployment.pk,
+        product=fleet.tenant.product.pk,
+        secret=objects["product_secret_deactivate"],
     )
     client = client_for(user)
     response = client.post(url, data) if method == "post" else client.get(url)
