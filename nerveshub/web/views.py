@@ -19,6 +19,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from certificates import services as certificates
@@ -185,6 +186,7 @@ def account(request: HttpRequest) -> HttpResponse:
 
 
 @page
+@never_cache  # the answer to a POST holds the new token
 def tokens(request: HttpRequest) -> HttpResponse:
     user = _user(request)
     issued = None
@@ -421,6 +423,7 @@ def product_delete(request: HttpRequest, org: str, pk: int) -> HttpResponse:
 
 
 @page
+@never_cache  # the answer holds the secret: no cache may keep it
 @org_methods("POST")
 def product_secret_new(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     """Issue a product shared secret; the page shows it this once."""

@@ -85,7 +85,9 @@ def test_an_admin_issues_a_secret_shown_once_and_deactivates_it(tenant: Tenant) 
     client = client_for(tenant.admin)
     url = f"{PRODUCTS}{tenant.product.pk}/"
     # when
-    page = client.post(url + "secrets/").content.decode()
+    response = client.post(url + "secrets/")
+    page = response.content.decode()
+    assert "no-store" in response["Cache-Control"]
     # then: shown once, and it is the stored secret
     key = re.search(r'Key <code class="secret">(nhp_[^<]+)</code>', page)
     secret = re.search(r'Secret <code class="secret">([^<]+)</code>', page)
