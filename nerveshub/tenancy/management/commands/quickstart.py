@@ -47,8 +47,9 @@ class Command(BaseCommand):
                     f"  product_key:    {result.product_key}",
                     f"  product_secret: {result.product_secret}",
                     f"Organization pages: {settings.PUBLIC_URL}/ (the same login)",
-                    "Firmware is accepted only for the product its meta-product names: build it for",
-                    f"product 'demo', or add a product with your firmware's name at {settings.PUBLIC_URL}/org/demo/products/",
+                    "Firmware is accepted only for the product its meta-product names: build it",
+                    "for product 'demo', or add a product with your firmware's name at",
+                    f"  {settings.PUBLIC_URL}/org/demo/products/",
                     "",
                 ]
             )
