@@ -56,6 +56,10 @@ def _frame(message: object) -> Frame:
     return Frame(_ref(join_ref, "join_ref"), _ref(ref, "ref"), topic, event, payload)
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 class JsonCodec:
     vsn = JSON_VSN
 
@@ -64,7 +68,9 @@ class JsonCodec:
         if text is None:
             raise FrameError("binary frame on a JSON socket")
         try:
-            message = json.loads(text)
+            # NaN and Infinity are not JSON (a real client never sends them),
+            # and no database could store them.
+            message = json.loads(text, parse_constant=_not_json)
         except (ValueError, RecursionError):
             raise FrameError("frame is not JSON") from None
         return _frame(message)

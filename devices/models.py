@@ -323,3 +323,22 @@ class ScriptRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.script or 'script'} on {self.device_id} ({self.status})"
+
+
+class HealthReport(models.Model):
+    """One health report of a device, kept for charts and alarms: the numeric
+    metrics and the alarm names only (the whole latest report is on the
+    device). Bounded per device and by age (HEALTH_HISTORY_PER_DEVICE,
+    HEALTH_HISTORY_DAYS; devices.health.prune_health_history)."""
+
+    device = models.ForeignKey(Device, models.CASCADE, related_name="health_reports")
+    reported_at = models.DateTimeField(default=timezone.now)
+    metrics = models.JSONField(default=dict, blank=True)
+    alarms = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-reported_at"]
+        indexes = [models.Index(fields=["device", "-reported_at"], name="health_device_time_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.device_id} @ {self.reported_at:%Y-%m-%d %H:%M:%S}"

@@ -21,7 +21,7 @@ from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from devices import publish
+from devices import health, publish
 from devices.fields import normalise_tags
 from devices.models import (
     ConnectionStatus,
@@ -33,6 +33,7 @@ from devices.models import (
     validate_identifier,
     validate_tags,
 )
+from nerveshub.lib.jsonsafe import finite
 from nerveshub.lib.sealed import seal
 from nerveshub.tenancy.models import Product
 from nerveshub.tenancy.services import Actor, audit
@@ -478,11 +479,12 @@ def mark_firmware_validated(device_id: int) -> None:
 
 
 def record_health(device_id: int, report: dict[str, object]) -> None:
-    Device.objects.filter(pk=device_id).update(health=report, health_reported_at=timezone.now())
+    """The latest report on the device, its numbers in the history (devices.health)."""
+    health.record_health(device_id, report)
 
 
 def record_location(device_id: int, location: dict[str, object]) -> None:
-    Device.objects.filter(pk=device_id).update(location=location, location_updated_at=timezone.now())
+    Device.objects.filter(pk=device_id).update(location=finite(location), location_updated_at=timezone.now())
 
 
 # --- Operator commands ------------------------------------------------------------

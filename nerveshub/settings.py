@@ -495,6 +495,24 @@ CELERY_BEAT_SCHEDULE["firmware-sweep"] = {
 }
 CELERY_BEAT_SCHEDULE["webhooks-sweep"] = {"task": "webhooks.tasks.sweep_webhooks", "schedule": WEBHOOK_SWEEP_SECONDS}
 
+# --- Device health (devices/health.py) ------------------------------------------
+# Reports kept per device for the charts: at most this many, none older than
+# this many days; pruned hourly (Celery beat, or the hub itself in embedded mode).
+HEALTH_HISTORY_DAYS = envint("HEALTH_HISTORY_DAYS", 7, minimum=1)
+HEALTH_HISTORY_PER_DEVICE = envint("HEALTH_HISTORY_PER_DEVICE", 1000, minimum=1)
+CELERY_BEAT_SCHEDULE["health-prune"] = {"task": "devices.tasks.prune_health_history", "schedule": 3600}
+# (warning, unhealthy) limits of the healthy / warning / unhealthy status shown
+# in device lists; a reported alarm is a warning too.
+HEALTH_THRESHOLDS: dict[str, tuple[float, float]] = {
+    "cpu_usage_percent": (80, 90),
+    "mem_used_percent": (70, 80),
+    "disk_used_percentage": (80, 90),
+}
+# Map tiles behind a device's location: a URL with {z}, {x} and {y}, or empty for
+# none. Without tiles (or when the browser cannot reach them) the marker and the
+# coordinates still show.
+MAP_TILE_URL = envstr("MAP_TILE_URL", "https://tile.openstreetmap.org/{z}/{x}/{y}.png") or ""
+
 # --- Logging ------------------------------------------------------------------
 LOG_FORMAT = envchoice("LOG_FORMAT", "text", ("text", "json"))
 LOG_LEVEL = envchoice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()

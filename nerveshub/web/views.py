@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login, update_session_auth_hash
 from django.contrib.auth.decorators import login_required
@@ -27,6 +28,7 @@ from certificates.models import CACertificate
 from deployments import rollout
 from deployments.models import Deployment, DeviceUpdate, UpdateStatus
 from deployments.rollout import FAILED_STATUSES
+from devices import health
 from devices import services as devices
 from devices.models import Device, ProductSharedSecret, online_q
 from firmware import services as firmware_services
@@ -37,7 +39,7 @@ from nerveshub.tenancy import audit_chain as audit_chain_service
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Product, Role
 from nerveshub.tenancy.redaction import visible_events
-from nerveshub.web import services
+from nerveshub.web import charts, services
 from nerveshub.web.access import OrgAccess, get_org_for_user, org_methods, orgs_of
 from nerveshub.web.forms import (
     CACertificateForm,
@@ -527,6 +529,8 @@ def device_list(request: HttpRequest, org: str) -> HttpResponse:
         rows = rows[:PAGE_SIZE]
         has_prev = bool(after)
     count, count_more = _capped_count(queryset)
+    for row in rows:
+        row.health_status = health.status_of(row.health)  # type: ignore[attr-defined]
     context = {
         "devices": rows,
         "applied": applied,
@@ -596,6 +600,15 @@ def device_detail(request: HttpRequest, org: str, pk: int) -> HttpResponse:
         "in_penalty_box": device.in_penalty_box(),
         "tags_text": " ".join(device.tags),
     }
+    series, alarmed = health.history(device)
+    context.update(
+        {
+            "health_status": health.status_of(device.health),
+            "health_series": series,
+            "alarmed_reports": alarmed[:20],
+            "map": charts.map_view(device.location, settings.MAP_TILE_URL),
+        }
+    )
     return _render(request, access, "web/device.html", context)
 
 

@@ -73,6 +73,7 @@ def test_it_runs_a_full_device_session(live_hub: HubLauncher, creds: Credentials
     assert row.network_interface == "eth0"
     assert row.firmware_validation == ValidationStatus.VALIDATED
     assert row.health == {"metrics": {"cpu_temp": 48.3}, "alarms": {}}
+    assert list(row.health_reports.values_list("metrics", flat=True)) == [{"cpu_temp": 48.3}]
     assert row.location == {"latitude": 1.5, "longitude": 2.5, "source": "geoip"}
     assert row.connection_status == ConnectionStatus.DISCONNECTED
     assert row.first_seen_at is not None and row.socket_channel == ""

@@ -65,6 +65,10 @@ def test_the_console_websocket_origin_follows_the_public_url(settings: Any) -> N
 
     assert "connect-src 'self' wss://hub.example.com" in build_policy("https://hub.example.com")
     assert "connect-src 'self' ws://127.0.0.1:4000" in build_policy("http://127.0.0.1:4000")
+    # map tiles: their origin only, and nothing for a URL that is not http(s)
+    tiles = build_policy("https://hub.example.com", "https://tiles.example.org/{z}/{x}/{y}.png")
+    assert "img-src 'self' data: https://tiles.example.org;" in tiles
+    assert "img-src 'self' data:;" in build_policy("https://hub.example.com", "javascript:alert(1)")
 
 
 def test_no_template_has_an_inline_script_or_handler() -> None:

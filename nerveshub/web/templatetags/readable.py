@@ -7,6 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
+from django.utils.safestring import SafeString
+
+from nerveshub.web import charts
 
 register = template.Library()
 
@@ -56,3 +59,8 @@ def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
 @register.filter
 def as_pairs(value: Any) -> list[tuple[str, str]]:
     return flatten(value)
+
+
+@register.filter
+def line_chart(points: list[tuple[float, float]]) -> SafeString:
+    return charts.line_chart(points)
