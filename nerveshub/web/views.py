@@ -337,7 +337,7 @@ def products(request: HttpRequest, org: str) -> HttpResponse:
         request,
         org,
         Role.MANAGE,
-        lambda access, data: ProductForm(data),
+        lambda access, data: ProductForm(data, initial={"extensions": ["health"]}),
         lambda user, access, data: tenancy.save_product(
             user,
             Product(org=access.org, name=data["name"], description=data["description"], extensions=data["extensions"]),

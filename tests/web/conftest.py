@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,9 @@ from deployments.models import Deployment, DeviceUpdate, UpdateStatus
 from devices.models import Device
 from firmware.models import Firmware
 from nerveshub.web.access import org_slug
-from tests.conftest import Tenant
+from tests.conftest import REQUIRE_SERVICES, Tenant
 from tests.deployments.conftest import make_device, make_firmware
+from tests.support.hub import ROOT
 
 
 @dataclass
@@ -59,3 +62,54 @@ def fast_password_hashing(request: pytest.FixtureRequest, settings: Settings) ->
     passwords with its own settings, so tests that start one keep the default."""
     if "live_hub" not in request.fixturenames:
         settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+# --- A real browser (Debian's Chromium through Playwright) -----------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _unavailable(reason: str) -> None:
+    # CI must run these: a missing browser there is a failure, not a skip.
+    if REQUIRE_SERVICES:
+        pytest.fail(f"browser tests cannot run: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed (requirements-dev.txt)")
+    # Playwright's sync API keeps an event loop on this thread; fixtures torn
+    # down while it runs may still touch the database synchronously.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def shot(tmp_path: Path) -> Any:
+    folder = ROOT / "docs" if os.environ.get("NERVESHUB_SCREENSHOTS") == "docs" else tmp_path
+
+    def take(page: Any, name: str) -> None:
+        page.screenshot(path=str(folder / f"pages-{name}.png"), full_page=True)
+
+    return take

@@ -23,50 +23,13 @@ from devices import services as device_services
 from devices.services import IssuedSecret
 from firmware import services as firmware_services
 from nerveshub.web.access import org_slug
-from tests.conftest import REQUIRE_SERVICES, Tenant, services_available
+from tests.conftest import Tenant, services_available
 from tests.support.fwup import FirmwareSpec, KeyPair, build_firmware, generate_keypair
 from tests.support.hub import ROOT, HubLauncher, HubProcess, database_url_for_children
 from tests.support.nhl_client import NHLDevice
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # --purge: tasks queued by earlier tests (whose rows are gone) are dropped, not run.
 WORKER_ARGS = ["--pool", "solo", "--purge", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"]
-
-
-def _unavailable(reason: str) -> None:
-    # CI must run these: a missing browser there is a failure, not a skip.
-    if REQUIRE_SERVICES:
-        pytest.fail(f"browser tests cannot run: {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        _unavailable(f"{CHROMIUM} is missing (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("the playwright package is not installed (requirements-dev.txt)")
-    # Playwright's sync API keeps an event loop on this thread; fixtures torn
-    # down while it runs may still touch the database synchronously.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @pytest.fixture
@@ -151,16 +114,6 @@ def org_keys(tenant: Tenant) -> tuple[KeyPair, IssuedSecret]:
     firmware_services.create_signing_key("test", tenant.org, "release", keypair.public)
     _, secret = device_services.create_product_secret("test", tenant.product)
     return keypair, secret
-
-
-@pytest.fixture
-def shot(tmp_path: Path) -> Any:
-    folder = ROOT / "docs" if os.environ.get("NERVESHUB_SCREENSHOTS") == "docs" else tmp_path
-
-    def take(page: Any, name: str) -> None:
-        page.screenshot(path=str(folder / f"pages-{name}.png"), full_page=True)
-
-    return take
 
 
 def test_a_person_uploads_deploys_and_watches_a_device_update(
