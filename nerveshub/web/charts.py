@@ -108,3 +108,50 @@ def map_view(location: object, tile_url: str, *, zoom: int = 13, frame: tuple[in
     marker_x = TILE + (x - cx) * TILE
     marker_y = TILE + (y - cy) * TILE
     return MapView(lat, lon, tiles, int(frame[0] / 2 - marker_x), int(frame[1] / 2 - marker_y))
+
+
+def multi_line_chart(
+    series: list[tuple[str, str, list[tuple[float, float]]]], *, width: int = 640, height: int = 160
+) -> SafeString:
+    """Several lines on one time axis and one value axis from 0, each with a
+    CSS class (its colour) and a legend entry."""
+    points = [p for _, _, line in series for p in line]
+    if not points:
+        return SafeString("")
+    t0, t1 = min(t for t, _ in points), max(t for t, _ in points)
+    top = max(max(v for _, v in points), 1.0)
+    span_t = (t1 - t0) or 1.0
+    inner_w, inner_h = width - 2 * PAD, height - 2 * PAD
+    # Each piece is format_html output (escaped): joined, still safe.
+    lines = SafeString(
+        "".join(
+            format_html(
+                '<polyline class="{}" fill="none" stroke-width="2" points="{}"/>',
+                css,
+                " ".join(
+                    f"{PAD + (t - t0) / span_t * inner_w:.1f},{PAD + inner_h - v / top * inner_h:.1f}" for t, v in line
+                ),
+            )
+            for _, css, line in series
+        )
+    )
+    legend = SafeString(
+        " ".join(
+            format_html('<span class="legend {}">{} {}</span>', css, label, f"{line[-1][1]:g}" if line else "")
+            for label, css, line in series
+        )
+    )
+    return format_html(
+        '<svg class="chart wide" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img"'
+        ' aria-label="progress over time">'
+        '{lines}<text x="{pad}" y="12" class="axis">{top}</text></svg>'
+        '<div class="chart-range"><span>{first}</span><span>{legend}</span><span>{last} UTC</span></div>',
+        w=width,
+        h=height,
+        lines=lines,
+        pad=PAD + 2,
+        top=f"{top:g}",
+        legend=legend,
+        first=datetime.fromtimestamp(t0, UTC).strftime("%m-%d %H:%M"),
+        last=datetime.fromtimestamp(t1, UTC).strftime("%m-%d %H:%M"),
+    )

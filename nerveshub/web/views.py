@@ -5,6 +5,7 @@ changes state only through the domain apps' services."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from django.conf import settings
@@ -20,6 +21,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
+from django.utils.timesince import timesince
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
@@ -28,6 +30,7 @@ from certificates.models import CACertificate
 from deployments import rollout
 from deployments.models import Deployment, DeviceUpdate, UpdateStatus
 from deployments.rollout import FAILED_STATUSES
+from deployments.timeline import rollout_timeline
 from devices import health
 from devices import services as devices
 from devices.models import Device, ProductSharedSecret, online_q
@@ -870,7 +873,14 @@ def deployment_detail(request: HttpRequest, org: str, pk: int) -> HttpResponse:
         "progress_url": _org_url(access, "deployment_progress", deployment.pk),
         "events": visible_events(_subject_events(access, "deployment", deployment.pk)[:10], access.role),
     }
+    timeline = rollout_timeline(deployment)
+    context["timeline_chart"] = charts.multi_line_chart(timeline.series()) if timeline else None
     return _render(request, access, "web/deployment.html", context)
+
+
+def _readable_time(moment: datetime) -> str:
+    """ "2026-12-07 10:09:12 UTC (3 minutes ago)": what people read in a list."""
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC ({timesince(moment)} ago)"
 
 
 def _progress(access: OrgAccess, deployment: Deployment) -> dict[str, Any]:
@@ -904,7 +914,8 @@ def _progress(access: OrgAccess, deployment: Deployment) -> dict[str, Any]:
                 "device_url": _org_url(access, "device", u.device_id),
                 "status": u.status,
                 "reason": u.reason,
-                "at": u.updated_at.isoformat(),
+                "at": _readable_time(u.updated_at),
+                "at_iso": u.updated_at.isoformat(),
             }
             for u in failed
         ],

@@ -63,7 +63,7 @@ def test_an_operator_manages_account_products_and_reads_device_health(
     assert "alice@acme.example" in page.inner_text("main")
     shot(page, "account")
 
-    # when: she creates a product with the geo extension and issues its secret
+    # when: she creates a product with the geo extension (health is on already) and issues its secret
     page.goto(f"{base}/org/{slug}/products/")
     page.fill("#product-form input[name=name]", "gadget")
     page.check("#product-form input[value=geo]")
@@ -98,4 +98,4 @@ def test_an_operator_manages_account_products_and_reads_device_health(
     assert "48.85840, 2.29450" in page.inner_text("main")
     shot(page, "device-health")
 
-    assert Product.objects.get(org=tenant.org, name="gadget").extensions == ["geo"]
+    assert Product.objects.get(org=tenant.org, name="gadget").extensions == ["health", "geo"]
