@@ -90,8 +90,7 @@ class ThrottledPasswordResetView(auth_views.PasswordResetView):
             str(form.cleaned_data.get("email") or ""), request_client_address(self.request)
         )
         if refusal:
-            # On the field: the admin's reset template (the one Django finds first)
-            # shows only the field's errors.
+            # On the field, beside the address it is about.
             form.add_error("email", ValidationError(refusal, code=THROTTLED))
             response = self.form_invalid(form)
             response.status_code = 429

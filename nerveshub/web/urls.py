@@ -55,20 +55,34 @@ account_patterns = [
     path("logout/", auth_views.LogoutView.as_view(next_page=reverse_lazy("web:login")), name="logout"),
     path(
         "password/reset/",
+        # The hub's own templates, named explicitly: django.contrib.admin's
+        # registration/ templates come first in the app order.
         signin.ThrottledPasswordResetView.as_view(
+            template_name="web/accounts/password_reset_form.html",
             email_template_name="registration/reset_email.txt",
             subject_template_name="registration/reset_subject.txt",
             success_url=reverse_lazy("web:password_reset_done"),
         ),
         name="password_reset",
     ),
-    path("password/reset/sent/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
+    path(
+        "password/reset/sent/",
+        auth_views.PasswordResetDoneView.as_view(template_name="web/accounts/password_reset_done.html"),
+        name="password_reset_done",
+    ),
     path(
         "password/reset/<uidb64>/<token>/",
-        auth_views.PasswordResetConfirmView.as_view(success_url=reverse_lazy("web:password_reset_complete")),
+        auth_views.PasswordResetConfirmView.as_view(
+            template_name="web/accounts/password_reset_confirm.html",
+            success_url=reverse_lazy("web:password_reset_complete"),
+        ),
         name="password_reset_confirm",
     ),
-    path("password/reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
+    path(
+        "password/reset/done/",
+        auth_views.PasswordResetCompleteView.as_view(template_name="web/accounts/password_reset_complete.html"),
+        name="password_reset_complete",
+    ),
     path("settings/", views.account, name="account"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:pk>/revoke/", views.token_revoke, name="token_revoke"),

@@ -40,13 +40,17 @@ def test_it_refuses_a_wrong_password(tenant: Tenant) -> None:
     assert b"correct username and password" in response.content
 
 
-def test_it_resets_a_password_by_email(tenant: Tenant, mailoutbox: list[Any]) -> None:
+def test_it_resets_a_password_by_email_on_the_hubs_own_pages(tenant: Tenant, mailoutbox: list[Any]) -> None:
     client = Client()
-    client.post("/accounts/password/reset/", {"email": "victor@example.com"})
+    form = client.get("/accounts/password/reset/").content.decode()
+    assert "Reset your password" in form and "Django administration" not in form
+    sent = client.post("/accounts/password/reset/", {"email": "victor@example.com"}, follow=True).content.decode()
+    assert "Django administration" not in sent
     assert len(mailoutbox) == 1
     link = re.search(r"http://testserver(/accounts/password/reset/\S+/)", mailoutbox[0].body)
     assert link is not None
     response = client.get(link.group(1), follow=True)
+    assert "Choose a new password" in response.content.decode()
     form_url = response.redirect_chain[-1][0]
     response = client.post(form_url, {"new_password1": "a-new-long-pass-42", "new_password2": "a-new-long-pass-42"})
     assert response.status_code == 302
