@@ -112,7 +112,8 @@ ASGI_APPLICATION = "nerveshub.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        # Project-wide overrides of other apps' templates (the admin's look).
+        "DIRS": [BASE_DIR / "nerveshub" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
