@@ -106,6 +106,26 @@ class Metadata:
     vcs_identifier: str = ""
     misc: str = ""
     resources: list[Resource] = field(default_factory=list)
+    delta: DeltaSupport = field(default_factory=lambda: DeltaSupport((), "", frozenset()))
+
+
+# fwup applies a patch against bytes on the device's disk from these versions on
+# (docs/firmware.md, "Delta updates"): raw offsets, then FAT files.
+RAW_DELTA_FWUP = "1.6.0"
+FAT_DELTA_FWUP = "1.10.0"
+# fwup counts delta-source offsets and counts in 512-byte blocks.
+BLOCK_SIZE = 512
+
+
+@dataclass(frozen=True)
+class DeltaSupport:
+    """What meta.conf says about delta updates: the resources every upgrade task
+    patches from a source on the device, the oldest fwup that can apply them
+    ("" when none), and every resource an upgrade task writes."""
+
+    resources: tuple[str, ...]
+    fwup_version: str
+    upgrade_resources: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -359,7 +379,77 @@ def parse_metadata(meta_conf: bytes) -> Metadata:
         vcs_identifier=block.string("meta-vcs-identifier") or "",
         misc=block.string("meta-misc") or "",
         resources=resources,
+        delta=delta_support(block, names),
     )
+
+
+def _block_number(task: str, resource: str, key: str, value: str | None) -> int:
+    """A delta-source offset or count: a number fwup reads (decimal or 0x hex),
+    in blocks, whose byte position fits in 63 bits; anything else makes fwup
+    refuse the file, so the hub refuses it too, before it reaches xdelta3."""
+    where = f"task {_shown(task)}, on-resource {_shown(resource)}"
+    if value is None:
+        raise InvalidFirmware(f"{where}: {key} is missing (a delta source needs both an offset and a count).")
+    text = value.strip()
+    if len(text) > LENGTH_MAX_CHARS:
+        raise InvalidFirmware(f"{where}: {key} is too large.")
+    try:
+        number = int(text, 0)
+    except ValueError:
+        raise InvalidFirmware(f"{where}: {key} {_shown(value)} is not a number.") from None
+    if number < 0 or number * BLOCK_SIZE > LENGTH_MAX:
+        raise InvalidFirmware(f"{where}: {key} {number} is outside what a disk can hold.")
+    return number
+
+
+def delta_support(block: metaconf.Block, resource_names: set[str]) -> DeltaSupport:
+    """Read the delta-source keys of the upgrade tasks (docs/firmware.md, "Delta
+    updates"). A resource is delta-capable only when every upgrade task that
+    writes it names a source on the device: a patch in the file is a patch for
+    every task that reads it."""
+    written: set[str] = set()
+    capable: dict[str, str] = {}
+    refused: set[str] = set()
+    for task in block.sections_of("task"):
+        title = task.title or ""
+        upgrade = title.startswith("upgrade")
+        for on_resource in task.body.sections_of("on-resource"):
+            name = on_resource.title or ""
+            options = on_resource.body.options
+            body = on_resource.body
+
+            def number(key: str, title: str = title, name: str = name, body: metaconf.Block = body) -> int:
+                return _block_number(title, name, key, body.string(key))
+
+            version = ""
+            if "delta-source-raw-offset" in options or "delta-source-raw-count" in options:
+                offset, count = number("delta-source-raw-offset"), number("delta-source-raw-count")
+                if (offset + count) * BLOCK_SIZE > LENGTH_MAX:
+                    raise InvalidFirmware(
+                        f"task {_shown(title)}, on-resource {_shown(name)}: the delta source ends past a disk's size."
+                    )
+                version = RAW_DELTA_FWUP
+            elif "delta-source-fat-offset" in options or "delta-source-fat-path" in options:
+                number("delta-source-fat-offset")
+                if not (body.string("delta-source-fat-path") or "").strip():
+                    raise InvalidFirmware(
+                        f"task {_shown(title)}, on-resource {_shown(name)}: delta-source-fat-path is missing."
+                    )
+                version = FAT_DELTA_FWUP
+            if not upgrade or name not in resource_names:
+                continue
+            written.add(name)
+            if not version:
+                refused.add(name)
+            elif _version_key(version) > _version_key(capable.get(name, "0.0.0")):
+                capable[name] = version
+    names = tuple(sorted(n for n in capable if n not in refused))
+    needed = max((capable[n] for n in names), key=_version_key, default="")
+    return DeltaSupport(names, needed, frozenset(written))
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 def verify_signature(meta_conf: bytes, signature: bytes, keys: Iterable[tuple[int, bytes]]) -> int | None:
