@@ -93,6 +93,15 @@ def delta_payloads(update_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     return {u.pk: dict(firmware_deltas.delta_payload(u.delta, u.deployment_id)) for u in rows if u.delta is not None}
 
 
+def pairs(deployment: Deployment) -> list[DeltaFirmware]:
+    """The deltas to the deployment's firmware, for its page and the API."""
+    return list(
+        DeltaFirmware.objects.filter(target_id=deployment.firmware_id)
+        .select_related("source", "target")
+        .order_by("-created_at")[:50]
+    )
+
+
 def request_for_deployment(deployment_id: int) -> int:
     """Ask for the deltas from the firmware its devices run to its target (an
     active deployment with delta updates on only). Returns the rows created."""

@@ -992,6 +992,7 @@ SETTINGS_FIELDS = (
     "penalty_minutes",
     "breaker_failure_percent",
     "breaker_min_attempts",
+    "delta_updates",
 )
 
 

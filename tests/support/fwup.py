@@ -110,6 +110,12 @@ class FirmwareSpec:
     # Rewrites the generated meta.conf *before* it is signed (a hostile but
     # validly signed file); Tamper.meta_conf changes it after signing.
     edit_meta: Callable[[bytes], bytes] | None = None
+    # Delta-capable resources: name -> (delta-source-raw-offset, delta-source-raw-count)
+    # in the upgrade task, as fwup's delta examples write them (docs/firmware.md).
+    delta_sources: dict[str, tuple[int | str, int | str]] = field(default_factory=dict)
+    # Resources only a `complete` task writes (the upgrade task leaves them out);
+    # when given, a `complete` task writing every resource comes first.
+    complete_only: tuple[str, ...] = ()
 
     def meta_conf(self) -> bytes:
         meta = self._meta_conf()
@@ -134,9 +140,20 @@ class FirmwareSpec:
         for name, source in self.resources.items():
             length, digest = describe(source)
             lines += [f"file-resource {quote_title(name)} {{", f"length={length}", f"blake2b-256={digest}", "}"]
+        if self.complete_only:
+            lines.append('task "complete" {')
+            for name in self.resources:
+                lines += [f"on-resource {quote_title(name)} {{", "funlist={2,raw_write,0}", "}"]
+            lines.append("}")
         lines.append('task "upgrade" {')
         for name in self.resources:
-            lines += [f"on-resource {quote_title(name)} {{", "funlist={2,raw_write,524288}", "}"]
+            if name in self.complete_only:
+                continue
+            lines.append(f"on-resource {quote_title(name)} {{")
+            if name in self.delta_sources:
+                offset, count = self.delta_sources[name]
+                lines += [f"delta-source-raw-offset={offset}", f"delta-source-raw-count={count}"]
+            lines += ["funlist={2,raw_write,524288}", "}"]
         lines.append("}")
         return ("\n".join(lines) + "\n").encode()
 
