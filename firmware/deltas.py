@@ -173,13 +173,19 @@ def generate_delta(delta_id: int) -> DeltaFirmware | None:
     row = _claim(delta_id)
     if row is None:
         return DeltaFirmware.objects.filter(pk=delta_id).first()
+    _build_claimed(row)
+    row.refresh_from_db()
+    return row
+
+
+def _build_claimed(row: DeltaFirmware) -> None:
     if row.attempts > MAX_ATTEMPTS:
         _finish(row, DeltaStatus.FAILED, f"Gave up after {MAX_ATTEMPTS} attempts that did not finish.")
-        return row
+        return
     source, target = row.source, row.target
     if not all(f.status == FirmwareStatus.VALID and f.storage_name for f in (source, target)):
         _finish(row, DeltaStatus.FAILED, "The source or the target firmware is no longer valid.")
-        return row
+        return
     stored = ""
     try:
         with tempfile.TemporaryDirectory(prefix="nerveshub-delta-") as tmp:
@@ -198,10 +204,10 @@ def generate_delta(delta_id: int) -> DeltaFirmware | None:
             stored = _store(work / "delta.fw", target.org_id)
     except delta.NotWorthIt as exc:
         _finish(row, DeltaStatus.NOT_WORTH_IT, exc.reason)
-        return row
+        return
     except (delta.DeltaFailed, fwfile.InvalidFirmware) as exc:
         _finish(row, DeltaStatus.FAILED, exc.reason)
-        return row
+        return
     except services.StorageUnavailable:
         # Worth another try: give the claim back so the retry can take it.
         DeltaFirmware.objects.filter(pk=row.pk, claimed_at=row.claimed_at).update(claimed_at=None)
@@ -211,7 +217,7 @@ def generate_delta(delta_id: int) -> DeltaFirmware | None:
     except Exception as exc:
         logger.exception("delta %s: unexpected error while building it", row.pk)
         _finish(row, DeltaStatus.FAILED, f"The delta could not be built ({type(exc).__name__}).")
-        return row
+        return
     ready = _finish(
         row,
         DeltaStatus.READY,
@@ -226,8 +232,6 @@ def generate_delta(delta_id: int) -> DeltaFirmware | None:
     if not ready:
         # The claim lapsed and another build finished first: these bytes are nobody's.
         services._delete_stored(stored)
-    row.refresh_from_db()
-    return row
 
 
 # --- Sending -------------------------------------------------------------------------
