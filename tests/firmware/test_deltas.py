@@ -160,8 +160,8 @@ def test_a_delta_has_the_layout_fwup_needs_and_every_patch_decodes_to_the_target
             assert size != resource.length and size < resource.length // 10
             (tmp_path / "source").write_bytes(base.read(info.filename))
             (tmp_path / "patch").write_bytes(got.read(info))
-            subprocess.run(  # noqa: S603
-                ["xdelta3", "-d", "-f", "-s", tmp_path / "source", tmp_path / "patch", tmp_path / "out"],  # noqa: S607
+            subprocess.run(
+                ["xdelta3", "-d", "-f", "-s", tmp_path / "source", tmp_path / "patch", tmp_path / "out"],
                 check=True,
             )
             decoded = (tmp_path / "out").read_bytes()
