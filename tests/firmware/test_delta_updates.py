@@ -268,7 +268,8 @@ def test_the_api_shows_the_setting_the_pairs_and_the_firmwares_capability(setup:
 
 def _requests_deltas(callbacks: list[Callable[[], Any]], deployment: Deployment) -> bool:
     return any(
-        getattr(c, "func", None) is deployment_deltas._dispatch and c.args == (deployment.pk,) for c in callbacks
+        getattr(c, "func", None) is deployment_deltas._dispatch and getattr(c, "args", None) == (deployment.pk,)
+        for c in callbacks
     )
 
 
