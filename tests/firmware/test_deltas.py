@@ -83,6 +83,30 @@ def test_a_fat_delta_source_needs_a_newer_fwup() -> None:
     assert support.resources == ("zImage",) and support.fwup_version == "1.10.0"
 
 
+@pytest.mark.parametrize(
+    ("options", "capable"),
+    [
+        ("delta-source-raw-offset=0x800 delta-source-raw-count=010", True),  # C's hex and octal
+        ("delta-source-raw-offset=2048 delta-source-raw-count=0", False),  # fwup needs a count above 0
+        ("delta-source-raw-offset=2048", False),
+        ("delta-source-raw-count=8", False),
+        ('delta-source-fat-offset=63 delta-source-fat-path=""', False),
+    ],
+)
+def test_a_resource_is_delta_capable_only_where_fwup_takes_a_patch(options: str, capable: bool) -> None:
+    text = f'task "upgrade" {{ on-resource "rootfs.img" {{ {options} raw_write(0) }} }}\n'
+    support = fwfile.delta_support(metaconf.parse(text), {"rootfs.img"})
+    assert (support.resources == ("rootfs.img",)) is capable
+
+
+def test_a_sparse_resource_is_not_patched() -> None:
+    text = (
+        'file-resource "rootfs.img" { length={4096, 8192, 4096} blake2b-256=' + "0" * 64 + " }\n"
+        'task "upgrade" { on-resource "rootfs.img" { delta-source-raw-offset=0 delta-source-raw-count=8 } }\n'
+    )
+    assert fwfile.delta_support(metaconf.parse(text), {"rootfs.img"}).resources == ()
+
+
 def test_a_resource_one_upgrade_task_writes_whole_is_not_patched() -> None:
     text = (
         'task "upgrade.a" { on-resource "rootfs.img" { delta-source-raw-offset=0 delta-source-raw-count=8 } }\n'
@@ -99,7 +123,9 @@ def test_a_resource_one_upgrade_task_writes_whole_is_not_patched() -> None:
         (2**60, 1, "outside what a disk can hold"),
         (-1, 8, "outside what a disk can hold"),
         ("lots", 8, "is not a number"),
-        (2**53, 2**53, "past a disk's size"),
+        ("12abc", 8, "is not a number"),
+        (8, 2**40, "outside what a disk can hold"),
+        (2**54 - 4, 8, "past a disk's size"),
     ],
 )
 def test_absurd_delta_sources_are_rejected_with_a_reason(
