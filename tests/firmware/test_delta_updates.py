@@ -342,6 +342,9 @@ def test_the_page_and_the_admin_set_it_for_managers_only(setup: Setup) -> None:
         client.force_login(user)
         return client
 
+    manager = as_user(tenant.manager)
+    assert 'name="delta_updates"' in manager.get(admin).content.decode()
+    assert 'name="delta_updates"' in manager.get(page).content.decode()
     # when / then: refused below manage and outside the organization
     assert as_user(tenant.viewer).post(page, {**form, "delta_updates": "on"}).status_code == 403
     assert as_user(tenant.outsider).post(page, {**form, "delta_updates": "on"}).status_code == 404
