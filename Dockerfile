@@ -20,6 +20,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PORT=4000
 
 WORKDIR /app
+# xdelta3 builds and checks delta updates (docs/firmware.md, "Delta updates");
+# without it the hub sends full files only.
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends xdelta3 \
+    && rm -rf /var/lib/apt/lists/*
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 

@@ -7,11 +7,12 @@ from datetime import datetime
 from django.http import HttpRequest
 from ninja import Router, Schema, Status
 from ninja.errors import HttpError
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StrictBool
 
-from deployments import rollout
+from deployments import deltas, rollout
 from deployments.models import Deployment
 from devices.fields import normalise_tags
+from firmware import deltas as firmware_deltas
 from firmware.models import Firmware, FirmwareKind
 from nerveshub.apihelpers import actor, require_product
 from nerveshub.tenancy.models import Product, Role
@@ -36,6 +37,7 @@ class Settings(Schema):
     penalty_minutes: int | None = Field(None, ge=1)
     breaker_failure_percent: int | None = Field(None, ge=1, le=100)
     breaker_min_attempts: int | None = Field(None, ge=1)
+    delta_updates: StrictBool | None = Field(None, description="send deltas when every condition holds")
 
 
 class DeploymentIn(Settings):
@@ -64,7 +66,19 @@ class DeploymentOut(Schema):
     paused: bool
     paused_reason: str
     concurrent_updates: int
+    delta_updates: bool
+    deltas_available: bool
+    deltas: list[DeltaOut]
     updated_at: datetime
+
+
+class DeltaOut(Schema):
+    source_uuid: str
+    source_version: str
+    status: str
+    reason: str
+    size: int
+    saving: int
 
 
 class StatusOut(Schema):
@@ -87,6 +101,19 @@ def _out(deployment: Deployment) -> DeploymentOut:
         paused=deployment.paused_at is not None,
         paused_reason=deployment.paused_reason,
         concurrent_updates=deployment.concurrent_updates,
+        delta_updates=deployment.delta_updates,
+        deltas_available=firmware_deltas.deltas_available(),
+        deltas=[
+            DeltaOut(
+                source_uuid=row.source.uuid or "",
+                source_version=row.source.version,
+                status=row.status,
+                reason=row.reason,
+                size=row.size,
+                saving=row.saving,
+            )
+            for row in deltas.pairs(deployment)
+        ],
         updated_at=deployment.updated_at,
     )
 

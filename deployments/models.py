@@ -14,7 +14,7 @@ from deployments.versions import InvalidRequirement
 from deployments.versions import validate_requirement as _validate_requirement
 from devices.fields import TagsField
 from devices.models import Device, validate_tags
-from firmware.models import Firmware, FirmwareKind
+from firmware.models import DeltaFirmware, Firmware, FirmwareKind
 from nerveshub.tenancy.models import Organization, Product
 
 
@@ -54,6 +54,12 @@ class Deployment(models.Model):
         help_text='Elixir Version requirement on the device\'s firmware, e.g. "~> 1.2".',
     )
     is_active = models.BooleanField(default=False)
+    # Send devices a delta file when every condition holds, else the full file
+    # (docs/firmware.md, "Delta updates").
+    delta_updates = models.BooleanField(
+        default=False,
+        help_text="Send a device only what changed since its firmware, when its fwup can apply it.",
+    )
 
     concurrent_updates = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1)])
     inflight_timeout_minutes = models.PositiveIntegerField(default=30, validators=[MinValueValidator(1)])
@@ -202,6 +208,10 @@ class DeviceUpdate(models.Model):
     device = models.ForeignKey(Device, models.CASCADE, related_name="updates")
     deployment = models.ForeignKey(Deployment, models.SET_NULL, null=True, blank=True, related_name="updates")
     firmware = models.ForeignKey(Firmware, models.PROTECT, related_name="device_updates")
+    # The delta chosen when the update was claimed; every push of this update
+    # sends it while it is ready. A failed attempt with a delta makes the next
+    # one full (deployments/deltas.py).
+    delta = models.ForeignKey(DeltaFirmware, models.SET_NULL, null=True, blank=True, related_name="device_updates")
     status = models.CharField(max_length=20, choices=UpdateStatus.choices, default=UpdateStatus.REQUESTED)
     progress = models.PositiveSmallIntegerField(default=0)
     reason = models.TextField(blank=True)

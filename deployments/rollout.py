@@ -36,7 +36,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from deployments import archives, services
+from deployments import archives, deltas, services
 from deployments.models import (
     INFLIGHT_STATUSES,
     Deployment,
@@ -235,6 +235,7 @@ class PreviewRow:
     device: Device
     eligible: bool
     problems: list[str]
+    delivery: str = ""  # for an eligible device: delta or full, and why full
 
 
 def preview(deployment: Deployment, limit: int = 500) -> list[PreviewRow]:
@@ -251,6 +252,9 @@ def preview(deployment: Deployment, limit: int = 500) -> list[PreviewRow]:
         if device.deployment_id not in (None, deployment.pk) and not problems:
             problems.append("belongs to another deployment")
         rows.append(PreviewRow(device=device, eligible=not problems, problems=problems))
+    eligible = {r.device.pk: r for r in rows if r.eligible}
+    for pk, delivery in deltas.plan(deployment, [r.device for r in eligible.values()]).items():
+        eligible[pk].delivery = delivery.label
     return rows
 
 
@@ -270,7 +274,11 @@ def _claim(deployment: Deployment, devices: list[Device]) -> list[DeviceUpdate]:
     one statement for the batch; one savepoint per device only when another
     path put an update in flight for one of them meanwhile. Returns the rows
     inserted."""
-    rows = [DeviceUpdate(device=d, deployment=deployment, firmware=deployment.firmware) for d in devices]
+    chosen = deltas.chosen_deltas(deployment, devices)
+    rows = [
+        DeviceUpdate(device=d, deployment=deployment, firmware=deployment.firmware, delta=chosen.get(d.pk))
+        for d in devices
+    ]
     try:
         with transaction.atomic():
             DeviceUpdate.objects.bulk_create(rows)
@@ -280,7 +288,12 @@ def _claim(deployment: Deployment, devices: list[Device]) -> list[DeviceUpdate]:
             try:
                 with transaction.atomic():
                     rows.append(
-                        DeviceUpdate.objects.create(device=device, deployment=deployment, firmware=deployment.firmware)
+                        DeviceUpdate.objects.create(
+                            device=device,
+                            deployment=deployment,
+                            firmware=deployment.firmware,
+                            delta=chosen.get(device.pk),
+                        )
                     )
             except IntegrityError:
                 continue  # another path put an update in flight for this device
@@ -351,11 +364,15 @@ def _confirm_sent(pushed: list[tuple[int, int]]) -> None:
         DeviceUpdate.objects.filter(pk=update_id, pushes=pushes).update(push_sent=True)
 
 
-def push_updates(updates: list[tuple[int, int]], payload: dict[str, Any]) -> None:
+def push_updates(
+    updates: list[tuple[int, int]], payload: dict[str, Any], payloads: dict[int, dict[str, Any]] | None = None
+) -> None:
     """After commit, push `update` for each (update id, pushes when the push was
     decided) to its device's socket: one query for the socket channels, one
     compare-and-set per update, and one event loop for all the sends (a claim
-    of 1,000 devices is one round of pipelined channel-layer sends)."""
+    of 1,000 devices is one round of pipelined channel-layer sends). `payloads`
+    replaces `payload` for the updates it names (those sent a delta)."""
+    chosen = payloads or {}
     if not updates:
         return
     seen = dict(updates)
@@ -374,7 +391,9 @@ def push_updates(updates: list[tuple[int, int]], payload: dict[str, Any]) -> Non
         async def send_all() -> None:
             results = await asyncio.gather(
                 *(
-                    publish.send_to_socket(layer, c, publish.push_message("update", payload, once=update_once_key(pk)))
+                    publish.send_to_socket(
+                        layer, c, publish.push_message("update", chosen.get(pk, payload), once=update_once_key(pk))
+                    )
                     for pk, c in sends
                 ),
                 return_exceptions=True,
@@ -463,6 +482,7 @@ def run_rollout(deployment_id: int) -> RolloutRun:
         push_updates(
             [*((pk, 0) for pk in claimed), *((pk, pushes) for pk, _, pushes in resend)],
             dict(update_payload(deployment.firmware, deployment.pk)),
+            deltas.delta_payloads([*claimed, *(pk for pk, _, _ in resend)]),
         )
     return run
 
@@ -487,7 +507,9 @@ def _claim_free_slots(deployment: Deployment, now: datetime, run: RolloutRun) ->
         run.skipped = "no free slot"
         return []
     claimed = []
-    for update in _claim(deployment, list(candidates.only("pk", "org_id", "identifier")[:slots])):
+    for update in _claim(
+        deployment, list(candidates.only("pk", "org_id", "identifier", "firmware_uuid", "fwup_version")[:slots])
+    ):
         audit(
             "orchestrator",
             "update.requested",
@@ -612,7 +634,9 @@ def push_pending_update(device_id: int, channel: str | None = None) -> bool:
         channel = Device.objects.filter(pk=device_id).values_list("socket_channel", flat=True).first() or ""
     if not channel or update.pushed_channel == channel:
         return False
-    payload = dict(update_payload(update.firmware, update.deployment_id))
+    payload = deltas.delta_payloads([update.pk]).get(update.pk) or dict(
+        update_payload(update.firmware, update.deployment_id)
+    )
     with transaction.atomic():
         if not _mark_pushed(update.pk, update.pushes, channel):
             return False  # another push or the acknowledgement came first
@@ -841,6 +865,8 @@ def set_active(actor: Actor, deployment: Deployment, active: bool) -> bool:
         if active:
             with transaction.atomic():
                 wake(deployment.pk)
+                deployment.is_active = True
+                deltas.request_on_commit(deployment)
     return bool(changed)
 
 
@@ -945,6 +971,7 @@ def deployment_changed(actor: Actor, deployment: Deployment, *, archive_changed:
         archives.push_archive_to_members(actor, deployment)
     with transaction.atomic():
         wake(deployment.pk)
+        deltas.request_on_commit(deployment)
     return moved
 
 
@@ -965,6 +992,7 @@ SETTINGS_FIELDS = (
     "penalty_minutes",
     "breaker_failure_percent",
     "breaker_min_attempts",
+    "delta_updates",
 )
 
 

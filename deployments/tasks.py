@@ -6,7 +6,7 @@ import logging
 
 from celery import shared_task
 
-from deployments import rollout
+from deployments import deltas, rollout
 from deployments.models import Deployment
 from nerveshub.lib.enqueue import enqueue
 
@@ -35,3 +35,19 @@ def run_all_rollouts() -> None:
     for deployment_id in Deployment.objects.filter(is_active=True, paused_at__isnull=True).values_list("pk", flat=True):
         if not enqueue(run_rollout_task, deployment_id):
             return  # the broker is away: the next period tries them all again
+
+
+@shared_task(soft_time_limit=60, time_limit=90, ignore_result=True)
+def request_deltas_task(deployment_id: int) -> None:
+    deltas.request_for_deployment(deployment_id)
+
+
+@shared_task(soft_time_limit=120, time_limit=150, ignore_result=True)
+def request_all_deltas() -> None:
+    """The periodic request for every active deployment with delta updates on:
+    devices that joined it since its last request get their deltas. Asking
+    again is harmless (existing pairs are left alone)."""
+    active = Deployment.objects.filter(is_active=True, delta_updates=True).values_list("pk", flat=True)
+    for deployment_id in active:
+        if not enqueue(request_deltas_task, deployment_id):
+            return

@@ -137,6 +137,7 @@ class FirmwareAdmin(OrgScopedAdmin[Firmware]):
         ("Metadata", {"fields": ["uuid", "version", "platform", "architecture", "author", "description"]}),
         ("More metadata", {"fields": ["vcs_identifier", "misc"], "classes": ["collapse"]}),
         ("File", {"fields": ["size", "sha256", "part_count", "storage_name", "signing_key"]}),
+        ("Delta updates", {"fields": ["delta_resources", "delta_fwup_version"]}),
         ("Times", {"fields": ["created_at", "validated_at"]}),
     ]
     readonly_fields = [
@@ -160,6 +161,8 @@ class FirmwareAdmin(OrgScopedAdmin[Firmware]):
         "part_count",
         "storage_name",
         "signing_key",
+        "delta_resources",
+        "delta_fwup_version",
         "created_at",
         "validated_at",
     ]

@@ -46,6 +46,8 @@ class FirmwareOut(Schema):
     misc: str
     size: int
     sha256: str
+    delta_resources: list[str]
+    delta_fwup_version: str
     signing_key: str | None
     created_at: datetime
 
@@ -70,6 +72,8 @@ def _fw_out(firmware: Firmware) -> FirmwareOut:
         misc=firmware.misc,
         size=firmware.size,
         sha256=firmware.sha256,
+        delta_resources=list(firmware.delta_resources),
+        delta_fwup_version=firmware.delta_fwup_version,
         signing_key=firmware.signing_key.name if firmware.signing_key else None,
         created_at=firmware.created_at,
     )

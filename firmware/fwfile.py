@@ -106,6 +106,26 @@ class Metadata:
     vcs_identifier: str = ""
     misc: str = ""
     resources: list[Resource] = field(default_factory=list)
+    delta: DeltaSupport = field(default_factory=lambda: DeltaSupport((), "", frozenset()))
+
+
+# fwup applies a patch against bytes on the device's disk from these versions on
+# (docs/firmware.md, "Delta updates"): raw offsets, then FAT files.
+RAW_DELTA_FWUP = "1.6.0"
+FAT_DELTA_FWUP = "1.10.0"
+# fwup counts delta-source offsets and counts in 512-byte blocks.
+BLOCK_SIZE = 512
+
+
+@dataclass(frozen=True)
+class DeltaSupport:
+    """What meta.conf says about delta updates: the resources every upgrade task
+    patches from a source on the device, the oldest fwup that can apply them
+    ("" when none), and every resource an upgrade task writes."""
+
+    resources: tuple[str, ...]
+    fwup_version: str
+    upgrade_resources: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -359,7 +379,106 @@ def parse_metadata(meta_conf: bytes) -> Metadata:
         vcs_identifier=block.string("meta-vcs-identifier") or "",
         misc=block.string("meta-misc") or "",
         resources=resources,
+        delta=delta_support(block, names),
     )
+
+
+# fwup reads delta-source-raw-count into a C int.
+COUNT_MAX = 2**31 - 1
+
+
+def _c_number(text: str) -> int:
+    """A number as C's strtol/strtoul with base 0 read it (libconfuse and fwup
+    do): 0x hex, a leading 0 octal, else decimal; here the whole text must be one."""
+    body = text[1:] if text[:1] in "+-" else text
+    sign = -1 if text[:1] == "-" else 1
+    if body[:2].lower() == "0x":
+        return sign * int(body[2:], 16)
+    if len(body) > 1 and body[0] == "0":
+        return sign * int(body[1:], 8)
+    if not body.isdigit():
+        raise ValueError(text)
+    return sign * int(body)
+
+
+def _block_number(task: str, resource: str, key: str, value: str, maximum: int) -> int:
+    """A delta-source offset or count, in 512-byte blocks. One that is not a
+    number, is negative where fwup reads it unsigned, or is past what a disk (or
+    fwup's int) holds is refused: the hub does not guess what fwup would make of it."""
+    where = f"task {_shown(task)}, on-resource {_shown(resource)}"
+    text = value.strip()
+    if len(text) > LENGTH_MAX_CHARS:
+        raise InvalidFirmware(f"{where}: {key} is too large.")
+    try:
+        number = _c_number(text)
+    except ValueError:
+        raise InvalidFirmware(f"{where}: {key} {_shown(value)} is not a number.") from None
+    if number > maximum or (key.endswith("offset") and number < 0):
+        raise InvalidFirmware(f"{where}: {key} {number} is outside what a disk can hold.")
+    return number
+
+
+def _delta_version(task: str, resource: str, body: metaconf.Block) -> str:
+    """The fwup version a patch of this on-resource needs, "" when fwup would
+    not take a patch for it: fwup uses a raw source when it has an offset and a
+    count above 0, else a FAT source when it has an offset and a path."""
+    raw_offset = body.string("delta-source-raw-offset")
+    raw_count = body.string("delta-source-raw-count")
+    fat_offset = body.string("delta-source-fat-offset")
+    fat_path = body.string("delta-source-fat-path")
+    offset_max = LENGTH_MAX // BLOCK_SIZE
+    count = 0
+    if raw_count is not None:
+        count = _block_number(task, resource, "delta-source-raw-count", raw_count, COUNT_MAX)
+    if raw_offset is not None:
+        offset = _block_number(task, resource, "delta-source-raw-offset", raw_offset, offset_max)
+        if count > 0:
+            if offset + count > offset_max:
+                raise InvalidFirmware(
+                    f"task {_shown(task)}, on-resource {_shown(resource)}: the delta source ends past a disk's size."
+                )
+            return RAW_DELTA_FWUP
+    if fat_offset is not None:
+        _block_number(task, resource, "delta-source-fat-offset", fat_offset, offset_max)
+        if (fat_path or "").strip():
+            return FAT_DELTA_FWUP
+    return ""
+
+
+def delta_support(block: metaconf.Block, resource_names: set[str]) -> DeltaSupport:
+    """Read the delta-source keys of the upgrade tasks (docs/firmware.md, "Delta
+    updates"). A resource is delta-capable only when every upgrade task that
+    writes it names a source on the device (a patch in the file is a patch for
+    every task that reads it), and when its length is one number (fwup patches
+    no sparse resource)."""
+    sparse = {
+        s.title or ""
+        for s in block.sections_of("file-resource")
+        if isinstance(s.body.options.get("length"), list) and len(s.body.options["length"]) > 1
+    }
+    written: set[str] = set()
+    capable: dict[str, str] = {}
+    refused: set[str] = set(sparse)
+    for task in block.sections_of("task"):
+        title = task.title or ""
+        for on_resource in task.body.sections_of("on-resource"):
+            name = on_resource.title or ""
+            # Every task's values are checked: fwup reads them in whichever task runs.
+            version = _delta_version(title, name, on_resource.body)
+            if not title.startswith("upgrade") or name not in resource_names:
+                continue
+            written.add(name)
+            if not version:
+                refused.add(name)
+            elif _version_key(version) > _version_key(capable.get(name, "0.0.0")):
+                capable[name] = version
+    names = tuple(sorted(n for n in capable if n not in refused))
+    needed = max((capable[n] for n in names), key=_version_key, default="")
+    return DeltaSupport(names, needed, frozenset(written))
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 def verify_signature(meta_conf: bytes, signature: bytes, keys: Iterable[tuple[int, bytes]]) -> int | None:

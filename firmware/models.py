@@ -111,6 +111,11 @@ class Firmware(models.Model):
     uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     validated_at = models.DateTimeField(null=True, blank=True)
+    # Read from meta.conf at validation (docs/firmware.md, "Delta updates"): the
+    # resources every upgrade task can patch from the device's own bytes, and the
+    # oldest fwup that applies such a patch ("" when the file has none).
+    delta_resources = models.JSONField(default=list, blank=True)
+    delta_fwup_version = models.CharField(max_length=20, blank=True)
 
     objects: ClassVar[FirmwareQuerySet] = FirmwareQuerySet.as_manager()  # type: ignore[assignment]
 
@@ -131,3 +136,47 @@ class Firmware(models.Model):
             label = "archive " if self.kind == FirmwareKind.ARCHIVE else ""
             return f"{self.product.name} {label}{self.version} ({(self.uuid or '')[:8]})"
         return f"{self.original_filename or 'upload'} ({self.status})"
+
+
+class DeltaStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+    NOT_WORTH_IT = "not_worth_it", "Not worth it"
+
+
+class DeltaFirmware(models.Model):
+    """The delta file from one firmware to another of the same product
+    (docs/firmware.md, "Delta updates"). The row is the work item: generation
+    claims it by compare-and-set, and the sweep finds it again when its task
+    was lost. Deleted with either firmware, its stored file on commit."""
+
+    source = models.ForeignKey(Firmware, models.CASCADE, related_name="deltas_from")
+    target = models.ForeignKey(Firmware, models.CASCADE, related_name="deltas_to")
+    status = models.CharField(max_length=20, choices=DeltaStatus.choices, default=DeltaStatus.PENDING)
+    reason = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    # Set while a task builds it; a claim older than the task's time limit is lost.
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    size = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True)
+    partial_sha256 = models.JSONField(default=list, blank=True, help_text="SHA-256 of each 1 MiB part.")
+    storage_name = models.CharField(max_length=300, blank=True)
+    patched_resources = models.JSONField(default=list, blank=True)
+    fwup_version = models.CharField(max_length=20, blank=True, help_text="The oldest fwup that applies it.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "delta firmware"
+        constraints = [models.UniqueConstraint(fields=["source", "target"], name="deltafirmware_pair_uniq")]
+        indexes = [models.Index(fields=["status", "created_at"], name="deltafirmware_status_idx")]
+
+    def __str__(self) -> str:
+        return f"delta {self.source_id} → {self.target_id} ({self.status})"
+
+    @property
+    def saving(self) -> int:
+        """Bytes a device does not download, against the full target."""
+        return max(self.target.size - self.size, 0) if self.status == DeltaStatus.READY else 0

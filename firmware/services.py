@@ -35,12 +35,12 @@ from django.contrib.auth.models import User
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import ProtectedError
+from django.db.models import ProtectedError, Q
 from django.utils import timezone
 
 from firmware import fwfile
 from firmware.downloads import signed_path
-from firmware.models import Firmware, FirmwareKind, FirmwareStatus, SigningKey
+from firmware.models import DeltaFirmware, Firmware, FirmwareKind, FirmwareStatus, SigningKey
 from firmware.storage import firmware_storage
 from nerveshub.lib.enqueue import enqueue
 from nerveshub.tenancy.models import Organization, Product
@@ -325,6 +325,8 @@ def validate_firmware(firmware_id: int) -> Firmware | None:
         "size": checksums.size,
         "sha256": checksums.sha256,
         "partial_sha256": checksums.partials,
+        "delta_resources": list(metadata.delta.resources),
+        "delta_fwup_version": metadata.delta.fwup_version,
         "signing_key_id": key_id,
         "validated_at": timezone.now(),
         "rejected_reason": "",
@@ -389,8 +391,15 @@ def delete_firmware(actor: Actor, firmware: Firmware) -> None:
     try:
         with transaction.atomic():
             audit(actor, "firmware.deleted", firmware, details={"uuid": firmware.uuid, "version": firmware.version})
+            # Its deltas (either side) go with it, rows by cascade, files on commit.
+            deltas = list(
+                DeltaFirmware.objects.filter(Q(source=firmware) | Q(target=firmware))
+                .exclude(storage_name="")
+                .values_list("storage_name", flat=True)
+            )
             firmware.delete()
-            transaction.on_commit(partial(_delete_stored, name))
+            for stored in [name, *deltas]:
+                transaction.on_commit(partial(_delete_stored, stored))
     except ProtectedError:
         raise FirmwareInUse("This firmware is used by a deployment; point it at other firmware first.") from None
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from celery import shared_task
 
-from firmware import services
+from firmware import deltas, services
 from nerveshub.lib.enqueue import enqueue
 
 # Uploads pending longer than this are validated again by the sweep: more than
@@ -38,4 +38,30 @@ def sweep_pending_firmware() -> None:
     validated is left to finish."""
     for firmware_id in services.stale_pending_firmware_ids(timedelta(seconds=FIRMWARE_SWEEP_AGE_SECONDS)):
         if not enqueue(validate_firmware_task, firmware_id):
+            return
+
+
+# A delta that cannot be built or is not smaller is a permanent outcome the
+# service records (`failed` with its reason, `not_worth_it`); only the store
+# being unreachable is retried. A task killed mid-build leaves its claim to
+# lapse, and the sweep counts the attempts (firmware/deltas.py, MAX_ATTEMPTS).
+@shared_task(
+    soft_time_limit=960,
+    time_limit=1020,
+    autoretry_for=(services.StorageUnavailable,),
+    retry_backoff=10,
+    retry_backoff_max=600,
+    max_retries=5,
+    acks_late=True,
+)
+def generate_delta_task(delta_id: int) -> None:
+    deltas.generate_delta(delta_id)
+
+
+@shared_task(soft_time_limit=60, time_limit=90, ignore_result=True)
+def sweep_pending_deltas() -> None:
+    """The periodic backstop for delta builds never enqueued or lost with their
+    worker. Building twice is harmless: a claimed or decided row is a no-op."""
+    for delta_id in deltas.stale_pending_delta_ids():
+        if not enqueue(generate_delta_task, delta_id):
             return

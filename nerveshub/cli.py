@@ -439,7 +439,7 @@ def cmd_ca_code(args: argparse.Namespace, hub: Hub, out: Output) -> int:
     return EXIT_OK
 
 
-DEPLOYMENT_COLUMNS = ("name", "firmware_version", "firmware_uuid", "is_active", "paused", "conditions")
+DEPLOYMENT_COLUMNS = ("name", "firmware_version", "firmware_uuid", "is_active", "paused", "conditions", "delta_updates")
 
 
 def _deployment_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -450,6 +450,8 @@ def _deployment_body(args: argparse.Namespace) -> dict[str, Any]:
         body["conditions"] = {"version": args.version or "", "tags": _split_tags(args.tag)}
     if args.concurrent_updates is not None:
         body["concurrent_updates"] = args.concurrent_updates
+    if args.delta_updates is not None:
+        body["delta_updates"] = args.delta_updates == "on"
     return body
 
 
@@ -463,7 +465,7 @@ def cmd_deployment_create(args: argparse.Namespace, hub: Hub, out: Output) -> in
 def cmd_deployment_update(args: argparse.Namespace, hub: Hub, out: Output) -> int:
     body = _deployment_body(args)
     if not body:
-        usage_error("nothing to change: give --firmware, --version, --tag or --concurrent-updates")
+        usage_error("nothing to change: give --firmware, --version, --tag, --concurrent-updates or --delta-updates")
     path = f"{_product_path(args)}/deployments/{_q(args.name)}"
     if (args.version is None) != (args.tag is None):
         # The API replaces the conditions as a whole; keep the half not given.
@@ -627,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--version", help="version requirement of the devices, e.g. '>= 1.0.0'")
         p.add_argument("--tag", action="append", help="devices must have this tag (repeat, or comma-separated)")
         p.add_argument("--concurrent-updates", type=int)
+        p.add_argument("--delta-updates", choices=("on", "off"), help="send deltas when every condition holds")
     command(dep, "list", cmd_deployment_list, "list deployments", product)
     for verb in ("activate", "deactivate", "pause", "resume"):
         command(dep, verb, _deployment_action(verb), f"{verb} a deployment", product).add_argument("name")

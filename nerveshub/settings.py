@@ -494,6 +494,15 @@ CELERY_BEAT_SCHEDULE["firmware-sweep"] = {
     "task": "firmware.tasks.sweep_pending_firmware",
     "schedule": FIRMWARE_SWEEP_SECONDS,
 }
+# How often Celery beat (the hub itself in embedded mode) asks for the deltas
+# of active deployments with delta updates on (devices that joined them since)
+# and re-sends delta builds whose task was lost.
+DELTA_SWEEP_SECONDS = envint("DELTA_SWEEP_SECONDS", 300, minimum=5)
+CELERY_BEAT_SCHEDULE["deltas-sweep"] = {"task": "firmware.tasks.sweep_pending_deltas", "schedule": DELTA_SWEEP_SECONDS}
+CELERY_BEAT_SCHEDULE["deltas-request"] = {
+    "task": "deployments.tasks.request_all_deltas",
+    "schedule": DELTA_SWEEP_SECONDS,
+}
 CELERY_BEAT_SCHEDULE["webhooks-sweep"] = {"task": "webhooks.tasks.sweep_webhooks", "schedule": WEBHOOK_SWEEP_SECONDS}
 
 # --- Device health (devices/health.py) ------------------------------------------

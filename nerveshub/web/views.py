@@ -27,13 +27,14 @@ from django.views.decorators.http import require_POST
 
 from certificates import services as certificates
 from certificates.models import CACertificate
-from deployments import rollout
+from deployments import deltas, rollout
 from deployments.models import Deployment, DeviceUpdate, UpdateStatus
 from deployments.rollout import FAILED_STATUSES
 from deployments.timeline import rollout_timeline
 from devices import health
 from devices import services as devices
 from devices.models import Device, ProductSharedSecret, online_q
+from firmware import deltas as firmware_deltas
 from firmware import services as firmware_services
 from firmware.models import Firmware, FirmwareStatus, SigningKey
 from nerveshub.lib.params import parse_int
@@ -872,6 +873,8 @@ def deployment_detail(request: HttpRequest, org: str, pk: int) -> HttpResponse:
         "progress": _progress(access, deployment),
         "progress_url": _org_url(access, "deployment_progress", deployment.pk),
         "events": visible_events(_subject_events(access, "deployment", deployment.pk)[:10], access.role),
+        "deltas": deltas.pairs(deployment),
+        "deltas_available": firmware_deltas.deltas_available(),
     }
     timeline = rollout_timeline(deployment)
     context["timeline_chart"] = charts.multi_line_chart(timeline.series()) if timeline else None

@@ -115,6 +115,9 @@ def test_a_pipeline_adds_a_key_publishes_firmware_and_rolls_it_out(
     updated = manager("deployment", "update", "stable", "--tag", "beta,field", *SCOPE, "--json")
     assert updated.json()["conditions"] == {"version": "< 2.0.0", "tags": ["beta", "field"]}
     assert manager("deployment", "update", "stable", *SCOPE).code == 2
+    deltas_on = manager("deployment", "update", "stable", "--delta-updates", "on", *SCOPE, "--json")
+    assert deltas_on.code == 0 and deltas_on.json()["delta_updates"] is True
+    assert manager("deployment", "update", "stable", "--delta-updates", "maybe", *SCOPE).code == 2
     assert manager("deployment", "activate", "stable", *SCOPE).code == 0
     status = manager("deployment", "status", "stable", *SCOPE, "--json")
     assert status.json()["is_active"] is True and "members" in status.json()["counts"]

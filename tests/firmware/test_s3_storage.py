@@ -3,6 +3,7 @@ validation, presigned download URL, deletion."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import urllib.request
@@ -16,12 +17,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from pytest_django.fixtures import DjangoCaptureOnCommitCallbacks, Settings
 
-from firmware import services
-from firmware.models import Firmware, FirmwareStatus
+from firmware import delta, deltas, services
+from firmware.models import DeltaStatus, Firmware, FirmwareStatus
 from firmware.tasks import validate_firmware_task
 from nerveshub.tenancy import services as tenancy
 from tests.conftest import Tenant
-from tests.support.fwup import FirmwareSpec, build_firmware
+from tests.support.fwup import FirmwareSpec, build_firmware, delta_pair
 from tests.support.hub import free_port
 
 pytestmark = pytest.mark.django_db
@@ -191,3 +192,31 @@ def test_it_answers_503_and_keeps_nothing_when_the_store_refuses_an_upload(
     assert response.json()["errors"]["detail"] == services.UPLOAD_STORE_FAILED
     assert not Firmware.objects.exists()
     assert keys(s3) == []
+
+
+@pytest.mark.skipif(delta.xdelta3_path() is None, reason="xdelta3 is not installed (apt-get install xdelta3)")
+def test_it_builds_presigns_and_deletes_a_delta_on_s3(
+    s3: Any, tenant: Tenant, spec: FirmwareSpec, django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks
+) -> None:
+    # given: two delta-capable firmware files on S3
+    assert spec.key is not None
+    source_spec, target_spec = delta_pair(spec.key)
+    source, target = (
+        upload_and_validate(tenant, build_firmware(s), django_capture_on_commit_callbacks)
+        for s in (source_spec, target_spec)
+    )
+    # when: the delta is built from S3 and stored there
+    with django_capture_on_commit_callbacks(execute=False):
+        (delta_id,) = deltas.request_deltas(target, [source.uuid or ""])
+    row = deltas.generate_delta(delta_id)
+    # then
+    assert row is not None and row.status == DeltaStatus.READY, row and row.reason
+    assert f"firmware/{row.storage_name}" in keys(s3)
+    with urllib.request.urlopen(deltas.delta_payload(row)["firmware_url"]) as response:
+        fetched = response.read()
+    assert len(fetched) == row.size and hashlib.sha256(fetched).hexdigest() == row.sha256
+    # when: the target is deleted, its delta goes with it
+    with django_capture_on_commit_callbacks(execute=True):
+        services.delete_firmware(tenant.admin, target)
+    # then
+    assert keys(s3) == [f"firmware/{source.storage_name}"]

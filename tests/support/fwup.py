@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import random
 import re
 import shutil
 import struct
@@ -110,6 +111,12 @@ class FirmwareSpec:
     # Rewrites the generated meta.conf *before* it is signed (a hostile but
     # validly signed file); Tamper.meta_conf changes it after signing.
     edit_meta: Callable[[bytes], bytes] | None = None
+    # Delta-capable resources: name -> (delta-source-raw-offset, delta-source-raw-count)
+    # in the upgrade task, as fwup's delta examples write them (docs/firmware.md).
+    delta_sources: dict[str, tuple[int | str, int | str]] = field(default_factory=dict)
+    # Resources only a `complete` task writes (the upgrade task leaves them out);
+    # when given, a `complete` task writing every resource comes first.
+    complete_only: tuple[str, ...] = ()
 
     def meta_conf(self) -> bytes:
         meta = self._meta_conf()
@@ -134,9 +141,20 @@ class FirmwareSpec:
         for name, source in self.resources.items():
             length, digest = describe(source)
             lines += [f"file-resource {quote_title(name)} {{", f"length={length}", f"blake2b-256={digest}", "}"]
+        if self.complete_only:
+            lines.append('task "complete" {')
+            for name in self.resources:
+                lines += [f"on-resource {quote_title(name)} {{", "funlist={2,raw_write,0}", "}"]
+            lines.append("}")
         lines.append('task "upgrade" {')
         for name in self.resources:
-            lines += [f"on-resource {quote_title(name)} {{", "funlist={2,raw_write,524288}", "}"]
+            if name in self.complete_only:
+                continue
+            lines.append(f"on-resource {quote_title(name)} {{")
+            if name in self.delta_sources:
+                offset, count = self.delta_sources[name]
+                lines += [f"delta-source-raw-offset={offset}", f"delta-source-raw-count={count}"]
+            lines += ["funlist={2,raw_write,524288}", "}"]
         lines.append("}")
         return ("\n".join(lines) + "\n").encode()
 
@@ -227,3 +245,44 @@ def corrupt_entry_data(data: bytes, name: str, garbage: bytes = b"\xff" * 16) ->
     out = bytearray(data)
     out[start : start + len(garbage)] = garbage
     return bytes(out)
+
+
+def changed_copy(data: bytes, *, every: int, run: int = 64, seed: int = 7) -> bytes:
+    """`data` with `run` random bytes overwritten every `every` bytes: a new
+    build of the same image, for the delta tests and benchmark."""
+    rng = random.Random(seed)
+    out = bytearray(data)
+    for at in range(every // 2, len(out), every):
+        out[at : at + run] = rng.randbytes(min(run, len(out) - at))
+    return bytes(out)
+
+
+def delta_pair(
+    key: KeyPair, *, size: int = 96 * 1024, seed: int = 1, product: str = "widget"
+) -> tuple[FirmwareSpec, FirmwareSpec]:
+    """Two signed, delta-capable firmware specs, 1.0.0 and 1.1.0: a random
+    rootfs.img of `size` bytes changed in about 1 % of its bytes (delta-capable
+    in the upgrade task), a tiny resource sent whole, and a bootloader only the
+    `complete` task writes (left out of a delta)."""
+    rootfs = random.Random(seed).randbytes(size)
+    common: dict[str, object] = {
+        "product": product,
+        "key": key,
+        "delta_sources": {"rootfs.img": (2048, 65536)},
+        "complete_only": ("bootloader.img",),
+    }
+    source = FirmwareSpec(
+        version="1.0.0",
+        resources={"rootfs.img": rootfs, "version.txt": b"1.0.0\n", "bootloader.img": b"boot-a" * 1000},
+        **common,  # type: ignore[arg-type]
+    )
+    target = FirmwareSpec(
+        version="1.1.0",
+        resources={
+            "rootfs.img": changed_copy(rootfs, every=6400),
+            "version.txt": b"1.1.0\n",
+            "bootloader.img": b"boot-b" * 1000,
+        },
+        **common,  # type: ignore[arg-type]
+    )
+    return source, target
