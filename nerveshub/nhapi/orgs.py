@@ -127,13 +127,13 @@ class VerificationTokenOut(Schema):
 
 def _ca_out(ca: CACertificate) -> CAOut:
     product = ca.jitp_product
-    jitp = JitpOut(product_name=product.name, tags=list(ca.jitp_tags), description=ca.jitp_description)
+    jitp = (
+        JitpOut(product_name=product.name, tags=list(ca.jitp_tags), description=ca.jitp_description)
+        if product is not None
+        else None
+    )
     return CAOut(
-        serial=ca.serial,
-        not_before=ca.not_before,
-        not_after=ca.not_after,
-        description=ca.description,
-        jitp=jitp if product is not None else None,
+        serial=ca.serial, not_before=ca.not_before, not_after=ca.not_after, description=ca.description, jitp=jitp
     )
 
 

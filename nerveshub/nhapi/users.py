@@ -105,18 +105,20 @@ def _find_user(text: str) -> User | None:
 
 def _sign_in(request: HttpRequest, payload: SignInIn) -> Status[Data[SignedInOut]]:
     """Throttled like the sign-in page (nerveshub.web.throttle): the lock is
-    checked before the password, and counted per typed name and per address."""
+    checked before the password, and failures count per account (by its user
+    name, whichever of name or e-mail was typed) and per address."""
     typed = payload.email.strip()
+    user = _find_user(typed)
+    subject = user.get_username() if user is not None else typed
     address = request_client_address(request)
-    refusal = throttle.login_refusal(typed, address)
+    refusal = throttle.login_refusal(subject, address)
     if refusal:
         raise HttpError(429, refusal)
-    user = _find_user(typed)
     signed_in = authenticate(request, username=user.get_username(), password=payload.password) if user else None
     if not isinstance(signed_in, User):
-        refusal = throttle.record_login_failure(typed, address)
+        refusal = throttle.record_login_failure(subject, address)
         raise HttpError(429 if refusal else 401, refusal or "invalid user name, e-mail address or password")
-    throttle.record_login_success(typed)
+    throttle.record_login_success(subject)
     issued = tenancy.create_api_token(signed_in, signed_in, (payload.note.strip() or "NervesHub tools")[:100])
     name = signed_in.get_username()
     return Status(200, Data(data=SignedInOut(name=name, username=name, email=signed_in.email, token=issued.clear)))

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.cache import caches
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
@@ -86,3 +88,16 @@ def viewer_tool(tenant: Tenant) -> Tool:
 @pytest.fixture
 def outsider_tool(tenant: Tenant) -> Tool:
     return tool_for(tenant.outsider)
+
+
+@pytest.fixture(autouse=True)
+def empty_throttle(settings: Any) -> Iterator[None]:
+    # Sign-in counts outlive a test (Redis in the services run): start and end empty.
+    # The tenant's four users are created per test: a fast hash (for tests
+    # only) keeps that from costing seconds each.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.LOGIN_FAILURE_LIMIT = 5
+    settings.LOGIN_ADDRESS_FAILURE_LIMIT = 50
+    caches["default"].clear()
+    yield
+    caches["default"].clear()
