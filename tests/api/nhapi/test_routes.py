@@ -86,7 +86,11 @@ def test_it_manages_members(tenant: Tenant, admin_tool: Tool, viewer_tool: Tool)
     invited = admin_tool.post(ORG + "/users/invite", {"email": "olga@example.com", "role": "view"})
     removed = admin_tool.delete(ORG + "/users/nina")
     # then
-    assert {m["username"]: m["role"] for m in listed} == {"alice": "admin", "mallory-manager": "manage", "victor": "view"}
+    assert {m["username"]: m["role"] for m in listed} == {
+        "alice": "admin",
+        "mallory-manager": "manage",
+        "victor": "view",
+    }
     assert added.status_code == 201 and added.json()["data"]["role"] == "view"
     assert again.status_code == 409
     assert fetched.json()["data"] == {"name": "nina", "username": "nina", "email": "nina@example.com", "role": "view"}
@@ -260,7 +264,7 @@ def test_device_actions(tenant: Tenant, manager_tool: Tool, viewer_tool: Tool) -
     assert manager_tool.delete(PRODUCT + "/devices/dev-1/penalty").status_code == 204
     assert viewer_tool.post(PRODUCT + "/devices/dev-1/reboot").status_code == 401
     actions = set(AuditEvent.objects.filter(actor_user=tenant.manager).values_list("action", flat=True))
-    assert {"device.reboot_requested", "device.reconnect_requested"} <= actions or len(actions) >= 3
+    assert {"device.reboot_requested", "device.reconnect_requested"} <= actions
 
 
 def test_device_certificates(tenant: Tenant, manager_tool: Tool, viewer_tool: Tool) -> None:
