@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 from django.http import HttpRequest
 from ninja import Query, Router, Schema, Status
+from ninja.errors import HttpError
 from pydantic import ConfigDict, Field
 
 from certificates import services as certificates
@@ -16,6 +17,7 @@ from certificates.models import DeviceCertificate
 from devices import services
 from devices.fields import normalise_tags
 from devices.models import IDENTIFIER_MAX_LENGTH, Device, validate_identifier, validate_tags
+from devices.move import MoveRefused, move_device
 from nerveshub.apihelpers import actor
 from nerveshub.lib.params import MAX_PAGE
 from nerveshub.nhapi.common import (
@@ -255,6 +257,25 @@ def clear_penalty(request: HttpRequest, org: str, product: str, identifier: str)
     device = _device(request, org, product, identifier, Role.MANAGE)
     services.clear_penalty_box(actor(request), Device.objects.filter(pk=device.pk))
     return Status(204, None)
+
+
+class MoveIn(Schema):
+    model_config = ConfigDict(extra="ignore")
+    new_org_name: str = Field(min_length=1, max_length=100)
+    new_product_name: str = Field(min_length=1, max_length=100)
+
+
+@router.post(BASE + "/{identifier}/move", response=Data[DeviceOut])
+def move(request: HttpRequest, org: str, product: str, identifier: str, payload: MoveIn) -> Data[DeviceOut]:
+    """Move the device to another product, in this organization or another one
+    where the caller also has the `manage` role."""
+    device = _device(request, org, product, identifier, Role.MANAGE)
+    target = product_for(request, payload.new_org_name, payload.new_product_name, Role.MANAGE)
+    try:
+        moved = move_device(actor(request), device, target)
+    except MoveRefused as exc:
+        raise HttpError(409, str(exc)) from None
+    return Data(data=device_out(moved))
 
 
 # --- Device certificates -------------------------------------------------------------

@@ -356,3 +356,27 @@ def test_roles_are_read_on_every_request(tenant: Tenant, manager_tool: Tool) -> 
     assert demoted.status_code == 401 and "manage" in demoted.json()["errors"]["detail"]
     assert removed.status_code == 404
     assert tool_for(None).get(PRODUCT + "/devices").status_code == 401
+
+
+def test_moving_a_device(tenant: Tenant, other_tenant: Tenant, manager_tool: Tool, admin_tool: Tool) -> None:
+    # given: a second product here, and alice made a manager in globex too
+    Product.objects.create(org=tenant.org, name="gadget")
+    Membership.objects.create(org=other_tenant.org, user=tenant.admin, role=Role.MANAGE)
+    for identifier in ("dev-1", "dev-2"):
+        manager_tool.post(PRODUCT + "/devices", {"identifier": identifier})
+    Device.objects.create(org=other_tenant.org, product=other_tenant.product, identifier="dev-2")
+    move = {"new_org_name": "acme", "new_product_name": "gadget"}
+    # when
+    within = manager_tool.post(PRODUCT + "/devices/dev-1/move", move)
+    to_globex = {"new_org_name": "globex", "new_product_name": "gadget"}
+    refused = manager_tool.post(ORG + "/products/gadget/devices/dev-1/move", to_globex)
+    across = admin_tool.post(ORG + "/products/gadget/devices/dev-1/move", to_globex)
+    clash = admin_tool.post(PRODUCT + "/devices/dev-2/move", to_globex)
+    # then
+    assert within.status_code == 200 and within.json()["data"]["product_name"] == "gadget"
+    assert refused.status_code == 404  # the manager is no member of globex
+    assert across.status_code == 200 and across.json()["data"]["org_name"] == "globex"
+    assert Device.objects.get(identifier="dev-1").org_id == other_tenant.org.pk
+    assert clash.status_code == 409 and "dev-2" in clash.json()["errors"]["detail"]
+    moved = AuditEvent.objects.filter(action="device.moved")
+    assert sorted(moved.values_list("org__name", flat=True)) == ["acme", "acme", "globex"]
