@@ -64,7 +64,7 @@ _FIRMWARE_UPLOADS = [
 ]
 
 # Where a caller comes to get a token, so cannot hold one yet.
-_SIGN_IN = re.compile(r"^/api/users/(login|auth)/?$")
+_SIGN_IN = re.compile(r"^/api/(users/(login|auth)|auth/cli_session)/?$")
 
 
 @dataclass(frozen=True)

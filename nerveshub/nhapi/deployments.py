@@ -31,7 +31,7 @@ class DeploymentIn(Schema):
     model_config = ConfigDict(extra="ignore")
     name: str = Field(min_length=1, max_length=100)
     firmware: str = Field(min_length=1, max_length=36, description="uuid of a published firmware of the product")
-    conditions: ConditionsIn = ConditionsIn()
+    conditions: ConditionsIn = ConditionsIn(version="", tags=[])
     is_active: bool | str = False
 
 

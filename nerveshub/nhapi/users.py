@@ -17,8 +17,8 @@ from nerveshub.lib.clientaddr import request_client_address
 from nerveshub.nhapi.common import Data, FieldErrors, not_found, org_for
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import Membership, Role
+from nerveshub.web import cli_sessions, throttle
 from nerveshub.web import services as members
-from nerveshub.web import throttle
 
 router = Router(tags=["users"])
 
@@ -135,6 +135,48 @@ def login(request: HttpRequest, payload: SignInIn) -> Status[Data[SignedInOut]]:
 def auth(request: HttpRequest, payload: SignInIn) -> Status[Data[SignedInOut]]:
     """The same as /users/login (older tools call this one)."""
     return _sign_in(request, payload)
+
+
+class CliSessionIn(Schema):
+    model_config = ConfigDict(extra="ignore")
+    note: str = Field("", max_length=100, description="What the token will be for")
+
+
+class CliSessionOut(Schema):
+    token: str = Field(description="The secret to poll GET /api/auth/cli_session/{token} with")
+    url: str = Field(description="The page where the person approves the sign-in")
+    confirmation_code: str = Field(description="The code the page shows; the tool shows it too")
+
+
+class CliSessionStatusOut(Schema):
+    status: str = Field(description="waiting or ready")
+    user_token: str | None = Field(None, description="The new API token, once ready (handed over once)")
+
+
+@router.post("/auth/cli_session", auth=None, response={201: Data[CliSessionOut]}, tags=["users"])
+def start_cli_session(request: HttpRequest, payload: CliSessionIn) -> Status[Data[CliSessionOut]]:
+    """Start a browser-approved sign-in; rate-limited per client address."""
+    try:
+        started = cli_sessions.start_cli_session(payload.note.strip(), request_client_address(request))
+    except cli_sessions.TooManyRequests as exc:
+        raise HttpError(429, str(exc)) from None
+    url = request.build_absolute_uri(reverse("web:cli_session", args=[started.session.public_id]))
+    out = CliSessionOut(token=started.secret, url=url, confirmation_code=started.session.confirmation_code)
+    return Status(201, Data(data=out))
+
+
+@router.get("/auth/cli_session/{token}", auth=None, response=Data[CliSessionStatusOut], tags=["users"])
+def poll_cli_session(request: HttpRequest, token: str) -> Data[CliSessionStatusOut]:
+    """`waiting` until the person approves, then `ready` with the token, once.
+    Unknown, expired, refused or already answered sessions are 404."""
+    try:
+        polled = cli_sessions.poll_cli_session(token, request_client_address(request))
+    except cli_sessions.TooManyRequests as exc:
+        raise HttpError(429, str(exc)) from None
+    if polled is None:
+        raise not_found("sign-in session")
+    status, user_token = polled
+    return Data(data=CliSessionStatusOut(status=status, user_token=user_token))
 
 
 @router.get("/users/me", response=Data[UserOut])

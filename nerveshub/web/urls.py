@@ -67,6 +67,7 @@ account_patterns = [
     path("password/reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:pk>/revoke/", views.token_revoke, name="token_revoke"),
+    path("cli-sessions/<str:public_id>/", views.cli_session, name="cli_session"),
 ]
 
 urlpatterns = [

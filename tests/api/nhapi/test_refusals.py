@@ -17,7 +17,7 @@ from tests.deployments.conftest import make_device
 
 pytestmark = pytest.mark.django_db
 
-SIGN_IN = ("/users/login", "/users/auth")
+SIGN_IN = ("/users/login", "/users/auth", "/auth/cli_session", "/auth/cli_session/x")
 VALUES = {"org": "acme", "product": "widget", "identifier": "dev-1", "name": "main", "who": "victor"}
 
 
@@ -49,6 +49,7 @@ BODIES: dict[str, Any] = {
     "/certificates": {"cert": "x"},
     "/deployments": {"name": "d", "firmware": "f"},
     "/deployments/main": {"deployment": {"state": "on"}},
+    "/move": {"new_org_name": "acme", "new_product_name": "widget"},
 }
 
 
