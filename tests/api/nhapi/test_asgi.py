@@ -59,8 +59,8 @@ async def _call(
     }
     await application(scope, receive, send)
     start = sent[0]
-    headers = {bytes(k).lower(): bytes(v) for k, v in start["headers"]}
-    return start["status"], b"".join(m.get("body", b"") for m in sent[1:]), headers
+    answered = {bytes(k).lower(): bytes(v) for k, v in start["headers"]}
+    return start["status"], b"".join(m.get("body", b"") for m in sent[1:]), answered
 
 
 def _multipart(firmware: bytes, ttl: str) -> bytes:

@@ -157,7 +157,9 @@ def test_hostile_input_gets_a_4xx_with_a_reason(tenant: Tenant, device: None, ad
 
 
 def test_bodies_that_are_not_json_are_refused(tenant: Tenant, admin_tool: Tool) -> None:
-    headers = {"HTTP_AUTHORIZATION": f"token {admin_tool.token}"}
+    token = f"token {admin_tool.token}"
     for body, content_type in ((b"{", "application/json"), (b"\xff\xfe", "application/json"), (b"a=b", "text/plain")):
-        answer = admin_tool.client.post("/api" + PRODUCT + "/devices", body, content_type=content_type, **headers)
+        answer = admin_tool.client.post(
+            "/api" + PRODUCT + "/devices", body, content_type=content_type, HTTP_AUTHORIZATION=token
+        )
         assert 400 <= answer.status_code < 500, (body, answer.status_code)
