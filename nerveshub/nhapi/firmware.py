@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema, Status
 from ninja.errors import HttpError
@@ -15,6 +17,8 @@ from nerveshub.tenancy.models import Product, Role
 router = Router(tags=["firmwares"])
 BASE = "/orgs/{org}/products/{product}/firmwares"
 TTL_MAX = 2**31 - 1
+# How long an upload waits for a validation the background task is running.
+DECISION_WAIT_SECONDS = 30
 
 
 class FirmwareOut(Schema):
@@ -80,6 +84,18 @@ def _declare_chunked_length(request: HttpRequest) -> None:
     request.META["CONTENT_LENGTH"] = str(size)
 
 
+def _decided(firmware_id: int) -> Firmware | None:
+    """The upload once validated or rejected. The background task the upload
+    queued may be validating it at the same moment (the compare-and-set in
+    validate_firmware lets one of the two decide): wait for it, a bounded time."""
+    deadline = time.monotonic() + DECISION_WAIT_SECONDS
+    while True:
+        row = Firmware.objects.select_related("product").filter(pk=firmware_id).first()
+        if row is None or row.status != FirmwareStatus.PENDING or time.monotonic() > deadline:
+            return row
+        time.sleep(0.2)
+
+
 # The multipart body is read by hand, after the access check: a declared File
 # parameter would be validated first and tell an outsider the route exists.
 UPLOAD_BODY = {
@@ -125,12 +141,14 @@ def publish(request: HttpRequest, org: str, product: str, response: HttpResponse
     # (a deployment update may name its uuid next); the background task that
     # the upload also queued then finds it decided and does nothing.
     try:
-        validated = services.validate_firmware(row.pk)
+        services.validate_firmware(row.pk)
     except services.StorageUnavailable:
         raise HttpError(503, "the firmware store is unavailable; the upload will be validated later") from None
-    if validated is None or validated.status != FirmwareStatus.VALID:
-        reason = validated.rejected_reason if validated is not None else "the upload is gone"
-        raise FieldErrors({"firmware": [reason or "the firmware is not valid"]})
+    validated = _decided(row.pk)
+    if validated is None or validated.status == FirmwareStatus.PENDING:
+        raise HttpError(503, "the upload is still being validated; list the firmware in a moment")
+    if validated.status != FirmwareStatus.VALID:
+        raise FieldErrors({"firmware": [validated.rejected_reason or "the firmware is not valid"]})
     response["Location"] = f"/api/orgs/{found.org.name}/products/{found.name}/firmwares/{validated.uuid}"
     return Status(201, Data(data=firmware_out(validated, found)))
 
