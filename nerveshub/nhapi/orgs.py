@@ -100,8 +100,9 @@ class CAIn(Schema):
     verification_cert: str | None = Field(
         None,
         max_length=PEM_MAX * 2,
-        description="Proof of possession (required): base64 of a PEM certificate signed by the CA whose "
-        "common name is the token from GET …/ca_certificates/verification_token",
+        description="Proof of possession (required): base64 of a PEM certificate signed by the CA that "
+        "carries the token from GET …/ca_certificates/verification_token as its common name or as the "
+        "SAN URI urn:nerveshub:verify:<token>",
     )
     description: str = Field("", max_length=200)
     jitp: JitpIn | None = None
@@ -185,7 +186,8 @@ def register_ca(request: HttpRequest, org: str, payload: CAIn) -> Status[Data[CA
                 "verification_cert": [
                     "is required: prove you hold the CA's private key. GET "
                     f"/api/orgs/{organization.name}/ca_certificates/verification_token, sign a certificate "
-                    "with the CA whose common name is that token, and send it base64-encoded as verification_cert"
+                    "with the CA that carries that token as its common name or as the SAN URI "
+                    "urn:nerveshub:verify:<token>, and send it base64-encoded as verification_cert"
                 ]
             }
         )

@@ -36,7 +36,8 @@ def test_it_runs_a_release_pipeline_with_the_tools_requests(tenant: Tenant) -> N
     second = tool.upload(PRODUCT + "/firmwares", build_firmware(FirmwareSpec(version="1.1.0", key=keys)), ttl="3600")
     old, new = first.json()["data"]["uuid"], second.json()["data"]["uuid"]
     token = tool.get(ORG + "/ca_certificates/verification_token").json()["data"]["verification_token"]
-    verification = pki.sign_verification(ca, token).cert_pem
+    # As NervesHub documents it: CN "ownership-verification", the token in a SAN URI.
+    verification = pki.sign_device(ca, "ownership-verification", san_uri=f"urn:nerveshub:verify:{token}").cert_pem
     registered = tool.post(
         ORG + "/ca_certificates",
         {
