@@ -1061,6 +1061,28 @@ def save_deployment(actor: Actor, deployment: Deployment, fields: Iterable[str],
     return deployment_changed(actor, deployment, archive_changed=deployment.archive_id != previous_archive)
 
 
+class DeploymentInUse(Exception):
+    """The deployment is active or still has updates in flight."""
+
+
+def delete_deployment(actor: Actor, deployment: Deployment, *, via: str) -> None:
+    """Delete an inactive deployment with no update in flight, audited; its
+    devices then join whichever deployment matches them. An active one is
+    deactivated first (set_active), so that deleting never cuts a rollout
+    short. Raises DeploymentInUse."""
+    with transaction.atomic():
+        locked = Deployment.objects.select_for_update().filter(pk=deployment.pk).first()
+        if locked is None:
+            return
+        if locked.is_active:
+            raise DeploymentInUse("the deployment is active: deactivate it before deleting it")
+        if DeviceUpdate.objects.filter(deployment_id=locked.pk).inflight().exists():
+            raise DeploymentInUse("the deployment still has updates in flight: wait for them to finish")
+        audit(actor, "deployment.deleted", locked, details={"name": locked.name, "via": via})
+        locked.delete()
+    reassign_product(deployment.product_id, actor)
+
+
 # --- Device events -------------------------------------------------------------------
 # Called by the device socket's services after the device's own rows are written.
 

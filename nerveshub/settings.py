@@ -291,6 +291,10 @@ LOGIN_ADDRESS_FAILURE_LIMIT = envint("LOGIN_ADDRESS_FAILURE_LIMIT", 50, minimum=
 LOGIN_LOCKOUT_SECONDS = envint("LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
 PASSWORD_RESET_LIMIT = envint("PASSWORD_RESET_LIMIT", 5, minimum=1)
 PASSWORD_RESET_WINDOW_SECONDS = envint("PASSWORD_RESET_WINDOW_SECONDS", 3600, minimum=1)
+# Browser-approved sign-in for command-line tools (nerveshub/web/cli_sessions.py):
+# sessions one client address may start per 10 minutes, and polls per minute.
+CLI_SESSION_START_LIMIT = envint("CLI_SESSION_START_LIMIT", 10, minimum=1)
+CLI_SESSION_POLL_LIMIT = envint("CLI_SESSION_POLL_LIMIT", 120, minimum=1)
 
 # --- Email (password reset links from the organization pages) ----------------
 # "console" prints mails to the hub's log, enough for embedded mode; "smtp" sends them.

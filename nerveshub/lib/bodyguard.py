@@ -5,6 +5,8 @@ Which limit and which credentials a request body needs depend on its route:
 * firmware uploads (the API's, the org page's and the admin's): up to
   FIRMWARE_MAX_SIZE plus room for the multipart envelope, and only from a
   caller who is signed in (session cookie) or holds a valid API token;
+* the sign-in routes of NervesHub's user API (docs/nerveshub-api.md), which
+  issue tokens: REQUEST_MAX_BODY_SIZE and no credentials;
 * anything else under /api/: REQUEST_MAX_BODY_SIZE and a valid API token;
 * everything else: REQUEST_MAX_BODY_SIZE.
 
@@ -56,10 +58,13 @@ MULTIPART_ENVELOPE = 1024 * 1024
 TOKEN, SESSION, STAFF_SESSION = "token", "session", "staff-session"
 
 _FIRMWARE_UPLOADS = [
-    (re.compile(r"^/api/v1/orgs/[^/]+/products/[^/]+/firmwares/?$"), TOKEN),
+    (re.compile(r"^/api/(v1/)?orgs/[^/]+/products/[^/]+/firmwares/?$"), TOKEN),
     (re.compile(r"^/org/[^/]+/firmware/$"), SESSION),
     (re.compile(r"^/admin/firmware/firmware/add/$"), STAFF_SESSION),
 ]
+
+# Where a caller comes to get a token, so cannot hold one yet.
+_SIGN_IN = re.compile(r"^/api/(users/(login|auth)|auth/cli_session)/?$")
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,8 @@ def rule_for(path: str) -> Rule:
     for pattern, credentials in _FIRMWARE_UPLOADS:
         if pattern.match(path):
             return Rule(settings.FIRMWARE_MAX_SIZE + MULTIPART_ENVELOPE, credentials, api)
+    if _SIGN_IN.match(path):
+        return Rule(settings.REQUEST_MAX_BODY_SIZE, None, api)
     return Rule(settings.REQUEST_MAX_BODY_SIZE, TOKEN if api else None, api)
 
 

@@ -36,3 +36,34 @@ class Invitation(models.Model):
     @property
     def is_open(self) -> bool:
         return self.accepted_at is None and self.revoked_at is None and self.expires_at > timezone.now()
+
+
+class CliSession(models.Model):
+    """A sign-in a command-line tool asked for and a person approves in the
+    browser (docs/nerveshub-api.md, "Browser-approved sign-in"). The tool holds
+    the poll secret, of which only the SHA-256 is stored; the browser opens the
+    page by `public_id`, a different random value, so that the address the
+    person's browser history keeps cannot collect the token. Approving and
+    handing the token over are each a compare-and-set on their timestamp."""
+
+    secret_hash = models.CharField(max_length=64, unique=True)
+    public_id = models.CharField(max_length=64, unique=True)
+    confirmation_code = models.CharField(max_length=9)
+    note = models.CharField(max_length=100, blank=True)
+    client_address = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField()
+    approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, null=True, blank=True, related_name="+")
+    approved_at = models.DateTimeField(null=True, blank=True)
+    denied_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"command-line sign-in {self.confirmation_code}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.approved_at is None and self.denied_at is None and self.expires_at > timezone.now()

@@ -86,6 +86,7 @@ account_patterns = [
     path("settings/", views.account, name="account"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:pk>/revoke/", views.token_revoke, name="token_revoke"),
+    path("cli-sessions/<str:public_id>/", views.cli_session, name="cli_session"),
 ]
 
 urlpatterns = [

@@ -43,7 +43,7 @@ from nerveshub.tenancy import audit_chain as audit_chain_service
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Product, Role
 from nerveshub.tenancy.redaction import visible_events
-from nerveshub.web import charts, services
+from nerveshub.web import charts, cli_sessions, services
 from nerveshub.web.access import OrgAccess, get_org_for_user, org_methods, orgs_of
 from nerveshub.web.forms import (
     CACertificateForm,
@@ -204,6 +204,24 @@ def tokens(request: HttpRequest) -> HttpResponse:
             form = TokenForm()
     rows = APIToken.objects.filter(user=user).order_by("-created_at")
     return _render(request, None, "web/tokens.html", {"tokens": rows, "form": form, "issued": issued})
+
+
+@page
+def cli_session(request: HttpRequest, public_id: str) -> HttpResponse:
+    """Approve (or deny) a command-line tool's sign-in: the tool then receives
+    a new API token of the signed-in person's (nerveshub.web.cli_sessions)."""
+    session = cli_sessions.find_open_session(public_id)
+    if session is None:
+        return _render(request, None, "web/cli_session.html", {"session": None}, status=404)
+    if request.method == "POST":
+        if request.POST.get("action") == "approve":
+            if cli_sessions.approve_cli_session(_user(request), session):
+                messages.success(request, "Signed in: the command-line tool receives its token now.")
+        else:
+            cli_sessions.deny_cli_session(_user(request), session)
+            messages.success(request, "Sign-in refused.")
+        return redirect("web:tokens")
+    return _render(request, None, "web/cli_session.html", {"session": session})
 
 
 @page
