@@ -542,3 +542,39 @@ def set_description(actor: Actor, device: Device, description: str) -> bool:
         if changed:
             audit(actor, "device.description_changed", device)
     return bool(changed)
+
+
+# --- Polling devices ----------------------------------------------------------------
+# Called by the device link's HTTPS routes (devicelink/polling.py) on its
+# database threads; docs/polling.md has the contract.
+
+
+def poll_write_interval(product: Product) -> timedelta:
+    """At most one presence write per device per this: half the product's poll
+    interval (so a device polling on time writes once per poll and stays
+    present), never more than DEVICE_LAST_SEEN_INTERVAL apart."""
+    return timedelta(seconds=min(settings.DEVICE_LAST_SEEN_INTERVAL, max(1, product.poll_interval_seconds // 2)))
+
+
+def record_poll(device: Device, report: JoinReport | None) -> Device:
+    """A polling device asked the hub something: store the firmware it reports
+    (None: it reported none) as a join does (`join_device`: nothing is written
+    when nothing changed) and its presence, throttled (`poll_write_interval`).
+    Returns the device as stored, with its product.
+
+    `device` is the device as authentication read it."""
+    stored = join_device(device.pk, report) if report is not None else device
+    product = stored.product  # one read; authentication did not load it
+    now = timezone.now()
+    if stored.last_polled_at is None or now - stored.last_polled_at >= poll_write_interval(product):
+        until = now + timedelta(seconds=2 * product.poll_interval_seconds)
+        fields: dict[str, Any] = {
+            "last_polled_at": now,
+            "polling_until": until,
+            "last_seen_at": now,
+            "first_seen_at": Coalesce(F("first_seen_at"), Value(now)),
+        }
+        # Compare-and-set on the time read: of two racing polls one writes.
+        if Device.objects.filter(pk=stored.pk, last_polled_at=stored.last_polled_at).update(**fields):
+            stored.last_polled_at, stored.polling_until, stored.last_seen_at = now, until, now
+    return stored
