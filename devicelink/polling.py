@@ -45,7 +45,12 @@ UPDATE, ME = "/device/update", "/device/me"
 ROUTES = frozenset({UPDATE, ME})
 
 FORBIDDEN = {"status": "forbidden"}
-NO_UPDATE: dict[str, Any] = {"update_available": False, "firmware_url": None, "firmware_meta": None, "deployment_id": None}
+NO_UPDATE: dict[str, Any] = {
+    "update_available": False,
+    "firmware_url": None,
+    "firmware_meta": None,
+    "deployment_id": None,
+}
 
 PREFIX = "x-nerveshub-"
 # Header (after the prefix) → JoinReport field. Both spellings of
