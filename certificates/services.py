@@ -447,7 +447,10 @@ def _known(peer: _Peer) -> Device | None:
     if known.device.is_deleted:
         raise CertificateRefused("device deleted")
     _check_known_issuer(known, peer.leaf)
-    _touch(DeviceCertificate, known.pk)
+    # Decided on the row just read, so a device that polls or reconnects often
+    # costs no statement here; the conditional UPDATE keeps racing ones to one write.
+    if known.last_used_at is None or known.last_used_at < timezone.now() - LAST_USED_INTERVAL:
+        _touch(DeviceCertificate, known.pk)
     return known.device
 
 

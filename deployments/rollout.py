@@ -1182,20 +1182,43 @@ def poll_for_update(device: Device) -> UpdatePayload | None:
       the update (the claim's `update.requested` and `update.started` audit
       events are written)."""
     now = timezone.now()
-    inflight = (
-        DeviceUpdate.objects.inflight()
-        .select_related("firmware__product", "deployment")
-        .filter(device_id=device.pk)
-        .first()
-    )
-    if inflight is not None:
-        answer = _settle_polled_update(device, inflight, now)
-        if answer is not _FREED:
-            return answer  # type: ignore[return-value]
+    # Most polls have nothing in flight: a lean existence check first (the
+    # ORM's cost here is compiling the select, not running it).
+    inflight_id = DeviceUpdate.objects.inflight().filter(device_id=device.pk).values_list("pk", flat=True).first()
+    if inflight_id is not None:
+        inflight = DeviceUpdate.objects.select_related("firmware__product", "deployment").filter(pk=inflight_id).first()
+        if inflight is not None:
+            answer = _settle_polled_update(device, inflight, now)
+            if answer is not _FREED:
+                return answer  # type: ignore[return-value]
+    if device.deployment_id is not None:
+        # One read for the deployment and the firmware fields that
+        # assign_deployment (membership_problems) and the claim look at.
+        device.deployment = (
+            Deployment.objects.select_related("firmware")
+            .only(*_POLL_DEPLOYMENT_FIELDS)
+            .filter(pk=device.deployment_id)
+            .first()
+        )
     deployment_id = assign_deployment(device.pk, seen=device)
     if deployment_id is None:
         return None
     return _claim_for_poll(device, deployment_id, now)
+
+
+_POLL_DEPLOYMENT_FIELDS = (
+    "product_id",
+    "is_active",
+    "paused_at",
+    "conditions_version",
+    "conditions_tags",
+    "inflight_timeout_minutes",
+    "firmware__uuid",
+    "firmware__platform",
+    "firmware__architecture",
+    "firmware__version",
+    "firmware__status",
+)
 
 
 def _settle_polled_update(device: Device, update: DeviceUpdate, now: datetime) -> object:

@@ -105,7 +105,7 @@ def read_report(scope: Scope, *, require_uuid: bool) -> JoinReport | None:
         if len(value) > MAX_VALUE:
             raise BadRequest(f"{shown} is longer than {MAX_VALUE} characters")
         # NUL cannot be stored (PostgreSQL), and no metadata has control characters.
-        if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
+        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
             raise BadRequest(f"{shown} contains control characters")
         values[field] = value.strip()
     uuid = values.get("nerves_fw_uuid", "")

@@ -115,5 +115,5 @@ def check_update_shape(body: Any) -> dict[str, Any]:
 
 def download(url: str) -> bytes:
     """As the client does: no client certificate, redirects followed, no Range."""
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - a test URL from the hub
+    with urllib.request.urlopen(url, timeout=30) as response:
         return bytes(response.read())
