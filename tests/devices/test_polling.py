@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 from pytest_django.fixtures import Settings
 
@@ -138,7 +139,7 @@ def test_it_refuses_devices_without_a_certificate_it_accepts(fleet: Fleet, other
     assert not Device.objects.filter(identifier__in=["POLL-UNKNOWN", "POLL-SELF", "POLL-SPOOF"]).exists()
 
 
-def test_a_first_poll_provisions_the_device_and_me_names_it(fleet: Fleet) -> None:
+def test_a_first_poll_provisions_the_device_and_me_names_it(fleet: Fleet, client: Client) -> None:
     # given: the CA has a JITP product, the device was never seen
     device = fleet.device("POLL-JITP-1", meta={"vcs_identifier": "", "vcs-identifier": "abc123"})
     # when
@@ -165,6 +166,12 @@ def test_a_first_poll_provisions_the_device_and_me_names_it(fleet: Fleet) -> Non
     assert stored.presence == ConnectionStatus.POLLING
     assert stored.get_presence_display() == "Polling"
     assert stored.last_polled_at is not None and stored.first_seen_at is not None
+    # the pages say so
+    client.force_login(fleet.tenant.viewer)
+    listed = client.get("/org/acme/devices/?q=POLL-JITP-1").content.decode()
+    page = client.get(f"/org/acme/devices/{stored.pk}/").content.decode()
+    assert '<span class="badge polling">Polling</span>' in listed
+    assert '<span class="badge polling">Polling</span>' in page and "Last polled" in page
     # when it polls again at once: presence is not written again (throttled)
     first = stored.last_polled_at
     assert device.poll().status == 200
