@@ -223,7 +223,8 @@ class Device(models.Model):
     @property
     def presence(self) -> str:
         """connection_status as the pages and the API show it: a device whose
-        hub process lost its lease is disconnected, whatever its row says."""
+        hub process lost its lease is disconnected, whatever its row says, and
+        one without a live socket that polls on time is polling."""
         if self.connection_status == ConnectionStatus.CONNECTED and self.online:
             return ConnectionStatus.CONNECTED
         if self.is_polling():
