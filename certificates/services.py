@@ -399,11 +399,15 @@ def _candidate_cas(cert: cx509.Certificate) -> list[CACertificate]:
     certificate, so they only narrow the search; the signature decides
     (`_signer`). A signature only verifies under a CA whose subject is the
     certificate's issuer, so the name alone finds every possible signer."""
+    return list(CACertificate.objects.select_related("jitp_product").filter(_candidate_match(cert)))
+
+
+def _candidate_match(cert: cx509.Certificate) -> Q:
     match = Q(subject_hash=x509.name_hash(cert.issuer))
     aki = x509.aki(cert)
     if aki:
         match |= Q(ski=aki)
-    return list(CACertificate.objects.select_related("jitp_product").filter(match))
+    return match
 
 
 def _signer(cert: cx509.Certificate, candidates: Iterable[CACertificate]) -> CACertificate | None:
@@ -423,12 +427,15 @@ def _check_known_issuer(known: DeviceCertificate, leaf: cx509.Certificate) -> No
     authenticates nothing until verified). Unverified CAs of other orgs are
     ignored: anybody can paste a CA certificate, so they prove nothing."""
     org_id = known.device.org_id
-    candidates = _candidate_cas(leaf)
-    # The usual case, the org's own verified CA, costs no signature check.
+    # The usual case, the org's own verified CA, costs one lean read (no
+    # certificate bytes) and no signature check.
+    owners = CACertificate.objects.filter(_candidate_match(leaf)).values_list("org_id", "verified_at")
     if not any(
-        (ca.is_verified and ca.org_id != org_id) or (not ca.is_verified and ca.org_id == org_id) for ca in candidates
+        (verified is not None and ca_org != org_id) or (verified is None and ca_org == org_id)
+        for ca_org, verified in owners
     ):
         return
+    candidates = _candidate_cas(leaf)
     issuer = _signer(leaf, candidates)
     if issuer is None:
         return
@@ -447,7 +454,10 @@ def _known(peer: _Peer) -> Device | None:
     if known.device.is_deleted:
         raise CertificateRefused("device deleted")
     _check_known_issuer(known, peer.leaf)
-    _touch(DeviceCertificate, known.pk)
+    # Decided on the row just read, so a device that polls or reconnects often
+    # costs no statement here; the conditional UPDATE keeps racing ones to one write.
+    if known.last_used_at is None or known.last_used_at < timezone.now() - LAST_USED_INTERVAL:
+        _touch(DeviceCertificate, known.pk)
     return known.device
 
 

@@ -50,7 +50,7 @@ from devices import publish
 from devices.models import Device, ValidationStatus, online_q
 from devices.services import JoinReport
 from firmware.models import Firmware, FirmwareKind, FirmwareStatus
-from firmware.services import update_payload
+from firmware.services import UpdatePayload, update_payload
 from nerveshub.lib.enqueue import enqueue
 from nerveshub.lib.validation import refuse_unless_valid
 from nerveshub.tenancy.models import Product
@@ -176,9 +176,13 @@ def _held(now: datetime) -> Exists:
     )
 
 
-def eligible_devices(deployment: Deployment, now: datetime | None = None) -> QuerySet[Device]:
+def eligible_devices(
+    deployment: Deployment, now: datetime | None = None, *, require_online: bool = True
+) -> QuerySet[Device]:
     """Devices of the deployment that may get the update right now: those that
-    have not failed it yet first, then by oldest connection."""
+    have not failed it yet first, then by oldest connection. Without
+    `require_online`, also devices with no live socket (a polling device
+    asking now: poll_for_update)."""
     now = now or timezone.now()
     inflight = DeviceUpdate.objects.filter(device_id=OuterRef("pk"), status__in=INFLIGHT_STATUSES)
     failed_before = DeviceUpdate.objects.filter(
@@ -189,7 +193,7 @@ def eligible_devices(deployment: Deployment, now: datetime | None = None) -> Que
     )
     return (
         Device.objects.filter(
-            online_q(now),
+            online_q(now) if require_online else Q(),
             deployment=deployment,
             deleted_at__isnull=True,
             updates_enabled=True,
@@ -210,7 +214,7 @@ def update_problems(deployment: Deployment, device: Device, now: datetime | None
     problems = membership_problems(deployment, device)
     if device.deleted_at is not None:
         problems.append("deleted")
-    if not device.online:
+    if not device.online and not device.is_polling(now):
         problems.append("offline")
     if not device.updates_enabled:
         problems.append("updates disabled")
@@ -487,16 +491,20 @@ def run_rollout(deployment_id: int) -> RolloutRun:
     return run
 
 
-def _claim_free_slots(deployment: Deployment, now: datetime, run: RolloutRun) -> list[int]:
-    """Claim a slot for as many eligible devices as there are free slots (under
-    the deployment lock). Returns the updates inserted."""
+def _claim_free_slots(
+    deployment: Deployment, now: datetime, run: RolloutRun, candidates: QuerySet[Device] | None = None
+) -> list[int]:
+    """Claim a slot for as many eligible devices (of `candidates`, by default
+    every connected one) as there are free slots (under the deployment lock).
+    Returns the updates inserted."""
     scope = _stage_scope(deployment, now)
     if isinstance(scope, str):
         run.skipped = scope
         return []
     inflight = DeviceUpdate.objects.filter(deployment=deployment, status__in=INFLIGHT_STATUSES)
     slots = deployment.concurrent_updates - inflight.count()
-    candidates = eligible_devices(deployment, now)
+    if candidates is None:
+        candidates = eligible_devices(deployment, now)
     if scope is not None:
         members = StageMember.objects.filter(deployment=deployment, stage__position__lte=scope.position)
         candidates = candidates.filter(pk__in=members.values("device_id"))
@@ -1193,3 +1201,156 @@ def on_update_finished(update: DeviceUpdate) -> None:
             hold = timezone.now() + timedelta(minutes=deployment.penalty_minutes)
             DeviceUpdate.objects.filter(pk=update.pk, retry_after__isnull=True).update(retry_after=hold)
     attempt_finished(update.pk)
+
+
+# --- Polling devices ----------------------------------------------------------------------
+# docs/polling.md. A polling device is reached only when it asks: its poll
+# settles its in-flight update from the firmware it reports and, when a slot
+# is free, claims one for it under the deployment lock, with the orchestrator's
+# own rules (_claim_free_slots: stages, concurrency, eligibility).
+
+POLL_LEASE_EXPIRED = "the device polled on its old firmware after the update's in-flight timeout"
+# _settle_polled_update's answer when the poll freed the device's slot (or
+# found none to free) and the device may be offered an update afresh.
+_FREED = object()
+
+
+def poll_for_update(device: Device) -> UpdatePayload | None:
+    """What a polling device should install now, or None. `device` is the
+    device as devices.services.record_poll stored what it reported.
+
+    * On its in-flight update's firmware: the update succeeded.
+    * Still on its old firmware within the update's lease (the deployment's
+      in-flight timeout, counted from the poll that handed it the update):
+      it is handed the same update again, which neither extends the lease
+      nor takes another slot.
+    * Still on its old firmware after the lease: the attempt expired, a
+      failure like a socket device's that returned without the update
+      (docs/architecture.md, "Rollout outcomes and the breaker").
+    * Nothing in flight: its deployment is settled, and when it may have the
+      update now and a slot is free, the slot is claimed and the answer is
+      the update (the claim's `update.requested` and `update.started` audit
+      events are written)."""
+    now = timezone.now()
+    # Most polls have nothing in flight: a lean existence check first (the
+    # ORM's cost here is compiling the select, not running it).
+    inflight_id = DeviceUpdate.objects.inflight().filter(device_id=device.pk).values_list("pk", flat=True).first()
+    if inflight_id is not None:
+        inflight = DeviceUpdate.objects.select_related("firmware__product", "deployment").filter(pk=inflight_id).first()
+        if inflight is not None:
+            answer = _settle_polled_update(device, inflight, now)
+            if answer is not _FREED:
+                return answer  # type: ignore[return-value]
+    if device.deployment_id is not None:
+        # One read for the deployment and the firmware fields that
+        # assign_deployment (membership_problems) and the claim look at.
+        device.deployment = (
+            Deployment.objects.select_related("firmware")
+            .only(*_POLL_DEPLOYMENT_FIELDS)
+            .filter(pk=device.deployment_id)
+            .first()
+        )
+    deployment_id = assign_deployment(device.pk, seen=device)
+    if deployment_id is None:
+        return None
+    return _claim_for_poll(device, deployment_id, now)
+
+
+_POLL_DEPLOYMENT_FIELDS = (
+    "product_id",
+    "is_active",
+    "paused_at",
+    "conditions_version",
+    "conditions_tags",
+    "inflight_timeout_minutes",
+    "firmware__uuid",
+    "firmware__platform",
+    "firmware__architecture",
+    "firmware__version",
+    "firmware__status",
+)
+
+
+def _settle_polled_update(device: Device, update: DeviceUpdate, now: datetime) -> object:
+    deployment = update.deployment
+    if device.firmware_uuid and device.firmware_uuid == update.firmware.uuid:
+        finished = services.reconcile_update_on_join(device.pk, device.firmware_uuid)
+        if finished is not None:
+            attempt_finished(finished.pk)
+        return _FREED
+    lease = timedelta(minutes=deployment.inflight_timeout_minutes if deployment is not None else 0)
+    if update.updated_at + lease > now:
+        if (
+            deployment is None
+            or not deployment.is_active
+            or deployment.paused_at is not None
+            or update.firmware.status != FirmwareStatus.VALID
+        ):
+            return None  # a stopped deployment hands out nothing new; the timeout frees the slot
+        _mark_answered(update.pk, now)
+        return update_payload(update.firmware, update.deployment_id)
+    fields: dict[str, Any] = {"status": UpdateStatus.EXPIRED, "reason": POLL_LEASE_EXPIRED, "finished_at": now}
+    if update.status == UpdateStatus.REQUESTED:
+        # Never handed to the device (claimed for a socket it no longer
+        # holds): the hub's failure to deliver, as expire_stale_updates has it.
+        fields.update(status=UpdateStatus.INTERRUPTED, reason="the device never acknowledged the update")
+    with transaction.atomic():
+        # Like a join that ends an attempt badly: outcome, penalty box and
+        # breaker are decided under the deployment lock (on_status_report).
+        _lock_inflight_deployment(device.pk)
+        changed = DeviceUpdate.objects.filter(pk=update.pk, status=update.status).update(updated_at=now, **fields)
+        if changed:
+            services.audit_transition(update.pk, fields)
+            attempt_finished(update.pk)
+    return _FREED
+
+
+def _mark_answered(update_id: int, now: datetime) -> None:
+    """A poll's answer carried the update: like a socket device's
+    acknowledgement, a `requested` row becomes `received`, and its lease
+    starts now. A row past `requested` is left as it is."""
+    fields: dict[str, Any] = {
+        "status": UpdateStatus.RECEIVED,
+        "attempted_at": now,
+        "updated_at": now,
+        "pushes": F("pushes") + 1,
+        "push_sent": True,
+        "pushed_channel": "",
+    }
+    with transaction.atomic():
+        if DeviceUpdate.objects.filter(pk=update_id, status=UpdateStatus.REQUESTED).update(**fields):
+            services.audit_transition(update_id, {"attempted_at": now})
+
+
+def _claim_for_poll(device: Device, deployment_id: int, now: datetime) -> UpdatePayload | None:
+    deployment = device.deployment if device.deployment_id == deployment_id else None
+    if deployment is None:
+        deployment = Deployment.objects.select_related("firmware").filter(pk=deployment_id).first()
+    # What rules the device out is checked before the lock: a device with
+    # nothing to do (the usual poll) never queues on the deployment's row.
+    if (
+        deployment is None
+        or not deployment.is_active
+        or deployment.paused_at is not None
+        or deployment.firmware.status != FirmwareStatus.VALID
+        or device.firmware_uuid == deployment.firmware.uuid
+        or not device.updates_enabled
+        or device.in_penalty_box(now)
+        or device.firmware_validation == ValidationStatus.NOT_VALIDATED
+    ):
+        return None
+    with transaction.atomic():
+        locked = _lock_deployment(deployment_id)
+        if (
+            locked is None
+            or not locked.is_active
+            or locked.paused_at is not None
+            or locked.firmware.status != FirmwareStatus.VALID
+        ):
+            return None
+        candidates = eligible_devices(locked, now, require_online=False).filter(pk=device.pk)
+        claimed = _claim_free_slots(locked, now, RolloutRun(), candidates)
+        if not claimed:
+            return None
+        _mark_answered(claimed[0], now)
+        return update_payload(locked.firmware, locked.pk)

@@ -103,6 +103,8 @@ _CONNECTION = (
     "last_seen_at",
     "disconnected_at",
     "first_seen_at",
+    "last_polled_at",
+    "polling_until",
     "network_interface",
     "console_available",
     "console_version",

@@ -48,6 +48,10 @@ class ConnectionStatus(models.TextChoices):
     NOT_SEEN = "not_seen", "Never connected"
     CONNECTED = "connected", "Connected"
     DISCONNECTED = "disconnected", "Disconnected"
+    # Never stored: what `Device.presence` shows for a device without a live
+    # socket that polls (docs/polling.md) and was heard from within twice its
+    # product's poll interval.
+    POLLING = "polling", "Polling"
 
 
 class ValidationStatus(models.TextChoices):
@@ -157,6 +161,11 @@ class Device(models.Model):
     # presence is believed only while the lease is live (online_q).
     hub_lease = models.ForeignKey(HubLease, models.PROTECT, null=True, blank=True, related_name="devices")
     console_available = models.BooleanField(default=False)
+    # Polling devices (docs/polling.md): when the device last asked for an
+    # update over HTTPS (written at most once per half poll interval), and
+    # until when that makes it count as present.
+    last_polled_at = models.DateTimeField(null=True, blank=True)
+    polling_until = models.DateTimeField(null=True, blank=True)
 
     # Extension reports (docs/device-protocol.md §8.2).
     health = models.JSONField(null=True, blank=True)
@@ -214,10 +223,20 @@ class Device(models.Model):
     @property
     def presence(self) -> str:
         """connection_status as the pages and the API show it: a device whose
-        hub process lost its lease is disconnected, whatever its row says."""
-        if self.connection_status == ConnectionStatus.CONNECTED and not self.online:
+        hub process lost its lease is disconnected, whatever its row says, and
+        one without a live socket that polls on time is polling."""
+        if self.connection_status == ConnectionStatus.CONNECTED and self.online:
+            return ConnectionStatus.CONNECTED
+        if self.is_polling():
+            return ConnectionStatus.POLLING
+        if self.connection_status == ConnectionStatus.CONNECTED:
             return ConnectionStatus.DISCONNECTED
         return self.connection_status
+
+    def is_polling(self, now: datetime | None = None) -> bool:
+        """Whether the device polls (docs/polling.md) and was heard from
+        within twice its product's poll interval."""
+        return self.polling_until is not None and self.polling_until > (now or timezone.now())
 
     def get_presence_display(self) -> str:
         return str(ConnectionStatus(self.presence).label)

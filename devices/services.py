@@ -10,6 +10,7 @@ import base64
 import os
 import secrets
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -544,3 +545,97 @@ def set_description(actor: Actor, device: Device, description: str) -> bool:
         if changed:
             audit(actor, "device.description_changed", device)
     return bool(changed)
+
+
+# --- Polling devices ----------------------------------------------------------------
+# Called by the device link's HTTPS routes (devicelink/polling.py) on its
+# database threads; docs/polling.md has the contract.
+
+
+def poll_write_interval(interval: int) -> timedelta:
+    """At most one presence write per device per this: half the product's poll
+    interval (so a device polling on time writes once per poll and stays
+    present), never more than DEVICE_LAST_SEEN_INTERVAL apart."""
+    return timedelta(seconds=min(settings.DEVICE_LAST_SEEN_INTERVAL, max(1, interval // 2)))
+
+
+# product id -> (poll interval, monotonic time read). A poll needs the
+# interval only to throttle its presence write; a change reaches each process
+# within PRODUCT_INTERVAL_TTL, and a poll saves a query.
+_poll_intervals: dict[int, tuple[int, float]] = {}
+PRODUCT_INTERVAL_TTL = 60.0
+
+
+def product_poll_interval(product_id: int) -> int:
+    cached = _poll_intervals.get(product_id)
+    now = time.monotonic()
+    if cached is not None and now - cached[1] < PRODUCT_INTERVAL_TTL:
+        return cached[0]
+    interval = Product.objects.filter(pk=product_id).values_list("poll_interval_seconds", flat=True).first() or 3600
+    _poll_intervals[product_id] = (interval, now)
+    return interval
+
+
+def _reports_news(device: Device, report: JoinReport) -> bool:
+    """Whether a poll's report differs from what `device` stores, by
+    join_device's own comparison (its truncation to the columns included):
+    a poll that reports what is stored costs no query."""
+    stored = (
+        device.fwup_version,
+        device.firmware_uuid,
+        device.firmware_product,
+        device.firmware_version,
+        device.firmware_platform,
+        device.firmware_architecture,
+        device.firmware_author,
+        device.firmware_description,
+        device.firmware_vcs_identifier,
+        device.firmware_misc,
+        device.firmware_validation,
+        device.firmware_auto_revert_detected,
+        device.device_api_version,
+    )
+    reported = (
+        report.fwup_version[:50],
+        report.nerves_fw_uuid[:36],
+        report.nerves_fw_product[:200],
+        report.nerves_fw_version[:100],
+        report.nerves_fw_platform[:100],
+        report.nerves_fw_architecture[:100],
+        report.nerves_fw_author[:200],
+        report.nerves_fw_description,
+        report.nerves_fw_vcs_identifier[:200],
+        report.nerves_fw_misc,
+        {True: ValidationStatus.VALIDATED, False: ValidationStatus.NOT_VALIDATED, None: ValidationStatus.UNKNOWN}[
+            report.firmware_validated
+        ],
+        report.firmware_auto_revert_detected,
+        report.device_api_version[:50],
+    )
+    return stored != reported
+
+
+def record_poll(device: Device, report: JoinReport | None) -> Device:
+    """A polling device asked the hub something: store the firmware it reports
+    (None: it reported none) as a join does (`join_device`: nothing is written
+    when nothing changed) and its presence, throttled (`poll_write_interval`).
+    Returns the device as stored, with its product.
+
+    `device` is the device as authentication read it."""
+    stored = device
+    if report is not None and _reports_news(device, report):
+        stored = join_device(device.pk, report)
+    interval = product_poll_interval(stored.product_id)
+    now = timezone.now()
+    if stored.last_polled_at is None or now - stored.last_polled_at >= poll_write_interval(interval):
+        until = now + timedelta(seconds=2 * interval)
+        fields: dict[str, Any] = {
+            "last_polled_at": now,
+            "polling_until": until,
+            "last_seen_at": now,
+            "first_seen_at": Coalesce(F("first_seen_at"), Value(now)),
+        }
+        # Compare-and-set on the time read: of two racing polls one writes.
+        if Device.objects.filter(pk=stored.pk, last_polled_at=stored.last_polled_at).update(**fields):
+            stored.last_polled_at, stored.polling_until, stored.last_seen_at = now, until, now
+    return stored

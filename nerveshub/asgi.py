@@ -16,6 +16,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from devicelink.polling import DevicePollApp  # noqa: E402
 from firmware.downloads import FirmwareDownloadApp  # noqa: E402
 from nerveshub.lib.bodyguard import BodyGuard  # noqa: E402
 from nerveshub.routing import websocket_urlpatterns  # noqa: E402
@@ -32,8 +33,9 @@ application = ProtocolTypeRouter(
         # /firmware/<token>/<uuid>.fw is streamed by a small ASGI app, not a
         # Django view: see firmware/downloads.py for why. BodyGuard refuses
         # bodies that are too large or lack credentials before reading them
-        # (nerveshub/lib/bodyguard.py).
-        "http": BodyGuard(FirmwareDownloadApp(http_app)),
+        # (nerveshub/lib/bodyguard.py). Polling devices' /device/update and
+        # /device/me are answered by devicelink.polling, also ahead of Django.
+        "http": BodyGuard(FirmwareDownloadApp(DevicePollApp(http_app))),
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )

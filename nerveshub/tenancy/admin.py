@@ -71,7 +71,7 @@ class MembershipAdmin(OrgScopedAdmin[Membership]):
 class ProductForm(forms.ModelForm):  # type: ignore[type-arg]
     class Meta:
         model = Product
-        fields = ["org", "name", "description", "extensions"]
+        fields = ["org", "name", "description", "extensions", "poll_interval_seconds"]
 
     def clean(self) -> dict[str, Any]:
         cleaned: dict[str, Any] = super().clean() or {}

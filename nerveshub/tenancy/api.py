@@ -36,16 +36,25 @@ class ProductPatch(Schema):
     model_config = ConfigDict(extra="forbid")
     description: str | None = None
     extensions: list[str] | None = None
+    poll_interval_seconds: int | None = Field(
+        None, ge=10, le=30 * 86400, description="How often the product's polling devices ask for an update"
+    )
 
 
 class ProductOut(Schema):
     name: str
     description: str
     extensions: list[str]
+    poll_interval_seconds: int
 
 
 def _product_out(product: Product) -> ProductOut:
-    return ProductOut(name=product.name, description=product.description, extensions=list(product.extensions))
+    return ProductOut(
+        name=product.name,
+        description=product.description,
+        extensions=list(product.extensions),
+        poll_interval_seconds=product.poll_interval_seconds,
+    )
 
 
 @router.get("/users/me", response=UserOut)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -65,6 +66,14 @@ class Product(models.Model):
     name = models.CharField(max_length=100)
     description = models.TextField(blank=True)
     extensions = models.JSONField(default=list, blank=True, help_text="Enabled extension names.")
+    # How often the product's polling devices (docs/polling.md) are expected to
+    # ask for an update: a device that polled within twice this counts as
+    # present ("polling") on the pages and in the API.
+    poll_interval_seconds = models.PositiveIntegerField(
+        default=3600,
+        validators=[MinValueValidator(10), MaxValueValidator(30 * 86400)],
+        help_text="How often polling devices of this product ask for an update, in seconds.",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:

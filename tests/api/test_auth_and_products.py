@@ -85,3 +85,18 @@ def test_it_serves_an_openapi_document(client: Client) -> None:
     document = client.get("/api/v1/openapi.json").json()
     assert document["info"]["title"] == "NervesHub API"
     assert "/api/v1/orgs/{org}/products/{product}/devices" in document["paths"]
+
+
+@pytest.mark.django_db
+def test_it_sets_the_poll_interval_of_a_product_within_its_bounds(
+    tenant: Tenant, as_manager: ApiClient, as_viewer: ApiClient
+) -> None:
+    # when
+    patched = as_manager.patch("/orgs/acme/products/widget", {"poll_interval_seconds": 600})
+    # then
+    assert patched.status_code == 200 and patched.json()["poll_interval_seconds"] == 600
+    assert Product.objects.get(pk=tenant.product.pk).poll_interval_seconds == 600
+    for hostile in (5, 10**12, -1, "soon"):
+        assert as_manager.patch("/orgs/acme/products/widget", {"poll_interval_seconds": hostile}).status_code == 422
+    assert as_viewer.patch("/orgs/acme/products/widget", {"poll_interval_seconds": 60}).status_code == 403
+    assert Product.objects.get(pk=tenant.product.pk).poll_interval_seconds == 600

@@ -26,6 +26,7 @@ from django.db import connection
 from certificates import pki, services, x509
 from certificates.models import CACertificate, DeviceCertificate
 from certificates.pki import Issued
+from deployments.models import Deployment
 from devices.models import Device
 from devices.services import create_device
 from nerveshub.tenancy import services as tenancy
@@ -40,7 +41,9 @@ from tests.certificates.nginx import (
 )
 from tests.certificates.proof import register_ca
 from tests.conftest import REQUIRE_SERVICES, Tenant
+from tests.deployments.conftest import make_firmware
 from tests.support.hub import HubLauncher, HubProcess, free_port
+from tests.support.poll_client import DEFAULT_META, PollingDevice, check_update_shape
 
 NOW = dt.datetime.now(dt.UTC)
 OK = {"status": "ok", "response": {}}
@@ -320,3 +323,42 @@ def test_it_fails_the_handshake_when_the_key_does_not_match_the_certificate(
     assert handshake(leaf.key_pem).startswith("HTTP/1.1 200")
     # and with the wrong key nginx ends the handshake
     assert handshake(pki.sign_device(device_ca, "NK-0011").key_pem).startswith("handshake failed")
+
+
+# --- Polling devices (docs/polling.md) -------------------------------------------------
+
+
+def test_a_polling_device_gets_its_update_through_nginx_and_one_without_a_certificate_403(
+    front: Front, tenant: Tenant, device_ca: Issued
+) -> None:
+    # given: a registered device on firmware A, an active deployment to B
+    _register(tenant, device_ca)
+    create_device("test", tenant.product, "NK-POLL")
+    a, b = make_firmware(tenant.product, "1.0.0"), make_firmware(tenant.product, "2.0.0")
+    deployment = Deployment.objects.create(
+        org=tenant.org, product=tenant.product, name="poll", firmware=b, is_active=True
+    )
+    meta = {**DEFAULT_META, "uuid": a.uuid or "", "version": "1.0.0", "vcs_identifier": "v-underscored"}
+    context = device_tls_context(front.nginx.server_ca, pki.sign_device(device_ca, "NK-POLL"), front.tmp)
+    device = PollingDevice("127.0.0.1", front.nginx.port, meta=meta, tls=context)
+    # when
+    me, update = device.me(), device.poll()
+    # then
+    assert (me.status, me.body) == (200, {"data": {"identifier": "NK-POLL"}}), (me, front.hub.log())
+    data = check_update_shape(update.body)
+    assert (data["update_available"], data["deployment_id"]) == (True, deployment.pk), update
+    assert data["firmware_meta"]["uuid"] == b.uuid
+    # the underscored header crossed nginx (underscores_in_headers on)
+    assert Device.objects.get(identifier="NK-POLL").firmware_vcs_identifier == "v-underscored"
+    # when a device presents no certificate, or smuggles one as a header
+    for smuggled in ([], [("X-SSL-Client-Cert", quote(pki.sign_device(device_ca, "NK-POLL").cert_pem.decode()))]):
+        anonymous = PollingDevice(
+            "127.0.0.1",
+            front.nginx.port,
+            meta=meta,
+            tls=device_tls_context(front.nginx.server_ca, None, front.tmp),
+            extra_headers=list(smuggled),
+        )
+        refused = anonymous.poll()
+        # then
+        assert (refused.status, refused.body) == (403, {"status": "forbidden"}), refused
