@@ -653,8 +653,8 @@ def floor_server(port: int) -> None:
 
 def profiled_hub(out: str, argv: list[str]) -> None:
     """`nerveshub.serve` with cProfile on every thread (the event loop's and the
-    device database threads); the merged statistics go to `out` when the process
-    stops (SIGTERM). cProfile slows the process down: a profiled run says where
+    device database threads), timed in each thread's CPU time; the merged
+    statistics go to `out` when the process stops (SIGTERM). cProfile slows the process down: a profiled run says where
     the time goes, not how fast the hub is."""
     import cProfile
     import signal
@@ -664,12 +664,14 @@ def profiled_hub(out: str, argv: list[str]) -> None:
 
     def start_thread_profile(frame: Any, event: str, arg: Any) -> None:
         # Runs once per new thread: the thread's own profiler replaces this hook.
-        profile = cProfile.Profile()
+        profile = cProfile.Profile(time.thread_time)
         profiles.append(profile)
         profile.enable()
 
+    # Each thread's own CPU time: a thread waiting for the GIL, a lock or the
+    # network is not charged, so the figures add up to the process's CPU.
     threading.setprofile(start_thread_profile)
-    main_profile = cProfile.Profile()
+    main_profile = cProfile.Profile(time.thread_time)
     profiles.append(main_profile)
     from nerveshub import serve
 

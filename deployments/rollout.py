@@ -27,7 +27,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -66,7 +66,45 @@ FINISHED_STATUSES = (UpdateStatus.SUCCEEDED, *FAILED_STATUSES)
 # --- Membership --------------------------------------------------------------------
 
 
-def membership_problems(deployment: Deployment, device: Device) -> list[str]:
+class FirmwareTarget(Protocol):
+    @property
+    def platform(self) -> str: ...
+    @property
+    def architecture(self) -> str: ...
+
+
+class MembershipRules(Protocol):
+    """What membership reads of a deployment: a Deployment, or the columns a
+    device's connect read with it (devicelink.hotpath)."""
+
+    @property
+    def product_id(self) -> int: ...
+    @property
+    def conditions_version(self) -> str: ...
+    @property
+    def conditions_tags(self) -> list[str]: ...
+    @property
+    def firmware(self) -> FirmwareTarget: ...
+
+
+class MembershipFacts(Protocol):
+    """What membership reads of a device."""
+
+    @property
+    def product_id(self) -> int: ...
+    @property
+    def firmware_uuid(self) -> str: ...
+    @property
+    def firmware_platform(self) -> str: ...
+    @property
+    def firmware_architecture(self) -> str: ...
+    @property
+    def firmware_version(self) -> str: ...
+    @property
+    def tags(self) -> list[str]: ...
+
+
+def membership_problems(deployment: MembershipRules, device: MembershipFacts) -> list[str]:
     """Why `device` cannot belong to `deployment` (empty: it can)."""
     problems: list[str] = []
     firmware = deployment.firmware
@@ -814,6 +852,11 @@ def _enqueue(deployment_id: int) -> None:
         except Exception:
             logger.exception("wake mark for deployment %s failed; enqueuing anyway", deployment_id)
     enqueue(run_rollout_task, deployment_id)
+
+
+def wake_now(deployment_id: int) -> None:
+    """`wake` outside a transaction: a join that wrote nothing (devicelink.hotpath)."""
+    _enqueue(deployment_id)
 
 
 def run_started(deployment_id: int) -> None:
