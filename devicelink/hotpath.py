@@ -20,6 +20,14 @@ is one prepared statement, and the join that follows none
   read and write nothing either, so it is skipped. Only the orchestrator's
   wake-up of the device's deployment remains (a Redis mark, no statement).
 
+What the join judges was read at connect, a few milliseconds earlier. An update
+the orchestrator claims after the connect recorded this socket is pushed to it
+and follows the join reply (devicelink.consumer). One claimed in the instant
+the connect statement runs, for a device whose previous socket was still
+recorded, went to that previous socket: the full join would re-send it at
+once, this path leaves it to the orchestrator, which sends a push still
+unacknowledged one backstop period later again (docs/architecture.md, "Rollout").
+
 Anything else (a device seen for the first time, another product, deleted, a
 deactivated key, webhook listeners, an update in flight, a report that changes
 what is stored) takes the full path through the domain services, which stays
