@@ -196,9 +196,14 @@ class Stack:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(sql)
 
-    def start_hub(self, extra: dict[str, str] | None = None, *, port: int | None = None) -> HubProcess:
+    def start_hub(
+        self, extra: dict[str, str] | None = None, *, port: int | None = None, profile: Path | None = None
+    ) -> HubProcess:
+        """A hub process; with `profile`, run under cProfile (every thread), the
+        statistics written to that file when it stops (`profiled_hub`)."""
+        launcher = (__file__, "profiled", str(profile)) if profile else ("-m", "nerveshub.serve")
         try:
-            hub = start_hub(self.env, self.work, extra, port=port, timeout=60, grace_seconds=15)
+            hub = start_hub(self.env, self.work, extra, port=port, timeout=60, grace_seconds=30, launcher=launcher)
         except RuntimeError as exc:
             raise SystemExit(str(exc)) from exc
         self.servers.append(hub)
@@ -210,6 +215,24 @@ class Stack:
         server = Server(port, process)
         self.servers.append(server)
         wait_listening(port, process, "baseline server")
+        return server
+
+    def start_floor(self) -> Server:
+        """The server-stack floor (`floor_application`) for this stack's product key."""
+        port = free_port()
+        env = {**self.env, "FLOOR_KEY": self.key, "FLOOR_SECRET": self.secret, "LOG_LEVEL": "warning"}
+        # Its output (daphne's access log) goes to a file, as a hub's does.
+        with (self.work / f"floor-{port}.log").open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, __file__, "floor", "--port", str(port)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        server = Server(port, process)
+        self.servers.append(server)
+        wait_listening(port, process, "floor server")
         return server
 
     def hub_log(self, server: Server | HubProcess) -> str:
@@ -555,10 +578,136 @@ async def baseline_server(port: int) -> None:
         await server.serve_forever()
 
 
+# --- the server-stack floor ------------------------------------------------------
+
+
+def floor_application() -> Any:
+    """The hub's server stack without the hub: daphne (started like
+    `nerveshub.serve`, with its daphne extensions) and a Channels consumer that
+    verifies NH1 headers against the one product secret it was given, accepts,
+    and answers the `device` join and heartbeats as the hub does, with no
+    database, no dispatcher and no channel layer. What a hub process costs above
+    this is what the hub's own code costs (M3's second baseline)."""
+    from channels.consumer import AsyncConsumer
+    from channels.exceptions import StopConsumer
+    from channels.routing import ProtocolTypeRouter, URLRouter
+    from django.urls import re_path
+
+    from devicelink import nh1, protocol
+    from devicelink.auth import NH_HEADERS, scope_headers
+
+    key, secret = os.environ["FLOOR_KEY"], os.environ["FLOOR_SECRET"]
+
+    class FloorConsumer(AsyncConsumer):  # type: ignore[misc]
+        channel_layer_alias = "floor-has-none"  # no per-socket channel, as the hub's device socket
+
+        async def websocket_connect(self, message: dict[str, Any]) -> None:
+            headers = scope_headers(self.scope)
+            alg, got_key, signed, signature = (headers.get(name, "") for name in NH_HEADERS)
+            try:
+                if got_key != key:
+                    raise nh1.NH1Error("unknown key")
+                parsed = nh1.parse_alg(alg)
+                nh1.parse_time(signed)
+                derived = nh1.derive_key(
+                    secret, nh1.build_salt(alg, key, signed), parsed.digest, parsed.iterations, parsed.length
+                )
+                nh1.decode_payload(nh1.verify_token(signature, derived))
+            except nh1.NH1Error:
+                await self.send({"type": "websocket.close"})
+                return
+            await self.send({"type": "websocket.accept"})
+
+        async def websocket_receive(self, message: dict[str, Any]) -> None:
+            frame = protocol.JsonCodec.decode(message.get("text"), message.get("bytes"))
+            if frame.event == "phx_join":
+                protocol.DeviceJoin.model_validate(frame.payload if isinstance(frame.payload, dict) else {})
+            answer = protocol.reply(frame.join_ref, frame.ref, frame.topic, "ok", {})
+            await self.send(protocol.JsonCodec.encode(answer))
+
+        async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+            raise StopConsumer
+
+    return ProtocolTypeRouter(
+        {"websocket": URLRouter([re_path(r"^(?:device-socket|socket)/websocket/?$", FloorConsumer.as_asgi())])}
+    )
+
+
+def floor_server(port: int) -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nerveshub.settings")
+    import django
+
+    django.setup()
+    from daphne.cli import CommandLineInterface
+
+    from devicelink.daphne_ext import install
+    from nerveshub.lib import daphne_http
+    from nerveshub.serve import daphne_args
+
+    install()
+    daphne_http.install()
+    args = daphne_args("127.0.0.1", port, 4096)
+    args[-1] = "common:floor"  # this module, imported by daphne from bench/
+    CommandLineInterface().run(args)
+
+
+def profiled_hub(out: str, argv: list[str]) -> None:
+    """`nerveshub.serve` with cProfile on every thread (the event loop's and the
+    device database threads), timed in each thread's CPU time; the merged
+    statistics go to `out` when the process stops (SIGTERM). cProfile slows the process down: a profiled run says where
+    the time goes, not how fast the hub is."""
+    import cProfile
+    import signal
+    import threading
+
+    profiles: list[cProfile.Profile] = []
+
+    def start_thread_profile(frame: Any, event: str, arg: Any) -> None:
+        # Runs once per new thread: the thread's own profiler replaces this hook.
+        profile = cProfile.Profile(time.thread_time)
+        profiles.append(profile)
+        profile.enable()
+
+    # Each thread's own CPU time: a thread waiting for the GIL, a lock or the
+    # network is not charged, so the figures add up to the process's CPU.
+    threading.setprofile(start_thread_profile)
+    main_profile = cProfile.Profile(time.thread_time)
+    profiles.append(main_profile)
+    from nerveshub import serve
+
+    # daphne stops its reactor on SIGTERM and returns here.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    main_profile.enable()
+    try:
+        serve.main(argv)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        main_profile.disable()
+        import pstats
+
+        stats = pstats.Stats(main_profile)
+        for profile in profiles[1:]:
+            with contextlib.suppress(TypeError):
+                stats.add(profile)
+        stats.dump_stats(out)
+
+
+def __getattr__(name: str) -> Any:
+    # `common:floor` for daphne: built on first access, after Django is set up.
+    if name == "floor":
+        return floor_application()
+    raise AttributeError(name)
+
+
 def _main() -> None:
     raise_nofile()
     if sys.argv[1] == "baseline":
         asyncio.run(baseline_server(int(sys.argv[3])))
+    elif sys.argv[1] == "profiled":
+        profiled_hub(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1] == "floor":
+        floor_server(int(sys.argv[3]))
     elif sys.argv[1] == "clients":
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nerveshub.settings")
         asyncio.run(Clients(json.loads(sys.argv[2])).main())

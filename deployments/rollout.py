@@ -27,7 +27,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -66,7 +66,45 @@ FINISHED_STATUSES = (UpdateStatus.SUCCEEDED, *FAILED_STATUSES)
 # --- Membership --------------------------------------------------------------------
 
 
-def membership_problems(deployment: Deployment, device: Device) -> list[str]:
+class FirmwareTarget(Protocol):
+    @property
+    def platform(self) -> str: ...
+    @property
+    def architecture(self) -> str: ...
+
+
+class MembershipRules(Protocol):
+    """What membership reads of a deployment: a Deployment, or the columns a
+    device's connect read with it (devicelink.hotpath)."""
+
+    @property
+    def product_id(self) -> int: ...
+    @property
+    def conditions_version(self) -> str: ...
+    @property
+    def conditions_tags(self) -> list[str]: ...
+    @property
+    def firmware(self) -> FirmwareTarget: ...
+
+
+class MembershipFacts(Protocol):
+    """What membership reads of a device."""
+
+    @property
+    def product_id(self) -> int: ...
+    @property
+    def firmware_uuid(self) -> str: ...
+    @property
+    def firmware_platform(self) -> str: ...
+    @property
+    def firmware_architecture(self) -> str: ...
+    @property
+    def firmware_version(self) -> str: ...
+    @property
+    def tags(self) -> list[str]: ...
+
+
+def membership_problems(deployment: MembershipRules, device: MembershipFacts) -> list[str]:
     """Why `device` cannot belong to `deployment` (empty: it can)."""
     problems: list[str] = []
     firmware = deployment.firmware
@@ -848,6 +886,11 @@ def _enqueue(deployment_id: int) -> None:
     enqueue(run_rollout_task, deployment_id)
 
 
+def wake_now(deployment_id: int) -> None:
+    """`wake` outside a transaction: a join that wrote nothing (devicelink.hotpath)."""
+    _enqueue(deployment_id)
+
+
 def run_started(deployment_id: int) -> None:
     """A run is about to read the deployment's state: later wake-ups must
     enqueue a new run."""
@@ -1226,7 +1269,7 @@ def poll_for_update(device: Device) -> UpdatePayload | None:
       nor takes another slot.
     * Still on its old firmware after the lease: the attempt expired, a
       failure like a socket device's that returned without the update
-      (docs/architecture.md, "Rollout outcomes and the breaker").
+      (docs/rollout.md, "Rollout outcomes and the breaker").
     * Nothing in flight: its deployment is settled, and when it may have the
       update now and a slot is free, the slot is claimed and the answer is
       the update (the claim's `update.requested` and `update.started` audit

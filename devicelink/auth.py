@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -27,12 +28,12 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from devicelink import nh1
-from devicelink.certauth import device_from_scope
+from devicelink import hotpath, nh1
+from devicelink.certauth import device_from_scope, forwarded_certificate
 from devicelink.dbthreads import device_db_call
 from devicelink.errors import AuthError
 from devices.models import Device, DeviceSharedSecret, ProductSharedSecret, validate_identifier
-from devices.services import PRODUCT_KEY_PREFIX
+from devices.services import PRODUCT_KEY_PREFIX, ConnectionInfo, open_device_connection
 from nerveshub.lib import ratelimit
 from nerveshub.lib.clientaddr import client_address
 from nerveshub.lib.sealed import SealError, unseal
@@ -78,8 +79,32 @@ async def authenticate_certificate_request(scope: Mapping[str, Any]) -> Device |
 # --- 2. NH1 shared secrets -------------------------------------------------------
 
 
+# x-nh-alg, x-nh-key, x-nh-time, x-nh-signature, the parsed alg, the failure counters.
+_Checked = tuple[str, str, str, str, nh1.Alg, list[ratelimit.Bucket]]
+
+
 def _refuse(reason: str, detail: str) -> AuthError:
     return AuthError(401, reason, detail)
+
+
+@dataclass(frozen=True, slots=True)
+class _ProductKey:
+    """An active product key as last read: what the fast connect needs of it.
+    A key's secret never changes (a new secret is a new key); whether the key is
+    still active is checked by the connect statement itself on every use
+    (devicelink.hotpath), so this entry cannot let a deactivated key in."""
+
+    key_id: int
+    secret: str
+    product_id: int
+    org_id: int
+    last_used_at: datetime | None
+
+
+# Product keys this process read, unsealed (docs/security.md, "Shared secrets").
+# Filled only by keys that exist and are active, so invented keys cannot grow it.
+_product_keys: dict[str, _ProductKey] = {}
+PRODUCT_KEY_CACHE_SIZE = 1024
 
 
 def _secret_for_key(key: str) -> tuple[str, ProductSharedSecret | DeviceSharedSecret]:
@@ -88,24 +113,32 @@ def _secret_for_key(key: str) -> tuple[str, ProductSharedSecret | DeviceSharedSe
         row = ProductSharedSecret.objects.select_related("product").filter(key=key).first()
     else:
         row = DeviceSharedSecret.objects.select_related("device__product").filter(key=key).first()
-    if row is None:
-        raise _refuse(REASON_INVALID, "unknown key")
-    if not row.is_active:
-        raise _refuse(REASON_INVALID, "deactivated key")
+    if row is None or not row.is_active:
+        _product_keys.pop(key, None)
+        raise _refuse(REASON_INVALID, "unknown key" if row is None else "deactivated key")
     try:
-        return unseal(row.secret_sealed), row
+        secret = unseal(row.secret_sealed)
     except SealError:
         # Our configuration is wrong, not the device: a platform error.
         raise AuthError(503, REASON_PLATFORM, "shared secret does not unseal") from None
+    if isinstance(row, ProductSharedSecret):
+        if len(_product_keys) >= PRODUCT_KEY_CACHE_SIZE:
+            _product_keys.clear()
+        _product_keys[key] = _ProductKey(row.pk, secret, row.product_id, row.product.org_id, row.last_used_at)
+    return secret, row
 
 
-def _device_for_product_key(row: ProductSharedSecret, identifier: str) -> Device:
+def _valid_identifier(identifier: str) -> None:
     # Before any query: the lookup itself fails on PostgreSQL for a NUL, and
     # that database error would read as an outage (503) the device retries.
     try:
         validate_identifier(identifier)
     except ValidationError as exc:
         raise _refuse(REASON_IDENTIFIER + " ".join(exc.messages), "invalid identifier") from None
+
+
+def _device_for_product_key(row: ProductSharedSecret, identifier: str) -> Device:
+    _valid_identifier(identifier)
     product = row.product
     existing = Device.objects.filter(org_id=product.org_id, identifier=identifier).first()
     if existing is None:
@@ -146,7 +179,9 @@ def _failed(buckets: list[ratelimit.Bucket]) -> None:
     ratelimit.record(buckets, settings.NH1_FAILURE_WINDOW)
 
 
-def authenticate_shared_secret(headers: Mapping[str, str], client: str | None = None) -> Device:
+def authenticate_shared_secret(
+    headers: Mapping[str, str], client: str | None = None, checked: _Checked | None = None
+) -> Device:
     """Verify the NH1 headers (docs/device-protocol.md §2.4) and return the device,
     registering it first when a product key signs an unknown identifier.
 
@@ -158,6 +193,37 @@ def authenticate_shared_secret(headers: Mapping[str, str], client: str | None = 
     key, the key; a signature that verifies but is too old, or a refused
     identifier, proves the secret and is not counted (a fleet with a bad clock
     must not lock its own key)."""
+    checked = checked or _checked_headers(headers, client)
+    key = checked[1]
+    try:
+        secret, row = _secret_for_key(key)
+    except AuthError as exc:
+        if exc.status == 401:
+            # Unknown keys are counted against the client only: one counter
+            # per invented key would let a guesser fill the cache.
+            _failed(_failure_buckets(client, None))
+        raise
+    claims = _verified_claims(checked, secret)
+
+    if isinstance(row, ProductSharedSecret):
+        device = _device_for_product_key(row, claims.identifier)
+    else:
+        device = row.device
+        if device.identifier != claims.identifier:
+            raise _refuse(REASON_INVALID, "device key signed another identifier")
+        if device.is_deleted:
+            raise _refuse(REASON_INVALID, "device is deleted")
+    used = _touch_key(type(row), row.pk, row.last_used_at)
+    entry = _product_keys.get(key)
+    if entry is not None and used != entry.last_used_at:
+        _product_keys[key] = replace(entry, last_used_at=used)
+    return device
+
+
+def _checked_headers(headers: Mapping[str, str], client: str | None) -> _Checked:
+    """The cheap checks, before any key lookup or derivation: the headers are
+    there, x-nh-alg is in range, x-nh-time reads, and neither the client nor
+    the key is blocked by its failure counter."""
     if not settings.DEVICE_SHARED_SECRETS_ENABLED:
         raise _refuse(REASON_INVALID, "shared secrets are disabled")
     values = [headers.get(name) for name in NH_HEADERS]
@@ -185,14 +251,12 @@ def authenticate_shared_secret(headers: Mapping[str, str], client: str | None = 
     buckets = _failure_buckets(client, key)
     if ratelimit.blocked(buckets):
         raise AuthError(429, REASON_THROTTLED, "too many failed authentications from this client or with this key")
-    try:
-        secret, row = _secret_for_key(key)
-    except AuthError as exc:
-        if exc.status == 401:
-            # Unknown keys are counted against the client only: one counter
-            # per invented key would let a guesser fill the cache.
-            _failed(_failure_buckets(client, None))
-        raise
+    return alg, key, signed_time, signature, parsed, buckets
+
+
+def _verified_claims(checked: _Checked, secret: str) -> nh1.Claims:
+    """The signed claims, once the signature verifies with `secret` and is recent."""
+    alg, key, signed_time, signature, parsed, buckets = checked
     derived = nh1.derive_key(
         secret, nh1.build_salt(alg, key, signed_time), parsed.digest, parsed.iterations, parsed.length
     )
@@ -202,28 +266,85 @@ def authenticate_shared_secret(headers: Mapping[str, str], client: str | None = 
         _failed(buckets)
         raise _refuse(REASON_INVALID, str(exc)) from None
     _check_age(claims.signed_at_ms)
+    return claims
 
-    if isinstance(row, ProductSharedSecret):
-        device = _device_for_product_key(row, claims.identifier)
-    else:
-        device = row.device
-        if device.identifier != claims.identifier:
-            raise _refuse(REASON_INVALID, "device key signed another identifier")
-        if device.is_deleted:
-            raise _refuse(REASON_INVALID, "device is deleted")
 
+def _touch_key(
+    model: type[ProductSharedSecret | DeviceSharedSecret], pk: int, last_used_at: datetime | None
+) -> datetime | None:
+    """Record the key's use at most once per KEY_LAST_USED_INTERVAL; returns
+    its last use as now recorded."""
     now = timezone.now()
     stale = now - timedelta(seconds=KEY_LAST_USED_INTERVAL)
-    # Decided on the row just read, so a reconnecting fleet costs no query here;
+    # Decided on the row as read, so a reconnecting fleet costs no query here;
     # the conditional UPDATE keeps two racing connects to one write.
-    if row.last_used_at is None or row.last_used_at < stale:
-        type(row).objects.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale), pk=row.pk).update(
-            last_used_at=now
-        )
-    return device
+    if last_used_at is None or last_used_at < stale:
+        model.objects.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale), pk=pk).update(last_used_at=now)
+        return now
+    return last_used_at
+
+
+def connect_shared_secret(
+    headers: Mapping[str, str], client: str | None, channel: str, lease_id: int | None
+) -> hotpath.Connected:
+    """Authenticate NH1 headers and record the connection on `channel`
+    (`devices.services.open_device_connection`), in one call on a device
+    database thread. A device the hub knows, signing with a product key this
+    process has read before, costs one statement (devicelink.hotpath); every
+    other connect, and every refusal, takes the full path."""
+    checked = None
+    if hotpath.enabled():
+        checked = _checked_headers(headers, client)
+        entry = _product_keys.get(checked[1])
+        if entry is not None:
+            claims = _verified_claims(checked, entry.secret)
+            _valid_identifier(claims.identifier)
+            now = timezone.now()
+            known = hotpath.connect_returning(
+                org_id=entry.org_id,
+                product_id=entry.product_id,
+                key_id=entry.key_id,
+                identifier=claims.identifier,
+                channel=channel,
+                lease_id=lease_id,
+                now=now,
+            )
+            if known is not None:
+                used = _touch_key(ProductSharedSecret, entry.key_id, entry.last_used_at)
+                if used != entry.last_used_at:
+                    _product_keys[checked[1]] = replace(entry, last_used_at=used)
+                return known
+    device = authenticate_shared_secret(headers, client, checked)
+    info = open_device_connection(device, channel, lease_id)
+    return hotpath.Connected(device_id=device.pk, identifier=device.identifier, info=info, known=None)
 
 
 # --- The chain ---------------------------------------------------------------------
+
+
+async def connect_device(scope: Mapping[str, Any], channel: str, lease_id: int | None) -> hotpath.Connected:
+    """Authenticate the device (the chain below) and record its connection on
+    `channel`, raising AuthError to refuse. A device that signs NH1 headers and
+    presents no certificate does both in one call on a database thread
+    (`connect_shared_secret`); a certificate device takes the chain, then
+    `devices.services.open_device_connection`."""
+    if forwarded_certificate(scope) is None:
+        headers = scope_headers(scope)
+        # Like the reference: any x-* header means "shared secret was attempted".
+        if not any(name.startswith("x-") for name in headers):
+            raise AuthError(401, REASON_NO_CREDENTIALS)
+        peer = scope.get("client")
+        client = client_address(str(peer[0]) if peer else None, headers.get("x-forwarded-for"))
+        try:
+            connected: hotpath.Connected = await device_db_call(connect_shared_secret)(
+                headers, client, channel, lease_id
+            )
+        except DatabaseError as exc:
+            raise AuthError(503, REASON_PLATFORM, f"database error: {exc}") from None
+        return connected
+    device = await authenticate_device(scope)
+    info: ConnectionInfo = await device_db_call(open_device_connection)(device, channel, lease_id)
+    return hotpath.Connected(device_id=device.pk, identifier=device.identifier, info=info, known=None)
 
 
 async def authenticate_device(scope: Mapping[str, Any]) -> Device:

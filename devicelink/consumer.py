@@ -29,8 +29,8 @@ from pydantic import ValidationError
 
 from console.services import DeviceConsole
 from deployments import rollout
-from devicelink import join, protocol
-from devicelink.auth import authenticate_device
+from devicelink import hotpath, join, protocol
+from devicelink.auth import authenticate_device, connect_device
 from devicelink.dbthreads import device_db_call
 from devicelink.dispatcher import dispatcher
 from devicelink.errors import AuthError
@@ -63,6 +63,7 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
     _number = 0
     _before_join: list[dict[str, Any]] | None = None
     _delivered_once: str | None = None  # the `once` key of the last push sent (see device_push)
+    _known: hotpath.StoredDevice | None = None
 
     async def __call__(
         self,
@@ -169,25 +170,33 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def _authenticate_and_accept(self) -> services.ConnectionInfo | None:
         try:
-            device = await authenticate_device(self.scope)
+            lease_id = dispatcher.lease_taken()
+            if lease_id is not None:
+                connected = await connect_device(self.scope, self.channel_name, lease_id)
+            else:
+                # The process's lease is taken with its first connects: the device
+                # is authenticated before the lease is waited for, so that a
+                # database outage is answered (503) within the device's timeout.
+                device = await authenticate_device(self.scope)
+                lease_id = await dispatcher.lease()
+                info = await device_db_call(services.open_device_connection)(device, self.channel_name, lease_id)
+                connected = hotpath.Connected(device.pk, device.identifier, info, None)
         except AuthError as exc:
             self._forget_headers()
             logger.info("device socket refused (%s): %s from %s", exc.status, exc.detail, self.scope.get("client"))
             await self._deny(exc.status, exc.reason)
             return None
-        try:
-            # The process's lease: taken once, a no-op on every later connect.
-            lease_id = await dispatcher.lease()
-            info: services.ConnectionInfo = await device_db_call(services.open_device_connection)(
-                device, self.channel_name, lease_id
-            )
         except Exception:
-            logger.exception("could not record the connection of device %s", device.pk)
+            self._forget_headers()
+            logger.exception("could not authenticate or record the connection of a device")
             await self._deny(503, "the platform could not be reached to authenticate this device")
             return None
         self._forget_headers()
-        self.device_id = device.pk
-        self.identifier = device.identifier
+        info = connected.info
+        # What the connect read for the join to compare with (devicelink.hotpath).
+        self._known = connected.known
+        self.device_id = connected.device_id
+        self.identifier = connected.identifier
         self.deployment_id = info.deployment_id
         self.product_extensions = info.product_extensions
         self.last_frame = asyncio.get_running_loop().time()
@@ -314,14 +323,24 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
         # One trip to the database thread for the whole join. What it pushes
         # travels through the channel layer to this consumer, which handles it
         # only after this method returns: the device gets its join reply first.
-        with dispatcher.onboard():
-            outcome, self.deployment_id = await device_db_call(join.store_join)(self.device_id, params)
-        self.joined["device"] = frame.join_ref
-        await self._send(protocol.reply(frame.join_ref, frame.ref, "device", "ok", {}))
-        if outcome.fwup_public_keys:
-            await self._push("device", "fwup_public_keys", {"keys": outcome.fwup_public_keys})
-        if outcome.archive_public_keys:
-            await self._push("device", "archive_public_keys", {"keys": outcome.archive_public_keys})
+        known, self._known = self._known, None  # read at connect: good for this socket's first join only
+        if known is not None and join.needs_nothing(known, params):
+            # The full join would write and push nothing (devicelink.hotpath):
+            # the reply goes out at once, then the deployment's orchestrator is
+            # woken, as every join wakes it.
+            self.joined["device"] = frame.join_ref
+            await self._send(protocol.reply(frame.join_ref, frame.ref, "device", "ok", {}))
+            if self.deployment_id is not None:
+                await device_db_call(rollout.wake_now)(self.deployment_id)
+        else:
+            with dispatcher.onboard():
+                outcome, self.deployment_id = await device_db_call(join.store_join)(self.device_id, params)
+            self.joined["device"] = frame.join_ref
+            await self._send(protocol.reply(frame.join_ref, frame.ref, "device", "ok", {}))
+            if outcome.fwup_public_keys:
+                await self._push("device", "fwup_public_keys", {"keys": outcome.fwup_public_keys})
+            if outcome.archive_public_keys:
+                await self._push("device", "archive_public_keys", {"keys": outcome.archive_public_keys})
         if params.api_version >= (2, 2, 0):
             await self._push("device", "extensions:get", {})
         early, self._before_join = self._before_join or [], None

@@ -142,6 +142,11 @@ class Dispatcher:
         self._addressed[self._numbers] = socket
         return socket_address(self._channel, self._numbers), self._numbers
 
+    def lease_taken(self) -> int | None:
+        """This process's lease if it is taken already (it is, once the process
+        has started or recorded a connection)."""
+        return self._lease_id
+
     async def lease(self) -> int:
         """This process's lease, taken on first use (one INSERT per process):
         every connection it records names it."""

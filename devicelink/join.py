@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from deployments import rollout
 from deployments.models import Deployment
+from devicelink import hotpath
 from devicelink.protocol import DeviceJoin
 from devices import scripts, services
 from devices.models import Device
@@ -54,6 +55,14 @@ def join_report(params: DeviceJoin) -> services.JoinReport:
         firmware_validated=params.meta.firmware_validated,
         firmware_auto_revert_detected=params.meta.firmware_auto_revert_detected,
     )
+
+
+def needs_nothing(known: hotpath.StoredDevice, params: DeviceJoin) -> bool:
+    """Whether `store_join` of this join would write, push and change nothing,
+    judged on what the connect read (devicelink.hotpath): then it is skipped."""
+    if "on_connect" in (params.fwup_public_keys, params.archive_public_keys):
+        return False  # the org's signing keys are read and sent
+    return hotpath.join_needs_nothing(known, join_report(params))
 
 
 def store_join(device_id: int, params: DeviceJoin) -> tuple[JoinOutcome, int | None]:

@@ -399,12 +399,8 @@ class JoinReport:
     firmware_auto_revert_detected: bool = False
 
 
-def join_device(device_id: int, report: JoinReport) -> Device:
-    """Store what the `device` join reports (docs/device-protocol.md §4.2) and
-    return the device as stored.
-
-    A reconnecting device mostly reports what is stored already: then this is
-    one read and nothing is written."""
+def join_fields(report: JoinReport) -> dict[str, object]:
+    """The device columns a `device` join reports, as they are stored."""
     validation = {
         True: ValidationStatus.VALIDATED,
         False: ValidationStatus.NOT_VALIDATED,
@@ -430,6 +426,16 @@ def join_device(device_id: int, report: JoinReport) -> Device:
             firmware_vcs_identifier=report.nerves_fw_vcs_identifier[:200],
             firmware_misc=report.nerves_fw_misc,
         )
+    return fields
+
+
+def join_device(device_id: int, report: JoinReport) -> Device:
+    """Store what the `device` join reports (docs/device-protocol.md §4.2) and
+    return the device as stored.
+
+    A reconnecting device mostly reports what is stored already: then this is
+    one read and nothing is written."""
+    fields = join_fields(report)
     device = Device.objects.get(pk=device_id)
     changed = {name: value for name, value in fields.items() if getattr(device, name) != value}
     if changed:

@@ -19,7 +19,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from django.core.cache import cache
+from django.core.cache import DEFAULT_CACHE_ALIAS, caches
+from django.core.cache.backends.base import BaseCache
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,21 @@ class Bucket:
         return cls(f"failures:{kind}:{digest}", limit)
 
 
+_counters: BaseCache | None = None
+
+
+def _cache() -> BaseCache:
+    """One cache client per process. Django keeps cache clients per asyncio
+    context, as it does database connections: read from a device socket's
+    context, `django.core.cache.cache` was a new client, and with Redis a new
+    TCP connection, for every connect (a seventh of a join's CPU in M3,
+    docs/benchmarks.md). The backends are safe to share between threads."""
+    global _counters
+    if _counters is None:
+        _counters = caches.create_connection(DEFAULT_CACHE_ALIAS)
+    return _counters
+
+
 def _active(buckets: Iterable[Bucket]) -> list[Bucket]:
     return [b for b in buckets if b.limit > 0]
 
@@ -45,7 +61,7 @@ def blocked(buckets: Sequence[Bucket]) -> bool:
     if not active:
         return False
     try:
-        counts = cache.get_many([b.name for b in active])
+        counts = _cache().get_many([b.name for b in active])
     except Exception as exc:  # whatever the backend raises (module docstring: skip the limit)
         logger.warning("failure counters unavailable: %r", exc)
         return False
@@ -55,10 +71,10 @@ def blocked(buckets: Sequence[Bucket]) -> bool:
 def record(buckets: Sequence[Bucket], window: int) -> None:
     for bucket in _active(buckets):
         try:
-            if not cache.add(bucket.name, 1, timeout=window):
+            if not _cache().add(bucket.name, 1, timeout=window):
                 try:
-                    cache.incr(bucket.name)
+                    _cache().incr(bucket.name)
                 except ValueError:  # expired between add and incr: start a new window
-                    cache.add(bucket.name, 1, timeout=window)
+                    _cache().add(bucket.name, 1, timeout=window)
         except Exception as exc:  # as in blocked()
             logger.warning("failure counter %s not recorded: %r", bucket.name, exc)

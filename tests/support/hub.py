@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -102,16 +102,18 @@ def start_hub(
     timeout: float = 30.0,
     grace_seconds: float = 10.0,
     group: bool = False,
+    launcher: Sequence[str] = ("-m", "nerveshub.serve"),
 ) -> HubProcess:
     """Start a hub on `port` (a free one by default) with `env`, PUBLIC_URL
     naming it, then `extra`; its output goes to `log_dir/hub-<port>.log`
     (appended to, so a hub restarted on its port keeps one log). Raises
-    RuntimeError, with the log, when it exits or does not listen in time."""
+    RuntimeError, with the log, when it exits or does not listen in time.
+    `launcher` replaces `-m nerveshub.serve` (bench/common.py's profiler wraps it)."""
     port = port or free_port()
     log_path = log_dir / f"hub-{port}.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "nerveshub.serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, *launcher, "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
             env={**env, "PUBLIC_URL": f"http://127.0.0.1:{port}", **(extra or {})},
             stdout=log,

@@ -1,0 +1,103 @@
+"""A returning device's one-statement connect (devicelink/hotpath.py) across two
+hub processes: what each process keeps (the product keys it has read) and what
+the connect reads with the device (its deployment) never hides a change made
+elsewhere. The stated bound is the next connect: every connect checks the key
+and reads the deployment in its own statement.
+
+Each test first connects the device through both processes, so that both have
+read the key and know the device: the fast path is what answers afterwards.
+"""
+
+from __future__ import annotations
+
+import pytest
+import websockets
+from django.db import connection
+
+from deployments.models import Deployment
+from devices import services
+from devices.models import Device, ProductSharedSecret
+from tests.deployments.conftest import make_firmware
+from tests.devices.conftest import Credentials, run
+from tests.support.hub import HubLauncher, HubProcess
+from tests.support.nhl_client import DEFAULT_FW
+
+pytestmark = [
+    pytest.mark.services,
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="the fast path runs on PostgreSQL only"),
+]
+
+
+async def connect_and_close(
+    creds: Credentials, hub: HubProcess, identifier: str, key: str = "", secret: str = ""
+) -> None:
+    device = creds.device(hub.ws_url, identifier, request_keys=False)
+    if key:
+        device.key, device.secret = key, secret
+    reply = await device.connect()
+    assert reply[4]["status"] == "ok", reply
+    await device.heartbeat()
+    await device.close()
+
+
+async def refusal(creds: Credentials, hub: HubProcess, identifier: str) -> int:
+    device = creds.device(hub.ws_url, identifier, request_keys=False)
+    try:
+        await device.open()
+    except websockets.InvalidStatus as exc:
+        return exc.response.status_code
+    await device.close()
+    return 101
+
+
+def test_a_deactivated_key_is_refused_by_every_process_at_its_next_connect(
+    live_hub: HubLauncher, creds: Credentials
+) -> None:
+    hub_a, hub_b = live_hub(), live_hub()
+
+    async def warm() -> None:
+        for hub in (hub_a, hub_b, hub_a, hub_b):
+            await connect_and_close(creds, hub, "dev-key")
+
+    run(warm())
+    # when: the operator deactivates the product key (from neither hub process)
+    services.deactivate_secrets("test", ProductSharedSecret.objects.filter(key=creds.product_key))
+    # then: both processes refuse the very next connect with it
+    assert run(refusal(creds, hub_b, "dev-key")) == 401
+    assert run(refusal(creds, hub_a, "dev-key")) == 401
+    # and a new key of the product is accepted at once by a process that read the old one
+    _, issued = services.create_product_secret("test", creds.tenant.product)
+    run(connect_and_close(creds, hub_b, "dev-key", issued.key, issued.secret))
+
+
+def test_a_changed_deployment_is_seen_by_the_other_process_at_the_next_join(
+    live_hub: HubLauncher, creds: Credentials
+) -> None:
+    product = creds.tenant.product
+    firmware = make_firmware(product, DEFAULT_FW["nerves_fw_version"], platform=DEFAULT_FW["nerves_fw_platform"])
+    firmware.architecture = DEFAULT_FW["nerves_fw_architecture"]
+    firmware.save()
+    first = Deployment.objects.create(
+        org=creds.tenant.org, product=product, name="a", firmware=firmware, is_active=True
+    )
+    hub_a, hub_b = live_hub(), live_hub()
+
+    async def warm() -> None:
+        for hub in (hub_a, hub_b, hub_a, hub_b):
+            await connect_and_close(creds, hub, "dev-dep")
+
+    run(warm())
+    assert Device.objects.get(identifier="dev-dep").deployment_id == first.pk
+    # when: the deployment stops and another starts, written by neither hub process
+    Deployment.objects.filter(pk=first.pk).update(is_active=False)
+    second = Deployment.objects.create(
+        org=creds.tenant.org, product=product, name="b", firmware=firmware, is_active=True
+    )
+    # then: the next join through either process moves the device
+    run(connect_and_close(creds, hub_b, "dev-dep"))
+    assert Device.objects.get(identifier="dev-dep").deployment_id == second.pk
+    # when: the device no longer matches its deployment's conditions
+    Deployment.objects.filter(pk=second.pk).update(conditions_tags=["beta"])
+    run(connect_and_close(creds, hub_a, "dev-dep"))
+    # then: it leaves it at its next join
+    assert Device.objects.get(identifier="dev-dep").deployment_id is None
