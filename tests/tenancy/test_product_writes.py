@@ -24,7 +24,13 @@ def _logged_in(user: Any) -> Client:
 
 
 def _admin_add(tenant: Any, name: str, extensions: str) -> Any:
-    form = {"org": tenant.org.pk, "name": name, "description": "", "extensions": extensions}
+    form = {
+        "org": tenant.org.pk,
+        "name": name,
+        "description": "",
+        "extensions": extensions,
+        "poll_interval_seconds": 3600,
+    }
     return _logged_in(tenant.manager).post(reverse("admin:tenancy_product_add"), form)
 
 
