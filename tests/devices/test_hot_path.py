@@ -50,10 +50,14 @@ async def refusal(creds: Credentials, hub: HubProcess, identifier: str) -> int:
     return 101
 
 
+# Off by default (nerveshub/settings.py): these tests are about the fast path.
+FAST_PATH = {"DEVICE_FAST_PATH": "true"}
+
+
 def test_a_deactivated_key_is_refused_by_every_process_at_its_next_connect(
     live_hub: HubLauncher, creds: Credentials
 ) -> None:
-    hub_a, hub_b = live_hub(), live_hub()
+    hub_a, hub_b = live_hub(FAST_PATH), live_hub(FAST_PATH)
 
     async def warm() -> None:
         for hub in (hub_a, hub_b, hub_a, hub_b):
@@ -80,7 +84,7 @@ def test_a_changed_deployment_is_seen_by_the_other_process_at_the_next_join(
     first = Deployment.objects.create(
         org=creds.tenant.org, product=product, name="a", firmware=firmware, is_active=True
     )
-    hub_a, hub_b = live_hub(), live_hub()
+    hub_a, hub_b = live_hub(FAST_PATH), live_hub(FAST_PATH)
 
     async def warm() -> None:
         for hub in (hub_a, hub_b, hub_a, hub_b):

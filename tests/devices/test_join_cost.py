@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from pytest_django.fixtures import Settings
 
 from deployments.models import Deployment, DeviceUpdate
 from devicelink import auth
@@ -52,6 +53,13 @@ def connect_and_join(
         return connected.info.deployment_id
     _, deployment_id = store_join(connected.device_id, params)
     return deployment_id
+
+
+@pytest.fixture(autouse=True)
+def with_the_fast_path(settings: Settings) -> None:
+    # DEVICE_FAST_PATH is off by default (nerveshub/settings.py); these budgets
+    # are the fast path's on PostgreSQL and the full path's on SQLite.
+    settings.DEVICE_FAST_PATH = True
 
 
 def fast_path() -> bool:
