@@ -201,7 +201,7 @@ class Stack:
     ) -> HubProcess:
         """A hub process; with `profile`, run under cProfile (every thread), the
         statistics written to that file when it stops (`profiled_hub`)."""
-        launcher = (__file__, "profiled", str(profile)) if profile else ("-m", "nerveshub.serve")
+        launcher = (__file__, "profiled", str(profile)) if profile else None
         try:
             hub = start_hub(self.env, self.work, extra, port=port, timeout=60, grace_seconds=30, launcher=launcher)
         except RuntimeError as exc:

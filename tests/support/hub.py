@@ -102,7 +102,7 @@ def start_hub(
     timeout: float = 30.0,
     grace_seconds: float = 10.0,
     group: bool = False,
-    launcher: Sequence[str] = ("-m", "nerveshub.serve"),
+    launcher: Sequence[str] | None = None,
 ) -> HubProcess:
     """Start a hub on `port` (a free one by default) with `env`, PUBLIC_URL
     naming it, then `extra`; its output goes to `log_dir/hub-<port>.log`
@@ -110,6 +110,7 @@ def start_hub(
     RuntimeError, with the log, when it exits or does not listen in time.
     `launcher` replaces `-m nerveshub.serve` (bench/common.py's profiler wraps it)."""
     port = port or free_port()
+    launcher = launcher or ("-m", "nerveshub.serve")
     log_path = log_dir / f"hub-{port}.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
