@@ -118,36 +118,45 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return _error(request, exc.status_code, {"detail": str(exc)})
 
 
-@api.exception_handler(NinjaValidationError)
-def _invalid_input(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
-    fields: dict[str, list[str]] = {}
-    for error in exc.errors:
-        location = [str(part) for part in error.get("loc", []) if part not in ("body", "payload", "query", "path")]
-        fields.setdefault(".".join(location) or "detail", []).append(str(error.get("msg", "invalid")))
-    return _error(request, 422, fields)
+def answer_input_errors(target: NinjaAPI, label: str) -> None:
+    """The answers both APIs (this one and nerveshub.nhapi) give to bad input:
+    422 with the fields at fault, 413 for a body over the limit, 422 for what
+    the database cannot store; `{"errors": …}` as NervesHub shapes them."""
+
+    def error(request: HttpRequest, status: int, errors: dict[str, Any]) -> HttpResponse:
+        return target.create_response(request, {"errors": errors}, status=status)
+
+    @target.exception_handler(NinjaValidationError)
+    def _invalid_input(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
+        fields: dict[str, list[str]] = {}
+        for item in exc.errors:
+            location = [str(part) for part in item.get("loc", []) if part not in ("body", "payload", "query", "path")]
+            fields.setdefault(".".join(location) or "detail", []).append(str(item.get("msg", "invalid")))
+        return error(request, 422, fields)
+
+    @target.exception_handler(DjangoValidationError)
+    def _model_invalid(request: HttpRequest, exc: DjangoValidationError) -> HttpResponse:
+        if hasattr(exc, "error_dict"):
+            fields = {k: [str(m) for e in v for m in e.messages] for k, v in exc.error_dict.items()}
+            return error(request, 422, fields)
+        return error(request, 422, {"detail": exc.messages})
+
+    @target.exception_handler(RequestDataTooBig)
+    def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+        # Django's own answer would be an HTML 400 page. (Firmware files are
+        # multipart uploads, streamed to storage: this limit is not theirs.)
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return error(request, 413, {"detail": f"the request body is larger than {limit} bytes"})
+
+    @target.exception_handler(DataError)
+    def _unstorable(request: HttpRequest, exc: DataError) -> HttpResponse:
+        # What the database cannot store (a NUL in a path, a number out of range) is
+        # the caller's input, not a server fault.
+        logger.info("%s input refused by the database: %s %s: %s", label, request.method, request.path, exc)
+        return error(request, 422, {"detail": "a value cannot be stored: " + str(exc).split("\n", 1)[0]})
 
 
-@api.exception_handler(DjangoValidationError)
-def _model_invalid(request: HttpRequest, exc: DjangoValidationError) -> HttpResponse:
-    if hasattr(exc, "error_dict"):
-        return _error(request, 422, {k: [str(m) for e in v for m in e.messages] for k, v in exc.error_dict.items()})
-    return _error(request, 422, {"detail": exc.messages})
-
-
-@api.exception_handler(RequestDataTooBig)
-def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
-    # Django's own answer would be an HTML 400 page. (Firmware files are
-    # multipart uploads, streamed to storage: this limit is not theirs.)
-    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-    return _error(request, 413, {"detail": f"the request body is larger than {limit} bytes"})
-
-
-@api.exception_handler(DataError)
-def _unstorable(request: HttpRequest, exc: DataError) -> HttpResponse:
-    # What the database cannot store (a NUL in a path, a number out of range) is
-    # the caller's input, not a server fault.
-    logger.info("API input refused by the database: %s %s: %s", request.method, request.path, exc)
-    return _error(request, 422, {"detail": "a value cannot be stored: " + str(exc).split("\n", 1)[0]})
+answer_input_errors(api, "API")
 
 
 def register_routers() -> None:

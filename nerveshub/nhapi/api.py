@@ -17,18 +17,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
-from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import DataError
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
-from ninja.errors import ValidationError as NinjaValidationError
 
 # The same token check and body parser as /api/v1/: one definition of who a
 # token is and of which bodies are refused before any route runs.
-from nerveshub.api import InputParser, TokenAuth
+from nerveshub.api import InputParser, TokenAuth, answer_input_errors
 from nerveshub.nhapi import deployments, devices, firmware, orgs, users
 from nerveshub.nhapi.common import FieldErrors
 
@@ -67,33 +62,7 @@ def _field_errors(request: HttpRequest, exc: FieldErrors) -> HttpResponse:
     return _error(request, 422, exc.errors)
 
 
-@api.exception_handler(NinjaValidationError)
-def _invalid_input(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
-    fields: dict[str, list[str]] = {}
-    for error in exc.errors:
-        location = [str(part) for part in error.get("loc", []) if part not in ("body", "payload", "query", "path")]
-        fields.setdefault(".".join(location) or "detail", []).append(str(error.get("msg", "invalid")))
-    return _error(request, 422, fields)
-
-
-@api.exception_handler(DjangoValidationError)
-def _model_invalid(request: HttpRequest, exc: DjangoValidationError) -> HttpResponse:
-    if hasattr(exc, "error_dict"):
-        return _error(request, 422, {k: [str(m) for e in v for m in e.messages] for k, v in exc.error_dict.items()})
-    return _error(request, 422, {"detail": exc.messages})
-
-
-@api.exception_handler(RequestDataTooBig)
-def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
-    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-    return _error(request, 413, {"detail": f"the request body is larger than {limit} bytes"})
-
-
-@api.exception_handler(DataError)
-def _unstorable(request: HttpRequest, exc: DataError) -> HttpResponse:
-    # What the database cannot store is the caller's input, not a server fault.
-    logger.info("NervesHub API input refused by the database: %s %s: %s", request.method, request.path, exc)
-    return _error(request, 422, {"detail": "a value cannot be stored: " + str(exc).split("\n", 1)[0]})
+answer_input_errors(api, "NervesHub API")
 
 
 def register_routers() -> None:
