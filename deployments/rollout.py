@@ -667,12 +667,10 @@ def push_pending_update(device_id: int, channel: str | None = None) -> bool:
     if update is None:
         return False
     deployment = update.deployment
-    if (
-        deployment is None
-        or not deployment.is_active
-        or deployment.paused_at is not None
-        or update.firmware.status != FirmwareStatus.VALID
-    ):
+    # An update without a deployment is an operator's manual push
+    # (deployments.manual): re-sent like any other while its firmware is valid.
+    stopped = deployment is not None and (not deployment.is_active or deployment.paused_at is not None)
+    if stopped or update.firmware.status != FirmwareStatus.VALID:
         # Not re-sent: a stopped deployment pushes nothing new (the in-flight
         # timeout frees the slot), and only valid firmware has a download URL.
         return False
@@ -1321,7 +1319,9 @@ def _settle_polled_update(device: Device, update: DeviceUpdate, now: datetime) -
         if finished is not None:
             attempt_finished(finished.pk)
         return _FREED
-    lease = timedelta(minutes=deployment.inflight_timeout_minutes if deployment is not None else 0)
+    # A manual update (no deployment) has the default in-flight timeout, as
+    # the sweep of deployments.manual judges it.
+    lease = timedelta(minutes=deployment.inflight_timeout_minutes if deployment is not None else 30)
     if update.updated_at + lease > now:
         if (
             deployment is None

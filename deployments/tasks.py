@@ -6,7 +6,7 @@ import logging
 
 from celery import shared_task
 
-from deployments import deltas, rollout
+from deployments import deltas, manual, rollout
 from deployments.models import Deployment
 from nerveshub.lib.enqueue import enqueue
 
@@ -31,7 +31,9 @@ def run_rollout_task(deployment_id: int) -> None:
 def run_all_rollouts() -> None:
     """The periodic backstop: a lost wake-up, an expired in-flight update or a
     rescheduled device whose delay passed, or a push lost on its way, is picked
-    up within one period. It enqueues runs whatever the wake-up marks say."""
+    up within one period. It enqueues runs whatever the wake-up marks say.
+    Manual updates, which no deployment's run looks at, are expired here."""
+    manual.expire_stale_manual_updates()
     for deployment_id in Deployment.objects.filter(is_active=True, paused_at__isnull=True).values_list("pk", flat=True):
         if not enqueue(run_rollout_task, deployment_id):
             return  # the broker is away: the next period tries them all again
