@@ -41,11 +41,35 @@ def _new_ref() -> str:
     return base64.b64encode(secrets.token_bytes(4)).decode().rstrip("=")
 
 
+# Ad-hoc text is held to what a saved script may hold (a TextField has no
+# limit of its own); the device's answer is bounded separately.
+TEXT_MAX = 100_000
+DEFAULT_TIMEOUT_MS = 10_000
+
+
 def run_script(actor: Actor, device: Device, script: SupportScript) -> ScriptRun:
     """Send the script to the device. Raises ScriptRefused with a sentence for
     the operator when the device cannot run it now."""
     if script.product_id != device.product_id:
         raise ScriptRefused(f"{script.name!r} belongs to another product than {device.identifier}.")
+    return _start_run(actor, device, script.text, script.timeout_ms, script=script)
+
+
+def run_text(actor: Actor, device: Device, text: str, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> ScriptRun:
+    """Send ad-hoc Elixir `text` (not a saved script) to the device, with the
+    same checks, audit and record as run_script. Raises ScriptRefused."""
+    if not text.strip():
+        raise ScriptRefused("There is no code to run.")
+    if len(text) > TEXT_MAX:
+        raise ScriptRefused(f"The code is longer than {TEXT_MAX} characters.")
+    if not 1 <= timeout_ms <= 600_000:
+        raise ScriptRefused("The timeout must be between 1 ms and 10 minutes.")
+    return _start_run(actor, device, text, timeout_ms)
+
+
+def _start_run(
+    actor: Actor, device: Device, text: str, timeout_ms: int, *, script: SupportScript | None = None
+) -> ScriptRun:
     if device.deleted_at is not None:
         raise ScriptRefused(f"{device.identifier} is deleted.")
     api = parse_semver(device.device_api_version) or (1, 0, 0)
@@ -64,11 +88,16 @@ def run_script(actor: Actor, device: Device, script: SupportScript) -> ScriptRun
                     device=device,
                     script=script,
                     ref=_new_ref(),
-                    text=script.text,
-                    timeout_ms=script.timeout_ms,
+                    text=text,
+                    timeout_ms=timeout_ms,
                     requested_by=actor if isinstance(actor, User) else None,
                 )
-                audit(actor, "device.script_run", device, details={"script": script.name, "ref": run.ref})
+                audit(
+                    actor,
+                    "device.script_run",
+                    device,
+                    details={"script": script.name if script is not None else None, "ref": run.ref},
+                )
                 publish.send_to_device(
                     device.pk, "scripts/run", {"ref": run.ref, "text": run.text, "timeout": run.timeout_ms}
                 )

@@ -14,10 +14,13 @@ from pydantic import ConfigDict, Field
 
 from certificates import services as certificates
 from certificates.models import DeviceCertificate
+from deployments.manual import UpdateRefused, send_update
 from devices import services
 from devices.fields import normalise_tags
 from devices.models import IDENTIFIER_MAX_LENGTH, Device, validate_identifier, validate_tags
 from devices.move import MoveRefused, move_device
+from devices.scripts import TEXT_MAX, ScriptRefused, run_text
+from firmware.models import Firmware
 from nerveshub.apihelpers import actor
 from nerveshub.lib.params import MAX_PAGE
 from nerveshub.nhapi.common import (
@@ -276,6 +279,47 @@ def move(request: HttpRequest, org: str, product: str, identifier: str, payload:
     except MoveRefused as exc:
         raise HttpError(409, str(exc)) from None
     return Data(data=device_out(moved))
+
+
+class UpgradeIn(Schema):
+    model_config = ConfigDict(extra="ignore")
+    uuid: str = Field(min_length=1, max_length=64, description="The UUID of a valid firmware of the device's product")
+
+
+@router.post(BASE + "/{identifier}/upgrade", response={204: None})
+def upgrade(request: HttpRequest, org: str, product: str, identifier: str, payload: UpgradeIn) -> Status[None]:
+    """Push that firmware (the full file) to the connected device now, outside
+    any deployment (docs/rollout.md, "Manual updates")."""
+    device = _device(request, org, product, identifier, Role.MANAGE)
+    firmware = Firmware.objects.filter(product=device.product, uuid=payload.uuid).select_related("product").first()
+    if firmware is None:
+        raise not_found(f"firmware {payload.uuid!r}")
+    try:
+        send_update(actor(request), device, firmware)
+    except UpdateRefused as exc:
+        raise HttpError(409, exc.reason) from None
+    return Status(204, None)
+
+
+class CodeIn(Schema):
+    model_config = ConfigDict(extra="ignore")
+    body: str | None = Field(None, max_length=TEXT_MAX, description="Elixir code to run on the device")
+    code: str | None = Field(None, max_length=TEXT_MAX, description="The same, under the other name the tools use")
+
+
+@router.post(BASE + "/{identifier}/code", response={204: None})
+def code(request: HttpRequest, org: str, product: str, identifier: str, payload: CodeIn) -> Status[None]:
+    """Run the text on the connected device as a support script (device API
+    2.1.0 or later); its answer is kept with the device's script runs."""
+    device = _device(request, org, product, identifier, Role.MANAGE)
+    text = payload.code if payload.code is not None else payload.body
+    if text is None or not text.strip():
+        raise FieldErrors({"body": ["the code to run is required"]})
+    try:
+        run_text(actor(request), device, text)
+    except ScriptRefused as exc:
+        raise HttpError(409, exc.reason) from None
+    return Status(204, None)
 
 
 # --- Device certificates -------------------------------------------------------------

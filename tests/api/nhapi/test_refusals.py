@@ -50,6 +50,8 @@ BODIES: dict[str, Any] = {
     "/deployments": {"name": "d", "firmware": "f"},
     "/deployments/main": {"deployment": {"state": "on"}},
     "/move": {"new_org_name": "acme", "new_product_name": "widget"},
+    "/upgrade": {"uuid": "f"},
+    "/code": {"body": "1 + 1"},
 }
 
 
@@ -142,6 +144,13 @@ HOSTILE: list[tuple[str, str, Any]] = [
     ("POST", ORG + "/users", {"username": "victor", "role": 7}),
     ("POST", ORG + "/products", {"product": {"name": "\x00"}}),
     ("PUT", ORG + "/products/widget", {"name": "y" * 1000}),
+    ("POST", PRODUCT + "/devices/dev-1/upgrade", {"uuid": ["a", "list"]}),
+    ("POST", PRODUCT + "/devices/dev-1/upgrade", {"uuid": "\x00" * 100}),
+    ("POST", PRODUCT + "/devices/dev-1/upgrade", {}),
+    ("POST", PRODUCT + "/devices/dev-1/code", {}),
+    ("POST", PRODUCT + "/devices/dev-1/code", {"body": 42}),
+    ("POST", PRODUCT + "/devices/dev-1/code", {"body": "x" * 200_000}),
+    ("POST", PRODUCT + "/devices/dev-1/code", {"body": "   "}),
 ]
 
 
