@@ -220,9 +220,10 @@ def add_member(request: HttpRequest, org: str, payload: MemberIn) -> Status[Data
     user = _find_user(who) if who else None
     if user is None:
         raise FieldErrors({"username": ["no such user; invite them by e-mail address instead"]})
-    if Membership.objects.filter(org=organization, user=user).exists():
-        raise HttpError(409, f"{user.get_username()} is already a member of {organization.name}")
-    membership = tenancy.set_membership(actor(request), organization, user, role)
+    try:
+        membership = tenancy.add_member(actor(request), organization, user, role)
+    except tenancy.MemberChangeRefused as exc:
+        raise HttpError(409, str(exc)) from None
     return Status(201, Data(data=_member_out(membership)))
 
 
@@ -249,8 +250,8 @@ def get_member(request: HttpRequest, org: str, who: str) -> Data[MemberOut]:
 def change_role(request: HttpRequest, org: str, who: str, payload: RoleIn) -> Data[MemberOut]:
     membership = _membership(request, org, who, Role.ADMIN)
     try:
-        changed = members.change_member_role(actor(request), membership, _role(payload.role))
-    except members.MemberChangeRefused as exc:
+        changed = tenancy.change_member_role(actor(request), membership, _role(payload.role))
+    except tenancy.MemberChangeRefused as exc:
         raise HttpError(409, str(exc)) from None
     return Data(data=_member_out(changed))
 
@@ -259,7 +260,7 @@ def change_role(request: HttpRequest, org: str, who: str, payload: RoleIn) -> Da
 def remove_member(request: HttpRequest, org: str, who: str) -> Status[None]:
     membership = _membership(request, org, who, Role.ADMIN)
     try:
-        members.remove_member(actor(request), membership)
-    except members.MemberChangeRefused as exc:
+        tenancy.remove_member(actor(request), membership)
+    except tenancy.MemberChangeRefused as exc:
         raise HttpError(409, str(exc)) from None
     return Status(204, None)

@@ -136,6 +136,54 @@ def set_membership(actor: Actor, org: Organization, user: User, role: str) -> Me
     return membership
 
 
+class MemberChangeRefused(Exception):
+    """A member change the organization does not allow; the message says why."""
+
+
+def _other_admins(membership: Membership) -> bool:
+    return Membership.objects.filter(org_id=membership.org_id, role=Role.ADMIN).exclude(pk=membership.pk).exists()
+
+
+def add_member(actor: Actor, org: Organization, user: User, role: str) -> Membership:
+    """Make an existing user a member with `role`. Raises MemberChangeRefused
+    when they are a member already (a role change is change_member_role)."""
+    with transaction.atomic():
+        if Membership.objects.filter(org=org, user=user).exists():
+            raise MemberChangeRefused(f"{user.get_username()} is already a member of {org.name}.")
+        return set_membership(actor, org, user, role)
+
+
+def change_member_role(actor: Actor, membership: Membership, role: str) -> Membership:
+    """Give a member another role. Raises MemberChangeRefused when that would
+    leave the organization without an admin."""
+    role = Role(role)
+    with transaction.atomic():
+        locked = Membership.objects.select_for_update().select_related("org", "user").get(pk=membership.pk)
+        if locked.role == Role.ADMIN and role != Role.ADMIN and not _other_admins(locked):
+            raise MemberChangeRefused("The organization needs at least one admin.")
+        return set_membership(actor, locked.org, locked.user, role)
+
+
+def remove_member(actor: Actor, membership: Membership) -> bool:
+    """Take a member out of the organization. Returns False when they had left
+    already. Raises MemberChangeRefused for the last admin."""
+    with transaction.atomic():
+        locked = Membership.objects.select_for_update().filter(pk=membership.pk).first()
+        if locked is None:
+            return False
+        if locked.role == Role.ADMIN and not _other_admins(locked):
+            raise MemberChangeRefused("The organization needs at least one admin.")
+        audit(
+            actor,
+            "member.removed",
+            locked,
+            org=locked.org_id,
+            details={"user": str(membership.user), "role": locked.role},
+        )
+        locked.delete()
+    return True
+
+
 def role_in(user: AbstractBaseUser | AnonymousUser, org: Organization | int) -> str | None:
     """The user's role in org, or None for an outsider. Superusers act as admin."""
     if not user.is_authenticated:

@@ -1,6 +1,6 @@
 """Business rules the organization pages need beyond the domain apps' own
-services: invitations and member removal. Every change writes its audit event
-in the same transaction."""
+services: invitations. Member changes are nerveshub.tenancy.services'. Every
+change writes its audit event in the same transaction."""
 
 from __future__ import annotations
 
@@ -20,10 +20,6 @@ from nerveshub.web.models import Invitation
 
 INVITATION_TTL = timedelta(days=7)
 INVITATION_PREFIX = "nhi_"
-
-
-class MemberChangeRefused(Exception):
-    """A member change that would leave the organization without an admin."""
 
 
 class InvitationInvalid(Exception):
@@ -104,34 +100,3 @@ def revoke_invitation(actor: User, invitation: Invitation) -> bool:
         if changed:
             tenancy.audit(actor, "invitation.revoked", invitation)
     return bool(changed)
-
-
-def _other_admins(membership: Membership) -> bool:
-    return Membership.objects.filter(org_id=membership.org_id, role=Role.ADMIN).exclude(pk=membership.pk).exists()
-
-
-def change_member_role(actor: User, membership: Membership, role: str) -> Membership:
-    role = Role(role)
-    with transaction.atomic():
-        locked = Membership.objects.select_for_update().select_related("org", "user").get(pk=membership.pk)
-        if locked.role == Role.ADMIN and role != Role.ADMIN and not _other_admins(locked):
-            raise MemberChangeRefused("The organization needs at least one admin.")
-        return tenancy.set_membership(actor, locked.org, locked.user, role)
-
-
-def remove_member(actor: User, membership: Membership) -> bool:
-    with transaction.atomic():
-        locked = Membership.objects.select_for_update().filter(pk=membership.pk).first()
-        if locked is None:
-            return False
-        if locked.role == Role.ADMIN and not _other_admins(locked):
-            raise MemberChangeRefused("The organization needs at least one admin.")
-        tenancy.audit(
-            actor,
-            "member.removed",
-            locked,
-            org=locked.org_id,
-            details={"user": str(membership.user), "role": locked.role},
-        )
-        locked.delete()
-    return True

@@ -301,9 +301,9 @@ def member_role(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     form = RoleForm(request.POST)
     if form.is_valid():
         try:
-            services.change_member_role(_user(request), membership, form.cleaned_data["role"])
+            tenancy.change_member_role(_user(request), membership, form.cleaned_data["role"])
             messages.success(request, f"{membership.user} is now {Role(form.cleaned_data['role']).label}.")
-        except services.MemberChangeRefused as exc:
+        except tenancy.MemberChangeRefused as exc:
             messages.error(request, str(exc))
     return redirect("web:members", access.slug)
 
@@ -314,9 +314,9 @@ def member_remove(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     access = get_org_for_user(request, org, Role.ADMIN)
     membership = get_object_or_404(Membership.objects.select_related("user"), pk=pk, org=access.org)
     try:
-        services.remove_member(_user(request), membership)
+        tenancy.remove_member(_user(request), membership)
         messages.success(request, f"{membership.user} removed.")
-    except services.MemberChangeRefused as exc:
+    except tenancy.MemberChangeRefused as exc:
         messages.error(request, str(exc))
     return redirect("web:members", access.slug)
 

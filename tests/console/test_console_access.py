@@ -22,8 +22,8 @@ from websockets.exceptions import ConnectionClosed
 
 from devices import services as device_services
 from nerveshub.tenancy import redaction
+from nerveshub.tenancy import services as tenancy_services
 from nerveshub.tenancy.models import AuditEvent, Membership, Role
-from nerveshub.web import services as web_services
 from tests.console.conftest import (
     PROMPT,
     FakeIEx,
@@ -84,7 +84,7 @@ def test_it_refuses_the_keystrokes_of_a_member_removed_elsewhere(
         await manager.output_until(PROMPT)
         # when: an admin removes the manager from another process (a shell, the
         # admin of another hub process), and the manager keeps typing
-        await in_thread(web_services.remove_member, creds.tenant.admin, membership)
+        await in_thread(tenancy_services.remove_member, creds.tenant.admin, membership)
         await _still_typing(manager, "halt()\r")
         closed, code = await _closed_with(manager)
         await asyncio.sleep(0.5)
