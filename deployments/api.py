@@ -10,7 +10,9 @@ from ninja.errors import HttpError
 from pydantic import ConfigDict, Field, StrictBool
 
 from deployments import deltas, rollout
+from deployments.manual import UpdateRefused, send_update
 from deployments.models import Deployment
+from devices.api import load_device
 from devices.fields import normalise_tags
 from firmware import deltas as firmware_deltas
 from firmware.models import Firmware, FirmwareKind
@@ -226,4 +228,49 @@ def status(request: HttpRequest, org: str, product: str, name: str) -> StatusOut
         paused=deployment.paused_at is not None,
         paused_reason=deployment.paused_reason,
         counts=rollout.progress(deployment),
+    )
+
+
+# --- Manual updates (docs/rollout.md, "Manual updates") ----------------------------------
+
+
+class ManualUpdateIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+    firmware: str = Field(min_length=1, max_length=64, description="The UUID of a valid firmware of the product")
+
+
+class ManualUpdateOut(Schema):
+    id: int
+    firmware: str
+    version: str
+    status: str
+    created_at: datetime
+
+
+@router.post(
+    "/orgs/{org}/products/{product}/devices/{identifier}/update", response={202: ManualUpdateOut}, tags=["devices"]
+)
+def push_update(
+    request: HttpRequest, org: str, product: str, identifier: str, payload: ManualUpdateIn
+) -> Status[ManualUpdateOut]:
+    """Push that firmware (the full file) to the connected device now, outside
+    any deployment. The device's reports then move the update along (its
+    history on the device page and in the audit log)."""
+    device = load_device(request, org, product, identifier, Role.MANAGE)
+    firmware = Firmware.objects.select_related("product").filter(product=device.product, uuid=payload.firmware).first()
+    if firmware is None:
+        raise HttpError(404, f"firmware {payload.firmware!r} not found in {product}")
+    try:
+        update = send_update(actor(request), device, firmware)
+    except UpdateRefused as exc:
+        raise HttpError(409, exc.reason) from None
+    return Status(
+        202,
+        ManualUpdateOut(
+            id=update.pk,
+            firmware=firmware.uuid or "",
+            version=firmware.version,
+            status=update.status,
+            created_at=update.created_at,
+        ),
     )

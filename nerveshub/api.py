@@ -40,6 +40,7 @@ from devices.api import router as devices_router
 from firmware.api import router as firmware_router
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.api import router as tenancy_router
+from nerveshub.web.api import router as members_router
 
 
 class TokenAuth(APIKeyHeader):
@@ -166,3 +167,4 @@ def register_routers() -> None:
     api.add_router("/", deployments_router)
     api.add_router("/", firmware_router)
     api.add_router("/", certificates_router)
+    api.add_router("/", members_router)
