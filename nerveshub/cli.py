@@ -346,6 +346,89 @@ def cmd_device_delete(args: argparse.Namespace, hub: Hub, out: Output) -> int:
     return EXIT_OK
 
 
+def cmd_device_update(args: argparse.Namespace, hub: Hub, out: Output) -> int:
+    path = f"{_product_path(args)}/devices/{_q(args.identifier)}/update"
+    update = hub.post(path, {"firmware": args.firmware})
+    out.emit(update, lambda d: f"update {d['id']}: {args.identifier} → {d['version']} ({d['firmware']}), {d['status']}")
+    return EXIT_OK
+
+
+def cmd_device_move(args: argparse.Namespace, hub: Hub, out: Output) -> int:
+    moved = hub.post(f"{_product_path(args)}/devices/{_q(args.identifier)}/move", {"product": args.to})
+    out.emit(moved, lambda d: f"moved {d['identifier']} to {args.to}")
+    return EXIT_OK
+
+
+SCRIPT_FIELDS = ("ref", "script", "status", "reason", "created_at", "finished_at", "return_value", "output")
+
+
+def _script_run_exit(run: dict[str, Any]) -> int:
+    return EXIT_REFUSED if run["status"] == "error" else EXIT_OK
+
+
+def cmd_device_script_run(args: argparse.Namespace, hub: Hub, out: Output) -> int:
+    given = [v for v in (args.script, args.text, args.file) if v is not None]
+    if len(given) != 1:
+        usage_error("give one of --script NAME, --text CODE or --file PATH")
+    body: dict[str, Any] = {"script": args.script} if args.script is not None else {}
+    if args.script is None:
+        body["text"] = args.text if args.text is not None else _read_file(args.file)
+        if args.timeout_ms is not None:
+            body["timeout_ms"] = args.timeout_ms
+    base = f"{_product_path(args)}/devices/{_q(args.identifier)}/scripts"
+    run = hub.post(base, body)
+    if args.wait:
+        deadline = time.monotonic() + args.timeout
+        while run["status"] == "pending":
+            if time.monotonic() > deadline:
+                raise CliError(f"no answer to script run {run['ref']} after {args.timeout:g} s", EXIT_REFUSED)
+            time.sleep(args.interval)
+            run = hub.get(f"{base}/{_q(run['ref'])}")
+        out.emit(run, lambda d: _fields(d, SCRIPT_FIELDS))
+        return _script_run_exit(run)
+    out.emit(
+        run, lambda d: f"sent: script run {d['ref']} (read it with `device script get {args.identifier} {d['ref']}`)"
+    )
+    return EXIT_OK
+
+
+def cmd_device_script_get(args: argparse.Namespace, hub: Hub, out: Output) -> int:
+    run = hub.get(f"{_product_path(args)}/devices/{_q(args.identifier)}/scripts/{_q(args.ref)}")
+    out.emit(run, lambda d: _fields(d, SCRIPT_FIELDS))
+    return _script_run_exit(run)
+
+
+def _members_path(args: argparse.Namespace) -> str:
+    return f"/orgs/{_q(_need(args, 'org'))}/members"
+
+
+def cmd_member_list(args: argparse.Namespace, hub: Hub, out: Output) -> int:
+    out.emit(hub.get(_members_path(args)), lambda d: _table(d, ("username", "email", "role")))
+    return EXIT_OK
+
+
+def cmd_member_add(args: argparse.Namespace, hub: Hub, out: Output) -> int:
+    if args.invite:
+        invited = hub.post(f"/orgs/{_q(_need(args, 'org'))}/invitations", {"email": args.user, "role": args.role})
+        out.emit(invited, lambda d: f"invited {d['email']} as {d['role']}; hand them this link: {d['invite_url']}")
+        return EXIT_OK
+    added = hub.post(_members_path(args), {"user": args.user, "role": args.role})
+    out.emit(added, lambda d: f"added {d['username']} as {d['role']}")
+    return EXIT_OK
+
+
+def cmd_member_remove(args: argparse.Namespace, hub: Hub, out: Output) -> int:
+    hub.delete(f"{_members_path(args)}/{_q(args.user)}")
+    out.emit({"removed": args.user}, lambda d: f"removed {d['removed']}")
+    return EXIT_OK
+
+
+def cmd_member_role(args: argparse.Namespace, hub: Hub, out: Output) -> int:
+    changed = hub.patch(f"{_members_path(args)}/{_q(args.user)}", {"role": args.role})
+    out.emit(changed, lambda d: f"{d['username']} is now {d['role']}")
+    return EXIT_OK
+
+
 def cmd_device_cert_create(args: argparse.Namespace, hub: Hub, out: Output) -> int:
     """Make a key pair and a certificate for the device, signed by a local CA,
     write both, and register the certificate with the hub."""
@@ -584,6 +667,26 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("identifier")
     tag.add_argument("tags", nargs="*", help="the new tags (none: remove all)")
     command(dev, "delete", cmd_device_delete, "delete a device", product).add_argument("identifier")
+    update = command(dev, "update", cmd_device_update, "push a firmware to one connected device now", product)
+    update.add_argument("identifier")
+    update.add_argument("--firmware", required=True, help="uuid of a valid firmware of the product")
+    move = command(dev, "move", cmd_device_move, "move a device to another product of the organization", product)
+    move.add_argument("identifier")
+    move.add_argument("--to", required=True, metavar="PRODUCT", help="the product to move it to")
+
+    script = dev.add_parser("script", help="support scripts").add_subparsers(dest="script_action", required=True)
+    script_run = command(script, "run", cmd_device_script_run, "run a saved script or code on a device", product)
+    script_run.add_argument("identifier")
+    script_run.add_argument("--script", help="the name of a saved support script")
+    script_run.add_argument("--text", help="Elixir code to run")
+    script_run.add_argument("--file", help="a file of Elixir code to run")
+    script_run.add_argument("--timeout-ms", type=int, help="how long the device lets the code run")
+    script_run.add_argument("--wait", action="store_true", help="wait for the device's answer and show it")
+    script_run.add_argument("--timeout", type=float, default=60.0, help="seconds to wait at most (default 60)")
+    script_run.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    script_get = command(script, "get", cmd_device_script_get, "show a script run's status and answer", product)
+    script_get.add_argument("identifier")
+    script_get.add_argument("ref", help="the run's ref (printed by `script run`)")
 
     cert_parser = dev.add_parser("cert", help="device certificates")
     cert = cert_parser.add_subparsers(dest="cert_action", required=True)
@@ -617,6 +720,19 @@ def build_parser() -> argparse.ArgumentParser:
         )
     command(ca, "list", cmd_ca_list, "list the organization's CAs", org)
     command(ca, "verification-code", cmd_ca_code, "a code for the CN of a proof-of-possession certificate", org)
+
+    member = groups.add_parser("member", help="organization members (admin)").add_subparsers(
+        dest="action", required=True
+    )
+    command(member, "list", cmd_member_list, "list the organization's members and their roles", org)
+    member_add = command(member, "add", cmd_member_add, "add an existing user, or invite someone", org)
+    member_add.add_argument("user", help="user name or e-mail address (with --invite: e-mail address)")
+    member_add.add_argument("--role", required=True, choices=("admin", "manage", "view"))
+    member_add.add_argument("--invite", action="store_true", help="make an invitation link instead")
+    command(member, "remove", cmd_member_remove, "remove a member", org).add_argument("user")
+    member_role = command(member, "role", cmd_member_role, "change a member's role", org)
+    member_role.add_argument("user")
+    member_role.add_argument("role", choices=("admin", "manage", "view"))
 
     dep = groups.add_parser("deployment", help="deployments").add_subparsers(dest="action", required=True)
     for name, handler, text in (
