@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
-from nerveshub.web import signin, views
+from nerveshub.web import manual_update_pages, signin, views
 
 app_name = "web"
 
@@ -20,6 +20,7 @@ org_patterns = [
     path("devices/tags/", views.device_bulk_tags, name="device_bulk_tags"),
     path("devices/<int:pk>/", views.device_detail, name="device"),
     path("devices/<int:pk>/action/", views.device_action, name="device_action"),
+    path("devices/<int:pk>/update/", manual_update_pages.device_send_update, name="device_send_update"),
     path("devices/<int:pk>/audit/", views.device_audit, name="device_audit"),
     path("firmware/", views.firmware_list, name="firmware"),
     path("firmware/<int:pk>/status/", views.firmware_status, name="firmware_status"),

@@ -141,6 +141,7 @@ REFUSALS = [
     ("manager", "post", "certificates/{ca}/verify/", {"verification_pem": "y"}),
     ("viewer", "post", "devices/tags/", {"device": "1", "tags": "x", "operation": "add"}),
     ("viewer", "post", "devices/{device}/action/", {"action": "reboot"}),
+    ("viewer", "post", "devices/{device}/update/", {"firmware": "x"}),
     ("viewer", "post", "firmware/", {}),
     ("viewer", "post", "firmware/{firmware}/delete/", {}),
     ("viewer", "get", "deployments/new/", {}),
