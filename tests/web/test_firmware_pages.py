@@ -44,7 +44,7 @@ def test_the_page_shows_what_validation_read_and_who_uses_it(fleet: Fleet) -> No
     # then
     for shown in (
         "2.0.0",
-        fleet.firmware.uuid,
+        str(fleet.firmware.uuid),
         "rpi4",
         "arm",
         "Acme Builds",
