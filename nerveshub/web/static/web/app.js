@@ -95,6 +95,8 @@ function fillFirmwareRow(row, data) {
     code.textContent = data.uuid || "—";
     uuid.replaceChildren(code);
   }
+  const delta = row.querySelector("td[data-cell=delta]");
+  if (delta && data.done) text(delta, data.delta_fwup_version ? `fwup ≥ ${data.delta_fwup_version}` : "—");
   const status = row.querySelector("td[data-cell=status]");
   if (status) {
     const badge = document.createElement("span");
@@ -125,7 +127,7 @@ function showFirmwareRow(data, url) {
     cell(row, "", "uuid");
     cell(row, data.filename);
     cell(row, fileSize(data.size));
-    cell(row, data.delta_fwup_version ? `fwup ≥ ${data.delta_fwup_version}` : "—");
+    cell(row, "", "delta");
     cell(row, "", "status");
     cell(row, "just now");
     const columns = table.closest("table").querySelectorAll("thead th").length;
