@@ -291,3 +291,33 @@ def test_a_viewer_changes_nothing(fleet: Fleet, route: str, data: dict[str, str]
     assert client_for(fleet.tenant.viewer).post(url, data).status_code == 403
     assert Device.objects.get(pk=fleet.device.pk).deleted_at is None
     assert Product.objects.get(pk=fleet.tenant.product.pk).health_thresholds == {}
+
+
+# --- Hostile input -------------------------------------------------------------------------
+
+HUGE = "9" * 30
+
+
+@pytest.mark.parametrize(
+    ("route", "data"),
+    [
+        ("devices/new/", {"product": HUGE, "identifier": "sn-1"}),
+        ("devices/new/", {"product": "1", "identifier": "sn\x00-1", "tags": "a\x00b", "description": "\x00"}),
+        ("devices/{device}/move/", {"product": HUGE}),
+        ("devices/{device}/move/", {"product": "\x00"}),
+        ("products/{product}/health/", {"cpu_usage_percent__warning": "1e400", "cpu_usage_percent__unhealthy": HUGE}),
+        ("products/{product}/health/", {"cpu_usage_percent__warning": "\x00", "cpu_usage_percent__unhealthy": "-1"}),
+    ],
+)
+def test_hostile_input_is_refused_with_a_reason_not_a_500(fleet: Fleet, route: str, data: dict[str, str]) -> None:
+    url = f"/org/{fleet.slug}/" + route.format(device=fleet.device.pk, product=fleet.tenant.product.pk)
+    response = client_for(fleet.tenant.manager).post(url, data, follow=True)
+    assert response.status_code in (200, 400)
+    text = response.content.decode()
+    assert "errorlist" in text or "Choose a product" in text
+    assert Device.objects.filter(org=fleet.tenant.org).count() == 1
+
+
+@pytest.mark.parametrize("query", ["?q=%00", "?q=" + "x" * 5000])
+def test_the_deleted_list_takes_any_search(fleet: Fleet, query: str) -> None:
+    assert client_for(fleet.tenant.viewer).get(f"/org/{fleet.slug}/devices/deleted/{query}").status_code == 200
