@@ -119,6 +119,53 @@ def status_of(health: object, thresholds: Mapping[str, tuple[float, float]] | No
     return Status(level, reasons)
 
 
+def device_status(device: Device) -> Status:
+    """The device's status against its product's thresholds. The product must
+    be loaded with the device (select_related): a list pays no query per row."""
+    return status_of(device.health, thresholds_for(device.product.health_thresholds))
+
+
+# A product names at most this many metrics of its own.
+MAX_THRESHOLDS = 32
+
+
+def threshold_errors(value: object) -> dict[str, list[str]]:
+    """What is wrong with a product's thresholds, {metric: [warning,
+    unhealthy]}, by field (empty: nothing). Both limits are finite numbers and
+    the warning is not above the unhealthy one."""
+    field_name = "health_thresholds"
+    if not isinstance(value, Mapping):
+        return {field_name: ["Thresholds are a map of metric name to [warning, unhealthy]."]}
+    if len(value) > MAX_THRESHOLDS:
+        return {field_name: [f"At most {MAX_THRESHOLDS} metrics."]}
+    problems = []
+    for name, limits in value.items():
+        label = STANDARD_METRICS.get(name, name) if isinstance(name, str) else repr(name)
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+            problems.append(f"{label}: a metric name is 1 to {MAX_NAME} characters.")
+        elif (
+            not isinstance(limits, list | tuple)
+            or len(limits) != 2
+            or not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in limits)
+        ):
+            problems.append(f"{label}: give a warning and an unhealthy limit, both numbers.")
+        elif limits[0] > limits[1]:
+            problems.append(f"{label}: the warning limit ({limits[0]:g}) is above the unhealthy one ({limits[1]:g}).")
+    return {field_name: problems} if problems else {}
+
+
+def thresholds_for(overrides: object) -> dict[str, tuple[float, float]]:
+    """HEALTH_THRESHOLDS with a product's own limits in place of the defaults
+    for the metrics it names. Entries the rule would refuse are skipped, so a
+    row written around the service never breaks a page."""
+    limits: dict[str, tuple[float, float]] = dict(settings.HEALTH_THRESHOLDS)
+    if isinstance(overrides, Mapping):
+        for name, pair in overrides.items():
+            if not threshold_errors({name: pair}):
+                limits[name] = (float(pair[0]), float(pair[1]))
+    return limits
+
+
 @dataclass(frozen=True)
 class Series:
     name: str

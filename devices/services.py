@@ -195,6 +195,21 @@ def soft_delete(actor: Actor, devices: QuerySet[Device]) -> int:
     return len(targets)
 
 
+def restore_device(actor: Actor, device: Device) -> bool:
+    """Undo a soft delete, by compare-and-set on `deleted_at`: False when the
+    device was not deleted (or another request restored it first). The shared
+    secrets the delete deactivated stay deactivated: a key once turned off is
+    not turned back on behind anyone's back, so a new one is issued if needed.
+    The device takes its place in a deployment again when it next joins."""
+    with transaction.atomic():
+        changed = Device.objects.filter(pk=device.pk, deleted_at__isnull=False).update(
+            deleted_at=None, updated_at=timezone.now()
+        )
+        if changed:
+            audit(actor, "device.restored", device)
+    return bool(changed)
+
+
 # --- Device sockets -------------------------------------------------------------
 # Called by the device link (devicelink/) on its database threads. Each is one
 # short transaction; none runs for a heartbeat.

@@ -401,7 +401,11 @@ def delete_firmware(actor: Actor, firmware: Firmware) -> None:
             for stored in [name, *deltas]:
                 transaction.on_commit(partial(_delete_stored, stored))
     except ProtectedError:
-        raise FirmwareInUse("This firmware is used by a deployment; point it at other firmware first.") from None
+        # A deployment that appeared since the check above, or devices' update
+        # records, which keep the file as their history.
+        raise FirmwareInUse(
+            "This firmware is named by a deployment or by devices' update records; it is kept."
+        ) from None
 
 
 def delete_signing_key(actor: Actor, key: SigningKey) -> None:

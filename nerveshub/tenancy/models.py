@@ -74,6 +74,10 @@ class Product(models.Model):
         validators=[MinValueValidator(10), MaxValueValidator(30 * 86400)],
         help_text="How often polling devices of this product ask for an update, in seconds.",
     )
+    # {metric: [warning, unhealthy]}: the product's own limits for the health
+    # status, each replacing HEALTH_THRESHOLDS' entry for that metric
+    # (devices.health.thresholds_for; the rule is devices.health.threshold_errors).
+    health_thresholds = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:

@@ -18,7 +18,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db import models, transaction
 from django.utils import timezone
 
-from devices import publish
+from devices import health, publish
 from devices.models import ConnectionStatus, Device
 from nerveshub.lib.validation import refuse_unless_valid
 from nerveshub.tenancy import audit_chain
@@ -251,7 +251,9 @@ def save_product(actor: Actor, product: Product, fields: Iterable[str], *, via: 
     their sockets attach what became allowed and detach what no longer is
     (devices.publish.broadcast_extensions)."""
     product.extensions = list(dict.fromkeys(product.extensions or [])) if isinstance(product.extensions, list) else []
-    refuse_unless_valid(product, product_errors(product.extensions))
+    refuse_unless_valid(
+        product, {**product_errors(product.extensions), **health.threshold_errors(product.health_thresholds)}
+    )
     with transaction.atomic():
         previous = None
         if not product._state.adding and "extensions" in set(fields):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
-from nerveshub.web import manual_update_pages, signin, views
+from nerveshub.web import device_pages, firmware_pages, manual_update_pages, signin, views
 
 app_name = "web"
 
@@ -16,13 +16,21 @@ org_patterns = [
     path("products/<int:pk>/delete/", views.product_delete, name="product_delete"),
     path("products/<int:pk>/secrets/", views.product_secret_new, name="product_secret_new"),
     path("products/secrets/<int:pk>/deactivate/", views.product_secret_deactivate, name="product_secret_deactivate"),
+    path("products/<int:pk>/health/", device_pages.product_health, name="product_health"),
     path("devices/", views.device_list, name="devices"),
     path("devices/tags/", views.device_bulk_tags, name="device_bulk_tags"),
+    path("devices/new/", device_pages.device_new, name="device_new"),
+    path("devices/deleted/", device_pages.devices_deleted, name="devices_deleted"),
+    path("devices/<int:pk>/delete/", device_pages.device_delete, name="device_delete"),
+    path("devices/<int:pk>/restore/", device_pages.device_restore, name="device_restore"),
+    path("devices/<int:pk>/move/", device_pages.device_move, name="device_move"),
     path("devices/<int:pk>/", views.device_detail, name="device"),
     path("devices/<int:pk>/action/", views.device_action, name="device_action"),
     path("devices/<int:pk>/update/", manual_update_pages.device_send_update, name="device_send_update"),
     path("devices/<int:pk>/audit/", views.device_audit, name="device_audit"),
     path("firmware/", views.firmware_list, name="firmware"),
+    path("firmware/<int:pk>/", firmware_pages.firmware_detail, name="firmware_detail"),
+    path("firmware/<int:pk>/download/", firmware_pages.firmware_download, name="firmware_download"),
     path("firmware/<int:pk>/status/", views.firmware_status, name="firmware_status"),
     path("firmware/<int:pk>/delete/", views.firmware_delete, name="firmware_delete"),
     path("keys/", views.signing_keys, name="keys"),

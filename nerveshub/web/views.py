@@ -552,7 +552,7 @@ def device_list(request: HttpRequest, org: str) -> HttpResponse:
         has_prev = bool(after)
     count, count_more = _capped_count(queryset)
     for row in rows:
-        row.health_status = health.status_of(row.health)  # type: ignore[attr-defined]
+        row.health_status = health.device_status(row)  # type: ignore[attr-defined]
     context = {
         "devices": rows,
         "applied": applied,
@@ -625,7 +625,7 @@ def device_detail(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     series, alarmed = health.history(device)
     context.update(
         {
-            "health_status": health.status_of(device.health),
+            "health_status": health.device_status(device),
             "health_series": series,
             "alarmed_reports": alarmed[:20],
             "map": charts.map_view(device.location, settings.MAP_TILE_URL),
@@ -708,15 +708,22 @@ def firmware_list(request: HttpRequest, org: str) -> HttpResponseBase:
             return JsonResponse(
                 {"error": "; ".join(f"{k}: {' '.join(str(m) for m in v)}" for k, v in form.errors.items())}, status=400
             )
-    rows = Firmware.objects.filter(org=access.org).select_related("product").order_by("-created_at")[:200]
-    return _render(request, access, "web/firmware.html", {"firmware": rows, "form": form})
+    rows = Firmware.objects.filter(org=access.org)
+    shown = request.GET.get("status") or ""
+    if shown in FirmwareStatus.values:
+        rows = rows.filter(status=shown)
+    else:
+        shown = ""
+    rows = rows.select_related("product").order_by("-created_at")[:200]
+    context = {"firmware": rows, "form": form, "shown": shown, "statuses": FirmwareStatus.choices}
+    return _render(request, access, "web/firmware.html", context)
 
 
 @page
 @org_methods("GET")
 def firmware_status(request: HttpRequest, org: str, pk: int) -> JsonResponse:
     access = get_org_for_user(request, org)
-    row = get_object_or_404(Firmware, pk=pk, org=access.org)
+    row = get_object_or_404(Firmware.objects.select_related("product"), pk=pk, org=access.org)
     return JsonResponse(
         {
             "id": row.pk,
@@ -726,6 +733,13 @@ def firmware_status(request: HttpRequest, org: str, pk: int) -> JsonResponse:
             "version": row.version,
             "uuid": row.uuid,
             "done": row.status != FirmwareStatus.PENDING,
+            # What the list needs to show a just-uploaded file as a row.
+            "product": row.product.name,
+            "kind_label": row.get_kind_display(),
+            "filename": row.original_filename,
+            "size": row.size,
+            "delta_fwup_version": row.delta_fwup_version,
+            "url": _org_url(access, "firmware_detail", row.pk),
         }
     )
 

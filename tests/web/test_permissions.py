@@ -29,6 +29,9 @@ READ_ONLY = {
     "device",
     "device_audit",
     "firmware_status",
+    "firmware_detail",
+    "firmware_download",
+    "devices_deleted",
     "deployments",
     "deployment",
     "deployment_preview",
@@ -41,7 +44,7 @@ READ_ONLY = {
 
 
 def _pk_for(name: str, fleet: Fleet, objects: dict[str, int]) -> int | None:
-    if name in ("product", "product_delete", "product_secret_new"):
+    if name in ("product", "product_delete", "product_secret_new", "product_health"):
         return fleet.tenant.product.pk
     if name.startswith("device") and name != "device_bulk_tags":
         return fleet.device.pk
@@ -148,6 +151,13 @@ REFUSALS = [
     ("viewer", "post", "deployments/new/", {"name": "x"}),
     ("viewer", "get", "deployments/{deployment}/edit/", {}),
     ("viewer", "post", "deployments/{deployment}/action/", {"action": "activate"}),
+    ("viewer", "get", "devices/new/", {}),
+    ("viewer", "post", "devices/new/", {"identifier": "x"}),
+    ("viewer", "post", "devices/{device}/delete/", {}),
+    ("viewer", "post", "devices/{device}/restore/", {}),
+    ("viewer", "post", "devices/{device}/move/", {"product": "1"}),
+    ("viewer", "post", "products/{product}/health/", {}),
+    ("viewer", "get", "firmware/{firmware}/download/", {}),
 ]
 
 

@@ -47,6 +47,7 @@ function pollFirmware(url, result) {
   fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
     .then((r) => r.json())
     .then((data) => {
+      showFirmwareRow(data, url);
       if (!data.done) {
         text(result, "Uploaded. Validating…");
         setTimeout(() => pollFirmware(url, result), 1000);
@@ -60,6 +61,97 @@ function pollFirmware(url, result) {
       }
     })
     .catch(() => setTimeout(() => pollFirmware(url, result), 2000));
+}
+
+// The firmware list's rows: a just-uploaded file gets its row at the top, and
+// a row whose file is still being validated follows its status without a reload.
+function fileSize(bytes) {
+  const units = ["bytes", "KB", "MB", "GB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit += 1; }
+  return unit === 0 ? `${value} bytes` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+function cell(row, content, name) {
+  const td = document.createElement("td");
+  if (name) td.dataset.cell = name;
+  if (content instanceof Node) td.appendChild(content); else td.textContent = content;
+  row.appendChild(td);
+  return td;
+}
+
+function fillFirmwareRow(row, data) {
+  const version = row.querySelector("td[data-cell=version]");
+  if (version) {
+    const link = document.createElement("a");
+    link.href = data.url;
+    link.textContent = data.version || "—";
+    version.replaceChildren(link);
+  }
+  const uuid = row.querySelector("td[data-cell=uuid]");
+  if (uuid) {
+    const code = document.createElement("code");
+    code.textContent = data.uuid || "—";
+    uuid.replaceChildren(code);
+  }
+  const delta = row.querySelector("td[data-cell=delta]");
+  if (delta && data.done) text(delta, data.delta_fwup_version ? `fwup ≥ ${data.delta_fwup_version}` : "—");
+  const status = row.querySelector("td[data-cell=status]");
+  if (status) {
+    const badge = document.createElement("span");
+    badge.className = `badge ${data.status}`;
+    badge.textContent = data.status_label;
+    status.replaceChildren(badge);
+    if (data.reason) {
+      const reason = document.createElement("span");
+      reason.className = "reason";
+      reason.textContent = data.reason;
+      status.append(" ", reason);
+    }
+  }
+  row.dataset.status = data.status;
+}
+
+function showFirmwareRow(data, url) {
+  const table = document.querySelector("#firmware-table tbody");
+  if (!table || !data.id) return;
+  let row = table.querySelector(`tr[data-firmware="${data.id}"]`);
+  if (!row) {
+    row = document.createElement("tr");
+    row.dataset.firmware = data.id;
+    row.dataset.statusUrl = url;
+    cell(row, data.product);
+    cell(row, "", "version");
+    cell(row, data.kind_label);
+    cell(row, "", "uuid");
+    cell(row, data.filename);
+    cell(row, fileSize(data.size));
+    cell(row, "", "delta");
+    cell(row, "", "status");
+    cell(row, "just now");
+    const columns = table.closest("table").querySelectorAll("thead th").length;
+    while (row.children.length < columns) cell(row, "");
+    const empty = table.querySelector("#firmware-empty");
+    if (empty) empty.remove();
+    table.prepend(row);
+  }
+  fillFirmwareRow(row, data);
+}
+
+function followPendingFirmware(row) {
+  const url = row.dataset.statusUrl;
+  fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+    .then((r) => r.json())
+    .then((data) => {
+      fillFirmwareRow(row, data);
+      if (!data.done) setTimeout(() => followPendingFirmware(row), 2000);
+    })
+    .catch(() => setTimeout(() => followPendingFirmware(row), 4000));
+}
+
+function initFirmwareList() {
+  document.querySelectorAll("#firmware-table tr[data-status-url]").forEach(followPendingFirmware);
 }
 
 function initUpload() {
@@ -165,5 +257,6 @@ document.addEventListener("DOMContentLoaded", () => {
   initConfirm();
   initCheckAll();
   initUpload();
+  initFirmwareList();
   initRollout();
 });
