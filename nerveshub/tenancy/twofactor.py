@@ -30,7 +30,7 @@ from django_otp.models import Device
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from nerveshub.tenancy.services import audit
+from nerveshub.tenancy.services import Actor, audit
 
 RECOVERY_CODE_COUNT = 10
 AUTHENTICATOR_NAME = "Authenticator app"
@@ -191,3 +191,15 @@ def disable_two_factor(user: User, password: str, code: str) -> None:
         StaticDevice.objects.filter(user_id=user.pk).delete()
         if removed:
             audit(user, "user.two_factor_disabled", user)
+
+
+def reset_two_factor(actor: Actor, user: User) -> bool:
+    """Turn it off for a person who lost both the app and the recovery
+    codes, on a hub operator's word (`manage.py reset_two_factor`). True if it
+    was on."""
+    with transaction.atomic():
+        removed, _ = TOTPDevice.objects.filter(user_id=user.pk).delete()
+        StaticDevice.objects.filter(user_id=user.pk).delete()
+        if removed:
+            audit(actor, "user.two_factor_reset", user)
+    return bool(removed)

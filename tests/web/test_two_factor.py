@@ -8,10 +8,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from io import StringIO
 
 import pytest
 from django.contrib.auth.models import User
 from django.core.cache import caches
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.test import Client
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_static.models import StaticToken
@@ -274,3 +277,13 @@ def test_api_tokens_keep_working_and_a_password_alone_gets_none(tenant: Tenant) 
     # 401: NervesHub answers a refusal so (nerveshub/nhapi/api.py), with the reason.
     assert response.status_code == 401 and "two-factor" in response.json()["errors"]["detail"]
     assert APIToken.objects.filter(user=tenant.viewer).count() == 1
+
+
+def test_an_operator_resets_a_lost_authenticator(tenant: Tenant) -> None:
+    _enable(tenant.viewer)
+    out = StringIO()
+    call_command("reset_two_factor", "victor@example.com", stdout=out)
+    assert "is off for victor" in out.getvalue() and not twofactor.is_enabled(tenant.viewer)
+    assert AuditEvent.objects.get(action="user.two_factor_reset").actor == "command:reset_two_factor"
+    with pytest.raises(CommandError):
+        call_command("reset_two_factor", "nobody")
