@@ -30,7 +30,8 @@ page = login_required(login_url="/accounts/login/")
 class OrgNameForm(forms.Form):
     name = forms.CharField(
         max_length=tenancy.ORG_NAME_MAX,
-        help_text="Its page addresses are made from the name: /org/<name in lower case, with dashes>/.",
+        # Shown unescaped by Django: plain text only.
+        help_text="Its page addresses are made from the name: Acme Robotics is at /org/acme-robotics/.",
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any, cast
 import segno
 from django import forms
 from django.contrib import messages
-from django.contrib.auth import login
+from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
@@ -60,6 +60,10 @@ class DisableForm(forms.Form):
 def begin_second_step(request: HttpRequest, user: User, typed_name: str, next_url: str) -> HttpResponse:
     """After the right password of an account with a second factor: remember
     who, not signed in, and ask for the code."""
+    if request.user.is_authenticated:
+        # Someone else's session on this browser ends here, as Django's login
+        # would end it: the half-way session must not be theirs meanwhile.
+        logout(request)
     request.session.cycle_key()
     request.session[PENDING_KEY] = {
         "user": user.pk,

@@ -287,3 +287,10 @@ def test_an_operator_resets_a_lost_authenticator(tenant: Tenant) -> None:
     assert AuditEvent.objects.get(action="user.two_factor_reset").actor == "command:reset_two_factor"
     with pytest.raises(CommandError):
         call_command("reset_two_factor", "nobody")
+
+
+def test_signing_in_half_way_as_someone_else_ends_the_previous_session(tenant: Tenant) -> None:
+    _enable(tenant.viewer)
+    client = client_for(tenant.manager)
+    _password_step(client)
+    assert client.get("/accounts/settings/").status_code == 302
