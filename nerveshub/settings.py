@@ -77,7 +77,8 @@ CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [PUBLIC_URL])
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    # The admin with the hub's second-factor check (nerveshub.admin_site).
+    "nerveshub.admin_apps.HubAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -93,6 +94,11 @@ INSTALLED_APPS = [
     "console",
     "webhooks",
     "nerveshub.web",
+    # Two-factor sign-in (nerveshub.tenancy.twofactor): authenticator apps
+    # (TOTP) and one-time recovery codes (static).
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
 ]
 
 MIDDLEWARE = [
@@ -102,6 +108,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # request.user.is_verified(): whether this session passed the second factor.
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -295,6 +303,10 @@ PASSWORD_RESET_WINDOW_SECONDS = envint("PASSWORD_RESET_WINDOW_SECONDS", 3600, mi
 # sessions one client address may start per 10 minutes, and polls per minute.
 CLI_SESSION_START_LIMIT = envint("CLI_SESSION_START_LIMIT", 10, minimum=1)
 CLI_SESSION_POLL_LIMIT = envint("CLI_SESSION_POLL_LIMIT", 120, minimum=1)
+# Two-factor sign-in (nerveshub/tenancy/twofactor.py): the name authenticator
+# apps show beside the account. Wrong codes wait 1, 2, 4 … seconds per device
+# (django-otp's own backoff) on top of the sign-in lock above.
+OTP_TOTP_ISSUER = "NervesHub"
 
 # --- Email (password reset links from the organization pages) ----------------
 # "console" prints mails to the hub's log, enough for embedded mode; "smtp" sends them.

@@ -15,7 +15,7 @@ from pydantic import ConfigDict, Field
 from nerveshub.apihelpers import actor
 from nerveshub.lib.clientaddr import request_client_address
 from nerveshub.nhapi.common import Data, FieldErrors, not_found, org_for
-from nerveshub.tenancy import accounts
+from nerveshub.tenancy import accounts, twofactor
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import Membership, Role
 from nerveshub.web import cli_sessions, throttle
@@ -24,6 +24,10 @@ from nerveshub.web import services as members
 router = Router(tags=["users"])
 
 # NervesHub's older role names, which its tools still accept.
+TWO_FACTOR_REFUSAL = (
+    "this account uses two-factor authentication: sign in through the browser "
+    "(mix nerves_hub.user auth without a password, or POST /api/auth/cli_session), or use an API token"
+)
 ROLE_ALIASES = {"admin": Role.ADMIN, "manage": Role.MANAGE, "view": Role.VIEW, "write": Role.MANAGE, "read": Role.VIEW}
 
 
@@ -114,6 +118,10 @@ def _sign_in(request: HttpRequest, payload: SignInIn) -> Status[Data[SignedInOut
     if not isinstance(signed_in, User):
         refusal = throttle.record_login_failure(subject, address)
         raise HttpError(429 if refusal else 401, refusal or "invalid user name, e-mail address or password")
+    if twofactor.is_enabled(signed_in):
+        # A password alone never mints a token for such an account: the
+        # browser-approved sign-in (/api/auth/cli_session) asks for the code.
+        raise HttpError(401, TWO_FACTOR_REFUSAL)
     throttle.record_login_success(subject)
     issued = tenancy.create_api_token(signed_in, signed_in, (payload.note.strip() or "NervesHub tools")[:100])
     name = signed_in.get_username()

@@ -15,8 +15,10 @@ from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser, User
-from django.db import models, transaction
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
+from django.utils.text import slugify
 
 from devices import health, publish
 from devices.models import ConnectionStatus, Device
@@ -120,6 +122,94 @@ def get_or_create_org(actor: Actor, name: str) -> tuple[Organization, bool]:
         if created:
             audit(actor, "org.created", org)
     return org, created
+
+
+ORG_NAME_MAX = Organization._meta.get_field("name").max_length or 100
+
+
+def _org_slug(name: str) -> str:
+    # The org's URL slug (nerveshub.web.access.org_slug, which falls back to
+    # "org" for a name without one: check_org_name refuses such names).
+    return slugify(name)
+
+
+def check_org_name(name: str, *, org: Organization | None = None) -> str:
+    """The name as stored (white space collapsed), or ValidationError on
+    `name`: empty, too long, no letter or digit to make its address from, or
+    another organization's name or address."""
+    name = " ".join(str(name).split())
+    problem = None
+    if not name:
+        problem = "An organization needs a name."
+    elif len(name) > ORG_NAME_MAX:
+        problem = f"At most {ORG_NAME_MAX} characters."
+    elif not _org_slug(name):
+        problem = "The name needs a letter or digit: the organization's address (/org/…/) is made from it."
+    else:
+        others = Organization.objects.all() if org is None else Organization.objects.exclude(pk=org.pk)
+        slug = _org_slug(name)
+        for other in others.values_list("name", flat=True):
+            if other.lower() == name.lower():
+                problem = "Another organization has this name."
+                break
+            if _org_slug(other) == slug:
+                problem = f"Another organization's address is /org/{slug}/ already: choose a different name."
+                break
+    if problem:
+        raise ValidationError({"name": [problem]}, code="invalid")
+    return name
+
+
+def create_organization(actor: User, name: str) -> Organization:
+    """A new organization, made by a hub operator (superuser), who becomes
+    its admin. ValidationError on `name` (check_org_name)."""
+    if not (actor.is_active and actor.is_superuser):
+        raise PermissionDenied("Only hub operators create organizations.")
+    name = check_org_name(name)
+    try:
+        with transaction.atomic():
+            org = Organization.objects.create(name=name)
+            audit(actor, "org.created", org, details={"name": name, "slug": _org_slug(name)})
+            set_membership(actor, org, actor, Role.ADMIN)
+    except IntegrityError:  # the same name, created meanwhile
+        raise ValidationError({"name": ["Another organization has this name."]}, code="invalid") from None
+    return org
+
+
+def rename_organization(actor: User, org: Organization, name: str) -> Organization:
+    """Give the organization a new name; its admins only. The slug in its
+    page addresses is made from the name, so it changes too: the old
+    addresses answer 404 from then on, and the audit event records both."""
+    if not has_role(actor, org, Role.ADMIN) or not actor.is_active:
+        raise PermissionDenied("Renaming the organization needs the Admin role.")
+    name = check_org_name(name, org=org)
+    previous = org.name
+    if name == previous:
+        return org
+    try:
+        with transaction.atomic():
+            # Compare-and-set on the name this form was filled in against.
+            if not Organization.objects.filter(pk=org.pk, name=previous).update(name=name):
+                raise ValidationError(
+                    {"name": ["The organization was renamed meanwhile: reload the page."]}, code="stale"
+                )
+            org.name = name
+            audit(
+                actor,
+                "org.renamed",
+                org,
+                details={
+                    "from": previous,
+                    "to": name,
+                    "old_slug": _org_slug(previous),
+                    "new_slug": _org_slug(name),
+                    "old_addresses": "answer 404",
+                },
+            )
+    except IntegrityError:  # the same name, taken meanwhile
+        org.name = previous
+        raise ValidationError({"name": ["Another organization has this name."]}, code="invalid") from None
+    return org
 
 
 def set_membership(actor: Actor, org: Organization, user: User, role: str) -> Membership:

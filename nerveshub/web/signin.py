@@ -16,10 +16,12 @@ from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
 from django.contrib.auth.models import User
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
 
 from nerveshub.lib.clientaddr import request_client_address
-from nerveshub.tenancy import accounts
+from nerveshub.tenancy import accounts, twofactor
 from nerveshub.web import throttle
+from nerveshub.web.twofactor import begin_second_step
 
 THROTTLED = "throttled"
 
@@ -62,7 +64,11 @@ class _ThrottledSignIn:
             if refusal:
                 raise ValidationError(refusal, code=THROTTLED) from None
             raise
-        throttle.record_login_success(username)
+        user = getattr(self, "user_cache", None)
+        # An account with a second factor starts its count again only once the
+        # code is right too: a known password alone must not reset it.
+        if user is None or not twofactor.is_enabled(user):
+            throttle.record_login_success(username)
         return cleaned
 
 
@@ -71,11 +77,35 @@ class SignInForm(_ThrottledSignIn, AuthenticationForm):
 
 
 class AdminSignInForm(_ThrottledSignIn, AdminAuthenticationForm):
-    pass
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        user = self.get_user()
+        if user is not None and twofactor.is_enabled(user):
+            # This form has no code field: the hub's sign-in page asks for it,
+            # and the admin accepts the session that passed it.
+            raise ValidationError(
+                "This account uses two-factor authentication: sign in on the hub's sign-in page (%(url)s), "
+                "then open the admin.",
+                code="two_factor",
+                params={"url": reverse("web:login")},
+            )
+        return cleaned
 
 
 class SignInView(auth_views.LoginView):
+    """The password step. An account with two-factor sign-in on is not signed
+    in here: the session only remembers who is half-way, and the code page
+    (nerveshub.web.twofactor.login_code) signs in once the code is right."""
+
     authentication_form = SignInForm
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        user = form.get_user()
+        if twofactor.is_enabled(user):
+            return begin_second_step(
+                self.request, user, str(form.cleaned_data.get("username") or ""), self.get_success_url()
+            )
+        return super().form_valid(form)
 
     def form_invalid(self, form: Any) -> HttpResponse:
         response = super().form_invalid(form)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
-from nerveshub.web import device_pages, firmware_pages, manual_update_pages, signin, views
+from nerveshub.web import device_pages, firmware_pages, manual_update_pages, org_pages, signin, twofactor, views
 
 app_name = "web"
 
@@ -53,6 +53,7 @@ org_patterns = [
     path("audit/", views.audit_log, name="audit"),
     path("audit/chain/", views.audit_chain, name="audit_chain"),
     path("audit/export.jsonl", views.audit_export, name="audit_export"),
+    path("settings/", org_pages.org_settings, name="org_settings"),
 ]
 
 account_patterns = [
@@ -61,6 +62,7 @@ account_patterns = [
         signin.SignInView.as_view(template_name="registration/login.html", next_page=reverse_lazy("web:home")),
         name="login",
     ),
+    path("login/code/", twofactor.login_code, name="login_code"),
     path("logout/", auth_views.LogoutView.as_view(next_page=reverse_lazy("web:login")), name="logout"),
     path(
         "password/reset/",
@@ -93,6 +95,7 @@ account_patterns = [
         name="password_reset_complete",
     ),
     path("settings/", views.account, name="account"),
+    path("settings/two-factor/", twofactor.settings_page, name="two_factor"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:pk>/revoke/", views.token_revoke, name="token_revoke"),
     path("cli-sessions/<str:public_id>/", views.cli_session, name="cli_session"),
@@ -102,5 +105,6 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("accounts/", include(account_patterns)),
     path("invitations/<str:token>/", views.invitation, name="invitation"),
+    path("orgs/new/", org_pages.org_new, name="org_new"),
     path("org/<str:org>/", include(org_patterns)),
 ]
