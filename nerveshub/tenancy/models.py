@@ -74,6 +74,14 @@ class Product(models.Model):
         validators=[MinValueValidator(10), MaxValueValidator(30 * 86400)],
         help_text="How often polling devices of this product ask for an update, in seconds.",
     )
+    # Signing keys compiled into the product's firmware images: its devices
+    # trust them without being sent them (trust preflight, docs/rollout.md).
+    builtin_keys = models.ManyToManyField(
+        "firmware.SigningKey",
+        blank=True,
+        related_name="builtin_in_products",
+        help_text="Signing keys every device of this product has built in.",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
