@@ -10,7 +10,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from deployments import rollout, windows
-from deployments.models import Deployment
+from deployments.models import Deployment, Preflight
 
 FIELDS = [
     "product",
@@ -61,6 +61,15 @@ class DeploymentRulesForm(forms.ModelForm):  # type: ignore[type-arg]
     class Meta:
         model = Deployment
         fields = FIELDS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "preflight" in self.fields:
+            # Left out, the setting keeps its value (a new deployment: warn).
+            self.fields["preflight"].required = False
+
+    def clean_preflight(self) -> str:
+        return str(self.cleaned_data.get("preflight") or self.instance.preflight or Preflight.WARN)
 
     def clean(self) -> dict[str, Any]:
         cleaned: dict[str, Any] = super().clean() or {}
