@@ -27,7 +27,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from django.core.exceptions import ValidationError
 
@@ -38,6 +39,7 @@ SYNTAX = "<days> <HH:MM>-<HH:MM> <time zone>, e.g. mon-fri 01:00-05:00 Europe/Be
 _ZONE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+){0,2}$")
 _CLOCK = re.compile(r"^(\d{1,2}):(\d{2})$")
 MAX_WINDOWS = 20
+MAX_LINE = 200
 
 
 class WindowError(ValueError):
@@ -111,9 +113,20 @@ def _transitions(zone: ZoneInfo, start: datetime, end: datetime) -> list[datetim
     return found
 
 
+@cache
+def _known_zones() -> frozenset[str]:
+    # The system's IANA database (or the tzdata package): names such as
+    # "localtime" or "posixrules", which are files but not zones, are not in it.
+    # "localtime" is the host's own zone where the database links it: a
+    # window must not change with the machine it runs on.
+    return frozenset(available_timezones()) - {"localtime", "posixrules", "Factory"}
+
+
 def _zone(name: str) -> ZoneInfo:
     if not _ZONE_NAME.match(name):
         raise WindowError(f"{name!r} is not an IANA time zone name such as Europe/Berlin")
+    if name not in _known_zones():
+        raise WindowError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin)")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
@@ -167,6 +180,8 @@ def parse(text: object) -> Window:
     """A window from its one-line form; WindowError says what is wrong."""
     if not isinstance(text, str):
         raise WindowError(f"a window is a line of text: {SYNTAX}")
+    if len(text) > MAX_LINE:
+        raise WindowError(f"a window is at most {MAX_LINE} characters: {SYNTAX}")
     parts = text.strip().lower().split()
     if len(parts) != 3:
         if len(parts) == 2 and "-" in parts[0] and ":" in parts[0]:

@@ -20,6 +20,9 @@ def utc(year: int, month: int, day: int, hour: int, minute: int) -> datetime:
     [
         ("mon-fri 01:00-05:00 Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
         ("mon-fri 01:00-05:00 ../../etc/passwd", "is not an IANA time zone name"),
+        ("mon-fri 01:00-05:00 localtime", "unknown time zone 'localtime'"),
+        ("mon-fri 01:00-05:00 right/UTC", "unknown time zone 'right/UTC'"),
+        ("mon" + ",mon" * 100 + " 01:00-05:00 UTC", "at most 200 characters"),
         ("01:00-05:00 Europe/Berlin", "no days given"),
         ("mon,,fri 01:00-05:00 UTC", "empty day"),
         ("funday 01:00-05:00 UTC", "unknown day 'funday'"),
