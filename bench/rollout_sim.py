@@ -3,6 +3,7 @@ processes, real Celery workers, and a sampler that watches the slots.
 
     python bench/rollout_sim.py [--devices 1000] [--concurrency 50] [--update-time 1]
                                 [--fail 0.0] [--hubs 2] [--workers 1] [--smoke]
+                                [--windows]
 
 Needs PostgreSQL (DATABASE_URL) and Redis (REDIS_URL, a db number of its own is
 best). The script creates a scratch database next to DATABASE_URL's, migrates it,
@@ -26,6 +27,15 @@ paused the deployment with a reason and nothing was claimed after the pause.
 Ideal time: devices / concurrent_updates x update time. The ratio measured /
 ideal is the orchestrator's overhead (plus the devices' own reconnect).
 
+With --windows the deployment gets two one-minute maintenance windows (the
+next whole minute at least 15 s away, and the minute two minutes later; UTC,
+on the real clock, so a run waits up to a minute for the first): the run
+checks that every claim was made inside a window, and reports the claims per
+window, the attempts that were under way when a window closed (they carry
+on), the delay from a window's opening to its first claim (the backstop's
+period bounds it) and the time from the first opening to the last success.
+The --smoke run leaves it out: it would wait for the clock.
+
 Devices are spread over client processes (asyncio, --per-process sockets each)
 and source addresses 127.0.0.x, so that 10,000 sockets fit one machine. The
 simulation itself lives in tests/support/rollout_sim.py, which the tests in
@@ -41,8 +51,11 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -84,6 +97,54 @@ def drop_database(database_url: str, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def window_plan(now: datetime) -> list[tuple[datetime, datetime]]:
+    """Two one-minute windows: the next whole minute at least 15 s away, and
+    the minute two minutes after it (a closed minute between them)."""
+    first = (now + timedelta(seconds=75)).replace(second=0, microsecond=0)
+    return [(first, first + timedelta(minutes=1)), (first + timedelta(minutes=2), first + timedelta(minutes=3))]
+
+
+def set_windows(deployment_id: int, plan: list[tuple[datetime, datetime]]) -> list[str]:
+    from deployments.models import Deployment
+
+    lines = [f"daily {opens:%H:%M}-{closes:%H:%M} UTC" for opens, closes in plan]
+    Deployment.objects.filter(pk=deployment_id).update(windows=lines)
+    return lines
+
+
+def window_figures(deployment_id: int, plan: list[tuple[datetime, datetime]]) -> dict[str, Any]:
+    """Claims by window (and outside any: must be none), attempts under way
+    at each close, each window's first-claim delay, and the time from the
+    first opening to the last success."""
+    from deployments.models import DeviceUpdate, UpdateStatus
+
+    rows = list(
+        DeviceUpdate.objects.filter(deployment_id=deployment_id).values_list("created_at", "finished_at", "status")
+    )
+    claims = [created for created, _, _ in rows]
+    per_window = [sum(opens <= c < closes for c in claims) for opens, closes in plan]
+    outside = len(claims) - sum(per_window)
+    carried = [
+        sum(created < closes and (finished is None or finished > closes) for created, finished, _ in rows)
+        for _, closes in plan
+    ]
+    first_claim = [
+        round((min(c for c in claims if opens <= c < closes) - opens).total_seconds(), 1)
+        if any(opens <= c < closes for c in claims)
+        else None
+        for opens, closes in plan
+    ]
+    finished = [f for _, f, status in rows if status == UpdateStatus.SUCCEEDED and f is not None]
+    return {
+        "windows": [f"{opens:%H:%M}-{closes:%H:%M} UTC" for opens, closes in plan],
+        "claims_per_window": per_window,
+        "claims_outside_windows": outside,
+        "inflight_at_close": carried,
+        "first_claim_after_opening_s": first_claim,
+        "complete_after_first_opening_s": round((max(finished) - plan[0][0]).total_seconds(), 1) if finished else None,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=1000)
@@ -106,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         "--synchronous-commit", action="store_true", help="keep PostgreSQL's synchronous_commit on (see relax_commits)"
     )
     parser.add_argument("--smoke", action="store_true", help="~100 devices, < 60 s (CI)")
+    parser.add_argument(
+        "--windows", action="store_true", help="two one-minute maintenance windows on the real clock (waits for them)"
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.devices, args.concurrency, args.update_time, args.timeout = 100, 25, 0.2, 30
@@ -156,7 +220,14 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout,
         )
         scenario = create_scenario(config)
+        plan: list[tuple[datetime, datetime]] = []
+        if args.windows:
+            plan = window_plan(datetime.now(UTC))
+            print("maintenance windows:", ", ".join(set_windows(scenario.deployment_id, plan)))
+            # The rollout cannot end before the second window closes.
+            config.timeout = max(config.timeout, (plan[-1][1] - datetime.now(UTC)).total_seconds() + 60)
         try:
+            started = time.time()
             result = run_simulation(config, scenario, [f"ws://127.0.0.1:{p}" for p in ports], workdir)
         except FleetNotReady as exc:
             if not args.smoke:
@@ -165,9 +236,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: smoke fleet not connected: {exc} (timing only)")
             return 0
         print(result.summary())
-        if args.json:
-            args.json.write_text(json.dumps(asdict(result), indent=2))
+        report: dict[str, Any] = asdict(result)
         problems = result.problems
+        if plan:
+            figures = window_figures(scenario.deployment_id, plan)
+            figures["run_started_before_first_opening_s"] = round(plan[0][0].timestamp() - started, 1)
+            print("maintenance windows:", json.dumps(figures))
+            report["maintenance_windows"] = figures
+            if figures["claims_outside_windows"]:
+                problems = [*problems, f"{figures['claims_outside_windows']} claim(s) outside the windows"]
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2, default=str))
         if args.smoke and not result.finished:
             # CI proves the machinery and the safety checks; how long a loaded
             # runner takes to finish is not a failure (the full runs measure it).

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
@@ -12,7 +12,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 from django.utils.html import format_html, format_html_join
 
-from deployments import rollout
+from deployments import preflight, rollout
 from deployments.forms import DeploymentRulesForm
 from deployments.models import INFLIGHT_STATUSES, Deployment, DeploymentStage, DeviceUpdate
 from nerveshub.admin_base import CappedCountPaginator, OrgScopedAdmin, org_ids_with_role, register_org_path
@@ -34,6 +34,8 @@ class DeploymentForm(DeploymentRulesForm):
             "conditions_tags",
             "conditions_version",
             "is_active",
+            "windows",
+            "preflight",
             *rollout.SETTINGS_FIELDS,
         ]
 
@@ -50,6 +52,7 @@ class StageInline(admin.TabularInline):  # type: ignore[type-arg]
         "failure_percent",
         "soak_minutes",
         "requires_approval",
+        "windows",
         "approved_at",
         "started_at",
         "completed_at",
@@ -126,7 +129,17 @@ class DeploymentAdmin(OrgScopedAdmin[Deployment]):
 
     @admin.action(description="Activate", permissions=["manage"])
     def activate(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
-        self._each(request, queryset, "Activated", rollout.SWITCHES["activate"])
+        done = 0
+        for deployment in self._manageable(request, queryset).select_related("firmware", "product"):
+            try:
+                done += rollout.SWITCHES["activate"](request.user, deployment)
+            except ValidationError as exc:
+                self.message_user(request, f"{deployment}: {' '.join(exc.messages)}", messages.ERROR)
+                continue
+            warning = preflight.check(deployment).summary()
+            if warning:
+                self.message_user(request, f"{deployment}: {warning}", messages.WARNING)
+        self.message_user(request, f"Activated {done} deployment(s).")
 
     @admin.action(description="Deactivate (stops new pushes at once)", permissions=["manage"])
     def deactivate(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from django.http import HttpRequest
+from django.utils import timezone
 from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import ConfigDict, Field, StrictBool
 
-from deployments import deltas, rollout
+from deployments import deltas, preflight, rollout, windows
 from deployments.manual import UpdateRefused, send_update
 from deployments.models import Deployment
 from devices.api import load_device
@@ -40,6 +42,12 @@ class Settings(Schema):
     breaker_failure_percent: int | None = Field(None, ge=1, le=100)
     breaker_min_attempts: int | None = Field(None, ge=1)
     delta_updates: StrictBool | None = Field(None, description="send deltas when every condition holds")
+    windows: list[str] | None = Field(
+        None, max_length=windows.MAX_WINDOWS, description=f"maintenance windows, each {windows.SYNTAX}; [] for none"
+    )
+    preflight: Literal["warn", "refuse"] | None = Field(
+        None, description="activation when devices would refuse the firmware: warn, or refuse"
+    )
 
 
 class DeploymentIn(Settings):
@@ -69,9 +77,25 @@ class DeploymentOut(Schema):
     paused_reason: str
     concurrent_updates: int
     delta_updates: bool
+    windows: list[str]
+    window_note: str = Field(description='"" inside a window (or none set), else why not and when the next opens')
+    preflight: str
+    preflight_warning: str = Field("", description="on activation: the devices that would refuse the firmware")
     deltas_available: bool
     deltas: list[DeltaOut]
     updated_at: datetime
+
+
+class PreflightDeviceOut(Schema):
+    identifier: str
+    reasons: list[str]
+
+
+class PreflightOut(Schema):
+    mode: str
+    checked: int
+    refusing: int
+    devices: list[PreflightDeviceOut]
 
 
 class DeltaOut(Schema):
@@ -91,7 +115,7 @@ class StatusOut(Schema):
     counts: dict[str, int]
 
 
-def _out(deployment: Deployment) -> DeploymentOut:
+def _out(deployment: Deployment, preflight_warning: str = "") -> DeploymentOut:
     return DeploymentOut(
         name=deployment.name,
         firmware_uuid=deployment.firmware.uuid or "",
@@ -104,6 +128,10 @@ def _out(deployment: Deployment) -> DeploymentOut:
         paused_reason=deployment.paused_reason,
         concurrent_updates=deployment.concurrent_updates,
         delta_updates=deployment.delta_updates,
+        windows=list(deployment.windows),
+        window_note=windows.closed_reason(rollout.current_windows(deployment), timezone.now()),
+        preflight=deployment.preflight,
+        preflight_warning=preflight_warning,
         deltas_available=firmware_deltas.deltas_available(),
         deltas=[
             DeltaOut(
@@ -201,7 +229,28 @@ def _toggle(request: HttpRequest, org: str, product: str, name: str, verb: str) 
 
 @router.post(BASE + "/{name}/activate", response=DeploymentOut)
 def activate(request: HttpRequest, org: str, product: str, name: str) -> DeploymentOut:
-    return _toggle(request, org, product, name, "activate")
+    """422 when the trust preflight refuses; under warn the answer's
+    preflight_warning names the devices that would refuse the firmware."""
+    deployment = _deployment(request, org, product, name, Role.MANAGE)
+    rollout.SWITCHES["activate"](actor(request), deployment)
+    deployment.refresh_from_db()
+    return _out(deployment, preflight.check(deployment).summary())
+
+
+@router.get(BASE + "/{name}/preflight", response=PreflightOut)
+def preflight_report(request: HttpRequest, org: str, product: str, name: str) -> PreflightOut:
+    """The matching devices that would refuse the deployment's firmware, and why."""
+    deployment = _deployment(request, org, product, name)
+    report = preflight.check(deployment)
+    return PreflightOut(
+        mode=report.mode,
+        checked=report.checked,
+        refusing=report.refusing,
+        devices=[
+            PreflightDeviceOut(identifier=report.identifiers[pk], reasons=reasons)
+            for pk, reasons in list(report.reasons.items())[:500]
+        ],
+    )
 
 
 @router.post(BASE + "/{name}/deactivate", response=DeploymentOut)

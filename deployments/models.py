@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from deployments.versions import InvalidRequirement
 from deployments.versions import validate_requirement as _validate_requirement
+from deployments.windows import validate_windows
 from devices.fields import TagsField
 from devices.models import Device, validate_tags
 from firmware.models import DeltaFirmware, Firmware, FirmwareKind
@@ -23,6 +24,11 @@ def validate_requirement(value: str) -> None:
         _validate_requirement(value)
     except InvalidRequirement as exc:
         raise ValidationError(f"Not a version requirement: {exc}") from None
+
+
+class Preflight(models.TextChoices):
+    WARN = "warn", "Warn"
+    REFUSE = "refuse", "Refuse"
 
 
 class Deployment(models.Model):
@@ -59,6 +65,24 @@ class Deployment(models.Model):
     delta_updates = models.BooleanField(
         default=False,
         help_text="Send a device only what changed since its firmware, when its fwup can apply it.",
+    )
+
+    # Maintenance windows (deployments/windows.py): updates start only inside
+    # one of them; none means any time.
+    windows = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_windows],
+        help_text='One per line: days, a local time range and a zone, e.g. "mon-fri 01:00-05:00 Europe/Berlin".',
+    )
+    # What activation does about devices that would not accept the firmware
+    # (deployments/preflight.py, docs/rollout.md "Trust preflight").
+    preflight = models.CharField(
+        max_length=10,
+        choices=Preflight.choices,
+        default=Preflight.WARN,
+        help_text="warn: activate and report devices that would refuse the firmware; "
+        "refuse: do not activate while any would, and never push to such a device.",
     )
 
     concurrent_updates = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1)])
@@ -124,6 +148,12 @@ class DeploymentStage(models.Model):
     )
     soak_minutes = models.PositiveIntegerField(default=0, help_text="Wait after the previous stage completed.")
     requires_approval = models.BooleanField(default=False, help_text="Start only after an operator approves it.")
+    windows = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_windows],
+        help_text="Maintenance windows of this stage, replacing the deployment's while it runs.",
+    )
     approved_at = models.DateTimeField(null=True, blank=True)
     approved_by = models.CharField(max_length=200, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -256,3 +286,22 @@ class DeviceUpdate(models.Model):
 
     def __str__(self) -> str:
         return f"{self.device} → {self.firmware} ({self.status})"
+
+
+class FwupKeysSent(models.Model):
+    """A signing key the hub sent a device in `fwup_public_keys` (the device
+    replaces its keys with each such message, so the rows are the last list
+    sent). Trust preflight reads them: a device has a firmware's key when it
+    was sent it or when its product declares it built in
+    (deployments/preflight.py)."""
+
+    device = models.ForeignKey(Device, models.CASCADE, related_name="+")
+    key = models.CharField(max_length=100)
+    sent_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "fwup keys sent"
+        constraints = [models.UniqueConstraint(fields=["device", "key"], name="fwupkeyssent_device_key_uniq")]
+
+    def __str__(self) -> str:
+        return f"{self.key[:8]}… to {self.device_id}"

@@ -36,7 +36,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from deployments import archives, deltas, services
+from deployments import archives, deltas, preflight, services, windows
 from deployments.models import (
     INFLIGHT_STATUSES,
     Deployment,
@@ -229,7 +229,10 @@ def eligible_devices(
         firmware_id=deployment.firmware_id,
         status__in=FAILED_STATUSES,
     )
-    return (
+    # Under a refusing preflight, devices that would refuse the firmware are
+    # never offered it (deployments/preflight.py).
+    return preflight.exclude_refused(
+        deployment,
         Device.objects.filter(
             online_q(now) if require_online else Q(),
             deployment=deployment,
@@ -242,7 +245,7 @@ def eligible_devices(
         .exclude(Exists(inflight))
         .exclude(_held(now))
         .annotate(failed_before=Exists(failed_before))
-        .order_by("failed_before", "connected_at", "pk")
+        .order_by("failed_before", "connected_at", "pk"),
     )
 
 
@@ -278,6 +281,7 @@ class PreviewRow:
     eligible: bool
     problems: list[str]
     delivery: str = ""  # for an eligible device: delta or full, and why full
+    preflight: list[str] = field(default_factory=list)  # why it would refuse the firmware
 
 
 def preview(deployment: Deployment, limit: int = 500) -> list[PreviewRow]:
@@ -294,10 +298,28 @@ def preview(deployment: Deployment, limit: int = 500) -> list[PreviewRow]:
         if device.deployment_id not in (None, deployment.pk) and not problems:
             problems.append("belongs to another deployment")
         rows.append(PreviewRow(device=device, eligible=not problems, problems=problems))
+    for pk, reasons in preflight.explain(deployment, rows).items():
+        next(r for r in rows if r.device.pk == pk).preflight = reasons
+    closed = windows.closed_reason(current_windows(deployment), now)
+    for row in rows if closed else ():
+        row.problems.append(closed)
+        row.eligible = False
     eligible = {r.device.pk: r for r in rows if r.eligible}
     for pk, delivery in deltas.plan(deployment, [r.device for r in eligible.values()]).items():
         eligible[pk].delivery = delivery.label
     return rows
+
+
+def current_windows(deployment: Deployment) -> list[str]:
+    """The maintenance windows that rule now: the running stage's own, else
+    the deployment's."""
+    stage = (
+        DeploymentStage.objects.filter(deployment=deployment, started_at__isnull=False, completed_at__isnull=True)
+        .order_by("position")
+        .values_list("windows", flat=True)
+        .first()
+    )
+    return list(windows.effective(deployment.windows, stage))
 
 
 # --- The orchestrator ------------------------------------------------------------------
@@ -538,6 +560,11 @@ def _claim_free_slots(
     scope = _stage_scope(deployment, now)
     if isinstance(scope, str):
         run.skipped = scope
+        return []
+    # Only new claims wait for a maintenance window: an attempt under way
+    # when one closes carries on, and its resends are not claims.
+    if not windows.is_open(windows.effective(deployment.windows, scope.windows if scope else None), now):
+        run.skipped = "outside the maintenance window"
         return []
     inflight = DeviceUpdate.objects.filter(deployment=deployment, status__in=INFLIGHT_STATUSES)
     slots = deployment.concurrent_updates - inflight.count()
@@ -903,6 +930,9 @@ def run_started(deployment_id: int) -> None:
 
 
 def set_active(actor: Actor, deployment: Deployment, active: bool) -> bool:
+    """Raises ValidationError when the deployment's trust preflight refuses."""
+    if active and not deployment.is_active:
+        preflight.refuse_activation(deployment)
     with transaction.atomic():
         changed = Deployment.objects.filter(pk=deployment.pk, is_active=not active).update(
             is_active=active, updated_at=timezone.now()

@@ -6,7 +6,8 @@ reports do to its update").
 2. settle the in-flight update and the device's deployment, which may push
    an update (`deployments.rollout.on_device_joined`);
 3. push the product's connecting code (`devices.scripts.push_connecting_code`);
-4. read the org's signing keys when the device asked for them at connect.
+4. read the org's signing keys when the device asked for them at connect,
+   and record which were sent (trust preflight, docs/rollout.md).
 
 Pushes go out on commit through the channel layer, so the device gets its join
 reply first. This module is the only place that knows the join spans
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deployments import rollout
+from deployments import preflight, rollout
 from deployments.models import Deployment
 from devicelink import hotpath
 from devicelink.protocol import DeviceJoin
@@ -86,6 +87,9 @@ def store_join(device_id: int, params: DeviceJoin) -> tuple[JoinOutcome, int | N
         archive_public_keys=keys if params.archive_public_keys == "on_connect" else None,
         device=device,
     )
+    if outcome.fwup_public_keys:
+        # What the device will trust from now on: trust preflight reads it.
+        preflight.record_keys_sent(device_id, outcome.fwup_public_keys)
     deployment_id = rollout.on_device_joined(device_id, report, seen=device)
     unchanged = device.deployment_id == deployment_id
     scripts.push_connecting_code(device_id, seen=device if unchanged else None)

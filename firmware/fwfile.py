@@ -107,6 +107,8 @@ class Metadata:
     misc: str = ""
     resources: list[Resource] = field(default_factory=list)
     delta: DeltaSupport = field(default_factory=lambda: DeltaSupport((), "", frozenset()))
+    # The oldest fwup that applies the file ("" when meta.conf names none).
+    require_fwup_version: str = ""
 
 
 # fwup applies a patch against bytes on the device's disk from these versions on
@@ -380,7 +382,15 @@ def parse_metadata(meta_conf: bytes) -> Metadata:
         misc=block.string("meta-misc") or "",
         resources=resources,
         delta=delta_support(block, names),
+        require_fwup_version=_require_fwup_version(block),
     )
+
+
+def _require_fwup_version(block: metaconf.Block) -> str:
+    """meta.conf's require-fwup-version, when it is a version (fwup writes
+    one; anything else is kept as unknown rather than refusing the file)."""
+    value = (block.string("require-fwup-version") or "").strip()
+    return value if SEMVER.match(value) and len(value) <= 20 else ""
 
 
 # fwup reads delta-source-raw-count into a C int.

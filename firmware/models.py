@@ -116,6 +116,9 @@ class Firmware(models.Model):
     # oldest fwup that applies such a patch ("" when the file has none).
     delta_resources = models.JSONField(default=list, blank=True)
     delta_fwup_version = models.CharField(max_length=20, blank=True)
+    # meta.conf's require-fwup-version: the oldest fwup that applies this file
+    # ("" when it names none, or the file was validated before it was kept).
+    require_fwup_version = models.CharField(max_length=20, blank=True)
 
     objects: ClassVar[FirmwareQuerySet] = FirmwareQuerySet.as_manager()  # type: ignore[assignment]
 

@@ -327,6 +327,7 @@ def validate_firmware(firmware_id: int) -> Firmware | None:
         "partial_sha256": checksums.partials,
         "delta_resources": list(metadata.delta.resources),
         "delta_fwup_version": metadata.delta.fwup_version,
+        "require_fwup_version": metadata.require_fwup_version,
         "signing_key_id": key_id,
         "validated_at": timezone.now(),
         "rejected_reason": "",

@@ -155,6 +155,16 @@ class OrgScopedAdmin(admin.ModelAdmin[M], Generic[M]):
             field.queryset = field.queryset.filter(**{lookup: org_ids})  # type: ignore[union-attr]
         return field
 
+    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        field = super().formfield_for_manytomany(db_field, request, **kwargs)
+        related = db_field.related_model
+        if field is not None and not _is_operator(request) and related in _ORG_PATHS:
+            # As for foreign keys: only rows of orgs where the user may make changes.
+            path = _ORG_PATHS[related]
+            lookup = "pk__in" if path == "pk" else f"{path}__in"
+            field.queryset = field.queryset.filter(**{lookup: org_ids_with_role(request, self.change_role)})  # type: ignore[union-attr]
+        return field
+
     def check_save_allowed(self, request: HttpRequest, obj: M) -> None:
         # Re-check against the org the row ends up in: the form may have moved it.
         if not _is_operator(request) and not has_org_role(request, self.obj_org_id(obj), self.change_role):

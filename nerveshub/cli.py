@@ -535,6 +535,13 @@ def _deployment_body(args: argparse.Namespace) -> dict[str, Any]:
         body["concurrent_updates"] = args.concurrent_updates
     if args.delta_updates is not None:
         body["delta_updates"] = args.delta_updates == "on"
+    if args.no_windows and args.window:
+        usage_error("give --window or --no-windows, not both")
+    if args.window is not None or args.no_windows:
+        # The hub checks each line (days, range, zone) and answers why not.
+        body["windows"] = [] if args.no_windows else list(args.window)
+    if args.preflight is not None:
+        body["preflight"] = args.preflight
     return body
 
 
@@ -548,7 +555,10 @@ def cmd_deployment_create(args: argparse.Namespace, hub: Hub, out: Output) -> in
 def cmd_deployment_update(args: argparse.Namespace, hub: Hub, out: Output) -> int:
     body = _deployment_body(args)
     if not body:
-        usage_error("nothing to change: give --firmware, --version, --tag, --concurrent-updates or --delta-updates")
+        usage_error(
+            "nothing to change: give --firmware, --version, --tag, --concurrent-updates, --delta-updates, "
+            "--window, --no-windows or --preflight"
+        )
     path = f"{_product_path(args)}/deployments/{_q(args.name)}"
     if (args.version is None) != (args.tag is None):
         # The API replaces the conditions as a whole; keep the half not given.
@@ -570,7 +580,13 @@ def cmd_deployment_list(args: argparse.Namespace, hub: Hub, out: Output) -> int:
 def _deployment_action(verb: str) -> Callable[[argparse.Namespace, Hub, Output], int]:
     def run(args: argparse.Namespace, hub: Hub, out: Output) -> int:
         changed = hub.post(f"{_product_path(args)}/deployments/{_q(args.name)}/{verb}")
-        out.emit(changed, lambda d: f"{d['name']}: active={d['is_active']} paused={d['paused']}")
+
+        def human(d: dict[str, Any]) -> str:
+            line = f"{d['name']}: active={d['is_active']} paused={d['paused']}"
+            notes = [n for n in (d.get("preflight_warning"), d.get("window_note")) if n]
+            return "\n".join([line, *(f"warning: {n}" for n in notes)])
+
+        out.emit(changed, human)
         return EXIT_OK
 
     return run
@@ -746,6 +762,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tag", action="append", help="devices must have this tag (repeat, or comma-separated)")
         p.add_argument("--concurrent-updates", type=int)
         p.add_argument("--delta-updates", choices=("on", "off"), help="send deltas when every condition holds")
+        p.add_argument(
+            "--window",
+            action="append",
+            help='maintenance window "DAYS HH:MM-HH:MM ZONE", e.g. "mon-fri 01:00-05:00 Europe/Berlin" '
+            "(repeat for several; replaces the deployment's windows)",
+        )
+        p.add_argument("--no-windows", action="store_true", help="remove the windows: updates start at any time")
+        p.add_argument(
+            "--preflight",
+            choices=("warn", "refuse"),
+            help="when devices would refuse the firmware: activate with a warning, or refuse to activate",
+        )
     command(dep, "list", cmd_deployment_list, "list deployments", product)
     for verb in ("activate", "deactivate", "pause", "resume"):
         command(dep, verb, _deployment_action(verb), f"{verb} a deployment", product).add_argument("name")

@@ -71,13 +71,16 @@ class MembershipAdmin(OrgScopedAdmin[Membership]):
 class ProductForm(forms.ModelForm):  # type: ignore[type-arg]
     class Meta:
         model = Product
-        fields = ["org", "name", "description", "extensions", "poll_interval_seconds"]
+        fields = ["org", "name", "description", "extensions", "poll_interval_seconds", "builtin_keys"]
 
     def clean(self) -> dict[str, Any]:
         cleaned: dict[str, Any] = super().clean() or {}
         if "extensions" in cleaned:
             for name, messages in services.product_errors(cleaned["extensions"]).items():
                 self.add_error(name, messages)
+        org = cleaned.get("org") or (self.instance.org if self.instance.org_id else None)
+        for name, messages in services.builtin_key_errors(org, cleaned.get("builtin_keys") or []).items():
+            self.add_error(name, messages)
         return cleaned
 
 

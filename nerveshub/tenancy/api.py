@@ -9,6 +9,7 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import ConfigDict, Field
 
+from firmware.models import SigningKey
 from nerveshub.apihelpers import actor, require_org, require_product
 from nerveshub.tenancy import services
 from nerveshub.tenancy.models import APIToken, Product, Role
@@ -39,6 +40,9 @@ class ProductPatch(Schema):
     poll_interval_seconds: int | None = Field(
         None, ge=10, le=30 * 86400, description="How often the product's polling devices ask for an update"
     )
+    builtin_keys: list[str] | None = Field(
+        None, max_length=100, description="names of the org's signing keys built into every device of the product"
+    )
 
 
 class ProductOut(Schema):
@@ -46,6 +50,7 @@ class ProductOut(Schema):
     description: str
     extensions: list[str]
     poll_interval_seconds: int
+    builtin_keys: list[str]
 
 
 def _product_out(product: Product) -> ProductOut:
@@ -54,6 +59,7 @@ def _product_out(product: Product) -> ProductOut:
         description=product.description,
         extensions=list(product.extensions),
         poll_interval_seconds=product.poll_interval_seconds,
+        builtin_keys=sorted(key.name for key in product.builtin_keys.all()) if product.pk else [],
     )
 
 
@@ -128,7 +134,8 @@ def list_orgs(request: HttpRequest) -> list[OrgOut]:
 @router.get("/orgs/{org}/products", response=list[ProductOut])
 def list_products(request: HttpRequest, org: str) -> list[ProductOut]:
     organization = require_org(request, org)
-    return [_product_out(p) for p in Product.objects.filter(org=organization).order_by("name")]
+    products = Product.objects.filter(org=organization).order_by("name").prefetch_related("builtin_keys")
+    return [_product_out(p) for p in products]
 
 
 @router.post("/orgs/{org}/products", response={201: ProductOut})
@@ -149,10 +156,16 @@ def get_product(request: HttpRequest, org: str, product: str) -> ProductOut:
 @router.patch("/orgs/{org}/products/{product}", response=ProductOut)
 def update_product(request: HttpRequest, org: str, product: str, payload: ProductPatch) -> ProductOut:
     found = require_product(request, org, product, Role.MANAGE)
-    changes = payload.model_dump(exclude_none=True)
+    changes = payload.model_dump(exclude_none=True, exclude={"builtin_keys"})
     for name, value in changes.items():
         setattr(found, name, value)
-    services.save_product(actor(request), found, changes, via="api")
+    keys = None
+    if payload.builtin_keys is not None:
+        keys = list(SigningKey.objects.filter(org_id=found.org_id, name__in=payload.builtin_keys))
+        unknown = sorted(set(payload.builtin_keys) - {key.name for key in keys})
+        if unknown:
+            raise HttpError(422, f"no signing key named {', '.join(unknown)} in this organization")
+    services.save_product(actor(request), found, changes, via="api", builtin_keys=keys)
     return _product_out(found)
 
 

@@ -78,6 +78,14 @@ class Product(models.Model):
     # status, each replacing HEALTH_THRESHOLDS' entry for that metric
     # (devices.health.thresholds_for; the rule is devices.health.threshold_errors).
     health_thresholds = models.JSONField(default=dict, blank=True)
+    # Signing keys compiled into the product's firmware images: its devices
+    # trust them without being sent them (trust preflight, docs/rollout.md).
+    builtin_keys = models.ManyToManyField(
+        "firmware.SigningKey",
+        blank=True,
+        related_name="builtin_in_products",
+        help_text="Signing keys every device of this product has built in.",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser, User
@@ -25,6 +25,10 @@ from devices.models import ConnectionStatus, Device
 from nerveshub.lib.validation import refuse_unless_valid
 from nerveshub.tenancy import audit_chain
 from nerveshub.tenancy.models import ROLE_RANK, APIToken, AuditEvent, Membership, Organization, Product, Role
+
+if TYPE_CHECKING:
+    # Types only: firmware's models build on tenancy's.
+    from firmware.models import SigningKey
 
 # Who did it: a user, a device (anything with .identifier), or a plain label such
 # as "system" or "orchestrator".
@@ -331,7 +335,22 @@ def product_errors(extensions: object) -> dict[str, list[str]]:
     return {}
 
 
-def save_product(actor: Actor, product: Product, fields: Iterable[str], *, via: str) -> Product:
+def builtin_key_errors(org: Organization | None, keys: Iterable[SigningKey]) -> dict[str, list[str]]:
+    """A product's built-in keys must be signing keys of its organization."""
+    foreign = [key.name for key in keys if org is None or key.org_id != org.pk]
+    if foreign:
+        return {"builtin_keys": [f"Not a signing key of this organization: {', '.join(sorted(foreign))}."]}
+    return {}
+
+
+def save_product(
+    actor: Actor,
+    product: Product,
+    fields: Iterable[str],
+    *,
+    via: str,
+    builtin_keys: Sequence[SigningKey] | None = None,
+) -> Product:
     """Create (unsaved instance) or change a product whose `fields` the caller
     set: check, save and audit it in one transaction. Raises ValidationError
     and writes nothing when it may not be saved.
@@ -341,14 +360,18 @@ def save_product(actor: Actor, product: Product, fields: Iterable[str], *, via: 
     their sockets attach what became allowed and detach what no longer is
     (devices.publish.broadcast_extensions)."""
     product.extensions = list(dict.fromkeys(product.extensions or [])) if isinstance(product.extensions, list) else []
-    refuse_unless_valid(
-        product, {**product_errors(product.extensions), **health.threshold_errors(product.health_thresholds)}
-    )
+    errors = {**product_errors(product.extensions), **health.threshold_errors(product.health_thresholds)}
+    if builtin_keys is not None:
+        errors.update(builtin_key_errors(product.org, builtin_keys))
+    refuse_unless_valid(product, errors)
     with transaction.atomic():
         previous = None
         if not product._state.adding and "extensions" in set(fields):
             previous = Product.objects.select_for_update().values_list("extensions", flat=True).get(pk=product.pk)
-        save_audited(actor, product, fields, via=via)
+        save_audited(actor, product, [*fields, *(["builtin_keys"] if builtin_keys is not None else [])], via=via)
+        if builtin_keys is not None:
+            # Trust preflight reads them (deployments/preflight.py).
+            product.builtin_keys.set(builtin_keys)
         if previous is not None and list(previous or []) != product.extensions:
             online = Device.objects.filter(
                 product_id=product.pk, deleted_at__isnull=True, connection_status=ConnectionStatus.CONNECTED

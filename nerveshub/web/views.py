@@ -27,7 +27,7 @@ from django.views.decorators.http import require_POST
 
 from certificates import services as certificates
 from certificates.models import CACertificate
-from deployments import deltas, rollout
+from deployments import deltas, preflight, rollout, windows
 from deployments.models import Deployment, DeviceUpdate, UpdateStatus
 from deployments.rollout import FAILED_STATUSES
 from deployments.timeline import rollout_timeline
@@ -907,6 +907,7 @@ def deployment_detail(request: HttpRequest, org: str, pk: int) -> HttpResponse:
         "events": visible_events(_subject_events(access, "deployment", deployment.pk)[:10], access.role),
         "deltas": deltas.pairs(deployment),
         "deltas_available": firmware_deltas.deltas_available(),
+        "window_note": windows.closed_reason(rollout.current_windows(deployment), timezone.now()),
     }
     timeline = rollout_timeline(deployment)
     context["timeline_chart"] = charts.multi_line_chart(timeline.series()) if timeline else None
@@ -971,7 +972,13 @@ def deployment_preview(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     access = get_org_for_user(request, org)
     deployment = _deployment(access, pk)
     rows = rollout.preview(deployment, limit=200)
-    context = {"deployment": deployment, "rows": rows, "eligible": sum(1 for r in rows if r.eligible)}
+    context = {
+        "deployment": deployment,
+        "rows": rows,
+        "eligible": sum(1 for r in rows if r.eligible),
+        "refusing": sum(1 for r in rows if r.preflight),
+        "window_note": windows.closed_reason(rollout.current_windows(deployment), timezone.now()),
+    }
     return _render(request, access, "web/deployment_preview.html", context)
 
 
@@ -983,7 +990,15 @@ def deployment_action(request: HttpRequest, org: str, pk: int) -> HttpResponse:
     user = _user(request)
     action = request.POST.get("action", "")
     if action in rollout.SWITCHES:
-        rollout.SWITCHES[action](user, deployment)
+        try:
+            rollout.SWITCHES[action](user, deployment)
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+        else:
+            if action == "activate":
+                warning = preflight.check(deployment).summary()
+                if warning:
+                    messages.warning(request, warning)
     elif action == "retry_failed":
         count = rollout.retry_failed(user, deployment)
         messages.success(request, f"{count} device(s) may try again.")
