@@ -11,7 +11,6 @@ from django.test import Client
 
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import AuditEvent, Membership, Organization, Role
-from nerveshub.web import services as members
 from tests.conftest import Tenant
 from tests.web.conftest import client_for
 
@@ -124,7 +123,7 @@ def test_an_outsider_and_a_removed_member_get_404(tenant: Tenant) -> None:
     tenancy.set_membership("test", tenant.org, other_admin, Role.ADMIN)
     client = client_for(other_admin)
     assert client.get("/org/acme/settings/").status_code == 200
-    members.remove_member(tenant.admin, Membership.objects.get(org=tenant.org, user=other_admin))
+    tenancy.remove_member(tenant.admin, Membership.objects.get(org=tenant.org, user=other_admin))
     assert client.post("/org/acme/settings/", {"name": "Mine"}).status_code == 404
     with pytest.raises(PermissionDenied):
         tenancy.rename_organization(other_admin, tenant.org, "Mine")
