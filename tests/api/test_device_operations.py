@@ -139,3 +139,9 @@ def test_each_operation_refuses_outsiders_viewers_and_removed_members(
     assert call(api_for(tenant.viewer)) == 403
     assert call(removed) == 404
     assert not DeviceUpdate.objects.exists() and not ScriptRun.objects.exists()
+
+
+def test_every_ref_is_one_path_segment() -> None:
+    # base64's "/" would split the result route's path
+    refs = {scripts._new_ref() for _ in range(2000)}
+    assert not [r for r in refs if "/" in r or "+" in r]
