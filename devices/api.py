@@ -269,6 +269,8 @@ def run_on_device(
     device = load_device(request, org, product, identifier, Role.MANAGE)
     if (payload.script is None) == (payload.text is None):
         raise HttpError(422, "give either script (a saved script's name) or text (code to run)")
+    if payload.text is not None and not payload.text.strip():
+        raise HttpError(422, "text holds no code to run")
     user = actor(request)
     try:
         if payload.script is not None:

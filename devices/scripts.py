@@ -38,7 +38,9 @@ class ScriptRefused(Exception):
 
 
 def _new_ref() -> str:
-    return base64.b64encode(secrets.token_bytes(4)).decode().rstrip("=")
+    # The URL-safe alphabet: the ref is a path segment of the API's result
+    # route, where a "/" would split it. The device echoes it as it is.
+    return base64.urlsafe_b64encode(secrets.token_bytes(4)).decode().rstrip("=")
 
 
 # Ad-hoc text is held to what a saved script may hold (a TextField has no

@@ -83,6 +83,7 @@ def test_script_requests_are_checked(tenant: Tenant, device: Device, as_manager:
     assert as_manager.post(DEVICE + "/scripts", {"script": "a", "text": "b"}).status_code == 422
     assert as_manager.post(DEVICE + "/scripts", {"script": "missing"}).status_code == 404
     assert as_manager.post(DEVICE + "/scripts", {"text": "1", "timeout_ms": 0}).status_code == 422
+    assert as_manager.post(DEVICE + "/scripts", {"text": " \n "}).status_code == 422
     assert as_manager.post(DEVICE + "/scripts", {"text": "x" * 200_000}).status_code == 422
     old = as_manager.post("/orgs/acme/products/widget/devices/dev-old/scripts", {"text": "1"})
     assert old.status_code == 409 and "2.1.0" in old.json()["errors"]["detail"]
@@ -139,3 +140,9 @@ def test_each_operation_refuses_outsiders_viewers_and_removed_members(
     assert call(api_for(tenant.viewer)) == 403
     assert call(removed) == 404
     assert not DeviceUpdate.objects.exists() and not ScriptRun.objects.exists()
+
+
+def test_every_ref_is_one_path_segment() -> None:
+    # base64's "/" would split the result route's path
+    refs = {scripts._new_ref() for _ in range(2000)}
+    assert not [r for r in refs if "/" in r or "+" in r]
