@@ -49,7 +49,7 @@ class ThresholdsForm(forms.Form):
 
     def thresholds(self, current: object) -> dict[str, list[float]]:
         """The product's new thresholds: the standard metrics from the form,
-        any other metric it named (through the API or the admin) kept."""
+        any other metric it named (a custom one, set with save_product) kept."""
         own = current if isinstance(current, dict) else {}
         kept = {k: v for k, v in own.items() if k not in health.STANDARD_METRICS}
         for name in health.STANDARD_METRICS:
