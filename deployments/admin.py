@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
@@ -13,7 +14,7 @@ from django.urls import URLPattern, path
 from django.utils.html import format_html, format_html_join
 
 from deployments import preflight, rollout
-from deployments.forms import DeploymentRulesForm
+from deployments.forms import DeploymentRulesForm, WindowsField
 from deployments.models import INFLIGHT_STATUSES, Deployment, DeploymentStage, DeviceUpdate
 from nerveshub.admin_base import CappedCountPaginator, OrgScopedAdmin, org_ids_with_role, register_org_path
 from nerveshub.tenancy.models import Role
@@ -40,23 +41,33 @@ class DeploymentForm(DeploymentRulesForm):
         ]
 
 
+STAGE_FIELDS = [
+    "position",
+    "name",
+    "size_count",
+    "size_percent",
+    "concurrent_updates",
+    "failure_percent",
+    "soak_minutes",
+    "requires_approval",
+    "windows",
+]
+
+
+class StageForm(forms.ModelForm):  # type: ignore[type-arg]
+    # Lines of text, as on the deployment, rather than a JSON list.
+    windows = WindowsField(label="Maintenance windows", help_text="Replace the deployment's while this stage runs.")
+
+    class Meta:
+        model = DeploymentStage
+        fields = STAGE_FIELDS
+
+
 class StageInline(admin.TabularInline):  # type: ignore[type-arg]
     model = DeploymentStage
+    form = StageForm
     extra = 0
-    fields = [
-        "position",
-        "name",
-        "size_count",
-        "size_percent",
-        "concurrent_updates",
-        "failure_percent",
-        "soak_minutes",
-        "requires_approval",
-        "windows",
-        "approved_at",
-        "started_at",
-        "completed_at",
-    ]
+    fields = [*STAGE_FIELDS, "approved_at", "started_at", "completed_at"]
     readonly_fields = ["approved_at", "started_at", "completed_at"]
 
 

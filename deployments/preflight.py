@@ -172,14 +172,15 @@ def device_problems(deployment: Deployment, device: Device, *, key_missing: bool
     return problems
 
 
-def refuse_activation(deployment: Deployment) -> Report:
+def refuse_activation(deployment: Deployment) -> None:
     """Before an activation: raise ValidationError when the deployment refuses
-    and a matching device would refuse its firmware; else the report (its
-    summary is the warning an adapter shows)."""
+    and a matching device would refuse its firmware. Under warn nothing is
+    checked here: the adapters show check(...).summary() after activating."""
+    if deployment.preflight != Preflight.REFUSE:
+        return
     report = check(deployment)
-    if report.reasons and deployment.preflight == Preflight.REFUSE:
+    if report.reasons:
         raise ValidationError({"preflight": [f"Not activated: {report.summary()}"]})
-    return report
 
 
 def exclude_refused(deployment: Deployment, devices: QuerySet[Device]) -> QuerySet[Device]:

@@ -298,8 +298,9 @@ def preview(deployment: Deployment, limit: int = 500) -> list[PreviewRow]:
         if device.deployment_id not in (None, deployment.pk) and not problems:
             problems.append("belongs to another deployment")
         rows.append(PreviewRow(device=device, eligible=not problems, problems=problems))
+    by_device = {r.device.pk: r for r in rows}
     for pk, reasons in preflight.explain(deployment, rows).items():
-        next(r for r in rows if r.device.pk == pk).preflight = reasons
+        by_device[pk].preflight = reasons
     closed = windows.closed_reason(current_windows(deployment), now)
     for row in rows if closed else ():
         row.problems.append(closed)

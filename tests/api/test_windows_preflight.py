@@ -130,3 +130,16 @@ def test_a_product_names_its_built_in_keys(
     assert by_viewer.status_code == 403
     assert list(tenant.product.builtin_keys.values_list("name", flat=True)) == ["release"]
     assert as_viewer.get(DEPLOYMENTS + "/main/preflight").json()["refusing"] == 0
+
+
+def test_the_nerveshub_api_switch_answers_a_refusing_preflight_with_422(tenant: Tenant, signed: Deployment) -> None:
+    from tests.api.nhapi.conftest import tool_for
+
+    # given
+    Deployment.objects.filter(pk=signed.pk).update(preflight=Preflight.REFUSE)
+    # when
+    response = tool_for(tenant.manager).put(PRODUCT + "/deployments/main", {"deployment": {"state": "on"}})
+    # then
+    assert response.status_code == 422
+    assert "would refuse this firmware" in response.content.decode()
+    assert not Deployment.objects.get(pk=signed.pk).is_active

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
@@ -159,3 +160,47 @@ def test_the_product_admin_offers_only_the_organizations_keys(tenant: Tenant, ot
     saved = client.post(url, {**form, "builtin_keys": [own.pk]})
     assert saved.status_code == 302
     assert list(Product.objects.get(pk=tenant.product.pk).builtin_keys.all()) == [own]
+
+
+def test_a_stage_gets_its_windows_in_the_admin(tenant: Tenant, signed: Deployment) -> None:
+    # given: the hub's operator (stages are edited inline, with Django's model permissions)
+    client = _client(User.objects.create_superuser("root", "root@example.com", "pw"))
+    url = reverse("admin:deployments_deployment_change", args=[signed.pk])
+    form = {
+        "org": tenant.org.pk,
+        "product": tenant.product.pk,
+        "name": signed.name,
+        "firmware": signed.firmware_id,
+        "conditions_tags": "[]",
+        "conditions_version": "",
+        "windows": "",
+        "preflight": "warn",
+        "concurrent_updates": 10,
+        "inflight_timeout_minutes": 30,
+        "penalty_attempts": 3,
+        "penalty_rate_attempts": 5,
+        "penalty_rate_seconds": 180,
+        "penalty_minutes": 1440,
+        "breaker_failure_percent": 20,
+        "breaker_min_attempts": 10,
+        "stages-TOTAL_FORMS": 2,
+        "stages-INITIAL_FORMS": 0,
+        "stages-0-position": 1,
+        "stages-0-name": "canary",
+        "stages-0-size_count": 1,
+        "stages-0-soak_minutes": 0,
+        "stages-0-windows": "sat 10:00-12:00 Europe/Paris",
+        "stages-1-position": 2,
+        "stages-1-name": "rest",
+        "stages-1-size_percent": 100,
+        "stages-1-soak_minutes": 0,
+        "stages-1-windows": "",
+    }
+    # when
+    bad = client.post(url, {**form, "stages-0-windows": "sat 10:00-10:00 Europe/Paris"})
+    saved = client.post(url, form)
+    # then
+    assert bad.status_code == 200 and "the range 10:00-10:00 is empty" in bad.content.decode()
+    assert saved.status_code == 302, saved.content.decode()[-3000:]
+    stages = {s.name: s.windows for s in signed.stages.all()}
+    assert stages == {"canary": ["sat 10:00-12:00 Europe/Paris"], "rest": []}
