@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
-from nerveshub.web import signin, views
+from nerveshub.web import live, signin, views
 
 app_name = "web"
 
@@ -44,6 +44,7 @@ org_patterns = [
     path("audit/", views.audit_log, name="audit"),
     path("audit/chain/", views.audit_chain, name="audit_chain"),
     path("audit/export.jsonl", views.audit_export, name="audit_export"),
+    path("live/counts.json", live.live_counts, name="live_counts"),
 ]
 
 account_patterns = [

@@ -37,6 +37,7 @@ READ_ONLY = {
     "audit",
     "audit_chain",
     "audit_export",
+    "live_counts",
 }
 
 
