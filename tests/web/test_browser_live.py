@@ -66,7 +66,7 @@ def test_the_device_list_shows_a_device_going_online_without_a_reload(
     assert page.get_attribute(f"{row} [data-live~=presence]", "data-presence") == "not_seen"
     page.wait_for_selector("body[data-live=open]")
     dashboard.wait_for_selector("body[data-live=open]")
-    assert dashboard.inner_text("[data-live-count=online]") == "0"
+    assert dashboard.inner_text("[data-live-count=online] b") == "0"
     # a mark that a reload would wipe
     page.evaluate("window.liveMark = 1")
 
@@ -78,12 +78,12 @@ def test_the_device_list_shows_a_device_going_online_without_a_reload(
 
         # then: its row says connected, on the same page, and "just now"
         page.wait_for_selector(f"{row} [data-live~=presence][data-presence=connected]")
-        assert page.inner_text(f"{row} [data-live~=presence]") == "Connected"
+        assert page.inner_text(f"{row} [data-live~=presence] .badge") == "Connected"
         assert page.inner_text(f"{row} [data-live~=seen]") == "just now"
         assert page.evaluate("window.liveMark") == 1
         # and the dashboard refetched its counts
-        dashboard.wait_for_function("document.querySelector('[data-live-count=online]').textContent === '1'")
-        assert dashboard.inner_text("[data-live-count=offline]") == "0"
+        dashboard.wait_for_function("document.querySelector('[data-live-count=online] b').textContent === '1'")
+        assert dashboard.inner_text("[data-live-count=offline] b") == "0"
         shot(page, "live-devices")
 
         # when: the device leaves

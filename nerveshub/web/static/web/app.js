@@ -198,10 +198,13 @@ function formatSeen(el, iso) {
 function patchDevice(change) {
   const id = change.id;
   if (change.presence) {
+    // The marked element holds the presence badge (its first .badge).
     liveTargets(id, "presence").forEach((el) => {
-      el.className = `badge ${change.presence}`;
       el.dataset.presence = change.presence;
-      text(el, PRESENCE_LABELS[change.presence] || change.presence);
+      const badge = el.querySelector(".badge");
+      if (!badge) return;
+      badge.className = `badge ${change.presence}`;
+      text(badge, PRESENCE_LABELS[change.presence] || change.presence);
     });
   }
   if (change.fw !== undefined) liveTargets(id, "fw").forEach((el) => text(el, change.fw || "—"));
@@ -235,7 +238,8 @@ function refreshCounts(url) {
     .then((data) => {
       document.querySelectorAll("[data-live-count]").forEach((el) => {
         const name = el.dataset.liveCount;
-        if (data[name] !== undefined) text(el, `${data[name]}${data[`${name}_more`] ? "+" : ""}`);
+        // The figure is the element's <b> when it has one (a stat), else the element.
+        if (data[name] !== undefined) text(el.querySelector("b") || el, `${data[name]}${data[`${name}_more`] ? "+" : ""}`);
       });
     })
     .catch(() => {});
