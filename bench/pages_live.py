@@ -28,7 +28,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -143,10 +142,7 @@ def main() -> None:
         readers = [asyncio.create_task(read(i, p)) for i, p in enumerate(pages)]
         flusher = asyncio.create_task(pagefeed.run_flusher())
         cpu0, wall0 = time.process_time(), time.monotonic()
-        producer = threading.Thread(target=produce)
-        producer.start()
-        while producer.is_alive():
-            await asyncio.sleep(0.1)
+        await asyncio.to_thread(produce)
         await asyncio.sleep(2.5)  # the last flush and the pages' last send
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
         for task in [*readers, flusher]:
@@ -161,7 +157,7 @@ def main() -> None:
     per_page = [len(r) for r in received]
     per_page_bytes = [sum(r) for r in received]
     worst_rate = max(per_page) / seconds
-    print(f"{devices} devices, {changes} state changes in {seconds:.0f} s, {args.pages} open pages, {connection.vendor}")
+    print(f"{devices} devices, {changes} changes in {seconds:.0f} s, {args.pages} open pages, {connection.vendor}")
     print(f"publisher call (hot path):       {per_call_us:7.1f} us CPU per change")
     print(f"flushes sent to the org group:   {pagefeed.sent['messages']} ({pagefeed.sent['rows']} rows)")
     print(f"browser messages per page:       {per_page} (max {worst_rate:.2f}/s)")

@@ -36,8 +36,7 @@ class DeviceInThread:
     async def _run(self) -> None:
         await self.device.connect()
         self.connected.set()
-        while not self.leave.is_set():
-            await asyncio.sleep(0.05)
+        await asyncio.to_thread(self.leave.wait)
         await self.device.close()
 
 
@@ -61,11 +60,14 @@ def test_the_device_list_shows_a_device_going_online_without_a_reload(
         page.click("button[type=submit]")
     dashboard = context.new_page()
     dashboard.goto(f"{base}/org/{slug}/")
+    device_page = context.new_page()
+    device_page.goto(f"{base}/org/{slug}/devices/{offline_device.pk}/")
     page.goto(f"{base}/org/{slug}/devices/")
     row = f'tr[data-live-device="{offline_device.pk}"]'
     assert page.get_attribute(f"{row} [data-live~=presence]", "data-presence") == "not_seen"
     page.wait_for_selector("body[data-live=open]")
     dashboard.wait_for_selector("body[data-live=open]")
+    device_page.wait_for_selector("body[data-live=open]")
     assert dashboard.inner_text("[data-live-count=online] b") == "0"
     # a mark that a reload would wipe
     page.evaluate("window.liveMark = 1")
@@ -84,6 +86,8 @@ def test_the_device_list_shows_a_device_going_online_without_a_reload(
         # and the dashboard refetched its counts
         dashboard.wait_for_function("document.querySelector('[data-live-count=online] b').textContent === '1'")
         assert dashboard.inner_text("[data-live-count=offline] b") == "0"
+        # and the device's own page its header
+        device_page.wait_for_selector("h1 [data-live~=presence][data-presence=connected] .badge.connected")
         shot(page, "live-devices")
 
         # when: the device leaves

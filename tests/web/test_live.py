@@ -288,3 +288,25 @@ def test_it_answers_counts_to_members_only(tenant: Tenant) -> None:
         "updating_more": False,
     }
     assert outsider.status_code == 404
+
+
+@pytest.mark.services
+def test_it_reaches_a_page_on_another_server_process(live_hub: HubLauncher, creds: Credentials) -> None:  # noqa: F811
+    # given: two hub processes sharing Redis; the page is open on the second
+    hub_a, hub_b = live_hub(FAST), live_hub(FAST)
+    row = device_services.create_device("test", creds.tenant.product, "dev-on-a")
+    slug = org_slug(creds.tenant.org)
+    device = creds.device(hub_a.ws_url, "dev-on-a")
+
+    async def scenario() -> dict[str, Any]:
+        cookie = await in_thread(session_cookie, creds.tenant.viewer)
+        page = await _open_page_socket(hub_b, slug, cookie)
+        # when: the device connects to the first
+        await device.connect()
+        online = await _next_change(page, row.pk, "presence")
+        await device.close()
+        await page.close()
+        return online
+
+    # then
+    assert run(scenario())["presence"] == "connected"
