@@ -23,7 +23,7 @@ from nerveshub.asgi import application
 from nerveshub.tenancy.models import Membership
 from nerveshub.web.access import org_slug
 from tests.conftest import Tenant
-from tests.console.conftest import in_thread, session_cookie
+from tests.console.conftest import hub_request, in_thread, session_cookie
 from tests.devices.conftest import Credentials, creds, run  # noqa: F401 (fixture re-export)
 from tests.support.hub import HubLauncher
 from tests.web.conftest import client_for
@@ -178,6 +178,32 @@ def test_it_stops_a_member_removed_while_the_page_is_open(live_hub: HubLauncher,
     assert code == 4003
     assert after[-1] == {"type": "closed", "reason": "no longer a member of the organization"}
     assert elapsed < 1 + 3  # LIVE_ACCESS_CHECK_SECONDS plus scheduling slack
+
+
+def test_it_stops_a_member_removed_on_the_org_pages_at_once(live_hub: HubLauncher, creds: Credentials) -> None:  # noqa: F811
+    # given: the viewer's page is open; no periodic check within the test
+    hub = live_hub({"LIVE_FLUSH_MS": "200", "LIVE_ACCESS_CHECK_SECONDS": "3600"})
+    slug = org_slug(creds.tenant.org)
+    membership = Membership.objects.get(user=creds.tenant.viewer, org=creds.tenant.org)
+    admin_cookie = session_cookie(creds.tenant.admin)
+
+    async def scenario() -> tuple[int, dict[str, Any], int | None, float]:
+        cookie = await in_thread(session_cookie, creds.tenant.viewer)
+        page = await _open_page_socket(hub, slug, cookie)
+        # when: the admin removes the viewer on the members page of the same hub
+        remove = f"/org/{slug}/members/{membership.pk}/remove/"
+        status, _, _ = await in_thread(hub_request, hub, remove, admin_cookie, {})
+        started = asyncio.get_running_loop().time()
+        closed = json.loads(await asyncio.wait_for(page.recv(), 10))
+        await asyncio.wait_for(page.wait_closed(), 10)
+        return status, closed, page.close_code, asyncio.get_running_loop().time() - started
+
+    status, closed, code, seconds = run(scenario())
+
+    # then: the access event ended the feed, not the hour-long timer
+    assert status == 200
+    assert closed == {"type": "closed", "reason": "no longer a member of the organization"}
+    assert code == 4003 and seconds < 5
 
 
 # --- coalescing bounds ---------------------------------------------------------------
