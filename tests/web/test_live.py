@@ -206,6 +206,28 @@ def test_it_stops_a_member_removed_on_the_org_pages_at_once(live_hub: HubLaunche
     assert code == 4003 and seconds < 5
 
 
+def test_it_stops_a_page_whose_session_signs_out(live_hub: HubLauncher, creds: Credentials) -> None:  # noqa: F811
+    # given: the viewer's page is open; no periodic check within the test
+    hub = live_hub({"LIVE_FLUSH_MS": "200", "LIVE_ACCESS_CHECK_SECONDS": "3600"})
+    slug = org_slug(creds.tenant.org)
+
+    async def scenario() -> tuple[int, dict[str, Any], int | None]:
+        cookie = await in_thread(session_cookie, creds.tenant.viewer)
+        page = await _open_page_socket(hub, slug, cookie)
+        # when: the same session signs out on the hub
+        status, _, _ = await in_thread(hub_request, hub, "/accounts/logout/", cookie, {})
+        closed = json.loads(await asyncio.wait_for(page.recv(), 10))
+        await asyncio.wait_for(page.wait_closed(), 10)
+        return status, closed, page.close_code
+
+    status, closed, code = run(scenario())
+
+    # then
+    assert status == 200
+    assert closed == {"type": "closed", "reason": "signed out"}
+    assert code == 4003
+
+
 # --- coalescing bounds ---------------------------------------------------------------
 
 
