@@ -250,6 +250,10 @@ def _reconcile_once(
         changed = DeviceUpdate.objects.filter(pk=current.pk, status=current.status).update(updated_at=now, **fields)
         if changed:
             audit_transition(current.pk, fields)
+            if "status" in fields:
+                publish.page_device_update(
+                    device_id, fields["status"], int(fields.get("progress", current.progress)), current.deployment_id
+                )
     if not changed:
         return False, None
     if "finished_at" not in fields:
