@@ -362,6 +362,8 @@ def _claim(deployment: Deployment, devices: list[Device]) -> list[DeviceUpdate]:
                     )
             except IntegrityError:
                 continue  # another path put an update in flight for this device
+    for row in rows:
+        publish.page_device_update(row.device_id, UpdateStatus.REQUESTED, 0, deployment.pk, org_id=deployment.org_id)
     return rows
 
 

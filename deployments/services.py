@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from deployments.models import DeviceUpdate, UpdateStatus
+from devices import publish
 from nerveshub.tenancy.services import audit
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,9 @@ def record_update_status(device_id: int, payload: dict[str, Any]) -> DeviceUpdat
             return None
         fields = _target(payload, current)
         if fields is None:
+            if "value" in payload and "status" not in payload:
+                # Progress not written (PROGRESS_WRITE_INTERVAL) still shows live.
+                publish.page_device_update(device_id, current.status, int(payload["value"]), current.deployment_id)
             return None
         if current.attempted_at is None:
             fields["attempted_at"] = timezone.now()
@@ -128,6 +132,9 @@ def record_update_status(device_id: int, payload: dict[str, Any]) -> DeviceUpdat
             changed = DeviceUpdate.objects.filter(pk=current.pk, status=current.status).update(**fields)
             if changed:
                 audit_transition(current.pk, fields)
+                publish.page_device_update(
+                    device_id, fields["status"], int(fields.get("progress", current.progress)), current.deployment_id
+                )
         if changed:
             for name, value in fields.items():
                 setattr(current, name, value)
@@ -243,6 +250,10 @@ def _reconcile_once(
         changed = DeviceUpdate.objects.filter(pk=current.pk, status=current.status).update(updated_at=now, **fields)
         if changed:
             audit_transition(current.pk, fields)
+            if "status" in fields:
+                publish.page_device_update(
+                    device_id, fields["status"], int(fields.get("progress", current.progress)), current.deployment_id
+                )
     if not changed:
         return False, None
     if "finished_at" not in fields:
@@ -268,6 +279,7 @@ def finish_validated_update(device_id: int, firmware_uuid: str) -> DeviceUpdate 
         if not DeviceUpdate.objects.filter(pk=current.pk, status=UpdateStatus.COMPLETED).update(**fields):
             return None
         audit_transition(current.pk, fields)
+        publish.page_device_update(device_id, UpdateStatus.SUCCEEDED, current.progress, current.deployment_id)
     for name, value in fields.items():
         setattr(current, name, value)
     return current

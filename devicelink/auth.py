@@ -32,6 +32,7 @@ from devicelink import hotpath, nh1
 from devicelink.certauth import device_from_scope, forwarded_certificate
 from devicelink.dbthreads import device_db_call
 from devicelink.errors import AuthError
+from devices import publish
 from devices.models import Device, DeviceSharedSecret, ProductSharedSecret, validate_identifier
 from devices.services import PRODUCT_KEY_PREFIX, ConnectionInfo, open_device_connection
 from nerveshub.lib import ratelimit
@@ -310,6 +311,7 @@ def connect_shared_secret(
                 now=now,
             )
             if known is not None:
+                publish.page_device_connected(entry.org_id, known.device_id)
                 used = _touch_key(ProductSharedSecret, entry.key_id, entry.last_used_at)
                 if used != entry.last_used_at:
                     _product_keys[checked[1]] = replace(entry, last_used_at=used)

@@ -13,6 +13,8 @@ tasks each server process runs for all its sockets together.
 * the lease: the process's claim, renewed every HUB_LEASE_RENEW_SECONDS, that
   the sockets it recorded are alive; the same task records the disconnects of
   processes whose lease expired (docs/device-link.md, "Presence");
+* the live pages' flusher: the devices' changes this process noted, sent to
+  the open organization pages once per LIVE_FLUSH_MS (devices.pagefeed);
 * in embedded mode only, the periodic tasks that Celery beat runs otherwise
   (every entry of CELERY_BEAT_SCHEDULE: rollouts, firmware and webhook sweeps).
 """
@@ -33,6 +35,7 @@ from django.utils.module_loading import import_string
 
 from devicelink import dbthreads
 from devicelink.dbthreads import device_db_call
+from devices import pagefeed
 from devices.publish import FLEET_GROUP, socket_address
 from devices.services import (
     close_device_connections,
@@ -234,6 +237,8 @@ class Dispatcher:
             self._spawn(self._dispatch(), "device-dispatcher"),
             self._spawn(self._sweep(), "device-socket-sweeper"),
             self._spawn(self._hold_lease(), "hub-lease"),
+            # The organization pages' live changes, gathered per process (devices.pagefeed).
+            self._spawn(pagefeed.run_flusher(), "live-pages"),
         ]
         if settings.EMBEDDED:
             # No Celery beat in embedded mode: this process is the whole hub, so it

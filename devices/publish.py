@@ -22,8 +22,10 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
+from django.utils import timezone
 
-from devices.models import Device
+from devices import pagefeed
+from devices.models import ConnectionStatus, Device
 
 logger = logging.getLogger(__name__)
 
@@ -151,3 +153,106 @@ def broadcast_extensions(device_ids: Iterable[int], extensions: Iterable[str]) -
     socket attaches what became allowed and detaches what no longer is, without
     waiting for the device to reconnect (one message per server process)."""
     broadcast_to_devices(device_ids, EXTENSIONS_CHANGED, {"extensions": sorted(set(extensions))})
+
+
+# --- Organization pages ---------------------------------------------------------
+# What the open organization pages show live (devices.pagefeed, docs/pages.md):
+# each function notes a small typed change after commit, which the feed
+# coalesces per organization and sends at most once per LIVE_FLUSH_MS. None
+# queries the database, except a device event whose organization this process
+# has not seen (its socket lives elsewhere: one query, rare).
+
+
+def _now_iso() -> str:
+    return timezone.now().isoformat()
+
+
+def _org_for(device_id: int, org_id: int | None) -> int | None:
+    if org_id is not None:
+        pagefeed.remember_org(device_id, org_id)
+        return org_id
+    known = pagefeed.known_org(device_id)
+    if known is None:
+        known = Device.objects.filter(pk=device_id).values_list("org_id", flat=True).first()
+        if known is not None:
+            pagefeed.remember_org(device_id, known)
+    return known
+
+
+def _page_change(device_id: int, change: pagefeed.DeviceChange, org_id: int | None, *, counts: bool) -> None:
+    def note() -> None:
+        org = _org_for(device_id, org_id)
+        if org is not None:
+            pagefeed.feed.device(org, device_id, change, counts=counts)
+            pagefeed.ensure_flushing()
+
+    transaction.on_commit(note)
+
+
+def page_device_connected(org_id: int, device_id: int) -> None:
+    """A device socket was recorded as the device's connection."""
+    _page_change(device_id, {"presence": ConnectionStatus.CONNECTED.value, "seen": _now_iso()}, org_id, counts=True)
+
+
+def page_device_polled(org_id: int, device_id: int) -> None:
+    """A polling device's presence was written (docs/polling.md)."""
+    _page_change(device_id, {"presence": ConnectionStatus.POLLING.value, "seen": _now_iso()}, org_id, counts=True)
+
+
+def page_devices_disconnected(devices: Iterable[tuple[int, int, str]]) -> None:
+    """These devices, as (id, org id, identifier), were recorded offline."""
+    rows = [(pk, org_id) for pk, org_id, _ in devices]
+
+    def note() -> None:
+        for pk, org_id in rows:
+            pagefeed.remember_org(pk, org_id)
+            pagefeed.feed.device(org_id, pk, {"presence": ConnectionStatus.DISCONNECTED.value}, counts=True)
+        pagefeed.ensure_flushing()
+
+    transaction.on_commit(note)
+
+
+def page_devices_seen(device_ids: Iterable[int]) -> None:
+    """This process's connected devices were seen now (the periodic refresh of
+    last_seen_at): one field per organization, not one row per device."""
+    orgs = {org for org in map(pagefeed.known_org, device_ids) if org is not None}
+    if orgs:
+        pagefeed.feed.seen(orgs, _now_iso())
+        pagefeed.ensure_flushing()
+
+
+def page_device_firmware(device_id: int, version: str, *, org_id: int | None = None) -> None:
+    _page_change(device_id, {"fw": version}, org_id, counts=False)
+
+
+def page_device_health(device_id: int, level: str) -> None:
+    _page_change(device_id, {"health": level}, None, counts=False)
+
+
+def page_device_update(
+    device_id: int, status: str, progress: int, deployment_id: int | None, *, org_id: int | None = None
+) -> None:
+    """The device's update moved (claimed, a status it reported, progress, an outcome)."""
+    change: pagefeed.DeviceChange = {"update": str(status), "progress": int(progress)}
+    if deployment_id is not None:
+        change["deployment"] = deployment_id
+
+    def note() -> None:
+        org = _org_for(device_id, org_id)
+        if org is not None:
+            pagefeed.feed.device(org, device_id, change, counts=True)
+            if deployment_id is not None:
+                pagefeed.feed.deployment(org, deployment_id)
+            pagefeed.ensure_flushing()
+
+    transaction.on_commit(note)
+
+
+def page_deployment_progress(org_id: int, deployment_id: int) -> None:
+    """The deployment's progress moved (claims, outcomes the hub decided)."""
+
+    def note() -> None:
+        pagefeed.feed.deployment(org_id, deployment_id)
+        pagefeed.ensure_flushing()
+
+    transaction.on_commit(note)

@@ -246,6 +246,7 @@ def open_device_connection(device: Device, channel_name: str, lease_id: int | No
             )
             Device.objects.filter(pk=device.pk).update(**fields)
         webhooks.device_online(device)
+        publish.page_device_connected(device.org_id, device.pk)
     return ConnectionInfo(
         previous_channel=previous if previous != channel_name else "",
         product_extensions=frozenset(str(name) for name in (device.product.extensions or [])),
@@ -290,6 +291,7 @@ def _mark_offline(devices: list[tuple[int, int, str]], at: datetime | None) -> N
         fields["disconnected_at"] = at
     Device.objects.filter(pk__in=[pk for pk, _, _ in devices]).update(**fields)
     webhooks.devices_offline(devices)
+    publish.page_devices_disconnected(devices)
 
 
 # --- Hub process leases ---------------------------------------------------------
@@ -389,6 +391,7 @@ def refresh_last_seen(device_ids: Iterable[int], chunk: int = 1000) -> int:
         count += Device.objects.filter(
             pk__in=ids[start : start + chunk], connection_status=ConnectionStatus.CONNECTED
         ).update(last_seen_at=now)
+    publish.page_devices_seen(ids)
     return count
 
 
@@ -470,6 +473,8 @@ def join_device(device_id: int, report: JoinReport) -> Device:
                     device,
                     details={"from": previous_uuid, "to": report.nerves_fw_uuid, "version": report.nerves_fw_version},
                 )
+            if "firmware_version" in changed:
+                publish.page_device_firmware(device_id, device.firmware_version, org_id=device.org_id)
     return device
 
 
@@ -503,6 +508,7 @@ def mark_firmware_validated(device_id: int) -> None:
 def record_health(device_id: int, report: dict[str, object]) -> None:
     """The latest report on the device, its numbers in the history (devices.health)."""
     health.record_health(device_id, report)
+    publish.page_device_health(device_id, health.status_of(report).level)
 
 
 def record_location(device_id: int, location: dict[str, object]) -> None:
@@ -659,4 +665,5 @@ def record_poll(device: Device, report: JoinReport | None) -> Device:
         # Compare-and-set on the time read: of two racing polls one writes.
         if Device.objects.filter(pk=stored.pk, last_polled_at=stored.last_polled_at).update(**fields):
             stored.last_polled_at, stored.polling_until, stored.last_seen_at = now, until, now
+            publish.page_device_polled(stored.org_id, stored.pk)
     return stored

@@ -465,6 +465,18 @@ DEVICE_MAX_FRAME_BYTES = envint("DEVICE_MAX_FRAME_BYTES", 262_144, minimum=1024)
 HUB_LEASE_SECONDS = envint("HUB_LEASE_SECONDS", 45, minimum=2)
 HUB_LEASE_RENEW_SECONDS = envint("HUB_LEASE_RENEW_SECONDS", 15, minimum=1, maximum=HUB_LEASE_SECONDS - 1)
 
+# --- Live organization pages (devices/pagefeed.py, nerveshub/web/live.py) -------
+# Device changes are gathered per organization and sent to the open pages at
+# most once per this many milliseconds per server process; each page's socket
+# again forwards at most one message per this interval to its browser.
+LIVE_FLUSH_MS = envint("LIVE_FLUSH_MS", 1000, minimum=50)
+# Device rows one message carries at most; the rest are counted ("N more").
+LIVE_MAX_ROWS = envint("LIVE_MAX_ROWS", 100, minimum=1)
+# How often an open page's socket re-reads its user's session and membership,
+# besides on every membership, sign-out or password change: a member removed
+# where no event reaches this process stops receiving within this time.
+LIVE_ACCESS_CHECK_SECONDS = envint("LIVE_ACCESS_CHECK_SECONDS", 5, minimum=1)
+
 # --- Remote console (console/) -------------------------------------------------
 # An operator's console page is closed after this many seconds without input or
 # output (the device stops its own IEx after remote_iex_timeout, 300 s by default).

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
-from nerveshub.web import device_pages, firmware_pages, manual_update_pages, org_pages, signin, twofactor, views
+from nerveshub.web import device_pages, firmware_pages, live, manual_update_pages, org_pages, signin, twofactor, views
 
 app_name = "web"
 
@@ -54,6 +54,7 @@ org_patterns = [
     path("audit/chain/", views.audit_chain, name="audit_chain"),
     path("audit/export.jsonl", views.audit_export, name="audit_export"),
     path("settings/", org_pages.org_settings, name="org_settings"),
+    path("live/counts.json", live.live_counts, name="live_counts"),
 ]
 
 account_patterns = [

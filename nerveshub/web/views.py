@@ -43,7 +43,7 @@ from nerveshub.tenancy import audit_chain as audit_chain_service
 from nerveshub.tenancy import services as tenancy
 from nerveshub.tenancy.models import APIToken, AuditEvent, Membership, Product, Role
 from nerveshub.tenancy.redaction import visible_events
-from nerveshub.web import charts, cli_sessions, services
+from nerveshub.web import charts, cli_sessions, live, services
 from nerveshub.web.access import OrgAccess, get_org_for_user, org_methods, orgs_of
 from nerveshub.web.forms import (
     CACertificateForm,
@@ -337,14 +337,9 @@ def invitation_revoke(request: HttpRequest, org: str, pk: int) -> HttpResponse:
 @org_methods("GET")
 def dashboard(request: HttpRequest, org: str) -> HttpResponse:
     access = get_org_for_user(request, org)
-    alive = Device.objects.filter(org=access.org, deleted_at__isnull=True)
-    total, total_more = _capped_count(alive)
-    online, online_more = _capped_count(alive.online())
     context = {
-        "total": total,
-        "total_more": total_more,
-        "online": online,
-        "online_more": online_more,
+        # The same figures the page refetches as devices change (live.counts).
+        **live.counts(access.org),
         "deployments": Deployment.objects.filter(org=access.org, is_active=True).select_related("product", "firmware"),
         "firmware": Firmware.objects.filter(org=access.org).select_related("product").order_by("-created_at")[:5],
         "events": visible_events(AuditEvent.objects.filter(org=access.org).order_by("-id")[:10], access.role),

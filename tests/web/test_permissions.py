@@ -40,6 +40,7 @@ READ_ONLY = {
     "audit",
     "audit_chain",
     "audit_export",
+    "live_counts",
 }
 
 

@@ -1,7 +1,8 @@
 // Small behaviours of the organization pages: the org switcher, confirmations,
-// select-all, firmware upload with progress and validation polling, and the
-// live rollout view. No framework; every page works without it, except the
-// upload progress and the live refresh.
+// select-all, firmware upload with progress and validation polling, the
+// live rollout view and the live device rows and counts (initLive). No
+// framework; every page works without it, except the upload progress and the
+// live refresh.
 "use strict";
 
 function csrfToken(form) {
@@ -237,19 +238,163 @@ function renderRollout(root, data) {
   }
 }
 
+// While the live socket is open the rollout view refetches when told its
+// deployment moved, and polls only this rarely besides.
+const LIVE_POLL_MS = 30000;
+
 function initRollout() {
   const root = document.querySelector("#rollout[data-progress-url]");
   if (!root) return;
   const url = root.dataset.progressUrl;
   const every = Number(root.dataset.refreshMs || 2000);
+  let timer = null;
   const tick = () => {
+    clearTimeout(timer);
     fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
       .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
       .then((data) => renderRollout(root, data))
       .catch(() => {})
-      .finally(() => setTimeout(tick, every));
+      .finally(() => { timer = setTimeout(tick, live.open ? LIVE_POLL_MS : every); });
   };
-  setTimeout(tick, every);
+  live.onDeployment = (ids) => {
+    if (ids.includes(Number(root.dataset.deployment))) tick();
+  };
+  timer = setTimeout(tick, every);
+}
+
+// --- Live pages -----------------------------------------------------------------
+// One websocket per page (/org/<slug>/live/socket) when the page has something
+// to keep current: elements marked data-live-device="<id>" (or inside one) with
+// data-live="presence|fw|health|seen|update|progress", counts marked
+// data-live-count="<name>" (refetched from live/counts.json), and the rollout
+// view. The server sends at most one message a second.
+const live = { open: false, onDeployment: null, countsAt: 0, countsTimer: null };
+
+const PRESENCE_LABELS = { connected: "Connected", disconnected: "Disconnected", polling: "Polling", not_seen: "Never connected" };
+
+function liveTargets(id, field) {
+  const sel = `[data-live-device="${id}"][data-live~="${field}"], [data-live-device="${id}"] [data-live~="${field}"]`;
+  return document.querySelectorAll(sel);
+}
+
+function formatSeen(el, iso) {
+  if (el.dataset.liveFormat === "datetime") {
+    const d = new Date(iso);
+    const pad = (n) => String(n).padStart(2, "0");
+    // In UTC, as the server renders it.
+    return `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}`;
+  }
+  return "just now";
+}
+
+function patchDevice(change) {
+  const id = change.id;
+  if (change.presence) {
+    // The marked element holds the presence badge (its first .badge).
+    liveTargets(id, "presence").forEach((el) => {
+      el.dataset.presence = change.presence;
+      const badge = el.querySelector(".badge");
+      if (!badge) return;
+      badge.className = `badge ${change.presence}`;
+      text(badge, PRESENCE_LABELS[change.presence] || change.presence);
+    });
+  }
+  if (change.fw !== undefined) liveTargets(id, "fw").forEach((el) => text(el, change.fw || "—"));
+  if (change.health) {
+    liveTargets(id, "health").forEach((el) => {
+      el.className = `badge health-${change.health}`;
+      text(el, change.health);
+    });
+  }
+  if (change.seen) liveTargets(id, "seen").forEach((el) => text(el, formatSeen(el, change.seen)));
+  if (change.update) {
+    liveTargets(id, "update").forEach((el) => {
+      el.hidden = false;
+      el.className = `badge ${change.update}`;
+      el.dataset.update = change.update;
+      text(el, el.tagName === "SPAN" && el.dataset.liveFormat !== "status" ? `update ${change.update} ${change.progress}%` : change.update);
+    });
+  }
+  if (change.progress !== undefined) liveTargets(id, "progress").forEach((el) => text(el, `${change.progress}%`));
+}
+
+function refreshCounts(url) {
+  const wait = live.countsAt + 2000 - Date.now();
+  if (wait > 0) {
+    if (!live.countsTimer) live.countsTimer = setTimeout(() => { live.countsTimer = null; refreshCounts(url); }, wait);
+    return;
+  }
+  live.countsAt = Date.now();
+  fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+    .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
+    .then((data) => {
+      document.querySelectorAll("[data-live-count]").forEach((el) => {
+        const name = el.dataset.liveCount;
+        // The figure is the element's <b> when it has one (a stat), else the element.
+        if (data[name] !== undefined) text(el.querySelector("b") || el, `${data[name]}${data[`${name}_more`] ? "+" : ""}`);
+      });
+    })
+    .catch(() => {});
+}
+
+function liveNote(message) {
+  let note = document.querySelector("#live-note");
+  if (!note) {
+    note = document.createElement("p");
+    note.id = "live-note";
+    note.className = "live-note";
+    const main = document.querySelector("main");
+    if (main) main.prepend(note);
+  }
+  text(note, message);
+}
+
+function onLiveMessage(data, countsUrl) {
+  if (data.type === "closed") {
+    liveNote(`Live updates stopped: ${data.reason}.`);
+    return;
+  }
+  if (data.type !== "changes") return;
+  data.devices.forEach(patchDevice);
+  if (data.seen) {
+    document.querySelectorAll("[data-live-device]").forEach((scope) => {
+      const badge = scope.querySelector('[data-live~="presence"]') || (scope.matches('[data-live~="presence"]') ? scope : null);
+      if (badge && badge.dataset.presence === "connected") {
+        liveTargets(scope.dataset.liveDevice, "seen").forEach((el) => text(el, formatSeen(el, data.seen)));
+      }
+    });
+  }
+  if (data.more > 0) liveNote(`${data.more} more device(s) changed — counts refreshed; reload the page to see every row.`);
+  if (data.counts && document.querySelector("[data-live-count]")) refreshCounts(countsUrl);
+  if (data.deployments.length && live.onDeployment) live.onDeployment(data.deployments);
+}
+
+function initLive() {
+  const main = document.querySelector("main[data-live-org]");
+  if (!main) return;
+  if (!document.querySelector("[data-live-device], [data-live-count], #rollout[data-deployment]")) return;
+  const base = `/org/${encodeURIComponent(main.dataset.liveOrg)}/live/`;
+  const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
+  let delay = 1000;
+  const connect = () => {
+    const socket = new WebSocket(`${scheme}//${window.location.host}${base}socket`);
+    socket.addEventListener("open", () => {
+      live.open = true;
+      delay = 1000;
+      document.body.dataset.live = "open";
+    });
+    socket.addEventListener("message", (event) => {
+      try { onLiveMessage(JSON.parse(event.data), `${base}counts.json`); } catch (err) { /* a bad message is dropped */ }
+    });
+    socket.addEventListener("close", (event) => {
+      live.open = false;
+      document.body.dataset.live = "closed";
+      if (event.code === 4003) return; // access ended: no retry
+      setTimeout(connect, delay);
+      delay = Math.min(delay * 2, 30000);
+    });
+  };
+  connect();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -259,4 +404,5 @@ document.addEventListener("DOMContentLoaded", () => {
   initUpload();
   initFirmwareList();
   initRollout();
+  initLive();
 });
