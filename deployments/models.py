@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.utils import timezone
 
@@ -100,7 +100,14 @@ class Deployment(models.Model):
         default=20, validators=[MinValueValidator(2)], help_text="Devices each cohort needs before it is judged."
     )
     gate_metric = models.CharField(
-        max_length=100, blank=True, help_text="A health metric to compare as well, e.g. cpu_temp."
+        max_length=100,
+        blank=True,
+        validators=[
+            RegexValidator(
+                r"^(?!.*__)[A-Za-z0-9_.:-]*$", "Letters, digits and _ . : - only, without a double underscore."
+            )
+        ],
+        help_text="A health metric to compare as well, e.g. cpu_temp.",
     )
     gate_metric_higher_is_worse = models.BooleanField(default=True)
     # The gate's last verdict with both cohorts' figures, shown on the page.

@@ -20,7 +20,8 @@ from tests.conftest import Tenant
 from tests.deployments.conftest import make_device, make_firmware
 
 
-def _join(device: Device, *, uuid: str, validated: bool | None = None, reverted: bool = False) -> None:
+def _join(device: Device, *, uuid: str | None, validated: bool | None = None, reverted: bool = False) -> None:
+    uuid = uuid or ""
     Device.objects.filter(pk=device.pk).update(firmware_uuid=uuid, firmware_auto_revert_detected=reverted)
     meta: dict[str, object] = {"firmware_auto_revert_detected": reverted}
     if validated is not None:
