@@ -9,7 +9,7 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import ConfigDict, Field, StrictBool
 
-from deployments import deltas, rollout
+from deployments import deltas, revert, rollout
 from deployments.models import Deployment
 from devices.fields import normalise_tags
 from firmware import deltas as firmware_deltas
@@ -38,6 +38,12 @@ class Settings(Schema):
     breaker_failure_percent: int | None = Field(None, ge=1, le=100)
     breaker_min_attempts: int | None = Field(None, ge=1)
     delta_updates: StrictBool | None = Field(None, description="send deltas when every condition holds")
+    soak_minutes: int | None = Field(None, ge=0, description="minutes on the new firmware before success")
+    gate_enabled: StrictBool | None = Field(None, description="pause when updated devices do worse")
+    gate_margin_percent: int | None = Field(None, ge=0, le=1000)
+    gate_min_devices: int | None = Field(None, ge=2)
+    gate_metric: str | None = Field(None, max_length=100, description="a health metric to compare, e.g. cpu_temp")
+    gate_metric_higher_is_worse: StrictBool | None = None
 
 
 class DeploymentIn(Settings):
@@ -79,6 +85,13 @@ class DeltaOut(Schema):
     reason: str
     size: int
     saving: int
+
+
+class RevertOut(Schema):
+    reverts: str
+    deployments: list[DeploymentOut]
+    devices: int
+    left: int = Field(description="devices with no known previous firmware, left as they are")
 
 
 class StatusOut(Schema):
@@ -215,6 +228,27 @@ def pause(request: HttpRequest, org: str, product: str, name: str) -> Deployment
 @router.post(BASE + "/{name}/resume", response=DeploymentOut)
 def resume(request: HttpRequest, org: str, product: str, name: str) -> DeploymentOut:
     return _toggle(request, org, product, name, "resume")
+
+
+@router.post(BASE + "/{name}/revert", response={201: RevertOut})
+def revert_deployment(request: HttpRequest, org: str, product: str, name: str) -> Status[RevertOut]:
+    """Send the devices a paused or stopped rollout updated back to the
+    firmware each ran before, through new deployments (one per previous
+    firmware); 409 when the rollout runs, was reverted, or has none to revert."""
+    deployment = _deployment(request, org, product, name, Role.MANAGE)
+    try:
+        result = revert.revert(actor(request), deployment, via="api")
+    except revert.RevertRefused as exc:
+        raise HttpError(409, str(exc)) from None
+    return Status(
+        201,
+        RevertOut(
+            reverts=deployment.name,
+            deployments=[_out(d) for d in result.deployments],
+            devices=result.devices,
+            left=result.left,
+        ),
+    )
 
 
 @router.get(BASE + "/{name}/status", response=StatusOut)

@@ -1068,6 +1068,12 @@ SETTINGS_FIELDS = (
     "breaker_failure_percent",
     "breaker_min_attempts",
     "delta_updates",
+    "soak_minutes",
+    "gate_enabled",
+    "gate_margin_percent",
+    "gate_min_devices",
+    "gate_metric",
+    "gate_metric_higher_is_worse",
 )
 
 
