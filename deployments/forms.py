@@ -22,13 +22,27 @@ FIELDS = [
 ]
 
 
+# Rollout-safety settings a form may leave out: a form posted without them (an
+# older page, a script) keeps what the deployment has, or the default.
+OPTIONAL = ("soak_minutes", "gate_margin_percent", "gate_min_devices")
+
+
 class DeploymentRulesForm(forms.ModelForm):  # type: ignore[type-arg]
     class Meta:
         model = Deployment
         fields = FIELDS
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in OPTIONAL:
+            if name in self.fields:
+                self.fields[name].required = False
+
     def clean(self) -> dict[str, Any]:
         cleaned: dict[str, Any] = super().clean() or {}
+        for name in OPTIONAL:
+            if name in self.fields and cleaned.get(name) is None:
+                cleaned[name] = getattr(self.instance, name)
         org = cleaned.get("org")
         org_id = org.pk if org is not None else self.instance.org_id
         errors = rollout.deployment_errors(
