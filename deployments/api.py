@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from django.http import HttpRequest
 from ninja import Router, Schema, Status
@@ -75,6 +76,10 @@ class DeploymentOut(Schema):
     delta_updates: bool
     deltas_available: bool
     deltas: list[DeltaOut]
+    soak_minutes: int
+    gate_enabled: bool
+    gate: dict[str, Any] = Field(description="the health gate's last verdict with both cohorts' figures")
+    reverts: str | None = Field(description="the deployment this one reverts")
     updated_at: datetime
 
 
@@ -127,6 +132,10 @@ def _out(deployment: Deployment) -> DeploymentOut:
             )
             for row in deltas.pairs(deployment)
         ],
+        soak_minutes=deployment.soak_minutes,
+        gate_enabled=deployment.gate_enabled,
+        gate=deployment.gate_report or {},
+        reverts=deployment.reverts.name if deployment.reverts_id and deployment.reverts else None,
         updated_at=deployment.updated_at,
     )
 
