@@ -218,3 +218,26 @@ def test_an_ungated_deployment_is_not_judged(tenant: Tenant, deployment: Deploym
     _fleet(tenant, deployment, 3)
     assert gate.evaluate(deployment, force=True) is None
     assert not GateCounter.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_orchestrator_runs_the_gate_and_claims_nothing_after_its_pause(
+    tenant: Tenant, gated: Deployment, target: Firmware
+) -> None:
+    # given: 20 canaries of which 8 auto-reverted, 20 devices waiting
+    devices = _fleet(tenant, gated, 40)
+    gate.evaluate(gated, force=True)
+    Deployment.objects.filter(pk=gated.pk).update(concurrent_updates=20)
+    rollout.run_rollout(gated.pk)
+    updated = [d for d in devices if DeviceUpdate.objects.filter(device=d).exists()]
+    for i, device in enumerate(updated):
+        _update_to(device, gated, "uuid-1.0.0" if i < 8 else target.uuid, reverted=i < 8)
+    Deployment.objects.filter(pk=gated.pk).update(gate_checked_at=None)
+    before = DeviceUpdate.objects.filter(deployment=gated).count()
+    # when
+    run = rollout.run_rollout(gated.pk)
+    # then
+    gated.refresh_from_db()
+    assert gated.paused_reason.startswith("health gate")
+    assert run.skipped == "paused" and not run.claimed
+    assert DeviceUpdate.objects.filter(deployment=gated).count() == before

@@ -169,3 +169,49 @@ def test_the_claim_records_the_previous_firmware(tenant: Tenant, deployment: Dep
     device = make_device(tenant.product, "d1", deployment=deployment, firmware_uuid=old.uuid)
     rollout.run_rollout(deployment.pk)
     assert DeviceUpdate.objects.get(device=device).from_firmware_id == old.pk
+
+
+@pytest.mark.django_db
+def test_a_soaking_device_counts_as_in_flight_for_the_breaker(
+    tenant: Tenant, soaked: Deployment, target: Firmware
+) -> None:
+    # given: one device soaking, one failed: 1 failed of 1 finished + 1 soaking
+    Deployment.objects.filter(pk=soaked.pk).update(
+        breaker_min_attempts=1, breaker_failure_percent=60, concurrent_updates=2
+    )
+    soaking, failing = (
+        make_device(tenant.product, "d1", deployment=soaked),
+        make_device(tenant.product, "d2", deployment=soaked),
+    )
+    rollout.run_rollout(soaked.pk)
+    DeviceUpdate.objects.filter(device=soaking).update(status=UpdateStatus.COMPLETED, attempted_at=timezone.now())
+    _join(soaking, uuid=target.uuid)
+    # when
+    rollout.on_status_report(failing.pk, {"status": "failed", "reason": "boom"})
+    # then: 1 of 2 is 50 %, under the 60 % threshold: not paused
+    soaked.refresh_from_db()
+    assert soaked.paused_at is None
+
+
+@pytest.mark.django_db
+def test_a_stage_waits_for_its_members_soak(tenant: Tenant, soaked: Deployment, target: Firmware) -> None:
+    from deployments.models import DeploymentStage
+
+    # given: a one-device canary stage, then the rest
+    DeploymentStage.objects.create(deployment=soaked, position=0, name="canary", size_count=1)
+    DeploymentStage.objects.create(deployment=soaked, position=1, name="rest", size_percent=100)
+    for i in range(3):
+        make_device(tenant.product, f"d{i}", deployment=soaked)
+    rollout.run_rollout(soaked.pk)
+    canary = DeviceUpdate.objects.get(deployment=soaked)
+    DeviceUpdate.objects.filter(pk=canary.pk).update(status=UpdateStatus.COMPLETED, attempted_at=timezone.now())
+    _join(Device.objects.get(pk=canary.device_id), uuid=target.uuid)
+    # when: it soaks, then its soak ends
+    rollout.run_rollout(soaked.pk)
+    during = DeviceUpdate.objects.filter(deployment=soaked).count()
+    _age_soak(canary)
+    rollout.run_rollout(soaked.pk)
+    rollout.run_rollout(soaked.pk)
+    # then
+    assert during == 1
+    assert DeviceUpdate.objects.filter(deployment=soaked).count() == 2
