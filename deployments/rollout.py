@@ -1176,12 +1176,31 @@ def on_device_joined(device_id: int, join: JoinReport | None = None, *, seen: De
     `seen` is the device as the join stored it (devices.services.join_device),
     with its deployment, firmware and archive loaded by the socket's join: a reconnecting device that is
     where it was costs two reads here."""
-    target = DeviceUpdate.objects.inflight().filter(device_id=device_id).values_list("firmware__uuid", flat=True)
-    target_uuid = target.first()
+    # The in-flight attempt and a soaking one, in the one read a join had
+    # before soaks existed.
+    open_attempts = list(
+        DeviceUpdate.objects.filter(device_id=device_id, status__in=(*INFLIGHT_STATUSES, UpdateStatus.SOAKING))
+        .order_by()
+        .values_list("pk", "deployment_id", "status", "firmware__uuid", "soak_until")[:2]
+    )
+    target_uuid = next((uuid for _, _, status, uuid, _ in open_attempts if status != UpdateStatus.SOAKING), None)
     inflight = target_uuid is not None
-    gate.note_reconnect(device_id)
-    if join is not None and not inflight:
-        _judge_soak_on_join(device_id, join)
+    if seen is None or (seen.deployment is not None and seen.deployment.gate_enabled):
+        gate.note_reconnect(device_id)
+    soaking = [row for row in open_attempts if row[2] == UpdateStatus.SOAKING]
+    if join is not None and soaking:
+        update_id, soaking_deployment, _, soaking_target, soak_until = soaking[0]
+        verdict = soak.judge_join(
+            update_id,
+            soaking_deployment,
+            soaking_target or "",
+            soak_until,
+            join.nerves_fw_uuid,
+            auto_reverted=join.firmware_auto_revert_detected,
+            now=timezone.now(),
+        )
+        if verdict is not None:
+            _end_soak(verdict, timezone.now())
     if join is not None and inflight:
         row = seen
         if row is None:
@@ -1217,14 +1236,6 @@ def on_device_joined(device_id: int, join: JoinReport | None = None, *, seen: De
         with transaction.atomic():
             wake(deployment_id)
     return deployment_id
-
-
-def _judge_soak_on_join(device_id: int, join: JoinReport) -> None:
-    verdict = soak.judge_join(
-        device_id, join.nerves_fw_uuid, auto_reverted=join.firmware_auto_revert_detected, now=timezone.now()
-    )
-    if verdict is not None:
-        _end_soak(verdict, timezone.now())
 
 
 def _end_soak(verdict: soak.Verdict, now: datetime, *, wake_orchestrator: bool = True) -> None:

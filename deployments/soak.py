@@ -74,18 +74,25 @@ def due(now: datetime, deployment_id: int | None = None) -> list[Verdict]:
     return verdicts
 
 
-def judge_join(device_id: int, firmware_uuid: str, *, auto_reverted: bool, now: datetime) -> Verdict | None:
-    """A device's join while one of its attempts soaks: back on another firmware
-    (or auto-reverted) fails the soak; back on the target after the soak time
-    ends it as succeeded; otherwise the soak goes on."""
-    if not firmware_uuid and not auto_reverted:
-        return None  # the join says nothing about what the device runs
-    update = DeviceUpdate.objects.select_related("firmware").filter(device_id=device_id, status=UpdateStatus.SOAKING)
-    found = update.first()
-    if found is None:
-        return None
-    seen = Device(firmware_uuid=firmware_uuid, firmware_auto_revert_detected=auto_reverted)
-    return _verdict(found, seen, now, present=True)
+def judge_join(
+    update_id: int,
+    deployment_id: int | None,
+    target_uuid: str,
+    soak_until: datetime | None,
+    firmware_uuid: str,
+    *,
+    auto_reverted: bool,
+    now: datetime,
+) -> Verdict | None:
+    """A device's join while its attempt `update_id` (to `target_uuid`) soaks,
+    judged on what the caller read with the attempt (no query): back on
+    another firmware, or auto-reverted, fails the soak; back on the target
+    after the soak time ends it as succeeded; otherwise the soak goes on."""
+    if auto_reverted or (firmware_uuid and firmware_uuid != target_uuid):
+        return Verdict(update_id, deployment_id, succeeded=False)
+    if firmware_uuid and soak_until is not None and soak_until <= now:
+        return Verdict(update_id, deployment_id, succeeded=True)
+    return None
 
 
 def end(verdict: Verdict, now: datetime) -> bool:
