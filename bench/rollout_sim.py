@@ -4,6 +4,15 @@ processes, real Celery workers, and a sampler that watches the slots.
     python bench/rollout_sim.py [--devices 1000] [--concurrency 50] [--update-time 1]
                                 [--fail 0.0] [--hubs 2] [--workers 1] [--smoke]
                                 [--windows]
+    python bench/rollout_sim.py --gate [--devices 2000] [--concurrency 50] [--runs 20]
+                                [--revert 0.2] [--soak 30]
+
+`--gate` runs the model-level simulation of the canary-versus-control health
+gate instead (tests/support/gate_model.py: no database, simulated minutes):
+`--runs` healthy rollouts (the false pause rate) and as many of a bad firmware
+that auto-reverts on `--revert` of the devices (time until the gate pauses,
+devices that got the firmware by then). `--smoke` runs a small one of it
+first, then the socket simulation below.
 
 Needs PostgreSQL (DATABASE_URL) and Redis (REDIS_URL, a db number of its own is
 best). The script creates a scratch database next to DATABASE_URL's, migrates it,
@@ -48,6 +57,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -145,8 +155,48 @@ def window_figures(deployment_id: int, plan: list[tuple[datetime, datetime]]) ->
     }
 
 
+def gate_simulation(devices: int, concurrency: int, runs: int, revert: float, soak: float) -> dict[str, object]:
+    """The gate model's figures over `runs` healthy and `runs` bad rollouts."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nerveshub.settings")
+    import django
+
+    django.setup()
+    from tests.support.gate_model import ModelConfig, summarise
+
+    config = ModelConfig(devices=devices, concurrency=concurrency, revert=revert, soak=soak)
+    started = time.perf_counter()
+    healthy = summarise(config, bad=False, runs=runs, seed=1)
+    bad = summarise(config, bad=True, runs=runs, seed=1001)
+
+    def spread(values: list[float] | list[int]) -> str:
+        if not values:
+            return "—"
+        ordered = sorted(values)
+        return f"median {statistics.median(ordered):g} (min {ordered[0]:g}, max {ordered[-1]:g})"
+
+    print(f"gate model: {devices} devices, {concurrency} slots, soak {soak:g} min, {runs} runs each")
+    print(
+        f"  healthy: {healthy.paused}/{runs} paused (false pause rate {healthy.paused / runs:.0%}), {healthy.reasons}"
+    )
+    print(f"    rollout minutes: {spread(healthy.rollout_minutes)}")
+    print(f"  bad ({revert:.0%} auto-revert): {bad.paused}/{runs} paused, {bad.reasons}")
+    print(f"    minutes until the pause: {spread(bad.pause_minutes)}")
+    print(f"    devices sent the firmware by then: {spread(bad.updated_at_pause)} of {devices}")
+    print(f"    of them auto-reverted by then: {spread(bad.reverted_at_pause)}")
+    print(
+        f"    the breaker alone (20 %, for comparison) would trip at minute: {spread(bad.breaker_minutes)}"
+        f" in {len(bad.breaker_minutes)}/{runs} runs"
+    )
+    print(f"  model time: {time.perf_counter() - started:.1f} s")
+    return {"healthy": healthy.__dict__, "bad": bad.__dict__}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gate", action="store_true", help="the health gate's model-level simulation only")
+    parser.add_argument("--runs", type=int, default=20, help="--gate: rollouts of each kind")
+    parser.add_argument("--revert", type=float, default=0.2, help="--gate: share a bad firmware auto-reverts")
+    parser.add_argument("--soak", type=float, default=30, help="--gate: soak minutes")
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--update-time", type=float, default=1.0)
@@ -171,7 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         "--windows", action="store_true", help="two one-minute maintenance windows on the real clock (waits for them)"
     )
     args = parser.parse_args(argv)
+    if args.gate:
+        figures = gate_simulation(args.devices, args.concurrency, args.runs, args.revert, args.soak)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+        return 0
     if args.smoke:
+        gate_simulation(300, 25, 2, 0.2, 30)
         args.devices, args.concurrency, args.update_time, args.timeout = 100, 25, 0.2, 30
         args.connect_rate = 25
         args.fail = args.fail or 0.05

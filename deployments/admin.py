@@ -13,7 +13,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 from django.utils.html import format_html, format_html_join
 
-from deployments import preflight, rollout
+from deployments import preflight, revert, rollout
 from deployments.forms import DeploymentRulesForm, WindowsField
 from deployments.models import INFLIGHT_STATUSES, Deployment, DeploymentStage, DeviceUpdate
 from nerveshub.admin_base import CappedCountPaginator, OrgScopedAdmin, org_ids_with_role, register_org_path
@@ -82,7 +82,7 @@ class DeploymentAdmin(OrgScopedAdmin[Deployment]):
     search_fields = ["name", "product__name"]
     raw_id_fields = ["firmware", "archive"]
     readonly_fields = ["progress_table", "paused_at", "paused_reason", "resumed_at", "created_at", "updated_at"]
-    actions = ["activate", "deactivate", "pause", "resume", "retry_failed", "approve_next_stage"]
+    actions = ["activate", "deactivate", "pause", "resume", "retry_failed", "approve_next_stage", "revert_updated"]
     change_form_template = "admin/deployments/deployment/change_form.html"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Deployment]:
@@ -169,6 +169,17 @@ class DeploymentAdmin(OrgScopedAdmin[Deployment]):
         for deployment in self._manageable(request, queryset):
             count = rollout.retry_failed(request.user, deployment)
             self.message_user(request, f"{deployment}: {count} device(s) may try again.", messages.INFO)
+
+    @admin.action(description="Revert the devices it updated (paused or inactive)", permissions=["manage"])
+    def revert_updated(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        for deployment in self._manageable(request, queryset).select_related("firmware"):
+            try:
+                result = revert.revert(request.user, deployment, via="admin")
+            except revert.RevertRefused as exc:
+                self.message_user(request, f"{deployment}: not reverted: {exc}.", messages.WARNING)
+                continue
+            names = ", ".join(d.name for d in result.deployments)
+            self.message_user(request, f"{deployment}: reverting {result.devices} device(s) through {names}.")
 
     @admin.action(description="Approve the next stage", permissions=["manage"])
     def approve_next_stage(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:

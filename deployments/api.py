@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from django.http import HttpRequest
 from django.utils import timezone
@@ -11,7 +11,7 @@ from ninja import Router, Schema, Status
 from ninja.errors import HttpError
 from pydantic import ConfigDict, Field, StrictBool
 
-from deployments import deltas, preflight, rollout, windows
+from deployments import deltas, preflight, revert, rollout, windows
 from deployments.manual import UpdateRefused, send_update
 from deployments.models import Deployment
 from devices.api import load_device
@@ -48,6 +48,12 @@ class Settings(Schema):
     preflight: Literal["warn", "refuse"] | None = Field(
         None, description="activation when devices would refuse the firmware: warn, or refuse"
     )
+    soak_minutes: int | None = Field(None, ge=0, description="minutes on the new firmware before success")
+    gate_enabled: StrictBool | None = Field(None, description="pause when updated devices do worse")
+    gate_margin_percent: int | None = Field(None, ge=0, le=1000)
+    gate_min_devices: int | None = Field(None, ge=2)
+    gate_metric: str | None = Field(None, max_length=100, description="a health metric to compare, e.g. cpu_temp")
+    gate_metric_higher_is_worse: StrictBool | None = None
 
 
 class DeploymentIn(Settings):
@@ -83,6 +89,10 @@ class DeploymentOut(Schema):
     preflight_warning: str = Field("", description="on activation: the devices that would refuse the firmware")
     deltas_available: bool
     deltas: list[DeltaOut]
+    soak_minutes: int
+    gate_enabled: bool
+    gate: dict[str, Any] = Field(description="the health gate's last verdict with both cohorts' figures")
+    reverts: str | None = Field(description="the deployment this one reverts")
     updated_at: datetime
 
 
@@ -105,6 +115,13 @@ class DeltaOut(Schema):
     reason: str
     size: int
     saving: int
+
+
+class RevertOut(Schema):
+    reverts: str
+    deployments: list[DeploymentOut]
+    devices: int
+    left: int = Field(description="devices with no known previous firmware, left as they are")
 
 
 class StatusOut(Schema):
@@ -144,6 +161,10 @@ def _out(deployment: Deployment, preflight_warning: str = "") -> DeploymentOut:
             )
             for row in deltas.pairs(deployment)
         ],
+        soak_minutes=deployment.soak_minutes,
+        gate_enabled=deployment.gate_enabled,
+        gate=deployment.gate_report or {},
+        reverts=deployment.reverts.name if deployment.reverts_id and deployment.reverts else None,
         updated_at=deployment.updated_at,
     )
 
@@ -266,6 +287,27 @@ def pause(request: HttpRequest, org: str, product: str, name: str) -> Deployment
 @router.post(BASE + "/{name}/resume", response=DeploymentOut)
 def resume(request: HttpRequest, org: str, product: str, name: str) -> DeploymentOut:
     return _toggle(request, org, product, name, "resume")
+
+
+@router.post(BASE + "/{name}/revert", response={201: RevertOut})
+def revert_deployment(request: HttpRequest, org: str, product: str, name: str) -> Status[RevertOut]:
+    """Send the devices a paused or stopped rollout updated back to the
+    firmware each ran before, through new deployments (one per previous
+    firmware); 409 when the rollout runs, was reverted, or has none to revert."""
+    deployment = _deployment(request, org, product, name, Role.MANAGE)
+    try:
+        result = revert.revert(actor(request), deployment, via="api")
+    except revert.RevertRefused as exc:
+        raise HttpError(409, str(exc)) from None
+    return Status(
+        201,
+        RevertOut(
+            reverts=deployment.name,
+            deployments=[_out(d) for d in result.deployments],
+            devices=result.devices,
+            left=result.left,
+        ),
+    )
 
 
 @router.get(BASE + "/{name}/status", response=StatusOut)

@@ -55,6 +55,11 @@ class WindowsField(forms.CharField):
             raise forms.ValidationError(exc.messages) from None
 
 
+# Rollout-safety settings a form may leave out: a form posted without them (an
+# older page, a script) keeps what the deployment has, or the default.
+OPTIONAL = ("soak_minutes", "gate_margin_percent", "gate_min_devices")
+
+
 class DeploymentRulesForm(forms.ModelForm):  # type: ignore[type-arg]
     windows = WindowsField(label="Maintenance windows")
 
@@ -67,12 +72,18 @@ class DeploymentRulesForm(forms.ModelForm):  # type: ignore[type-arg]
         if "preflight" in self.fields:
             # Left out, the setting keeps its value (a new deployment: warn).
             self.fields["preflight"].required = False
+        for name in OPTIONAL:
+            if name in self.fields:
+                self.fields[name].required = False
 
     def clean_preflight(self) -> str:
         return str(self.cleaned_data.get("preflight") or self.instance.preflight or Preflight.WARN)
 
     def clean(self) -> dict[str, Any]:
         cleaned: dict[str, Any] = super().clean() or {}
+        for name in OPTIONAL:
+            if name in self.fields and cleaned.get(name) is None:
+                cleaned[name] = getattr(self.instance, name)
         org = cleaned.get("org")
         org_id = org.pk if org is not None else self.instance.org_id
         errors = rollout.deployment_errors(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.utils import timezone
 
@@ -104,6 +104,45 @@ class Deployment(models.Model):
     paused_reason = models.TextField(blank=True)
     # The breaker counts only attempts finished after the last resume.
     resumed_at = models.DateTimeField(null=True, blank=True)
+
+    # Soak (deployments/soak.py, docs/rollout.md "Soak"): an attempt succeeds
+    # only after the device ran the new firmware, validated, this long. 0: it
+    # succeeds as soon as it is back on the firmware and validated.
+    soak_minutes = models.PositiveIntegerField(
+        default=0, help_text="Minutes a device must stay on the new firmware before its update counts as succeeded."
+    )
+    # Canary-versus-control gate (deployments/gate.py, docs/rollout.md).
+    gate_enabled = models.BooleanField(
+        default=False, help_text="Pause when updated devices do measurably worse than those not yet updated."
+    )
+    gate_margin_percent = models.PositiveIntegerField(
+        default=5,
+        validators=[MinValueValidator(0), MaxValueValidator(1000)],
+        help_text="Tolerated excess: percentage points for shares, percent of the control's value for rates.",
+    )
+    gate_min_devices = models.PositiveIntegerField(
+        default=20, validators=[MinValueValidator(2)], help_text="Devices each cohort needs before it is judged."
+    )
+    gate_metric = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[
+            RegexValidator(
+                r"^(?!.*__)[A-Za-z0-9_.:-]*$", "Letters, digits and _ . : - only, without a double underscore."
+            )
+        ],
+        help_text="A health metric to compare as well, e.g. cpu_temp.",
+    )
+    gate_metric_higher_is_worse = models.BooleanField(default=True)
+    # The gate's last verdict with both cohorts' figures, shown on the page.
+    gate_report = models.JSONField(default=dict, blank=True, editable=False)
+    gate_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Health reports up to this id were folded into the gate's counters.
+    gate_health_mark = models.BigIntegerField(default=0, editable=False)
+    # A revert deployment (deployments/revert.py) points at the rollout it undoes.
+    reverts = models.ForeignKey(
+        "self", models.SET_NULL, null=True, blank=True, related_name="revert_deployments", editable=False
+    )
 
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -203,6 +242,9 @@ class UpdateStatus(models.TextChoices):
     DOWNLOADING = "downloading", "Downloading"
     UPDATING = "updating", "Updating"
     COMPLETED = "completed", "Completed, awaiting reconnect"
+    # Back on the new firmware and validated, waiting out the deployment's
+    # soak time (deployments/soak.py). It holds no concurrency slot.
+    SOAKING = "soaking", "Soaking"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     IGNORED = "ignored", "Ignored"
@@ -260,6 +302,16 @@ class DeviceUpdate(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The firmware the device ran when the attempt was claimed: what a revert
+    # (deployments/revert.py) brings it back to. Null when the hub has no file
+    # with the uuid the device reported.
+    from_firmware = models.ForeignKey(
+        Firmware, models.SET_NULL, null=True, blank=True, related_name="+", editable=False
+    )
+    # When the device was first seen running the new firmware, and until when it
+    # soaks (SOAKING).
+    booted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    soak_until = models.DateTimeField(null=True, blank=True, editable=False)
     # A failed attempt an operator forgave by clearing the device's penalty box
     # or enabling its updates again: it no longer counts toward the penalty box
     # (the record of the failure stays).
@@ -282,6 +334,12 @@ class DeviceUpdate(models.Model):
             # Slot counting: inflight rows of one deployment.
             models.Index(fields=["deployment", "status"], name="deviceupdate_deploy_status_idx"),
             models.Index(fields=["device", "-created_at"], name="deviceupdate_device_time_idx"),
+            # The soak sweep: soaking rows whose time is up.
+            models.Index(
+                fields=["soak_until"],
+                condition=models.Q(status="soaking"),
+                name="deviceupdate_soaking_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -305,3 +363,29 @@ class FwupKeysSent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key[:8]}… to {self.device_id}"
+
+
+class GateCounter(models.Model):
+    """What the canary-versus-control gate counts for one device of one
+    deployment, since `since`: from when the gate first saw the device (control)
+    or from when the device booted the new firmware (canary, the counters start
+    again then). Written by device events and folded health reports, read by one
+    aggregate per gate evaluation (deployments/gate.py)."""
+
+    deployment = models.ForeignKey(Deployment, models.CASCADE, related_name="+")
+    device = models.ForeignKey(Device, models.CASCADE, related_name="+")
+    canary = models.BooleanField(default=False)
+    since = models.DateTimeField(default=timezone.now)
+    reconnects = models.PositiveIntegerField(default=0)
+    auto_reverts = models.PositiveIntegerField(default=0)
+    validation_failures = models.PositiveIntegerField(default=0)
+    alarm_reports = models.PositiveIntegerField(default=0)
+    metric_n = models.PositiveIntegerField(default=0)
+    metric_sum = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["deployment", "device"], name="gatecounter_deploy_device_uniq")]
+        indexes = [models.Index(fields=["device"], name="gatecounter_device_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.device_id} in {self.deployment_id} ({'canary' if self.canary else 'control'})"

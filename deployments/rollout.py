@@ -36,7 +36,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from deployments import archives, deltas, preflight, services, windows
+from deployments import archives, deltas, gate, preflight, services, soak, windows
 from deployments.models import (
     INFLIGHT_STATUSES,
     Deployment,
@@ -340,8 +340,21 @@ def _claim(deployment: Deployment, devices: list[Device]) -> list[DeviceUpdate]:
     path put an update in flight for one of them meanwhile. Returns the rows
     inserted."""
     chosen = deltas.chosen_deltas(deployment, devices)
+    # What each device runs now, for a revert (deployments/revert.py).
+    previous = {
+        f.uuid: f
+        for f in Firmware.objects.filter(
+            product_id=deployment.product_id, kind=FirmwareKind.FIRMWARE, uuid__in={d.firmware_uuid for d in devices}
+        )
+    }
     rows = [
-        DeviceUpdate(device=d, deployment=deployment, firmware=deployment.firmware, delta=chosen.get(d.pk))
+        DeviceUpdate(
+            device=d,
+            deployment=deployment,
+            firmware=deployment.firmware,
+            delta=chosen.get(d.pk),
+            from_firmware=previous.get(d.firmware_uuid),
+        )
         for d in devices
     ]
     try:
@@ -358,6 +371,7 @@ def _claim(deployment: Deployment, devices: list[Device]) -> list[DeviceUpdate]:
                             deployment=deployment,
                             firmware=deployment.firmware,
                             delta=chosen.get(device.pk),
+                            from_firmware=previous.get(device.firmware_uuid),
                         )
                     )
             except IntegrityError:
@@ -529,6 +543,8 @@ def run_rollout(deployment_id: int) -> RolloutRun:
         run.skipped = "deployment gone"
         return run
     run.expired = expire_stale_updates(deployment, now)
+    settle_soaks(now, deployment_id)
+    gate.evaluate(deployment, now)
     with transaction.atomic():
         deployment = _lock_deployment(deployment_id)
         if deployment is None or not deployment.is_active:
@@ -663,7 +679,10 @@ def _stage_done(deployment: Deployment, stage: DeploymentStage, now: datetime) -
     members = StageMember.objects.filter(stage=stage).values("device_id")
     if not StageMember.objects.filter(stage=stage).exists():
         return True
-    if DeviceUpdate.objects.filter(device_id__in=members, status__in=INFLIGHT_STATUSES).exists():
+    # A member still soaking holds its stage: the next wave waits for its verdict.
+    if DeviceUpdate.objects.filter(
+        device_id__in=members, status__in=(*INFLIGHT_STATUSES, UpdateStatus.SOAKING)
+    ).exists():
         return False
     if eligible_devices(deployment, now).filter(pk__in=members).exists():
         return False
@@ -733,6 +752,7 @@ def attempt_finished(update_id: int, *, wake_orchestrator: bool = True) -> None:
     update = DeviceUpdate.objects.select_related("deployment", "device").filter(pk=update_id).first()
     if update is None or update.deployment is None:
         return
+    gate.note_attempt(update)
     if update.status in FAILED_STATUSES:
         _penalise(update)
     if update.status in FINISHED_STATUSES:
@@ -818,7 +838,10 @@ def _tally(finished_attempts: QuerySet[DeviceUpdate], attempts: QuerySet[DeviceU
         succeeded=Count("device_id", distinct=True, filter=Q(status=UpdateStatus.SUCCEEDED)),
     )
     done = finished_attempts.filter(status__in=FINISHED_STATUSES).values("device_id")
-    inflight = attempts.filter(status__in=INFLIGHT_STATUSES).exclude(device_id__in=done).count()
+    # A soaking attempt is not finished yet: like one in flight, it may still fail.
+    inflight = (
+        attempts.filter(status__in=(*INFLIGHT_STATUSES, UpdateStatus.SOAKING)).exclude(device_id__in=done).count()
+    )
     return counts["finished"], counts["finished"] - counts["succeeded"], inflight
 
 
@@ -972,6 +995,7 @@ def resume(actor: Actor, deployment: Deployment) -> bool:
         )
         if changed:
             audit(actor, "deployment.resumed", deployment)
+            gate.reset(deployment.pk)
             wake(deployment.pk)
     return bool(changed)
 
@@ -1075,6 +1099,12 @@ SETTINGS_FIELDS = (
     "breaker_failure_percent",
     "breaker_min_attempts",
     "delta_updates",
+    "soak_minutes",
+    "gate_enabled",
+    "gate_margin_percent",
+    "gate_min_devices",
+    "gate_metric",
+    "gate_metric_higher_is_worse",
 )
 
 
@@ -1177,9 +1207,31 @@ def on_device_joined(device_id: int, join: JoinReport | None = None, *, seen: De
     `seen` is the device as the join stored it (devices.services.join_device),
     with its deployment, firmware and archive loaded by the socket's join: a reconnecting device that is
     where it was costs two reads here."""
-    target = DeviceUpdate.objects.inflight().filter(device_id=device_id).values_list("firmware__uuid", flat=True)
-    target_uuid = target.first()
+    # The in-flight attempt and a soaking one, in the one read a join had
+    # before soaks existed.
+    open_attempts = list(
+        DeviceUpdate.objects.filter(device_id=device_id, status__in=(*INFLIGHT_STATUSES, UpdateStatus.SOAKING))
+        .order_by()
+        .values_list("pk", "deployment_id", "status", "firmware__uuid", "soak_until")[:2]
+    )
+    target_uuid = next((uuid for _, _, status, uuid, _ in open_attempts if status != UpdateStatus.SOAKING), None)
     inflight = target_uuid is not None
+    if seen is None or (seen.deployment is not None and seen.deployment.gate_enabled):
+        gate.note_reconnect(device_id)
+    soaking = [row for row in open_attempts if row[2] == UpdateStatus.SOAKING]
+    if join is not None and soaking:
+        update_id, soaking_deployment, _, soaking_target, soak_until = soaking[0]
+        verdict = soak.judge_join(
+            update_id,
+            soaking_deployment,
+            soaking_target or "",
+            soak_until,
+            join.nerves_fw_uuid,
+            auto_reverted=join.firmware_auto_revert_detected,
+            now=timezone.now(),
+        )
+        if verdict is not None:
+            _end_soak(verdict, timezone.now())
     if join is not None and inflight:
         row = seen
         if row is None:
@@ -1215,6 +1267,29 @@ def on_device_joined(device_id: int, join: JoinReport | None = None, *, seen: De
         with transaction.atomic():
             wake(deployment_id)
     return deployment_id
+
+
+def _end_soak(verdict: soak.Verdict, now: datetime, *, wake_orchestrator: bool = True) -> None:
+    # A failed soak is decided under the deployment lock, like every failure
+    # (on_status_report): a run sees it together with its penalty and breaker.
+    with transaction.atomic():
+        if not verdict.succeeded and verdict.deployment_id is not None:
+            list(
+                Deployment.objects.select_for_update(no_key=True)
+                .filter(pk=verdict.deployment_id)
+                .values_list("pk", flat=True)
+            )
+        if soak.end(verdict, now):
+            attempt_finished(verdict.update_id, wake_orchestrator=wake_orchestrator)
+
+
+def settle_soaks(now: datetime, deployment_id: int | None = None) -> int:
+    """End the soaks whose time is up (of one deployment, or all: the backstop).
+    Returns how many ended."""
+    verdicts = soak.due(now, deployment_id)
+    for verdict in verdicts:
+        _end_soak(verdict, now, wake_orchestrator=deployment_id is None)
+    return len(verdicts)
 
 
 def on_status_report(device_id: int, payload: dict[str, Any]) -> None:

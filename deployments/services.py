@@ -73,6 +73,19 @@ def audit_transition(update_id: int, fields: dict[str, Any]) -> None:
         )
 
 
+def success_fields(current: DeviceUpdate, now: datetime) -> dict[str, Any]:
+    """What an attempt becomes when its device runs the target firmware and has
+    validated it: succeeded, or soaking until the deployment's soak time has
+    passed (docs/rollout.md, "Soak"; deployments/soak.py ends the soak)."""
+    soak = current.deployment.soak_minutes if current.deployment is not None else 0
+    fields: dict[str, Any] = {"progress": 100, "reason": "", "booted_at": current.booted_at or now}
+    if soak:
+        fields.update(status=UpdateStatus.SOAKING, soak_until=now + timedelta(minutes=soak))
+    else:
+        fields.update(status=UpdateStatus.SUCCEEDED, finished_at=now)
+    return fields
+
+
 def _target(payload: dict[str, Any], current: DeviceUpdate) -> dict[str, Any] | None:
     """The fields a status_update / fwup_progress payload sets, or None to skip."""
     now = timezone.now()
@@ -203,7 +216,9 @@ def _reconcile_once(
 ) -> tuple[bool, DeviceUpdate | None]:
     """(False, None) when the row moved under the compare-and-set; else (True,
     the row if this call ended the attempt)."""
-    current = DeviceUpdate.objects.inflight().select_related("firmware").filter(device_id=device_id).first()
+    current = (
+        DeviceUpdate.objects.inflight().select_related("firmware", "deployment").filter(device_id=device_id).first()
+    )
     if current is None:
         return True, None
     now = timezone.now()
@@ -213,9 +228,14 @@ def _reconcile_once(
         if validated is False:
             if current.status == UpdateStatus.COMPLETED:
                 return True, None
-            fields = {"status": UpdateStatus.COMPLETED, "progress": 100, "reason": "awaiting firmware validation"}
+            fields = {
+                "status": UpdateStatus.COMPLETED,
+                "progress": 100,
+                "reason": "awaiting firmware validation",
+                "booted_at": current.booted_at or now,
+            }
         else:
-            fields = {"status": UpdateStatus.SUCCEEDED, "progress": 100, "finished_at": now, "reason": ""}
+            fields = success_fields(current, now)
     elif channel and current.pushed_channel == channel:
         # A topic rejoin: the params are the ones of the socket's connect, older
         # than the push (device-protocol §1.7). Only a reboot changes the
@@ -256,7 +276,7 @@ def _reconcile_once(
                 )
     if not changed:
         return False, None
-    if "finished_at" not in fields:
+    if "finished_at" not in fields and fields.get("status") != UpdateStatus.SOAKING:
         return True, None
     for name, value in fields.items():
         setattr(current, name, value)
@@ -268,13 +288,13 @@ def finish_validated_update(device_id: int, firmware_uuid: str) -> DeviceUpdate 
     that firmware succeeds now. Returns the row when this call finished it."""
     current = (
         DeviceUpdate.objects.filter(device_id=device_id, status=UpdateStatus.COMPLETED, firmware__uuid=firmware_uuid)
-        .select_related("firmware")
+        .select_related("firmware", "deployment")
         .first()
     )
     if current is None:
         return None
     now = timezone.now()
-    fields = {"status": UpdateStatus.SUCCEEDED, "finished_at": now, "reason": "", "updated_at": now}
+    fields = {**success_fields(current, now), "updated_at": now}
     with transaction.atomic():
         if not DeviceUpdate.objects.filter(pk=current.pk, status=UpdateStatus.COMPLETED).update(**fields):
             return None

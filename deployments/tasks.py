@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.utils import timezone
 
 from deployments import deltas, manual, rollout
 from deployments.models import Deployment
@@ -32,8 +33,10 @@ def run_all_rollouts() -> None:
     """The periodic backstop: a lost wake-up, an expired in-flight update or a
     rescheduled device whose delay passed, or a push lost on its way, is picked
     up within one period. It enqueues runs whatever the wake-up marks say.
-    Manual updates, which no deployment's run looks at, are expired here."""
+    Manual updates, which no deployment's run looks at, are expired here, and
+    soaks whose time is up end here too, also in paused deployments."""
     manual.expire_stale_manual_updates()
+    rollout.settle_soaks(timezone.now())
     for deployment_id in Deployment.objects.filter(is_active=True, paused_at__isnull=True).values_list("pk", flat=True):
         if not enqueue(run_rollout_task, deployment_id):
             return  # the broker is away: the next period tries them all again

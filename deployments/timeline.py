@@ -44,9 +44,10 @@ def rollout_timeline(deployment: Deployment, *, points: int = 60, now: datetime 
     end = (now or timezone.now()).timestamp()
     started = sorted(created.timestamp() for created, _, _, _ in rows)
     # An attempt out of the in-flight states has ended: when it recorded that,
-    # or else at its last change.
+    # or else at its last change. A soaking one has not ended yet.
+    open_statuses = (*INFLIGHT_STATUSES, UpdateStatus.SOAKING)
     ended = [
-        ((done or changed).timestamp(), status) for _, done, changed, status in rows if status not in INFLIGHT_STATUSES
+        ((done or changed).timestamp(), status) for _, done, changed, status in rows if status not in open_statuses
     ]
     finished = sorted(at for at, _ in ended)
     succeeded = sorted(at for at, status in ended if status == UpdateStatus.SUCCEEDED)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deployments import preflight, rollout
+from deployments import gate, preflight, rollout
 from deployments.models import Deployment
 from devicelink import hotpath
 from devicelink.protocol import DeviceJoin
@@ -94,3 +94,10 @@ def store_join(device_id: int, params: DeviceJoin) -> tuple[JoinOutcome, int | N
     unchanged = device.deployment_id == deployment_id
     scripts.push_connecting_code(device_id, seen=device if unchanged else None)
     return outcome, deployment_id
+
+
+def quiet_join(device_id: int, deployment_id: int) -> None:
+    """A join that needs nothing (needs_nothing): the health gate counts the
+    reconnect, and the deployment's orchestrator is woken, as every join wakes it."""
+    gate.note_reconnect(device_id)
+    rollout.wake_now(deployment_id)

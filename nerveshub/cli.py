@@ -592,6 +592,18 @@ def _deployment_action(verb: str) -> Callable[[argparse.Namespace, Hub, Output],
     return run
 
 
+def cmd_deployment_revert(args: argparse.Namespace, hub: Hub, out: Output) -> int:
+    result = hub.post(f"{_product_path(args)}/deployments/{_q(args.name)}/revert")
+
+    def human(d: dict[str, Any]) -> str:
+        names = ", ".join(r["name"] for r in d["deployments"])
+        left = f"; {d['left']} without a known previous firmware stay" if d["left"] else ""
+        return f"{d['reverts']}: reverting {d['devices']} device(s) through {names}{left}"
+
+    out.emit(result, human)
+    return EXIT_OK
+
+
 def cmd_deployment_status(args: argparse.Namespace, hub: Hub, out: Output) -> int:
     status = hub.get(f"{_product_path(args)}/deployments/{_q(args.name)}/status")
 
@@ -778,6 +790,13 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in ("activate", "deactivate", "pause", "resume"):
         command(dep, verb, _deployment_action(verb), f"{verb} a deployment", product).add_argument("name")
     command(dep, "status", cmd_deployment_status, "show a deployment's progress", product).add_argument("name")
+    command(
+        dep,
+        "revert",
+        cmd_deployment_revert,
+        "send the devices a paused rollout updated back to their firmware",
+        product,
+    ).add_argument("name")
     return parser
 
 

@@ -3,7 +3,17 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
-from nerveshub.web import device_pages, firmware_pages, live, manual_update_pages, org_pages, signin, twofactor, views
+from nerveshub.web import (
+    device_pages,
+    firmware_pages,
+    live,
+    manual_update_pages,
+    org_pages,
+    rollout_safety_pages,
+    signin,
+    twofactor,
+    views,
+)
 
 app_name = "web"
 
@@ -46,6 +56,7 @@ org_patterns = [
     path("deployments/<int:pk>/progress.json", views.deployment_progress, name="deployment_progress"),
     path("deployments/<int:pk>/action/", views.deployment_action, name="deployment_action"),
     path("deployments/<int:pk>/audit/", views.deployment_audit, name="deployment_audit"),
+    path("deployments/<int:pk>/revert/", rollout_safety_pages.deployment_revert, name="deployment_revert"),
     path("members/", views.members, name="members"),
     path("members/<int:pk>/role/", views.member_role, name="member_role"),
     path("members/<int:pk>/remove/", views.member_remove, name="member_remove"),

@@ -111,6 +111,7 @@ class NHLDevice:
     request_keys: bool = True
     currently_downloading_uuid: str | None = None
     firmware_validated: bool | None = True
+    auto_reverted: bool = False  # the join's firmware_auto_revert_detected
     extensions: dict[str, str] = field(
         default_factory=lambda: {"geo": "0.0.1", "health": "0.0.1", "network_identity": "0.0.1"}
     )
@@ -147,10 +148,13 @@ class NHLDevice:
             "device_api_version": self.device_api_version,
             "console_version": self.console_version,
             "currently_downloading_uuid": self.currently_downloading_uuid,
-            "meta": {"firmware_auto_revert_detected": False, "firmware_validated": self.firmware_validated},
+            "meta": {
+                "firmware_auto_revert_detected": self.auto_reverted,
+                "firmware_validated": self.firmware_validated,
+            },
         }
         if self.firmware_validated is None:
-            params["meta"] = {"firmware_auto_revert_detected": False}
+            params["meta"] = {"firmware_auto_revert_detected": self.auto_reverted}
         if self.request_keys:
             params["fwup_public_keys"] = "on_connect"
             params["archive_public_keys"] = "on_connect"
