@@ -1176,13 +1176,14 @@ def on_device_joined(device_id: int, join: JoinReport | None = None, *, seen: De
         if row is None:
             row = Device.objects.only("firmware_uuid", "socket_channel", "disconnected_at").get(pk=device_id)
         running = row.firmware_uuid
+        # The join may end the attempt as a failure: like a failing status
+        # report, the outcome, penalty box and breaker are decided under the
+        # deployment lock (see on_status_report). A device back on the target
+        # has nothing to decide there, and every rejoin of a rollout would
+        # queue on that one lock.
+        locked = running != target_uuid or join.firmware_auto_revert_detected
         with transaction.atomic():
-            if running != target_uuid or join.firmware_auto_revert_detected:
-                # The join may end the attempt as a failure: like a failing
-                # status report, the outcome, penalty box and breaker are
-                # decided under the deployment lock (see on_status_report). A
-                # device back on the target has nothing to decide there, and
-                # every rejoin of a rollout would queue on that one lock.
+            if locked:
                 _lock_inflight_deployment(device_id)
             finished = services.reconcile_update_on_join(
                 device_id,
@@ -1193,8 +1194,15 @@ def on_device_joined(device_id: int, join: JoinReport | None = None, *, seen: De
                 channel=row.socket_channel,
                 closed_at=row.disconnected_at,
             )
-            if finished is not None:
+            if finished is not None and locked:
                 attempt_finished(finished.pk)
+        if finished is not None and not locked:
+            # After this transaction, not in it: it audited the success (the
+            # org's audit chain) without the deployment lock, and the breaker
+            # may pause the deployment (its row). Every other path takes the
+            # deployment row first; the other order deadlocked with an
+            # orchestrator run claiming (deployment row, then the audit chain).
+            attempt_finished(finished.pk)
     deployment_id = assign_deployment(device_id, seen=seen)
     if join is not None:
         unchanged = seen is not None and seen.deployment_id == deployment_id
