@@ -771,8 +771,29 @@ def check_breaker(deployment_id: int) -> bool:
     """Pause the deployment when its failure share reaches the threshold.
     Returns whether this call paused it."""
     deployment = Deployment.objects.filter(pk=deployment_id).first()
-    if deployment is None or deployment.paused_at is not None:
+    if deployment is None or deployment.paused_at is not None or not _breaker_reason(deployment):
         return False
+    # Judged again under the deployment's row lock, where runs claim: a claim
+    # committed since the first read counts (in flight, not failed), and none
+    # can land between this verdict and the pause. Read without the lock, the
+    # verdict was a run's claims too old, and the pause came after them.
+    with transaction.atomic():
+        deployment = _lock_deployment(deployment_id)
+        if deployment is None or deployment.paused_at is not None:
+            return False
+        reason = _breaker_reason(deployment)
+        if not reason:
+            return False
+        paused = Deployment.objects.filter(pk=deployment_id, paused_at__isnull=True).update(
+            paused_at=timezone.now(), paused_reason=reason
+        )
+        if paused:
+            audit("orchestrator", "deployment.paused_by_breaker", deployment, details={"reason": reason})
+    return bool(paused)
+
+
+def _breaker_reason(deployment: Deployment) -> str:
+    """Why the breaker pauses the deployment now ("" when it does not)."""
     attempts = DeviceUpdate.objects.filter(deployment=deployment, firmware_id=deployment.firmware_id)
     finished_attempts = attempts
     if deployment.resumed_at is not None:
@@ -789,15 +810,7 @@ def check_breaker(deployment_id: int) -> bool:
         )
     else:
         reason = _stage_breach(deployment, finished_attempts, attempts)
-    if not reason:
-        return False
-    with transaction.atomic():
-        paused = Deployment.objects.filter(pk=deployment_id, paused_at__isnull=True).update(
-            paused_at=timezone.now(), paused_reason=reason
-        )
-        if paused:
-            audit("orchestrator", "deployment.paused_by_breaker", deployment, details={"reason": reason})
-    return bool(paused)
+    return reason
 
 
 def _tally(finished_attempts: QuerySet[DeviceUpdate], attempts: QuerySet[DeviceUpdate]) -> tuple[int, int, int]:
