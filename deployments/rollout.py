@@ -47,7 +47,7 @@ from deployments.models import (
 )
 from deployments.versions import InvalidRequirement, Requirement, parse_version
 from devices import publish
-from devices.models import Device, HubLease, ValidationStatus, online_q
+from devices.models import Device, ValidationStatus, online_q
 from devices.services import JoinReport
 from firmware.models import Firmware, FirmwareKind, FirmwareStatus
 from firmware.services import UpdatePayload, update_payload
@@ -680,14 +680,16 @@ def push_pending_update(device_id: int, channel: str | None = None) -> bool:
         channel = Device.objects.filter(pk=device_id).values_list("socket_channel", flat=True).first() or ""
     if not channel or update.pushed_channel == channel:
         return False
-    if update.attempted_at is not None and _socket_may_be_open(update.pushed_channel):
-        # The device had acknowledged it on a socket that a live hub process
-        # may still be draining: what the device sent there before it came back
-        # (its `failed`, just before the reboot) may not be recorded yet, and
-        # pushing now would start a second attempt for one claim. The
-        # orchestrator sends it again one backstop period later if it is still
-        # `requested` by then (_resend_unacknowledged); a late report that
-        # moves the row first makes that push's compare-and-set miss.
+    if update.attempted_at is not None and _same_process(update.pushed_channel, channel):
+        # The device had acknowledged it on a socket of this very process,
+        # which is alive (it serves this join) and may still be draining that
+        # socket: what the device sent there before it came back (its `failed`,
+        # just before the reboot) may not be recorded yet, and pushing now
+        # would start a second attempt for one claim. The orchestrator sends it
+        # again one backstop period later if it is still `requested` by then
+        # (_resend_unacknowledged); a late report that moves the row first
+        # makes that push's compare-and-set miss. A socket of another process
+        # is pushed to at once: that process may have died with the download.
         return False
     payload = deltas.delta_payloads([update.pk]).get(update.pk) or dict(
         update_payload(update.firmware, update.deployment_id)
@@ -705,17 +707,11 @@ def push_pending_update(device_id: int, channel: str | None = None) -> bool:
     return True
 
 
-def _socket_may_be_open(address: str) -> bool:
-    """Whether the device socket at `address` may still be open: the hub
-    process holding it (its address starts with the process's channel) has a
-    live lease. A process that died, or an address no lease names, holds
-    nothing any more."""
-    if not address:
-        return False
-    process_channel = address.partition(publish.SOCKET_MARK)[0]
-    return HubLease.objects.filter(
-        channel=process_channel, closed_at__isnull=True, expires_at__gt=timezone.now()
-    ).exists()
+def _same_process(address: str, other: str) -> bool:
+    """Whether two device socket addresses belong to one hub process (an
+    address starts with its process's channel)."""
+    process = address.partition(publish.SOCKET_MARK)[0]
+    return bool(address) and process == other.partition(publish.SOCKET_MARK)[0]
 
 
 # --- Outcomes ------------------------------------------------------------------------

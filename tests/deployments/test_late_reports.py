@@ -90,13 +90,13 @@ def test_a_failure_reported_on_the_previous_socket_after_the_join_decides_the_at
     django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
     receiving_loop: asyncio.AbstractEventLoop,
 ) -> None:
-    # given: a device acknowledged its update on a socket of a live hub process
+    # given: a device acknowledged its update on a socket of a hub process
     device = make_device(tenant.product, "d1", deployment=deployment)
-    old = f"{_process(live=True)}#1"
-    update = _acknowledged_on(deployment, device, old)
-    # when: it reboots after failing and rejoins on a new socket, before its
-    # old socket recorded the `failed` it sent there
-    new = f"{_process(live=True)}#1"
+    process = _process(live=True)
+    update = _acknowledged_on(deployment, device, f"{process}#1")
+    # when: it reboots after failing and rejoins on a new socket of that
+    # process, before its old socket recorded the `failed` it sent there
+    new = f"{process}#2"
     Device.objects.filter(pk=device.pk).update(socket_channel=new)
     with django_capture_on_commit_callbacks(execute=True):
         _rejoin(device)
@@ -127,10 +127,11 @@ def test_a_rollout_paused_by_its_breaker_keeps_no_attempt_in_flight_after_a_late
     # given: the device acknowledged on a live process, then the breaker paused
     # the deployment (another device's failure)
     device = make_device(tenant.product, "d1", deployment=deployment)
-    update = _acknowledged_on(deployment, device, f"{_process(live=True)}#1")
+    process = _process(live=True)
+    update = _acknowledged_on(deployment, device, f"{process}#1")
     rollout.pause("orchestrator", deployment, "breaker")
-    # when: the device rejoins elsewhere, then its old socket's `failed` lands
-    Device.objects.filter(pk=device.pk).update(socket_channel=f"{_process(live=True)}#2")
+    # when: the device rejoins, then its old socket's `failed` lands
+    Device.objects.filter(pk=device.pk).update(socket_channel=f"{process}#2")
     with django_capture_on_commit_callbacks(execute=True):
         _rejoin(device)
         rollout.on_status_report(device.pk, {"status": "failed", "reason": "fwup error"})
@@ -140,7 +141,7 @@ def test_a_rollout_paused_by_its_breaker_keeps_no_attempt_in_flight_after_a_late
     assert not DeviceUpdate.objects.filter(deployment=deployment, status__in=INFLIGHT_STATUSES).exists()
 
 
-def test_an_attempt_acknowledged_on_a_dead_process_is_pushed_again_at_once(
+def test_an_attempt_acknowledged_on_another_process_is_pushed_again_at_once(
     tenant: Tenant,
     deployment: Deployment,
     django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
@@ -154,7 +155,7 @@ def test_an_attempt_acknowledged_on_a_dead_process_is_pushed_again_at_once(
     Device.objects.filter(pk=device.pk).update(socket_channel=new)
     with django_capture_on_commit_callbacks(execute=True):
         _rejoin(device)
-    # then: nothing more will come from the dead socket: offered again at once
+    # then: that process may have died with the download: offered again at once
     update.refresh_from_db()
     assert update.status == UpdateStatus.REQUESTED and update.pushes == 2
     assert _received(new, receiving_loop) == ["device/update"]
