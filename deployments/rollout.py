@@ -727,6 +727,17 @@ def push_pending_update(device_id: int, channel: str | None = None) -> bool:
         channel = Device.objects.filter(pk=device_id).values_list("socket_channel", flat=True).first() or ""
     if not channel or update.pushed_channel == channel:
         return False
+    if update.attempted_at is not None and _same_process(update.pushed_channel, channel):
+        # The device had acknowledged it on a socket of this very process,
+        # which is alive (it serves this join) and may still be draining that
+        # socket: what the device sent there before it came back (its `failed`,
+        # just before the reboot) may not be recorded yet, and pushing now
+        # would start a second attempt for one claim. The orchestrator sends it
+        # again one backstop period later if it is still `requested` by then
+        # (_resend_unacknowledged); a late report that moves the row first
+        # makes that push's compare-and-set miss. A socket of another process
+        # is pushed to at once: that process may have died with the download.
+        return False
     payload = deltas.delta_payloads([update.pk]).get(update.pk) or dict(
         update_payload(update.firmware, update.deployment_id)
     )
@@ -741,6 +752,13 @@ def push_pending_update(device_id: int, channel: str | None = None) -> bool:
             once=update_once_key(update.pk),
         )
     return True
+
+
+def _same_process(address: str, other: str) -> bool:
+    """Whether two device socket addresses belong to one hub process (an
+    address starts with its process's channel)."""
+    process = address.partition(publish.SOCKET_MARK)[0]
+    return bool(address) and process == other.partition(publish.SOCKET_MARK)[0]
 
 
 # --- Outcomes ------------------------------------------------------------------------
@@ -797,8 +815,29 @@ def check_breaker(deployment_id: int) -> bool:
     """Pause the deployment when its failure share reaches the threshold.
     Returns whether this call paused it."""
     deployment = Deployment.objects.filter(pk=deployment_id).first()
-    if deployment is None or deployment.paused_at is not None:
+    if deployment is None or deployment.paused_at is not None or not _breaker_reason(deployment):
         return False
+    # Judged again under the deployment's row lock, where runs claim: a claim
+    # committed since the first read counts (in flight, not failed), and none
+    # can land between this verdict and the pause. Read without the lock, the
+    # verdict was a run's claims too old, and the pause came after them.
+    with transaction.atomic():
+        deployment = _lock_deployment(deployment_id)
+        if deployment is None or deployment.paused_at is not None:
+            return False
+        reason = _breaker_reason(deployment)
+        if not reason:
+            return False
+        paused = Deployment.objects.filter(pk=deployment_id, paused_at__isnull=True).update(
+            paused_at=timezone.now(), paused_reason=reason
+        )
+        if paused:
+            audit("orchestrator", "deployment.paused_by_breaker", deployment, details={"reason": reason})
+    return bool(paused)
+
+
+def _breaker_reason(deployment: Deployment) -> str:
+    """Why the breaker pauses the deployment now ("" when it does not)."""
     attempts = DeviceUpdate.objects.filter(deployment=deployment, firmware_id=deployment.firmware_id)
     finished_attempts = attempts
     if deployment.resumed_at is not None:
@@ -815,15 +854,7 @@ def check_breaker(deployment_id: int) -> bool:
         )
     else:
         reason = _stage_breach(deployment, finished_attempts, attempts)
-    if not reason:
-        return False
-    with transaction.atomic():
-        paused = Deployment.objects.filter(pk=deployment_id, paused_at__isnull=True).update(
-            paused_at=timezone.now(), paused_reason=reason
-        )
-        if paused:
-            audit("orchestrator", "deployment.paused_by_breaker", deployment, details={"reason": reason})
-    return bool(paused)
+    return reason
 
 
 def _tally(finished_attempts: QuerySet[DeviceUpdate], attempts: QuerySet[DeviceUpdate]) -> tuple[int, int, int]:
@@ -1237,13 +1268,14 @@ def on_device_joined(device_id: int, join: JoinReport | None = None, *, seen: De
         if row is None:
             row = Device.objects.only("firmware_uuid", "socket_channel", "disconnected_at").get(pk=device_id)
         running = row.firmware_uuid
+        # The join may end the attempt as a failure: like a failing status
+        # report, the outcome, penalty box and breaker are decided under the
+        # deployment lock (see on_status_report). A device back on the target
+        # has nothing to decide there, and every rejoin of a rollout would
+        # queue on that one lock.
+        locked = running != target_uuid or join.firmware_auto_revert_detected
         with transaction.atomic():
-            if running != target_uuid or join.firmware_auto_revert_detected:
-                # The join may end the attempt as a failure: like a failing
-                # status report, the outcome, penalty box and breaker are
-                # decided under the deployment lock (see on_status_report). A
-                # device back on the target has nothing to decide there, and
-                # every rejoin of a rollout would queue on that one lock.
+            if locked:
                 _lock_inflight_deployment(device_id)
             finished = services.reconcile_update_on_join(
                 device_id,
@@ -1254,8 +1286,15 @@ def on_device_joined(device_id: int, join: JoinReport | None = None, *, seen: De
                 channel=row.socket_channel,
                 closed_at=row.disconnected_at,
             )
-            if finished is not None:
+            if finished is not None and locked:
                 attempt_finished(finished.pk)
+        if finished is not None and not locked:
+            # After this transaction, not in it: it audited the success (the
+            # org's audit chain) without the deployment lock, and the breaker
+            # may pause the deployment (its row). Every other path takes the
+            # deployment row first; the other order deadlocked with an
+            # orchestrator run claiming (deployment row, then the audit chain).
+            attempt_finished(finished.pk)
     deployment_id = assign_deployment(device_id, seen=seen)
     if join is not None:
         unchanged = seen is not None and seen.deployment_id == deployment_id

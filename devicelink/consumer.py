@@ -64,6 +64,9 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
     _before_join: list[dict[str, Any]] | None = None
     _delivered_once: str | None = None  # the `once` key of the last push sent (see device_push)
     _known: hotpath.StoredDevice | None = None
+    # Closed because the device connected again (last connection wins): what it
+    # sent here before that still counts (see _after_replaced).
+    _replaced = False
 
     async def __call__(
         self,
@@ -238,7 +241,7 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
     # --- frames ------------------------------------------------------------------
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
-        if self.closing or not self.device_id:
+        if not self.device_id or (self.closing and not self._replaced):
             return
         self.last_frame = asyncio.get_running_loop().time()
         text, data = message.get("text"), message.get("bytes")
@@ -250,6 +253,9 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             frame = self.codec.decode(text, data)
         except FrameError as exc:
             await self._close_malformed(str(exc))
+            return
+        if self._replaced:
+            await self._after_replaced(frame)
             return
         if frame.topic == "phoenix":
             if frame.event == "heartbeat":
@@ -277,6 +283,19 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             return
         # join_ref may be null on a joined topic (older Slipstream): route by topic.
         await self._guarded(frame, handlers[1])
+
+    async def _after_replaced(self, frame: Frame) -> None:
+        """A frame this socket received after the device's newer socket replaced
+        it. The device sent it before it reconnected: a status report here may
+        be the attempt's outcome (`failed` just before the reboot), and its new
+        socket's join judges the attempt by what is recorded. So `device` events
+        are still recorded; nothing is answered on a socket that is closing."""
+        if frame.topic != "device" or "device" not in self.joined or frame.event in ("phx_join", "phx_leave"):
+            return
+        try:
+            await self.on_device_event(frame)
+        except Exception:
+            logger.exception("device %s: %s on its replaced socket failed", self.device_id, frame.event)
 
     async def _guarded(self, frame: Frame, handler: Handler) -> None:
         try:
@@ -474,6 +493,7 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def _close_replaced(self) -> None:
         logger.info("device %s: socket closed (replaced or asked to reconnect)", self.device_id)
+        self._replaced = True
         await self._close(1000)
 
     # The registry's interface (devicelink.dispatcher.LocalSocket).

@@ -437,11 +437,9 @@ DEVICE_CONNECT_BURST = envint("DEVICE_CONNECT_BURST", 4000, minimum=1)
 DEVICE_DB_THREADS = envint("DEVICE_DB_THREADS", 8, minimum=1)
 # On PostgreSQL, a returning device's connect is one prepared statement and its
 # join none when it changes nothing (devicelink/hotpath.py); off, every connect
-# and join takes the full path through the services. Off by default: with it on,
-# a rollout paused by its breaker can keep an attempt in flight until the
-# in-flight timeout (tests/deployments/test_simulation.py), a case not yet
-# understood; bench/m3_join_rate.py measures both.
-DEVICE_FAST_PATH = envbool("DEVICE_FAST_PATH", False)
+# and join takes the full path through the services (what SQLite always does).
+# bench/m3_join_rate.py measures both.
+DEVICE_FAST_PATH = envbool("DEVICE_FAST_PATH", True)
 # Refuse a device connect with 503 while this many database calls wait for one of
 # those threads: a connect that would queue behind them would not be accepted
 # within daphne's 5 s, and the device would give up after its work was done for

@@ -50,7 +50,8 @@ async def refusal(creds: Credentials, hub: HubProcess, identifier: str) -> int:
     return 101
 
 
-# Off by default (nerveshub/settings.py): these tests are about the fast path.
+# On by default (nerveshub/settings.py); set here whatever the environment says:
+# these tests are about the fast path.
 FAST_PATH = {"DEVICE_FAST_PATH": "true"}
 
 

@@ -57,8 +57,8 @@ def connect_and_join(
 
 @pytest.fixture(autouse=True)
 def with_the_fast_path(settings: Settings) -> None:
-    # DEVICE_FAST_PATH is off by default (nerveshub/settings.py); these budgets
-    # are the fast path's on PostgreSQL and the full path's on SQLite.
+    # These budgets are the fast path's on PostgreSQL (whatever the environment
+    # sets DEVICE_FAST_PATH to) and the full path's on SQLite.
     settings.DEVICE_FAST_PATH = True
 
 

@@ -617,6 +617,9 @@ class SimResult:
     finished: bool
     connects: int = 0
     connect_errors: int = 0
+    # The hub's own count (DeviceUpdate.pushes): a claim's first push, and the
+    # pushes it repeated (a push lost, or an attempt the hub offered again).
+    repeated_pushes: int = 0
     problems: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -627,7 +630,8 @@ class SimResult:
             f"(ideal {self.ideal_seconds:.1f} s, ratio {self.ratio:.2f}); "
             f"max in flight {self.max_inflight}/{self.concurrency} over {self.samples} samples; "
             f"succeeded {self.succeeded}, failed attempts {self.failed_attempts}, pushes {self.pushes} "
-            f"for {self.claimed} claims, duplicates {self.duplicate_pushes}, penalty-boxed {self.penalty_boxed}, "
+            f"for {self.claimed} claims ({self.repeated_pushes} repeated by the hub), "
+            f"duplicates {self.duplicate_pushes}, penalty-boxed {self.penalty_boxed}, "
             f"pushes after penalty {self.pushes_after_penalty}; breaker "
             + (f"tripped: {self.paused_reason!r}" if self.breaker_tripped else "not tripped")
             + f"; claimed after pause {self.claimed_after_pause}; "
@@ -747,6 +751,7 @@ def run_simulation(
         finished=finished,
         connects=sum(log.connects for log in logs),
         connect_errors=sum(log.connect_errors for log in logs),
+        repeated_pushes=sum(max(0, n - 1) for n in updates.values_list("pushes", flat=True)),
     )
     result.problems = check(result, config, sampler)
     return result
