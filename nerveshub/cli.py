@@ -604,15 +604,59 @@ def cmd_deployment_revert(args: argparse.Namespace, hub: Hub, out: Output) -> in
     return EXIT_OK
 
 
+def _gate_lines(d: dict[str, Any], with_reason: bool) -> list[str]:
+    """The health gate as the hub last judged it (the API's `gate` field)."""
+    if not d.get("gate_enabled"):
+        return ["gate: off"]
+    report = d.get("gate") or {}
+    state = report.get("state", "waiting")
+    canary = (report.get("canary") or {}).get("devices", 0)
+    control = (report.get("control") or {}).get("devices", 0)
+    if not report:
+        head = "gate: watching, no verdict yet"
+    elif state == "waiting":
+        head = (
+            f"gate: watching, waiting for {report.get('min_devices')} device(s) per cohort "
+            f"(canary {canary}, control {control})"
+        )
+    else:
+        head = f"gate: {state} (canary {canary} device(s), control {control} device(s))"
+    lines = [head]
+    if with_reason and d["paused"] and d["paused_reason"].startswith("health gate"):
+        lines.append(f"  reason: {d['paused_reason']}")
+    for f in report.get("findings", ()):
+        mark = " WORSE" if f.get("worse") else ""
+        lines.append(f"  {f['signal']}: canary {f['canary']} vs control {f['control']} (p={f['p_value']:.2g}){mark}")
+    return lines
+
+
+def _safety_lines(d: dict[str, Any], with_reason: bool = True) -> list[str]:
+    lines = [f"soak: {d['soak_minutes']} min" if d.get("soak_minutes") else "soak: none", *_gate_lines(d, with_reason)]
+    if d.get("reverts"):
+        lines.append(f"reverts: {d['reverts']}")
+    lines.append(f"preflight: {d.get('preflight', 'warn')}")
+    return lines + [f"warning: {n}" for n in (d.get("window_note"), d.get("preflight_warning")) if n]
+
+
 def cmd_deployment_status(args: argparse.Namespace, hub: Hub, out: Output) -> int:
-    status = hub.get(f"{_product_path(args)}/deployments/{_q(args.name)}/status")
+    path = f"{_product_path(args)}/deployments/{_q(args.name)}"
+    status = hub.get(path + "/status")
+    # The safety settings and the gate's verdict are on the deployment itself.
+    status["deployment"] = hub.get(path)
 
     def human(d: dict[str, Any]) -> str:
         counts = " ".join(f"{k}={v}" for k, v in sorted(d["counts"].items()))
         paused = f" paused ({d['paused_reason']})" if d["paused"] else ""
-        return f"{d['name']}: {'active' if d['is_active'] else 'inactive'}{paused}\n{counts}"
+        head = f"{d['name']}: {'active' if d['is_active'] else 'inactive'}{paused}"
+        return "\n".join([head, counts, *_safety_lines({**d["deployment"], **d}, with_reason=False)])
 
     out.emit(status, human)
+    return EXIT_OK
+
+
+def cmd_deployment_get(args: argparse.Namespace, hub: Hub, out: Output) -> int:
+    deployment = hub.get(f"{_product_path(args)}/deployments/{_q(args.name)}")
+    out.emit(deployment, lambda d: "\n".join([_fields(d, DEPLOYMENT_COLUMNS), *_safety_lines(d)]))
     return EXIT_OK
 
 
@@ -790,6 +834,7 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in ("activate", "deactivate", "pause", "resume"):
         command(dep, verb, _deployment_action(verb), f"{verb} a deployment", product).add_argument("name")
     command(dep, "status", cmd_deployment_status, "show a deployment's progress", product).add_argument("name")
+    command(dep, "get", cmd_deployment_get, "show a deployment and its safety settings", product).add_argument("name")
     command(
         dep,
         "revert",
