@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from deployments import rollout, services
-from deployments.models import INFLIGHT_STATUSES, DeviceUpdate, UpdateStatus
+from deployments.models import INFLIGHT_STATUSES, DeviceUpdate
 from devices.models import Device
 from firmware.models import Firmware, FirmwareKind, FirmwareStatus
 from firmware.services import update_payload
@@ -120,20 +119,7 @@ def expire_stale_manual_updates(now: datetime | None = None) -> int:
         .order_by("pk")
         .values_list("pk", "status")
     )
-    ended = 0
-    for update_id, status in stale:
-        fields: dict[str, Any] = {
-            "status": UpdateStatus.EXPIRED,
-            "reason": "no progress within the in-flight timeout",
-            "finished_at": now,
-        }
-        if status == UpdateStatus.REQUESTED:
-            fields.update(status=UpdateStatus.INTERRUPTED, reason="the device never acknowledged the update")
-        with transaction.atomic():
-            changed = DeviceUpdate.objects.filter(pk=update_id, status=status).update(**fields)
-            if changed:
-                services.audit_transition(update_id, fields)
-        ended += changed
+    ended = sum(services.end_stale_update(update_id, status, now) for update_id, status in stale)
     if ended:
         logger.info("ended %d stale manual update(s)", ended)
     return ended

@@ -511,22 +511,7 @@ def expire_stale_updates(deployment: Deployment, now: datetime) -> int:
     )
     expired = 0
     for update_id, status in stale:
-        fields: dict[str, Any] = {
-            "status": UpdateStatus.EXPIRED,
-            "reason": "no progress within the in-flight timeout",
-            "finished_at": now,
-        }
-        if status == UpdateStatus.REQUESTED:
-            # The device never acknowledged the push (it was lost with a hub
-            # process, or the device was gone before it arrived): the hub's
-            # failure to deliver, not the firmware's. Not a failure, and the
-            # device is offered the update again when it is eligible.
-            fields.update(status=UpdateStatus.INTERRUPTED, reason="the device never acknowledged the update")
-        with transaction.atomic():
-            changed = DeviceUpdate.objects.filter(pk=update_id, status=status).update(**fields)
-            if changed:
-                services.audit_transition(update_id, fields)
-        if changed:
+        if services.end_stale_update(update_id, status, now):
             expired += 1
             # The caller is the orchestrator itself: no wake-up needed.
             attempt_finished(update_id, wake_orchestrator=False)

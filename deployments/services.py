@@ -73,6 +73,27 @@ def audit_transition(update_id: int, fields: dict[str, Any]) -> None:
         )
 
 
+def end_stale_update(update_id: int, status: str, now: datetime) -> bool:
+    """End an in-flight attempt that made no progress within its timeout, by
+    compare-and-set on the status it was read in. One the device never
+    acknowledged was the hub's failure to deliver (the push was lost with a hub
+    process, or the device was gone before it arrived), not the firmware's:
+    interrupted, not failed, and the device is offered the update again when it
+    is eligible. The others expired. Returns whether this call ended it."""
+    fields: dict[str, Any] = {
+        "status": UpdateStatus.EXPIRED,
+        "reason": "no progress within the in-flight timeout",
+        "finished_at": now,
+    }
+    if status == UpdateStatus.REQUESTED:
+        fields.update(status=UpdateStatus.INTERRUPTED, reason="the device never acknowledged the update")
+    with transaction.atomic():
+        changed = DeviceUpdate.objects.filter(pk=update_id, status=status).update(**fields)
+        if changed:
+            audit_transition(update_id, fields)
+    return bool(changed)
+
+
 def success_fields(current: DeviceUpdate, now: datetime) -> dict[str, Any]:
     """What an attempt becomes when its device runs the target firmware and has
     validated it: succeeded, or soaking until the deployment's soak time has
