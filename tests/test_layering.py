@@ -94,13 +94,29 @@ def _imports(tree: ast.AST) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]
     yield from walk(tree, False)
 
 
+def parse_source(path: Path) -> ast.Module:
+    """`ast.parse` of one of the project's files. CPython 3.11 keeps the AST
+    constructor's recursion counter in state that threads share (CPython
+    gh-106905, fixed in later releases): a parse that overlaps one in another
+    thread of the test process (a module imported by a background thread and
+    rewritten by pytest) can fail with "SystemError: AST constructor recursion
+    depth mismatch" although the file is fine. Parsed again, it gives the tree."""
+    source = path.read_text()
+    for _ in range(2):
+        try:
+            return ast.parse(source, str(path))
+        except SystemError:
+            continue
+    return ast.parse(source, str(path))
+
+
 def edges(modules: set[str] | None = None) -> list[Edge]:
     files = {module_name(path): path for path in production_files()}
     known = set(files) if modules is None else modules
     found: list[Edge] = []
     for source, path in files.items():
         package = source if path.name == "__init__.py" else source.rpartition(".")[0]
-        for node, local in _imports(ast.parse(path.read_text(), str(path))):
+        for node, local in _imports(parse_source(path)):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]

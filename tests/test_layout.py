@@ -9,13 +9,15 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.test_layering import parse_source
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _modules(*trees: str) -> Iterator[tuple[Path, ast.Module]]:
     for tree in trees:
         for path in sorted((ROOT / tree).rglob("*.py")):
-            yield path, ast.parse(path.read_text(), str(path))
+            yield path, parse_source(path)
 
 
 def _imported(module: ast.Module) -> Iterator[str]:
