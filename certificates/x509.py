@@ -30,8 +30,11 @@ def load_certificates(data: bytes | str) -> list[x509.Certificate]:
     """Every certificate in `data`: one or more PEM blocks, a URL-escaped PEM
     (nginx's $ssl_client_escaped_cert), or a single DER certificate."""
     raw = data.encode() if isinstance(data, str) else bytes(data)
-    if b"%2D" in raw[:32] or b"%0A" in raw or b"%20" in raw:
-        raw = unquote(raw.decode("ascii", "replace")).encode()
+    # Only text can be URL-escaped. DER is binary and may hold the bytes "%0A"
+    # anywhere in its key, serial or signature (about one certificate in
+    # 20,000): unescaping it would corrupt a good certificate.
+    if raw.isascii() and (b"%2D" in raw[:32] or b"%0A" in raw or b"%20" in raw):
+        raw = unquote(raw.decode("ascii")).encode()
     blocks = _PEM_BLOCK.findall(raw)
     try:
         if blocks:

@@ -108,6 +108,34 @@ def test_it_computes_the_ski_of_a_ca_that_has_none(tenant: Tenant) -> None:
     assert services.authenticate_peer_certificate(leaf.cert_pem).identifier == "SN-bare"
 
 
+def test_a_ca_whose_der_holds_url_escape_bytes_still_signs_its_devices(tenant: Tenant) -> None:
+    # given a CA whose DER holds "%0A" and "%20" (here in its serial; a random
+    # key or signature does so in about one certificate in 20,000)
+    key = pki.new_key()
+    name = cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, "Escaped CA")])
+    serial = int.from_bytes(b"\x12%0A%20%2D\x34", "big")
+    escaped = (
+        cx509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=1))
+        .add_extension(cx509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    assert b"%0A" in x509.der(escaped)
+    ca = pki.Issued(cert=escaped, key=key)
+    row = _register(tenant, ca, jitp_product=tenant.product)
+    # when: the stored DER is read back to check a device's signature
+    leaf = pki.sign_device(ca, "SN-escaped")
+    device = services.authenticate_peer_certificate(leaf.cert_pem)
+    # then
+    assert x509.load_one(bytes(row.der)) == escaped
+    assert device.identifier == "SN-escaped"
+
+
 def test_it_refuses_a_jitp_product_of_another_org(tenant: Tenant, other_tenant: Tenant, device_ca: Issued) -> None:
     with pytest.raises(CertificateError, match="another organization"):
         _register(tenant, device_ca, jitp_product=other_tenant.product)
