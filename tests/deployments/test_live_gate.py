@@ -22,7 +22,7 @@ from devices import services as device_services
 from devices.models import Device
 from tests.conftest import HubProcess, Tenant
 from tests.deployments.conftest import make_firmware
-from tests.deployments.test_live_safety import _in_thread, _running, _until, start_hub  # noqa: F401
+from tests.deployments.test_live_safety import _in_thread, _running, _status, _until, start_hub  # noqa: F401
 from tests.support.nhl_client import DEFAULT_FW, NHLDevice
 
 CANARIES = [f"canary{i}" for i in range(4)]
@@ -70,6 +70,10 @@ async def _update(device: NHLDevice, firmware: dict[str, str], *, reverted: bool
     await device.push("device", "status_update", {"status": "received"})
     await device.push("device", "fwup_progress", {"value": 100, "stage": "updating"})
     await device.push("device", "status_update", {"status": "completed"})
+    # A device reboots well after its report reached the hub. Reconnecting at
+    # once would race its own reports (they are pushed, not answered), and a
+    # join judged before them keeps the attempt in flight.
+    await _until(lambda: _status(device.identifier) == UpdateStatus.COMPLETED)
     await device.close()
     device.firmware, device.auto_reverted = firmware, reverted
     await device.connect(timeout=30)
