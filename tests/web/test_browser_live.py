@@ -84,7 +84,7 @@ def test_the_device_list_shows_a_device_going_online_without_a_reload(
         assert page.inner_text(f"{row} [data-live~=seen]") == "just now"
         assert page.evaluate("window.liveMark") == 1
         # and the dashboard refetched its counts
-        dashboard.wait_for_function("document.querySelector('[data-live-count=online] b').textContent === '1'")
+        dashboard.wait_for_function("() => document.querySelector('[data-live-count=online] b').textContent === '1'")
         assert dashboard.inner_text("[data-live-count=offline] b") == "0"
         # and the device's own page its header
         device_page.wait_for_selector("h1 [data-live~=presence][data-presence=connected] .badge.connected")
