@@ -26,8 +26,8 @@ no lifespan protocol (the application has no startup or shutdown hooks); no
 proxy headers (as daphne: the client address is the peer's). What differs from
 daphne is in nerveshub/lib/uvicorn_http.py: refused upgrades and close codes
 need no patch, bodies are refused by `BodyGuard` before they are read, the
-header deadline is a protocol of ours, and a refused body's connection is
-closed without lingering. On SIGTERM uvicorn closes device sockets with 1012
+header deadline and daphne's header-size limits are a protocol of ours, and a
+refused body's connection is closed without lingering. On SIGTERM uvicorn closes device sockets with 1012
 (service restart) and gives requests GRACEFUL_SHUTDOWN_SECONDS. How to choose,
 and what differs for a device or a client: docs/operations.md, "Choosing the
 server".

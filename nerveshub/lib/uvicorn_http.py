@@ -12,7 +12,7 @@ uvicorn mostly does itself:
   past the limit, or missing credentials, before a byte of the body is read,
   and cuts a chunked body at the limit.
 
-Two things it does not do, added here:
+Three things it does not do, added here:
 
 * `DroppingSends`: a frame the application sends after the peer has gone is
   dropped, as under daphne. uvicorn raises ClientDisconnected (or a
@@ -24,7 +24,10 @@ Two things it does not do, added here:
   byte of the next request on a kept-alive connection) or it gets 408 and is
   closed. uvicorn has no such deadline: a client sending a header byte every
   few seconds held a connection for ever. Between requests uvicorn's own
-  keep-alive timeout (5 s) closes an idle connection.
+  keep-alive timeout (5 s) closes an idle connection. The same protocol
+  limits a request line and its headers to MAX_HEADER_BYTES and MAX_HEADERS,
+  Twisted's limits under daphne, and answers 400 past them: httptools sets
+  none, so a client could make the hub hold megabytes of headers per request.
 
 A refused body is answered with `Connection: close`; uvicorn then closes the
 connection without draining what the client still sends (daphne_http lingers),
@@ -47,6 +50,13 @@ from nerveshub.lib.bodyguard import ASGIApp, Message, Receive, Send
 logger = logging.getLogger(__name__)
 
 TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+# Twisted's HTTPChannel.totalHeadersSize and maxHeaders: what daphne accepts.
+MAX_HEADER_BYTES = 16384
+MAX_HEADERS = 500
+
+
+class HeadersTooLarge(Exception):
+    """Raised from a parser callback: uvicorn answers 400 and closes."""
 
 
 class DroppingSends:
@@ -87,6 +97,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a deadline for each request's headers."""
 
     _header_timer: asyncio.TimerHandle | None = None
+    _header_bytes = 0
+    _header_count = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -98,8 +110,29 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._header_bytes = self._header_count = 0
         if self._header_timer is None:
             self._start_header_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._count_header_bytes(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_HEADER_BYTES or self._header_count > MAX_HEADERS:
+            logger.info(
+                "refusing a request from %s: headers past %s bytes or %s lines",
+                self.client[0] if self.client else "?",
+                MAX_HEADER_BYTES,
+                MAX_HEADERS,
+            )
+            raise HeadersTooLarge
 
     def on_headers_complete(self) -> None:
         self._cancel_header_timer()

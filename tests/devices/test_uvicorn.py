@@ -1,6 +1,6 @@
 """The hub under uvicorn (`python -m nerveshub.serve --server uvicorn`): a
 device session from connect to a pushed command, a refused upgrade's 401 with
-its reason, and a body refused on its headers."""
+its reason, a body refused on its headers, and a header block past daphne's limit."""
 
 from __future__ import annotations
 
@@ -114,4 +114,21 @@ def test_an_oversized_upload_gets_413_before_its_body(live_hub: HubLauncher, cre
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
     assert b"connection: close" in answer.lower()
     assert "larger than" in json.loads(answer.split(b"\r\n\r\n", 1)[1])["errors"]["detail"]
+    assert hub.process.poll() is None
+
+
+def test_an_oversized_header_block_gets_400(live_hub: HubLauncher) -> None:
+    # given: httptools sets no limit of its own; the hub's protocol keeps daphne's
+    hub = _uvicorn_hub(live_hub)
+    filler = "".join(f"X-Filler-{i}: {'a' * 1000}\r\n" for i in range(100))
+    request = f"GET /status/alive HTTP/1.1\r\nHost: 127.0.0.1:{hub.port}\r\n{filler}\r\n".encode()
+    # when
+    with socket.create_connection(("127.0.0.1", hub.port), timeout=10) as conn:
+        try:
+            conn.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before it read everything: the answer may still be there
+        answer = conn.recv(65536)
+    # then
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
     assert hub.process.poll() is None
