@@ -23,7 +23,7 @@ Three things it does not do, added here:
   headers within HTTP_HEADER_TIMEOUT seconds of connecting (or of the first
   byte of the next request on a kept-alive connection) or it gets 408 and is
   closed. uvicorn has no such deadline: a client sending a header byte every
-  few seconds held a connection for ever. Between requests uvicorn's own
+  few seconds could hold a connection for ever. Between requests uvicorn's own
   keep-alive timeout (5 s) closes an idle connection. The same protocol
   limits a request line and its headers to MAX_HEADER_BYTES and MAX_HEADERS,
   Twisted's limits under daphne, and answers 400 past them: httptools sets
