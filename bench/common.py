@@ -217,23 +217,24 @@ class Stack:
         wait_listening(port, process, "baseline server")
         return server
 
-    def start_floor(self) -> Server:
-        """The server-stack floor (`floor_application`) for this stack's product key."""
+    def start_floor(self, server: str = "daphne") -> Server:
+        """The server-stack floor (`floor_application`) for this stack's product
+        key, under `server` (daphne or uvicorn) as `nerveshub.serve` runs it."""
         port = free_port()
         env = {**self.env, "FLOOR_KEY": self.key, "FLOOR_SECRET": self.secret, "LOG_LEVEL": "warning"}
         # Its output (daphne's access log) goes to a file, as a hub's does.
         with (self.work / f"floor-{port}.log").open("ab") as log:
             process = subprocess.Popen(
-                [sys.executable, __file__, "floor", "--port", str(port)],
+                [sys.executable, __file__, "floor", "--port", str(port), server],
                 cwd=ROOT,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        server = Server(port, process)
-        self.servers.append(server)
+        floor = Server(port, process)
+        self.servers.append(floor)
         wait_listening(port, process, "floor server")
-        return server
+        return floor
 
     def hub_log(self, server: Server | HubProcess) -> str:
         return (self.work / f"hub-{server.port}.log").read_text(errors="replace")
@@ -582,8 +583,8 @@ async def baseline_server(port: int) -> None:
 
 
 def floor_application() -> Any:
-    """The hub's server stack without the hub: daphne (started like
-    `nerveshub.serve`, with its daphne extensions) and a Channels consumer that
+    """The hub's server stack without the hub: daphne or uvicorn (started like
+    `nerveshub.serve` starts them, daphne with its extensions) and a Channels consumer that
     verifies NH1 headers against the one product secret it was given, accepts,
     and answers the `device` join and heartbeats as the hub does, with no
     database, no dispatcher and no channel layer. What a hub process costs above
@@ -633,11 +634,16 @@ def floor_application() -> Any:
     )
 
 
-def floor_server(port: int) -> None:
+def floor_server(port: int, server: str = "daphne") -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nerveshub.settings")
     import django
 
     django.setup()
+    if server == "uvicorn":
+        from nerveshub.serve import run_uvicorn
+
+        run_uvicorn("127.0.0.1", port, 4096, app=floor_application())
+        return
     from daphne.cli import CommandLineInterface
 
     from devicelink.daphne_ext import install
@@ -707,7 +713,7 @@ def _main() -> None:
     elif sys.argv[1] == "profiled":
         profiled_hub(sys.argv[2], sys.argv[3:])
     elif sys.argv[1] == "floor":
-        floor_server(int(sys.argv[3]))
+        floor_server(int(sys.argv[3]), *sys.argv[4:5])
     elif sys.argv[1] == "clients":
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nerveshub.settings")
         asyncio.run(Clients(json.loads(sys.argv[2])).main())

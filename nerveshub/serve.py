@@ -1,8 +1,10 @@
-"""Start one hub server process: daphne with the options device sockets need.
+"""Start one hub server process: daphne (or uvicorn) with the options device sockets need.
 
-    python -m nerveshub.serve [--host 127.0.0.1] [--port 4000]
+    python -m nerveshub.serve [--host 127.0.0.1] [--port 4000] [--server daphne|uvicorn]
 
-HOST and PORT from the environment are the defaults. Why these daphne options:
+HOST, PORT and HUB_SERVER from the environment are the defaults. daphne is the
+server unless uvicorn is asked for; docs/benchmarks.md (M3) compares the two on
+the same application. Why these daphne options:
 
 * websocket_timeout -1: daphne closes every websocket after 24 h by default; a
   device socket is meant to stay up for weeks.
@@ -15,16 +17,36 @@ HOST and PORT from the environment are the defaults. Why these daphne options:
   (HTTP_HEADER_TIMEOUT): nerveshub/lib/daphne_http.py.
 * permessage-deflate is not offered by daphne's websocket factory (autobahn's
   default), so devices that ask for it carry on uncompressed.
+
+uvicorn (`--server uvicorn`, or HUB_SERVER=uvicorn) runs the same application on
+uvloop, with httptools for HTTP and uvicorn's websockets-sansio implementation
+for websockets (its older `websockets` one is deprecated). The same choices:
+no protocol pings, no websocket timeout, no permessage-deflate, backlog 4096;
+no lifespan protocol (the application has no startup or shutdown hooks); no
+proxy headers (as daphne: the client address is the peer's). What differs from
+daphne is in nerveshub/lib/uvicorn_http.py: refused upgrades and close codes
+need no patch, bodies are refused by `BodyGuard` before they are read, the
+header deadline and daphne's header-size limits are a protocol of ours, and a
+refused body's connection is closed without lingering. On SIGTERM uvicorn closes device sockets with 1012
+(service restart) and gives requests GRACEFUL_SHUTDOWN_SECONDS. How to choose,
+and what differs for a device or a client: docs/operations.md, "Choosing the
+server".
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+from typing import Any
 
-from nerveshub.lib.env import envint, envstr
+from nerveshub.lib.env import envchoice, envint, envstr
 
 ONE_YEAR = 365 * 24 * 3600
+SERVERS = ("daphne", "uvicorn")
+# As daphne's --application-close-timeout: how long a stopping server waits for
+# the applications it still runs.
+GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
 def daphne_args(host: str, port: int, backlog: int) -> list[str]:
@@ -48,9 +70,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=envint("PORT", 4000, minimum=1, maximum=65535))
     # HOST/PORT from the command line also shape the settings' defaults (PUBLIC_URL, ALLOWED_HOSTS).
     parser.add_argument("--backlog", type=int, default=envint("LISTEN_BACKLOG", 4096, minimum=1))
+    parser.add_argument("--server", choices=SERVERS, default=envchoice("HUB_SERVER", "daphne", SERVERS))
     args = parser.parse_args(argv)
     os.environ["HOST"], os.environ["PORT"] = args.host, str(args.port)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nerveshub.settings")
+    if args.server == "uvicorn":
+        run_uvicorn(args.host, args.port, args.backlog)
+        return
 
     # Imported only now: the environment above must be set before daphne and
     # the server's own modules read the settings.
@@ -81,6 +107,59 @@ def _start_hub() -> None:
     # Called as the reactor starts, maybe before its asyncio loop runs: the
     # dispatcher's tasks belong to that loop, so start them from it.
     twisted_loop.call_soon(dispatcher.start)
+
+
+def uvicorn_config(app: Any, host: str, port: int, backlog: int) -> Any:
+    import uvicorn
+
+    from nerveshub.lib.uvicorn_http import HeaderDeadlineProtocol
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http=HeaderDeadlineProtocol,
+        ws="websockets-sansio",
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
+        ws_per_message_deflate=False,
+        lifespan="off",
+        backlog=backlog,
+        proxy_headers=False,
+        server_header=False,
+        # Django's LOGGING (settings) configures the loggers, uvicorn's included.
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+
+
+def run_uvicorn(host: str, port: int, backlog: int, app: Any = None) -> None:
+    """Serve the hub with uvicorn, the device link's background tasks started on
+    its loop before the first connection; or serve `app` alone (M3's floor)."""
+    import uvicorn
+    import uvloop
+
+    hub = app is None
+    if app is None:
+        from nerveshub.asgi import application
+
+        app = application
+    from nerveshub.lib.uvicorn_http import DroppingSends
+
+    server = uvicorn.Server(uvicorn_config(DroppingSends(app), host, port, backlog))
+
+    async def serve() -> None:
+        if hub:
+            from devicelink.dispatcher import dispatcher
+
+            # As _start_hub under daphne: the dispatcher's tasks belong to the loop that serves.
+            dispatcher.start()
+        await server.serve()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve())
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ returned once it accepts connections.
 The `live_hub` fixture (tests/conftest.py), the benchmarks' `Stack`
 (bench/common.py) and the rollout simulation's `Cluster`
 (tests/support/rollout_sim.py) all start their hubs here; they differ only in
-the environment they pass.
+the environment they pass (HUB_SERVER=uvicorn among it starts uvicorn instead of
+daphne: tests/devices/test_uvicorn.py).
 """
 
 from __future__ import annotations
