@@ -227,13 +227,14 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps(figures, indent=2))
         return 0
     if args.smoke:
-        gate_simulation(300, 25, 2, 0.2, 30)
         args.devices, args.concurrency, args.update_time, args.timeout = 100, 25, 0.2, 30
         args.connect_rate = 25
         args.fail = args.fail or 0.05
 
     database_url, redis_url = os.environ.get("DATABASE_URL", ""), os.environ.get("REDIS_URL", "")
     if not database_url.startswith(("postgres://", "postgresql://")) or not redis_url:
+        if args.smoke:
+            gate_simulation(300, 25, 2, 0.2, 30)
         print("rollout_sim: needs DATABASE_URL (PostgreSQL) and REDIS_URL; skipped")
         return 0
     nofile = raise_nofile()
@@ -252,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     import django
 
     django.setup()
+    if args.smoke:
+        # Only now: the model imports the hub's code, which reads the settings
+        # once, and they must name the scratch database set just above.
+        gate_simulation(300, 25, 2, 0.2, 30)
 
     cluster = Cluster(workdir, env)
     code = 1
