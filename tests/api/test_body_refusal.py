@@ -216,9 +216,11 @@ def test_a_chunked_body_is_cut_at_the_limit(live_hub: HubLauncher) -> None:
     assert hub.process.poll() is None
 
 
-def test_a_client_that_never_finishes_its_headers_is_disconnected(live_hub: HubLauncher) -> None:
+# uvicorn has no header deadline of its own: the hub's protocol adds it (nerveshub/lib/uvicorn_http.py).
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+def test_a_client_that_never_finishes_its_headers_is_disconnected(live_hub: HubLauncher, server: str) -> None:
     # given
-    hub = live_hub({"HTTP_HEADER_TIMEOUT": "2"})
+    hub = live_hub({"HTTP_HEADER_TIMEOUT": "2", "HUB_SERVER": server})
     started = time.monotonic()
     closed_after = None
     with socket.create_connection(("127.0.0.1", hub.port), timeout=10) as conn:
