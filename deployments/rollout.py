@@ -51,6 +51,7 @@ from devices.models import Device, ValidationStatus, online_q
 from devices.services import JoinReport
 from firmware.models import Firmware, FirmwareKind, FirmwareStatus
 from firmware.services import UpdatePayload, update_payload
+from nerveshub.lib import aioredis
 from nerveshub.lib.enqueue import enqueue
 from nerveshub.lib.validation import refuse_unless_valid
 from nerveshub.tenancy.models import Product
@@ -939,23 +940,42 @@ def _redis() -> Any:
 
 
 def _enqueue(deployment_id: int) -> None:
-    # Imported when called: deployments.tasks imports this module (its tasks
-    # call the orchestrator), the one cycle of the service-and-task shape (see
-    # the module docstring).
-    from deployments.tasks import run_rollout_task
-
     if settings.REDIS_URL:
         try:
             if not _redis().set(_wake_key(deployment_id), "1", nx=True, ex=WAKE_MARK_SECONDS):
                 return  # a queued run will see this change
         except Exception:
             logger.exception("wake mark for deployment %s failed; enqueuing anyway", deployment_id)
-    enqueue(run_rollout_task, deployment_id)
+    enqueue_run(deployment_id)
 
 
 def wake_now(deployment_id: int) -> None:
     """`wake` outside a transaction: a join that wrote nothing (devicelink.hotpath)."""
     _enqueue(deployment_id)
+
+
+async def wake_marked(deployment_id: int) -> bool:
+    """`wake_now` from the event loop, for a join that wrote nothing: sets the
+    wake mark on the loop's own Redis client (nerveshub.lib.aioredis). Returns
+    whether a run must still be enqueued (`enqueue_run`, which publishes to
+    Celery and so runs on a thread): False when a queued run will see the change."""
+    if not settings.REDIS_URL:
+        return True
+    try:
+        return bool(await aioredis.client().set(_wake_key(deployment_id), "1", nx=True, ex=WAKE_MARK_SECONDS))
+    except Exception:
+        logger.exception("wake mark for deployment %s failed; enqueuing anyway", deployment_id)
+        return True
+
+
+def enqueue_run(deployment_id: int) -> None:
+    """A run of the deployment's orchestrator, after `wake_marked`."""
+    # Imported when called: deployments.tasks imports this module (its tasks
+    # call the orchestrator), the one cycle of the service-and-task shape (see
+    # the module docstring).
+    from deployments.tasks import run_rollout_task
+
+    enqueue(run_rollout_task, deployment_id)
 
 
 def run_started(deployment_id: int) -> None:

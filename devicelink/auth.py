@@ -22,11 +22,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
+from psycopg_pool import PoolTimeout
 
 from devicelink import hotpath, nh1
 from devicelink.certauth import device_from_scope, forwarded_certificate
@@ -221,6 +223,15 @@ def authenticate_shared_secret(
     return device
 
 
+def _parse_alg(alg: str) -> nh1.Alg:
+    return nh1.parse_alg(
+        alg,
+        digests=settings.NH1_ALLOWED_DIGESTS,
+        max_iterations=settings.NH1_MAX_ITERATIONS,
+        max_length=settings.NH1_MAX_KEY_LENGTH,
+    )
+
+
 def _checked_headers(headers: Mapping[str, str], client: str | None) -> _Checked:
     """The cheap checks, before any key lookup or derivation: the headers are
     there, x-nh-alg is in range, x-nh-time reads, and neither the client nor
@@ -235,12 +246,7 @@ def _checked_headers(headers: Mapping[str, str], client: str | None) -> _Checked
         raise _refuse(REASON_INVALID, "missing x-nh-* header")
     alg, key, signed_time, signature = (str(v) for v in values)
     try:
-        parsed = nh1.parse_alg(
-            alg,
-            digests=settings.NH1_ALLOWED_DIGESTS,
-            max_iterations=settings.NH1_MAX_ITERATIONS,
-            max_length=settings.NH1_MAX_KEY_LENGTH,
-        )
+        parsed = _parse_alg(alg)
     except nh1.NH1Error as exc:
         _failed(_failure_buckets(client, None))
         raise _refuse(REASON_ALG + str(exc), str(exc)) from None
@@ -255,16 +261,21 @@ def _checked_headers(headers: Mapping[str, str], client: str | None) -> _Checked
     return alg, key, signed_time, signature, parsed, buckets
 
 
-def _verified_claims(checked: _Checked, secret: str) -> nh1.Claims:
-    """The signed claims, once the signature verifies with `secret` and is recent."""
-    alg, key, signed_time, signature, parsed, buckets = checked
+def _claims(checked: _Checked, secret: str) -> nh1.Claims:
+    """The signed claims if the signature verifies with `secret` (nh1.NH1Error if not)."""
+    alg, key, signed_time, signature, parsed, _ = checked
     derived = nh1.derive_key(
         secret, nh1.build_salt(alg, key, signed_time), parsed.digest, parsed.iterations, parsed.length
     )
+    return nh1.decode_payload(nh1.verify_token(signature, derived))
+
+
+def _verified_claims(checked: _Checked, secret: str) -> nh1.Claims:
+    """The signed claims, once the signature verifies with `secret` and is recent."""
     try:
-        claims = nh1.decode_payload(nh1.verify_token(signature, derived))
+        claims = _claims(checked, secret)
     except nh1.NH1Error as exc:
-        _failed(buckets)
+        _failed(checked[5])
         raise _refuse(REASON_INVALID, str(exc)) from None
     _check_age(claims.signed_at_ms)
     return claims
@@ -285,8 +296,85 @@ def _touch_key(
     return last_used_at
 
 
-def connect_shared_secret(
+def _note_key_use(key: str, entry: _ProductKey) -> None:
+    used = _touch_key(ProductSharedSecret, entry.key_id, entry.last_used_at)
+    if used != entry.last_used_at:
+        _product_keys[key] = replace(entry, last_used_at=used)
+
+
+def _key_use_is_stale(entry: _ProductKey) -> bool:
+    last = entry.last_used_at
+    return last is None or last < timezone.now() - timedelta(seconds=KEY_LAST_USED_INTERVAL)
+
+
+# Above this many PBKDF2 iterations the derivation is left to a database thread:
+# on the event loop it would hold up every other socket of the process (nerves_hub_link
+# signs with 1,000; a derivation of 1,000 costs about 0.1 ms).
+LOOP_MAX_ITERATIONS = 2000
+
+
+async def connect_returning_device(
     headers: Mapping[str, str], client: str | None, channel: str, lease_id: int | None
+) -> hotpath.Connected | None:
+    """The fast path of `connect_shared_secret`, from the event loop: a device the
+    hub knows, signing with a product key this process has read, is verified
+    here and connected by one statement on the fast pool (devicelink.fastdb),
+    with no hop to a database thread. Anything not plainly in order (a header,
+    the signature, its age, a failure counter, an unknown device, a database
+    error) returns None: the caller then takes `connect_shared_secret` on a
+    thread, which decides, refuses and counts the failure. This path never
+    refuses, so it needs no copy of the refusal rules; it only raises
+    AuthError(503) when the database cannot be reached."""
+    if not (hotpath.enabled() and settings.DEVICE_SHARED_SECRETS_ENABLED):
+        return None
+    values = [headers.get(name) for name in NH_HEADERS]
+    if any(not value for value in values):
+        return None
+    alg, key, signed_time, signature = (str(v) for v in values)
+    entry = _product_keys.get(key)
+    if entry is None:
+        return None
+    try:
+        parsed = _parse_alg(alg)
+        nh1.parse_time(signed_time)
+    except nh1.NH1Error:
+        return None
+    if parsed.iterations > LOOP_MAX_ITERATIONS:
+        return None
+    buckets = _failure_buckets(client, key)
+    if await ratelimit.blocked_async(buckets):
+        return None
+    try:
+        claims = _claims((alg, key, signed_time, signature, parsed, buckets), entry.secret)
+        _check_age(claims.signed_at_ms)
+        _valid_identifier(claims.identifier)
+    except (nh1.NH1Error, AuthError):
+        return None
+    try:
+        known = await hotpath.connect_returning_async(
+            org_id=entry.org_id,
+            product_id=entry.product_id,
+            key_id=entry.key_id,
+            identifier=claims.identifier,
+            channel=channel,
+            lease_id=lease_id,
+            now=timezone.now(),
+        )
+    except (psycopg.Error, PoolTimeout) as exc:
+        # The database the thread path would ask is the same one: 503 now, while
+        # the device still waits for an answer (the thread path would wait again).
+        raise AuthError(503, REASON_PLATFORM, f"database error: {exc!r}") from None
+    if known is None:
+        return None
+    publish.page_device_connected_now(entry.org_id, known.device_id)
+    if _key_use_is_stale(entry):
+        # Once per key and KEY_LAST_USED_INTERVAL.
+        await device_db_call(_note_key_use)(key, entry)
+    return known
+
+
+def connect_shared_secret(
+    headers: Mapping[str, str], client: str | None, channel: str, lease_id: int | None, *, try_fast: bool = True
 ) -> hotpath.Connected:
     """Authenticate NH1 headers and record the connection on `channel`
     (`devices.services.open_device_connection`), in one call on a device
@@ -294,7 +382,7 @@ def connect_shared_secret(
     process has read before, costs one statement (devicelink.hotpath); every
     other connect, and every refusal, takes the full path."""
     checked = None
-    if hotpath.enabled():
+    if try_fast and hotpath.enabled():
         checked = _checked_headers(headers, client)
         entry = _product_keys.get(checked[1])
         if entry is not None:
@@ -312,9 +400,7 @@ def connect_shared_secret(
             )
             if known is not None:
                 publish.page_device_connected(entry.org_id, known.device_id)
-                used = _touch_key(ProductSharedSecret, entry.key_id, entry.last_used_at)
-                if used != entry.last_used_at:
-                    _product_keys[checked[1]] = replace(entry, last_used_at=used)
+                _note_key_use(checked[1], entry)
                 return known
     device = authenticate_shared_secret(headers, client, checked)
     info = open_device_connection(device, channel, lease_id)
@@ -327,8 +413,9 @@ def connect_shared_secret(
 async def connect_device(scope: Mapping[str, Any], channel: str, lease_id: int | None) -> hotpath.Connected:
     """Authenticate the device (the chain below) and record its connection on
     `channel`, raising AuthError to refuse. A device that signs NH1 headers and
-    presents no certificate does both in one call on a database thread
-    (`connect_shared_secret`); a certificate device takes the chain, then
+    presents no certificate: a returning one from the event loop
+    (`connect_returning_device`), any other in one call on a database thread
+    (`connect_shared_secret`). A certificate device takes the chain, then
     `devices.services.open_device_connection`."""
     if forwarded_certificate(scope) is None:
         headers = scope_headers(scope)
@@ -337,9 +424,13 @@ async def connect_device(scope: Mapping[str, Any], channel: str, lease_id: int |
             raise AuthError(401, REASON_NO_CREDENTIALS)
         peer = scope.get("client")
         client = client_address(str(peer[0]) if peer else None, headers.get("x-forwarded-for"))
+        fast = await connect_returning_device(headers, client, channel, lease_id)
+        if fast is not None:
+            return fast
         try:
+            # The fast path's statement, if it ran, ran above: not twice.
             connected: hotpath.Connected = await device_db_call(connect_shared_secret)(
-                headers, client, channel, lease_id
+                headers, client, channel, lease_id, try_fast=False
             )
         except DatabaseError as exc:
             raise AuthError(503, REASON_PLATFORM, f"database error: {exc}") from None

@@ -350,7 +350,7 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             self.joined["device"] = frame.join_ref
             await self._send(protocol.reply(frame.join_ref, frame.ref, "device", "ok", {}))
             if self.deployment_id is not None:
-                await device_db_call(join.quiet_join)(self.device_id, self.deployment_id)
+                await join.quiet_join_from_loop(known, self.device_id, self.deployment_id)
         else:
             with dispatcher.onboard():
                 outcome, self.deployment_id = await device_db_call(join.store_join)(self.device_id, params)

@@ -43,6 +43,7 @@ takes the full path.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,7 +53,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
-from deployments.models import INFLIGHT_STATUSES, Deployment, DeviceUpdate
+from deployments.models import INFLIGHT_STATUSES, Deployment, DeviceUpdate, GateCounter
+from devicelink import fastdb
 from devices.models import ConnectionStatus, Device, ProductSharedSecret
 from devices.services import ConnectionInfo, JoinReport, join_fields
 from firmware.models import Firmware
@@ -108,6 +110,9 @@ class StoredDevice:
     update_in_flight: bool
     deployment: DeploymentRules | None
     product_has_active_deployment: bool
+    # The device has canary-versus-control counters (deployments.gate): its
+    # reconnect is counted (devicelink.join.quiet_join).
+    gate_counted: bool
 
     # MembershipFacts (deployments.rollout.membership_problems)
     @property
@@ -149,6 +154,7 @@ def _connect_sql() -> str:
     device, dep, fw = Device._meta.db_table, Deployment._meta.db_table, Firmware._meta.db_table
     key, hook = ProductSharedSecret._meta.db_table, WebhookEndpoint._meta.db_table
     update, product = DeviceUpdate._meta.db_table, Product._meta.db_table
+    gate = GateCounter._meta.db_table
     join_columns = ", ".join(f"d.{name}" for name in JOIN_COLUMNS)
     # FOR NO KEY UPDATE, as every device row lock (devices.services._each_locked).
     # Only table and column names from the models are formatted in; every value is a parameter.
@@ -179,7 +185,8 @@ WHERE d.id = old.id
 RETURNING old.*,
     (SELECT p.extensions FROM {product} p WHERE p.id = %(product)s),
     EXISTS (SELECT 1 FROM {update} u WHERE u.device_id = old.id AND u.status = ANY(%(inflight)s)),
-    EXISTS (SELECT 1 FROM {dep} a WHERE a.product_id = %(product)s AND a.is_active)
+    EXISTS (SELECT 1 FROM {dep} a WHERE a.product_id = %(product)s AND a.is_active),
+    EXISTS (SELECT 1 FROM {gate} g WHERE g.device_id = old.id)
 """  # noqa: S608
 
 
@@ -203,33 +210,37 @@ def _execute(sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
     return row
 
 
-def connect_returning(
-    *, org_id: int, product_id: int, key_id: int, identifier: str, channel: str, lease_id: int | None, now: datetime
-) -> Connected | None:
-    """Record the connection of a device the hub knows, authenticated with
-    product key `key_id` (its signature verified), in one statement; None when
-    it is not such a device (the caller takes the full path, which decides)."""
-    row = _execute(
-        _connect_sql(),
-        {
-            "org": org_id,
-            "identifier": identifier,
-            "product": product_id,
-            "key": key_id,
-            "online": f'["{EventType.DEVICE_ONLINE.value}"]',
-            "channel": channel,
-            "lease": lease_id,
-            "connected": ConnectionStatus.CONNECTED.value,
-            "now": now,
-            "inflight": [status.value for status in INFLIGHT_STATUSES],
-        },
-    )
+def _connect_params(
+    org_id: int, product_id: int, key_id: int, identifier: str, channel: str, lease_id: int | None, now: datetime
+) -> dict[str, Any]:
+    return {
+        "org": org_id,
+        "identifier": identifier,
+        "product": product_id,
+        "key": key_id,
+        "online": f'["{EventType.DEVICE_ONLINE.value}"]',
+        "channel": channel,
+        "lease": lease_id,
+        "connected": ConnectionStatus.CONNECTED.value,
+        "now": now,
+        "inflight": [status.value for status in INFLIGHT_STATUSES],
+    }
+
+
+def _json(value: Any) -> Any:
+    # Through Django's connection a jsonb column reads as its text (Django
+    # decodes JSON fields itself); through the fast pool (devicelink.fastdb) as
+    # the value.
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _connected(row: tuple[Any, ...] | None, product_id: int, identifier: str, channel: str) -> Connected | None:
     if row is None:
         return None
     (device_id, previous, deployment_id, tags, device_code, dep_active, dep_product, conditions_version) = row[:8]
     (conditions_tags, dep_sends, platform, architecture) = row[8:12]
     stored = dict(zip(JOIN_COLUMNS, row[12 : 12 + len(JOIN_COLUMNS)], strict=True))
-    extensions, in_flight, any_active = row[12 + len(JOIN_COLUMNS) :]
+    extensions, in_flight, any_active, gate_counted = row[12 + len(JOIN_COLUMNS) :]
     deployment = None
     if deployment_id is not None:
         deployment = DeploymentRules(
@@ -237,25 +248,45 @@ def connect_returning(
             is_active=bool(dep_active),
             product_id=dep_product,
             conditions_version=conditions_version or "",
-            conditions_tags=list(conditions_tags or []),
+            conditions_tags=[str(tag) for tag in _json(conditions_tags) or []],
             firmware=TargetFirmware(platform or "", architecture or ""),
             sends_on_join=bool(dep_sends),
         )
     info = ConnectionInfo(
         previous_channel=previous if previous != channel else "",
-        product_extensions=frozenset(str(name) for name in (extensions or [])),
+        product_extensions=frozenset(str(name) for name in (_json(extensions) or [])),
         deployment_id=deployment_id,
     )
     known = StoredDevice(
         product_id=product_id,
-        tags=list(tags or []),
+        tags=[str(tag) for tag in _json(tags) or []],
         stored=stored,
         has_connecting_code=bool(device_code),
         update_in_flight=bool(in_flight),
         deployment=deployment,
         product_has_active_deployment=bool(any_active),
+        gate_counted=bool(gate_counted),
     )
     return Connected(device_id=device_id, identifier=identifier, info=info, known=known)
+
+
+def connect_returning(
+    *, org_id: int, product_id: int, key_id: int, identifier: str, channel: str, lease_id: int | None, now: datetime
+) -> Connected | None:
+    """Record the connection of a device the hub knows, authenticated with
+    product key `key_id` (its signature verified), in one statement; None when
+    it is not such a device (the caller takes the full path, which decides)."""
+    params = _connect_params(org_id, product_id, key_id, identifier, channel, lease_id, now)
+    return _connected(_execute(_connect_sql(), params), product_id, identifier, channel)
+
+
+async def connect_returning_async(
+    *, org_id: int, product_id: int, key_id: int, identifier: str, channel: str, lease_id: int | None, now: datetime
+) -> Connected | None:
+    """`connect_returning` from the event loop, on the fast pool (devicelink.fastdb).
+    Raises psycopg's errors: the caller then takes the thread path."""
+    params = _connect_params(org_id, product_id, key_id, identifier, channel, lease_id, now)
+    return _connected(await fastdb.fetchone(_connect_sql(), params), product_id, identifier, channel)
 
 
 def join_needs_nothing(known: StoredDevice, report: JoinReport) -> bool:

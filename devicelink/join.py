@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from deployments import gate, preflight, rollout
 from deployments.models import Deployment
 from devicelink import hotpath
+from devicelink.dbthreads import device_db_call
 from devicelink.protocol import DeviceJoin
 from devices import scripts, services
 from devices.models import Device
@@ -101,3 +102,14 @@ def quiet_join(device_id: int, deployment_id: int) -> None:
     reconnect, and the deployment's orchestrator is woken, as every join wakes it."""
     gate.note_reconnect(device_id)
     rollout.wake_now(deployment_id)
+
+
+async def quiet_join_from_loop(known: hotpath.StoredDevice, device_id: int, deployment_id: int) -> None:
+    """`quiet_join` from the device socket's event loop: the gate's reconnect
+    count only for a device the connect found counted (most are not), the
+    wake mark on the loop's Redis client; a database thread only for what is
+    left (the count, or a run to enqueue)."""
+    if known.gate_counted:
+        await device_db_call(gate.note_reconnect)(device_id)
+    if await rollout.wake_marked(deployment_id):
+        await device_db_call(rollout.enqueue_run)(deployment_id)

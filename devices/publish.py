@@ -194,6 +194,16 @@ def page_device_connected(org_id: int, device_id: int) -> None:
     _page_change(device_id, {"presence": ConnectionStatus.CONNECTED.value, "seen": _now_iso()}, org_id, counts=True)
 
 
+def page_device_connected_now(org_id: int, device_id: int) -> None:
+    """`page_device_connected` for a connection recorded outside any Django
+    transaction (devicelink.auth.connect_returning_device, on the event loop)."""
+    pagefeed.remember_org(device_id, org_id)
+    pagefeed.feed.device(
+        org_id, device_id, {"presence": ConnectionStatus.CONNECTED.value, "seen": _now_iso()}, counts=True
+    )
+    pagefeed.ensure_flushing()
+
+
 def page_device_polled(org_id: int, device_id: int) -> None:
     """A polling device's presence was written (docs/polling.md)."""
     _page_change(device_id, {"presence": ConnectionStatus.POLLING.value, "seen": _now_iso()}, org_id, counts=True)

@@ -106,3 +106,50 @@ def test_a_changed_deployment_is_seen_by_the_other_process_at_the_next_join(
     run(connect_and_close(creds, hub_a, "dev-dep"))
     # then: it leaves it at its next join
     assert Device.objects.get(identifier="dev-dep").deployment_id is None
+
+
+def test_a_returning_device_is_offered_its_extensions(live_hub: HubLauncher, creds: Credentials) -> None:
+    hub = live_hub(FAST_PATH)
+
+    async def scenario() -> list[str]:
+        await connect_and_close(creds, hub, "dev-ext")  # first sight: the full path
+        device = creds.device(hub.ws_url, "dev-ext", request_keys=False)
+        await device.connect()  # returning: the fast path from the event loop
+        await device.next_event("health:check")  # asked once health is attached
+        attached = sorted(device.attach_refs)
+        await device.close()
+        device.assert_no_violations()
+        return attached
+
+    # the product allows health and geo (creds); the device offers those and network_identity
+    assert run(scenario()) == ["geo", "health"]
+
+
+def test_a_warm_process_still_refuses_a_bad_signature_and_counts_it(
+    live_hub: HubLauncher, creds: Credentials
+) -> None:
+    hub = live_hub({**FAST_PATH, "NH1_FAILURES_PER_ADDRESS": "3"})
+
+    async def scenario() -> list[int]:
+        await connect_and_close(creds, hub, "dev-sig")
+        await connect_and_close(creds, hub, "dev-sig")  # this process has read the key
+        statuses = []
+        for _ in range(4):
+            statuses.append(await refusal_with(creds, hub, "dev-sig", secret="not-the-secret"))
+        # the address is now blocked, the right secret included
+        statuses.append(await refusal_with(creds, hub, "dev-sig"))
+        return statuses
+
+    assert run(scenario()) == [401, 401, 401, 429, 429]
+
+
+async def refusal_with(creds: Credentials, hub: HubProcess, identifier: str, secret: str = "") -> int:
+    device = creds.device(hub.ws_url, identifier, request_keys=False)
+    if secret:
+        device.secret = secret
+    try:
+        await device.open()
+    except websockets.InvalidStatus as exc:
+        return exc.response.status_code
+    await device.close()
+    return 101

@@ -182,3 +182,30 @@ def test_a_join_moves_a_device_whose_deployment_stopped(creds: Credentials) -> N
 
     assert connect_and_join(creds, "dev-4", "chan-2") == second.pk
     assert Device.objects.get(identifier="dev-4").deployment_id == second.pk
+
+
+@pytest.mark.django_db
+def test_the_fast_connect_reads_json_columns_as_values(creds: Credentials) -> None:
+    # given: a product with extensions, a tagged device in a deployment with conditions
+    firmware = make_firmware(creds.tenant.product, "1.0.0")
+    Deployment.objects.create(
+        org=creds.tenant.org,
+        product=creds.tenant.product,
+        name="tagged",
+        firmware=firmware,
+        is_active=True,
+        conditions_tags=["ab"],
+    )
+    headers = dict(nh1_headers(creds.product_key, creds.product_secret, "dev-5", int(time.time())))
+    auth.connect_shared_secret(headers, None, "chan-1", None)  # first sight; this process reads the key
+    Device.objects.filter(identifier="dev-5").update(tags=["ba", "beta"])
+
+    # when: it connects again, through the one statement on PostgreSQL
+    connected = auth.connect_shared_secret(headers, None, "chan-2", None)
+
+    # then: extensions, tags and conditions are names, not the characters of their JSON text
+    assert connected.info.product_extensions == {"health", "geo"}
+    if fast_path():
+        assert connected.known is not None
+        assert connected.known.tags == ["ba", "beta"]
+        assert connected.known.deployment is None or connected.known.deployment.conditions_tags == ["ab"]
