@@ -125,9 +125,7 @@ def test_a_returning_device_is_offered_its_extensions(live_hub: HubLauncher, cre
     assert run(scenario()) == ["geo", "health"]
 
 
-def test_a_warm_process_still_refuses_a_bad_signature_and_counts_it(
-    live_hub: HubLauncher, creds: Credentials
-) -> None:
+def test_a_warm_process_still_refuses_a_bad_signature_and_counts_it(live_hub: HubLauncher, creds: Credentials) -> None:
     hub = live_hub({**FAST_PATH, "NH1_FAILURES_PER_ADDRESS": "3"})
 
     async def scenario() -> list[int]:
