@@ -36,6 +36,7 @@ from devicelink.dispatcher import dispatcher
 from devicelink.errors import AuthError
 from devicelink.protocol import Codec, Frame, FrameError
 from devices import publish, scripts, services
+from nerveshub.lib import gcpolicy
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class DeviceSocketConsumer(AsyncConsumer):  # type: ignore[misc]
             # that had just closed raised, daphne cancelled it): the device must
             # not stay marked online, nor the socket registered.
             dispatcher.detach(self._number)
+            gcpolicy.socket_closed()
             if self._delivering is not None:
                 self._delivering.cancel()
             if self.device_id:

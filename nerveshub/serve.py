@@ -107,6 +107,18 @@ def _start_hub() -> None:
     # Called as the reactor starts, maybe before its asyncio loop runs: the
     # dispatcher's tasks belong to that loop, so start them from it.
     twisted_loop.call_soon(dispatcher.start)
+    twisted_loop.call_soon(_schedule_collections)
+
+
+def _schedule_collections() -> None:
+    """The hub's schedule of full garbage collections (nerveshub/lib/gcpolicy.py),
+    unless HUB_FULL_GC=automatic keeps CPython's."""
+    if envchoice("HUB_FULL_GC", "scheduled", ("scheduled", "automatic")) == "automatic":
+        return
+    from devicelink.dispatcher import dispatcher
+    from nerveshub.lib import gcpolicy
+
+    gcpolicy.start(lambda: len(dispatcher.sockets))
 
 
 def uvicorn_config(app: Any, host: str, port: int, backlog: int) -> Any:
@@ -156,6 +168,7 @@ def run_uvicorn(host: str, port: int, backlog: int, app: Any = None) -> None:
 
             # As _start_hub under daphne: the dispatcher's tasks belong to the loop that serves.
             dispatcher.start()
+            _schedule_collections()
         await server.serve()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
