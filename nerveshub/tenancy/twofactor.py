@@ -171,9 +171,9 @@ def check_second_factor(user: User, code: str) -> Device:
     return device
 
 
-def disable_two_factor(user: User, password: str, code: str) -> None:
-    """Turn two-factor sign-in off: the account's password and a current code
-    (or a recovery code) prove it is the person, not a borrowed session."""
+def _prove_it_is_them(user: User, password: str, code: str) -> None:
+    """The account's password and a current code (or a recovery code, used up):
+    the person, not a borrowed session. ValidationError by field otherwise."""
     errors: dict[str, Any] = {}
     if not is_enabled(user):
         raise ValidationError(NOT_ON, code="not_on")
@@ -186,6 +186,26 @@ def disable_two_factor(user: User, password: str, code: str) -> None:
             errors["code"] = exc
     if errors:
         raise ValidationError(errors)
+
+
+def regenerate_recovery_codes(user: User, password: str, code: str) -> list[str]:
+    """Ten new recovery codes in place of every old one (used up, lost or
+    seen by someone else), on the password and a current code. The new codes
+    are shown once, as at set-up."""
+    _prove_it_is_them(user, password, code)
+    with transaction.atomic():
+        if not is_enabled(user):
+            raise ValidationError(NOT_ON, code="not_on")
+        StaticDevice.objects.filter(user_id=user.pk).delete()
+        codes = _new_recovery_codes(user)
+        audit(user, "user.two_factor_recovery_codes_replaced", user, details={"recovery_codes": len(codes)})
+    return codes
+
+
+def disable_two_factor(user: User, password: str, code: str) -> None:
+    """Turn two-factor sign-in off: the account's password and a current code
+    (or a recovery code) prove it is the person, not a borrowed session."""
+    _prove_it_is_them(user, password, code)
     with transaction.atomic():
         removed, _ = TOTPDevice.objects.filter(user_id=user.pk).delete()
         StaticDevice.objects.filter(user_id=user.pk).delete()

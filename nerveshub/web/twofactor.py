@@ -137,10 +137,12 @@ def _grouped(secret: str) -> str:
 @never_cache  # the page shows the secret, and then the recovery codes
 def settings_page(request: HttpRequest) -> HttpResponse:
     """Turn two-factor sign-in on (scan, confirm with a code, note the
-    recovery codes) or off (password and code)."""
+    recovery codes) or off (password and code), or replace the recovery codes
+    (password and code)."""
     user = cast(User, request.user)
     code_form = CodeForm()
     disable_form = DisableForm()
+    codes_form = DisableForm(prefix="codes")
     recovery_codes: list[str] = []
     status = 200
     action = request.POST.get("action") if request.method == "POST" else None
@@ -166,6 +168,18 @@ def settings_page(request: HttpRequest) -> HttpResponse:
                 device = twofactor.confirmed_totp(user)
                 if device is not None:
                     otp_login(request, device)
+        else:
+            status = 400
+    elif action == "new-codes":
+        codes_form = DisableForm(request.POST, prefix="codes")
+        if codes_form.is_valid():
+            try:
+                recovery_codes = twofactor.regenerate_recovery_codes(
+                    user, codes_form.cleaned_data["password"], codes_form.cleaned_data["code"]
+                )
+            except ValidationError as exc:
+                codes_form.add_error(None, exc)
+                status = 400
         else:
             status = 400
     elif action == "disable":
@@ -194,6 +208,8 @@ def settings_page(request: HttpRequest) -> HttpResponse:
         "secret": _grouped(twofactor.totp_secret(pending)) if pending else "",
         "code_form": code_form,
         "disable_form": disable_form,
+        "codes_form": codes_form,
+        "codes_replaced": action == "new-codes",
         "recovery_codes": recovery_codes,
         "codes_left": twofactor.recovery_codes_left(user),
     }

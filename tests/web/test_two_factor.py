@@ -294,3 +294,41 @@ def test_signing_in_half_way_as_someone_else_ends_the_previous_session(tenant: T
     client = client_for(tenant.manager)
     _password_step(client)
     assert client.get("/accounts/settings/").status_code == 302
+
+
+def test_new_recovery_codes_replace_the_old_ones_on_the_password_and_a_code(tenant: Tenant) -> None:
+    secret, old_codes = _enable(tenant.viewer)
+    client = client_for(tenant.viewer)
+    page = client.get(SETTINGS).content.decode()
+    assert 'id="codes-form"' in page
+    # when: the wrong password, then a wrong code
+    response = client.post(SETTINGS, {"action": "new-codes", "codes-password": "nope", "codes-code": totp(secret)})
+    assert response.status_code == 400 and "This is not your current password" in response.content.decode()
+    response = client.post(
+        SETTINGS, {"action": "new-codes", "codes-password": "pw-victor", "codes-code": wrong_code(secret)}
+    )
+    assert response.status_code == 400
+    assert set(StaticToken.objects.filter(device__user=tenant.viewer).values_list("token", flat=True)) == set(old_codes)
+    # when: both right
+    time.sleep(1.1)
+    response = client.post(SETTINGS, {"action": "new-codes", "codes-password": "pw-victor", "codes-code": totp(secret)})
+    # then: ten new codes shown once, the old ones gone, audited, two-factor still on
+    assert response.status_code == 200
+    new_codes = re.findall(r"<li><code>([a-z2-7]+)</code></li>", response.content.decode())
+    assert len(new_codes) == 10 and not set(new_codes) & set(old_codes)
+    stored = set(StaticToken.objects.filter(device__user=tenant.viewer).values_list("token", flat=True))
+    assert stored == set(new_codes)
+    assert twofactor.is_enabled(tenant.viewer)
+    assert AuditEvent.objects.filter(action="user.two_factor_recovery_codes_replaced").count() == 1
+    # and an old code no longer signs in, a new one does
+    other = Client()
+    _password_step(other)
+    assert other.post("/accounts/login/code/", {"code": old_codes[1]}).status_code == 400
+    time.sleep(1.1)
+    assert other.post("/accounts/login/code/", {"code": new_codes[0]}).status_code == 302
+
+
+def test_new_recovery_codes_need_two_factor_on(tenant: Tenant) -> None:
+    client = client_for(tenant.viewer)
+    response = client.post(SETTINGS, {"action": "new-codes", "codes-password": "pw-victor", "codes-code": "123456"})
+    assert response.status_code == 400 and not StaticToken.objects.filter(device__user=tenant.viewer).exists()
