@@ -20,6 +20,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 
+from devices import health
 from devices.models import Device
 from devices.services import create_product_secret
 from nerveshub.admin_base import CappedCountPaginator, OrgScopedAdmin, org_ids_with_role
@@ -71,12 +72,29 @@ class MembershipAdmin(OrgScopedAdmin[Membership]):
 class ProductForm(forms.ModelForm):  # type: ignore[type-arg]
     class Meta:
         model = Product
-        fields = ["org", "name", "description", "extensions", "poll_interval_seconds", "builtin_keys"]
+        fields = [
+            "org",
+            "name",
+            "description",
+            "extensions",
+            "poll_interval_seconds",
+            "builtin_keys",
+            "health_thresholds",
+        ]
+        help_texts = {
+            "health_thresholds": 'Per metric, the warning and the unhealthy limit, e.g. {"cpu_temp": [70, 85]}; '
+            "a metric left out keeps the hub's default (HEALTH_THRESHOLDS)."
+        }
 
     def clean(self) -> dict[str, Any]:
         cleaned: dict[str, Any] = super().clean() or {}
         if "extensions" in cleaned:
             for name, messages in services.product_errors(cleaned["extensions"]).items():
+                self.add_error(name, messages)
+        if "health_thresholds" in cleaned:
+            if cleaned["health_thresholds"] is None:  # the field left empty: the hub's defaults
+                cleaned["health_thresholds"] = {}
+            for name, messages in health.threshold_errors(cleaned["health_thresholds"]).items():
                 self.add_error(name, messages)
         org = cleaned.get("org") or (self.instance.org if self.instance.org_id else None)
         for name, messages in services.builtin_key_errors(org, cleaned.get("builtin_keys") or []).items():

@@ -43,6 +43,11 @@ class ProductPatch(Schema):
     builtin_keys: list[str] | None = Field(
         None, max_length=100, description="names of the org's signing keys built into every device of the product"
     )
+    health_thresholds: dict[str, list[float]] | None = Field(
+        None,
+        description="per metric, [warning, unhealthy] limits (replaces the product's own set; a metric left out "
+        "keeps the hub's default)",
+    )
 
 
 class ProductOut(Schema):
@@ -51,6 +56,7 @@ class ProductOut(Schema):
     extensions: list[str]
     poll_interval_seconds: int
     builtin_keys: list[str]
+    health_thresholds: dict[str, list[float]]
 
 
 def _product_out(product: Product) -> ProductOut:
@@ -60,6 +66,7 @@ def _product_out(product: Product) -> ProductOut:
         extensions=list(product.extensions),
         poll_interval_seconds=product.poll_interval_seconds,
         builtin_keys=sorted(key.name for key in product.builtin_keys.all()) if product.pk else [],
+        health_thresholds=product.health_thresholds if isinstance(product.health_thresholds, dict) else {},
     )
 
 

@@ -100,3 +100,26 @@ def test_it_sets_the_poll_interval_of_a_product_within_its_bounds(
         assert as_manager.patch("/orgs/acme/products/widget", {"poll_interval_seconds": hostile}).status_code == 422
     assert as_viewer.patch("/orgs/acme/products/widget", {"poll_interval_seconds": 60}).status_code == 403
     assert Product.objects.get(pk=tenant.product.pk).poll_interval_seconds == 600
+
+
+@pytest.mark.django_db
+def test_it_sets_the_health_limits_of_a_product(tenant: Tenant, as_manager: ApiClient, as_viewer: ApiClient) -> None:
+    # when: a manager sets the CPU temperature limits
+    patched = as_manager.patch("/orgs/acme/products/widget", {"health_thresholds": {"cpu_temp": [70, 85]}})
+    # then: stored and answered
+    assert patched.status_code == 200 and patched.json()["health_thresholds"] == {"cpu_temp": [70, 85]}
+    assert Product.objects.get(pk=tenant.product.pk).health_thresholds == {"cpu_temp": [70, 85]}
+    # hostile or wrong limits are refused with a reason, and nothing changes
+    for hostile in (
+        {"cpu_temp": [90, 80]},
+        {"cpu_temp": [1]},
+        {"cpu_temp": ["hot", "hotter"]},
+        {"": [1, 2]},
+        {"x" * 500: [1, 2]},
+        [70, 85],
+        {f"m{i}": [1, 2] for i in range(1000)},
+    ):
+        refused = as_manager.patch("/orgs/acme/products/widget", {"health_thresholds": hostile})
+        assert refused.status_code == 422, (hostile, refused.status_code)
+    assert as_viewer.patch("/orgs/acme/products/widget", {"health_thresholds": {}}).status_code == 403
+    assert Product.objects.get(pk=tenant.product.pk).health_thresholds == {"cpu_temp": [70, 85]}

@@ -82,3 +82,33 @@ def test_a_product_with_firmware_is_kept_and_the_api_says_why(tenant: Any) -> No
     }
     assert Product.objects.filter(name="widget").exists()
     assert not AuditEvent.objects.filter(action="product.deleted").exists()
+
+
+def test_the_admin_sets_health_limits_with_the_same_checks_as_the_api(tenant: Any) -> None:
+    url = reverse("admin:tenancy_product_change", args=[tenant.product.pk])
+    form = {
+        "org": tenant.org.pk,
+        "name": "widget",
+        "description": "",
+        "extensions": '["health"]',
+        "poll_interval_seconds": 3600,
+    }
+    client = _logged_in(tenant.manager)
+    # when: the warning limit above the unhealthy one
+    refused = client.post(url, {**form, "health_thresholds": '{"cpu_temp": [90, 80]}'})
+    api = api_for(tenant.manager).patch("/orgs/acme/products/widget", {"health_thresholds": {"cpu_temp": [90, 80]}})
+    # then: the same reason from both, nothing stored
+    assert refused.status_code == 200
+    errors = refused.context["adminform"].form.errors["health_thresholds"]
+    assert api.status_code == 422 and api.json()["errors"]["health_thresholds"] == errors
+    assert Product.objects.get(pk=tenant.product.pk).health_thresholds == {}
+    # when: right limits, then the field emptied
+    assert client.post(url, {**form, "health_thresholds": '{"cpu_temp": [70, 85]}'}).status_code == 302
+    assert Product.objects.get(pk=tenant.product.pk).health_thresholds == {"cpu_temp": [70, 85]}
+    assert client.post(url, {**form, "health_thresholds": ""}).status_code == 302
+    # then: back to the hub's defaults
+    assert Product.objects.get(pk=tenant.product.pk).health_thresholds == {}
+    # and a viewer cannot change them
+    viewer = _logged_in(tenant.viewer).post(url, {**form, "health_thresholds": '{"cpu_temp": [1, 2]}'})
+    assert viewer.status_code in (302, 403)
+    assert Product.objects.get(pk=tenant.product.pk).health_thresholds == {}
