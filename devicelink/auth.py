@@ -309,7 +309,7 @@ def _key_use_is_stale(entry: _ProductKey) -> bool:
 
 # Above this many PBKDF2 iterations the derivation is left to a database thread:
 # on the event loop it would hold up every other socket of the process (nerves_hub_link
-# signs with 1,000; a derivation of 1,000 costs about 0.1 ms).
+# signs with 1,000; a derivation of 1,000 costs about 0.4 ms on a shared core).
 LOOP_MAX_ITERATIONS = 2000
 
 
