@@ -9,7 +9,6 @@ console.
 
 from __future__ import annotations
 
-import base64
 import logging
 import secrets
 from typing import Any
@@ -38,9 +37,10 @@ class ScriptRefused(Exception):
 
 
 def _new_ref() -> str:
-    # The URL-safe alphabet: the ref is a path segment of the API's result
-    # route, where a "/" would split it. The device echoes it as it is.
-    return base64.urlsafe_b64encode(secrets.token_bytes(4)).decode().rstrip("=")
+    # Hex: the ref is a path segment of the API's result route, where a "/"
+    # would split it, and an argument of the CLI, where a leading "-" (one
+    # URL-safe base64 ref in 64) reads as an option. The device echoes it as it is.
+    return secrets.token_hex(4)
 
 
 # Ad-hoc text is held to what a saved script may hold (a TextField has no

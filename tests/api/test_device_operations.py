@@ -142,7 +142,9 @@ def test_each_operation_refuses_outsiders_viewers_and_removed_members(
     assert not DeviceUpdate.objects.exists() and not ScriptRun.objects.exists()
 
 
-def test_every_ref_is_one_path_segment() -> None:
-    # base64's "/" would split the result route's path
+def test_every_ref_is_one_path_segment_and_one_cli_argument() -> None:
+    # base64's "/" would split the result route's path, and a leading "-" (one
+    # URL-safe base64 ref in 64) made `nerveshub device script get` read it as an option
     refs = {scripts._new_ref() for _ in range(2000)}
-    assert not [r for r in refs if "/" in r or "+" in r]
+    assert not [r for r in refs if "/" in r or "+" in r or r.startswith("-")]
+    assert all(len(r) == 8 for r in refs)
