@@ -40,8 +40,10 @@ async def connect_and_close(
     await device.close()
 
 
-async def refusal(creds: Credentials, hub: HubProcess, identifier: str) -> int:
+async def refusal(creds: Credentials, hub: HubProcess, identifier: str, secret: str = "") -> int:
     device = creds.device(hub.ws_url, identifier, request_keys=False)
+    if secret:
+        device.secret = secret
     try:
         await device.open()
     except websockets.InvalidStatus as exc:
@@ -133,21 +135,9 @@ def test_a_warm_process_still_refuses_a_bad_signature_and_counts_it(live_hub: Hu
         await connect_and_close(creds, hub, "dev-sig")  # this process has read the key
         statuses = []
         for _ in range(4):
-            statuses.append(await refusal_with(creds, hub, "dev-sig", secret="not-the-secret"))
+            statuses.append(await refusal(creds, hub, "dev-sig", secret="not-the-secret"))
         # the address is now blocked, the right secret included
-        statuses.append(await refusal_with(creds, hub, "dev-sig"))
+        statuses.append(await refusal(creds, hub, "dev-sig"))
         return statuses
 
     assert run(scenario()) == [401, 401, 401, 429, 429]
-
-
-async def refusal_with(creds: Credentials, hub: HubProcess, identifier: str, secret: str = "") -> int:
-    device = creds.device(hub.ws_url, identifier, request_keys=False)
-    if secret:
-        device.secret = secret
-    try:
-        await device.open()
-    except websockets.InvalidStatus as exc:
-        return exc.response.status_code
-    await device.close()
-    return 101
